@@ -1,0 +1,27 @@
+"""aia: asynchronous and synchronous distributed iterative algorithms.
+
+Write an algorithm as a subclass of `AbstractAlgorithm` and run it with `start`; workers are
+local processes (`LocalCluster`) by default. See the README for a tour.
+"""
+
+from .algorithm import AbstractAlgorithm
+from .cluster import Cluster
+from .distributed import DistributedObject
+from .errors import Failure, RemoteError, WorkerFailedError
+from .history import History
+from .local import LocalCluster
+from .run import start
+
+__all__ = sorted([
+    "AbstractAlgorithm",
+    "Cluster",
+    "DistributedObject",
+    "Failure",
+    "History",
+    "LocalCluster",
+    "RemoteError",
+    "WorkerFailedError",
+    "start",
+])
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""The loop of a local worker process.
+
+A worker holds, between runs, the objects of `aia.DistributedObject`s built on it, and during
+a run the algorithm (its own copy) and its problem. It serves, in order, what the central
+sends on its channel:
+
+    CONTROL ("setup", algorithm, problem)  -> REPLY True, or ERROR (the constructor raised)
+    QUERY q                                -> ANSWER answer(q, problem), or ERROR
+    CONTROL ("end",)                       -> (drops the run's algorithm and problem)
+    CONTROL ("store", id, make)            -> REPLY True, or ERROR (make raised)
+    CONTROL ("apply", id, fn)              -> REPLY fn(object), or ERROR
+    CONTROL ("free", id)                   -> (no reply)
+    CONTROL ("stop",)                      -> exits
+
+Every reply carries the run (or request) id it answers, so the central can drop the late
+answer of a run that already ended. A worker ignores SIGINT (the central stops it: Ctrl-C in
+a terminal reaches the whole process group) and exits by itself if the central dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from . import transport
+from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
+
+#: Sockets of the central, registered so a forked worker can close its inherited copies
+#: (a copy left open would hide the central's death from the other workers).
+central_sockets: "set[Any]" = set()
+
+_BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def main(pid: int, channel: Channel, blas_threads: int, inherited: list) -> None:
+    """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
+    for sock in inherited:  # fork only: other workers' and the central's ends
+        try:
+            sock.close()
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_blas(blas_threads)
+    _watch_parent(os.getppid())
+    channel.send(REPLY, os.getpid(), 0)
+    Worker(pid, channel).serve()
+
+
+class Worker:
+    def __init__(self, pid: int, channel: Channel):
+        self.pid = pid
+        self.channel = channel
+        self.objects: dict[int, Any] = {}
+        self.run = 0
+        self.algorithm = None
+        self.problem = None
+
+    def serve(self) -> None:
+        while True:
+            try:
+                kind, run, message = self.channel.recv()
+            except ChannelClosed:
+                os._exit(0)  # the central is gone: nothing left to serve
+            if kind == QUERY:
+                if run == self.run:
+                    self.reply(run, lambda: self.algorithm.answer(message, self.problem), ANSWER)
+            elif message[0] == "stop":
+                return
+            else:
+                self.control(run, message)
+
+    def control(self, run: int, message: tuple) -> None:
+        command = message[0]
+        if command == "setup":
+            self.run, self.algorithm, self.problem = run, None, None
+            self.reply(run, lambda: self.setup(*message[1:]))
+        elif command == "end":
+            self.run, self.algorithm, self.problem = 0, None, None
+        elif command == "store":
+            obj_id, make = message[1], message[2]
+            self.reply(run, lambda: self.store(obj_id, cloudpickle.loads(make)))
+        elif command == "apply":
+            obj_id, fn = message[1], message[2]
+            self.reply(run, lambda: cloudpickle.loads(fn)(self.objects[obj_id]))
+        elif command == "set":
+            self.objects[message[1]] = message[2]
+        elif command == "free":
+            self.objects.pop(message[1], None)
+
+    def setup(self, algorithm: bytes, problem: tuple) -> bool:
+        self.algorithm = cloudpickle.loads(algorithm)
+        how, what = problem
+        if how == "object":
+            if what not in self.objects:
+                raise LookupError(f"this worker holds no object of DistributedObject {what}")
+            self.problem = self.objects[what]
+        else:
+            self.problem = cloudpickle.loads(what)(self.pid)
+        return True
+
+    def store(self, obj_id: int, make) -> bool:
+        self.objects[obj_id] = make(self.pid)
+        return True
+
+    def reply(self, run: int, compute, kind: int = REPLY) -> None:
+        """Send ``compute()`` back, or the exception it raised as text."""
+        try:
+            result = compute()
+            data, buffers = transport.dumps(result)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the central
+            self.channel.send(ERROR, remote_error(exc), run)
+            return
+        self.channel.send_frame(kind, run, data, buffers)
+
+
+def remote_error(exc: BaseException) -> tuple[str, str, str]:
+    """An exception as text: (type name, message, traceback)."""
+    name = type(exc).__module__ + "." + type(exc).__qualname__
+    if name.startswith("builtins."):
+        name = name[len("builtins."):]
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return name, str(exc), text
+
+
+def _limit_blas(threads: int) -> None:
+    """Cap the BLAS and OpenMP threads so that n workers do not oversubscribe the cores."""
+    for name in _BLAS_VARIABLES:  # for libraries loaded after this point
+        os.environ[name] = str(threads)
+    if "numpy" in sys.modules or "scipy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+
+
+def _watch_parent(parent: int, interval: float = 0.2) -> None:
+    """Exit when the parent dies, even while ``answer`` is busy computing.
+
+    The parent is the central (fork, spawn) or the forkserver, which itself exits with the
+    central; either way, once it is gone we are re-parented and ``getppid`` changes.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="aia-parent-watch", daemon=True).start()

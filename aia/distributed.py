@@ -1,0 +1,88 @@
+"""`DistributedObject`: one object per worker, built where it lives and kept there."""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Any, Callable, Optional, Sequence
+
+import cloudpickle
+
+from .checks import serialize
+from .cluster import Cluster
+
+_ids = itertools.count(1)
+
+
+class DistributedObject:
+    """``make(pid)`` built on each worker of ``cluster`` (or of ``pids``) and kept there.
+
+    The objects stay on their workers across any number of `aia.start` calls on that cluster;
+    passing the `DistributedObject` as the problem of `start` uses them where they live, so no
+    data crosses the pipes. ``local`` is the object in this process (pid 0): None until set.
+
+    >>> problems = aia.DistributedObject(make_problem, cluster)
+    >>> problems.map(lambda p: p.m)          # {1: 120, 2: 80, ...}, computed on the workers
+    >>> problems.local = make_problem(0)      # the central's own problem
+    """
+
+    def __init__(self, make: Callable[[int], Any], cluster: Cluster,
+                 pids: Optional[Sequence[int]] = None):
+        if not isinstance(cluster, Cluster):
+            raise TypeError(f"cluster: expected a cluster object such as aia.LocalCluster, "
+                            f"got {type(cluster).__name__}")
+        if not callable(make):
+            raise TypeError(f"make: expected a callable make(pid), got {type(make).__name__}")
+        pids = list(cluster.pids if pids is None else pids)
+        missing = [p for p in pids if p not in cluster.pids]
+        if missing:
+            raise ValueError(f"pids: the cluster has no worker {missing} (its workers are "
+                             f"{cluster.pids})")
+        self.id = next(_ids)
+        self.cluster = cluster
+        self.pids = pids
+        self.local: Any = None
+        cluster.store(self.id, serialize(make, "make"), pids)
+        # Free the remote objects when this handle is garbage collected.
+        self._finalizer = weakref.finalize(self, cluster.free, self.id, list(pids))
+
+    def where(self) -> list:
+        """The pids that hold an object: 0 if ``local`` is set, then every live worker."""
+        alive = set(self.cluster.alive())
+        held = [p for p in self.pids if p in alive]
+        return ([0] if self.local is not None else []) + held
+
+    def _check_held(self, pid: int) -> None:
+        if pid not in self.pids:
+            raise ValueError(f"this DistributedObject has no object on worker {pid} (it has "
+                             f"objects on {self.pids})")
+        if pid not in self.cluster.alive():
+            raise RuntimeError(f"worker {pid} is dead: its object of this DistributedObject "
+                               f"died with it")
+
+    def apply(self, pid: int, fn: Callable[[Any], Any]) -> Any:
+        """``fn(object on pid)``, run where the object lives; its result."""
+        if pid == 0:
+            return fn(self.local)
+        self._check_held(pid)
+        return self.cluster.apply(self.id, pid, cloudpickle.dumps(fn))
+
+    def map(self, fn: Callable[[Any], Any]) -> dict:
+        """``{pid: fn(object on pid)}`` for every pid of ``where()``, the workers in parallel."""
+        out = {0: fn(self.local)} if self.local is not None else {}
+        remote = [p for p in self.where() if p != 0]
+        out.update(self.cluster.apply_all(self.id, remote, cloudpickle.dumps(fn)))
+        return out
+
+    def problem_spec(self, pids: Sequence[int]) -> tuple:
+        """What `start` sends so that workers use their objects; checks they still hold one."""
+        for pid in pids:
+            self._check_held(pid)
+        return ("object", self.id)
+
+    def free(self) -> None:
+        """Drop the objects on the workers now (they are freed with the cluster anyway)."""
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"DistributedObject(id={self.id}, where={self.where()})"

@@ -1,0 +1,391 @@
+"""Worker processes on this machine: `LocalCluster`.
+
+Each worker is a `multiprocessing.Process` with its own stream socket to the central
+(`aia.transport`). The central waits with `multiprocessing.connection.wait` over the sockets
+of the workers it expects an answer from and the sentinels of every live worker, so a worker
+that dies is seen as soon as the operating system reaps it, not at the next timeout.
+
+Start method: ``fork`` on Linux by default. It starts a worker in milliseconds and needs no
+``if __name__ == "__main__"`` guard in the user's script (spawn and forkserver import the main
+module again in every worker). The algorithm and the problem constructor still travel by
+cloudpickle, so a persistent cluster started before a class was defined runs it all the same.
+If the central runs threads of its own that hold locks (forking such a process can deadlock
+the child), pass ``start_method="forkserver"`` or ``"spawn"``; ``forkserver`` preloads `aia`
+and numpy in its server so later workers start fast. Other platforms default to ``spawn``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import weakref
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Optional, Sequence
+
+from . import _worker, transport
+from .cluster import Answer, Cluster, Failed, Run
+from .errors import RemoteError
+from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
+
+log = logging.getLogger("aia")
+
+START_TIMEOUT = 60.0  # seconds for a worker to come up (spawn imports numpy afresh)
+STOP_GRACE = 1.0  # seconds for a worker to exit on a stop message before it is terminated
+_clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
+
+def cpu_count() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_start_method() -> str:
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return "fork"
+    return "spawn"
+
+
+class _Handle:
+    """The central's view of one worker."""
+
+    def __init__(self, pid: int, process, channel: Channel):
+        self.pid = pid
+        self.process = process
+        self.channel = channel
+        self.os_pid: Optional[int] = None
+        self.dead = False
+
+    def exit_failure(self, wait: float = 1.0) -> Failed:
+        """The failure of a worker whose process ended (or whose channel broke)."""
+        self.process.join(wait)
+        self.dead = True
+        return Failed(self.pid, describe_exit(self.process.exitcode), None, self.os_pid,
+                      self.process.exitcode)
+
+
+def describe_exit(code: Optional[int]) -> str:
+    """Why a worker process ended, with the likely causes, as loky says it."""
+    if code is None:
+        return "stopped answering (its channel closed while the process is still running)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = {
+            "SIGKILL": " (killed: kill -9, or the out-of-memory killer)",
+            "SIGSEGV": " (a segmentation fault in native code)",
+            "SIGTERM": " (terminated)",
+            "SIGABRT": " (aborted, often a failed assertion in native code)",
+        }.get(name, "")
+        return f"worker process was unexpectedly terminated by {name}{hint}, exit code {code}"
+    return f"worker process exited unexpectedly with exit code {code} (sys.exit or os._exit)"
+
+
+class LocalCluster(Cluster):
+    """``n_workers`` persistent worker processes on this machine, ids 1..n.
+
+    Use as a context manager (or call ``close``). Workers keep the objects of
+    `aia.DistributedObject` between runs. ``blas_threads`` caps each worker's BLAS threads
+    (default: the cores divided among the workers, at least 1).
+    """
+
+    def __init__(self, n_workers: Optional[int] = None, *, start_method: Optional[str] = None,
+                 blas_threads: Optional[int] = None):
+        n = cpu_count() if n_workers is None else n_workers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_workers: expected a positive int, got {n_workers!r}")
+        method = start_method or os.environ.get("AIA_START_METHOD") or default_start_method()
+        if method not in mp.get_all_start_methods():
+            raise ValueError(f"start_method: expected one of {mp.get_all_start_methods()}, "
+                             f"got {method!r}")
+        self.start_method = method
+        self.blas_threads = blas_threads or max(1, cpu_count() // n)
+        self._workers: dict[int, _Handle] = {}
+        self._next_id = 0
+        self._closed = False
+        _clusters.add(self)
+        try:
+            self._start(n)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- life cycle ---------------------------------------------------------------------
+    def _start(self, n: int) -> None:
+        ctx = mp.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            ctx.set_forkserver_preload(["aia._worker", "numpy"])
+        for pid in range(1, n + 1):
+            central, worker = transport.pipe()
+            _worker.central_sockets.add(central.sock)
+            inherited = list(_worker.central_sockets) if self.start_method == "fork" else []
+            process = ctx.Process(target=_worker.main, name=f"aia-worker-{pid}",
+                                  args=(pid, worker, self.blas_threads, inherited))
+            process.start()
+            worker.close()  # the child has its own copy now
+            self._workers[pid] = _Handle(pid, process, central)
+        self._await_ready(time.monotonic() + START_TIMEOUT)
+        log.debug("started %d workers (%s)", n, self.start_method)
+
+    def _await_ready(self, deadline: float) -> None:
+        waiting = dict(self._workers)
+        while waiting:
+            ready = self._wait_on(waiting.values(), deadline)
+            if not ready:
+                raise TimeoutError(f"workers {sorted(waiting)} did not start within "
+                                   f"{START_TIMEOUT:.0f} s")
+            for handle, what in ready:
+                if what == "dead":
+                    failed = handle.exit_failure()
+                    raise RuntimeError(f"worker {handle.pid} failed to start: {failed.cause}")
+                _, _, os_pid = handle.channel.recv()
+                handle.os_pid = os_pid
+                del waiting[handle.pid]
+
+    @property
+    def pids(self) -> list:
+        return list(self._workers)
+
+    def alive(self) -> list:
+        return [pid for pid, h in self._workers.items() if not h.dead and h.process.is_alive()]
+
+    def os_pids(self) -> dict:
+        """``{worker id: operating-system process id}``."""
+        return {pid: h.os_pid for pid, h in self._workers.items()}
+
+    def close(self) -> None:
+        """Stop every worker: a stop message, then terminate, then kill. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        handles = list(self._workers.values())
+        for h in handles:
+            if not h.dead:
+                try:
+                    h.channel.send(CONTROL, ("stop",))
+                except (ChannelClosed, OSError):
+                    pass
+        _join_all(handles, STOP_GRACE)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.terminate()
+        _join_all(handles, STOP_GRACE)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.kill()
+                h.process.join(5.0)
+        for h in handles:
+            _worker.central_sockets.discard(h.channel.sock)
+            h.channel.close()
+            h.dead = True
+            try:
+                h.process.close()
+            except ValueError:
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.alive())} alive"
+        return f"LocalCluster({len(self._workers)} workers, {state}, {self.start_method})"
+
+    # -- waiting ------------------------------------------------------------------------
+    def _wait_on(self, handles, deadline: Optional[float], channels=None) -> list:
+        """``[(handle, "message" | "dead"), ...]`` ready before ``deadline``; channels are
+        watched for the handles in ``channels`` (default: all of ``handles``)."""
+        handles = [h for h in handles if not h.dead]
+        watch = handles if channels is None else channels
+        by_fd = {h.channel.sock.fileno(): h for h in watch}
+        by_sentinel = {h.process.sentinel: h for h in handles}
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = mp_wait([h.channel for h in watch] + list(by_sentinel), timeout)
+        out, seen = [], set()
+        for obj in ready:  # messages first: an answer sent just before death still counts
+            if isinstance(obj, Channel):
+                out.append((by_fd[obj.fileno()], "message"))
+                seen.add(by_fd[obj.fileno()].pid)
+        for obj in ready:
+            if not isinstance(obj, Channel) and by_sentinel[obj].pid not in seen:
+                out.append((by_sentinel[obj], "dead"))
+        return out
+
+    def _handle(self, pid: int) -> _Handle:
+        if self._closed:
+            raise RuntimeError("this LocalCluster is closed")
+        return self._workers[pid]
+
+    # -- requests (set-up and distributed objects) -------------------------------------
+    def _request(self, pids: Sequence[int], message: tuple,
+                 deadline: Optional[float] = None, run: Optional[int] = None) -> dict:
+        """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+        if run is None:
+            run = self._new_id()
+        results: dict[int, Any] = {}
+        waiting = {}
+        for pid in pids:
+            h = self._handle(pid)
+            if h.dead:
+                results[pid] = Failed(pid, "worker process is dead", None, h.os_pid,
+                                      h.process.exitcode)
+                continue
+            try:
+                h.channel.send(CONTROL, message, run)
+                waiting[pid] = h
+            except ChannelClosed:
+                results[pid] = h.exit_failure()
+        while waiting:
+            ready = self._wait_on(waiting.values(), deadline)
+            if not ready:
+                for pid, h in waiting.items():
+                    results[pid] = Failed(pid, "did not reply in time", None, h.os_pid)
+                break
+            for h, what in ready:
+                event = self._receive(h, run) if what == "message" else h.exit_failure()
+                if event is not None:
+                    results[h.pid] = event
+                    waiting.pop(h.pid, None)
+        return results
+
+    def _receive(self, h: _Handle, run: int):
+        """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped)."""
+        try:
+            kind, msg_run, value = h.channel.recv()
+        except ChannelClosed:
+            return h.exit_failure()
+        if msg_run != run:
+            return None
+        if kind == ERROR:
+            type_name, message, tb = value
+            return Failed(h.pid, f"raised {type_name}: {message}", tb, h.os_pid)
+        if kind == ANSWER:
+            return Answer(h.pid, value)
+        return ("ok", value)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                 deadline: Optional[float]) -> tuple:
+        run = self._new_id()
+        results = self._request(pids, ("setup", algorithm, problem), deadline, run)
+        failed = [r for r in results.values() if isinstance(r, Failed)]
+        live = [pid for pid in pids if not isinstance(results[pid], Failed)]
+        return LocalRun(self, run, live), failed
+
+    def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
+        _raise_failures(self._request(pids, ("store", obj_id, make)), "building the object")
+
+    def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
+        return self.apply_all(obj_id, [pid], fn)[pid]
+
+    def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
+        results = self._request(pids, ("apply", obj_id, fn))
+        _raise_failures(results, "applying the function")
+        return {pid: value for pid, (_, value) in results.items()}
+
+    def free(self, obj_id: int, pids: Sequence[int]) -> None:
+        if self._closed:
+            return
+        for pid in pids:
+            h = self._workers.get(pid)
+            if h is not None and not h.dead:
+                try:
+                    h.channel.send(CONTROL, ("free", obj_id))
+                except ChannelClosed:
+                    pass
+
+
+def _raise_failures(results: dict, doing: str) -> None:
+    for pid, result in sorted(results.items()):
+        if isinstance(result, Failed):
+            error = RuntimeError(f"worker {pid} failed {doing}: {result.cause}")
+            if result.traceback:
+                raise error from RemoteError(*result.cause.split(": ", 1)[0:1],
+                                             result.cause, result.traceback)
+            raise error
+
+
+def _join_all(handles, grace: float) -> None:
+    deadline = time.monotonic() + grace
+    for h in handles:
+        h.process.join(max(0.0, deadline - time.monotonic()))
+
+
+class LocalRun(Run):
+    """The workers of one run on a `LocalCluster`."""
+
+    def __init__(self, cluster: LocalCluster, run: int, pids: Sequence[int]):
+        self.cluster = cluster
+        self.run = run
+        self.live = {pid: cluster._workers[pid] for pid in pids}
+        self.busy: set[int] = set()  # workers with a query outstanding
+        self.broken: list[Failed] = []  # failures found while sending, reported by wait
+
+    def send(self, pid: int, query: Any) -> None:
+        data, buffers = transport.dumps(query)
+        self._send_frame(pid, data, buffers)
+
+    def broadcast(self, pids: Sequence[int], query: Any) -> None:
+        data, buffers = transport.dumps(query)  # serialized once for every worker
+        for pid in pids:
+            self._send_frame(pid, data, buffers)
+
+    def _send_frame(self, pid: int, data: bytes, buffers: list) -> None:
+        h = self.live.get(pid)
+        if h is None:
+            return
+        try:
+            h.channel.send_frame(QUERY, self.run, data, buffers)
+            self.busy.add(pid)
+        except ChannelClosed:
+            self._lose(pid)
+            self.broken.append(h.exit_failure())
+
+    def _lose(self, pid: int) -> None:
+        self.live.pop(pid, None)
+        self.busy.discard(pid)
+
+    def wait(self, timeout: Optional[float]) -> list:
+        if self.broken:
+            events, self.broken = self.broken, []
+            return events
+        deadline = None if timeout is None else time.monotonic() + timeout
+        channels = [self.live[pid] for pid in self.busy]
+        while True:
+            events = []
+            for h, what in self.cluster._wait_on(self.live.values(), deadline, channels):
+                event = self.cluster._receive(h, self.run) if what == "message" else h.exit_failure()
+                if event is None:
+                    continue  # a late answer of an earlier run
+                if isinstance(event, Failed):
+                    self._lose(h.pid)
+                else:
+                    self.busy.discard(h.pid)
+                events.append(event)
+            if events or (deadline is not None and time.monotonic() >= deadline):
+                return events
+            channels = [self.live[pid] for pid in self.busy]
+
+    def close(self) -> None:
+        for h in self.live.values():
+            try:
+                h.channel.send(CONTROL, ("end",), self.run)
+            except ChannelClosed:
+                pass
+        self.live.clear()
+        self.busy.clear()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop the workers of clusters the user forgot to close."""
+    for cluster in list(_clusters):
+        cluster.close()

@@ -1,0 +1,230 @@
+"""`aia.start`: the central loop.
+
+    asynchronous                              synchronous
+    ------------                              -----------
+    q = initialize(problem)                   q = initialize(problem)
+    send q to every worker                    loop:
+    loop:                                         send q to every live worker
+        (a, worker) = next answer                 answers = one from each live worker
+        q = central_step(a, worker, problem)      q = sync_central_step(answers, workers, problem)
+        record, maybe stop                        record, maybe stop
+        send q to that worker
+
+A failure (an exception in a worker, or a worker that dies) removes the worker from the run;
+up to ``resilience`` failures the loop goes on with the others, one more raises
+`aia.WorkerFailedError`. The workers of a temporary cluster are gone when `start` returns,
+whatever happened; any exception carries the history recorded before it as ``exc.history``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from .checks import (check_all, check_pids_in, check_resilience, serialize)
+from .cluster import Cluster, Failed
+from .distributed import DistributedObject
+from .errors import WorkerFailedError, attach_history
+from .history import History
+from .local import LocalCluster, cpu_count
+from .progress import Progress
+from .recording import Recorder
+
+log = logging.getLogger("aia")
+
+
+def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = None,
+          save_answers: bool = False, pids: Optional[Sequence[int]] = None, cluster=None,
+          synchronous: bool = False, resilience: int = 0, verbose: int = 1,
+          progress_file=None) -> History:
+    """Run ``algorithm`` on the workers until a criterion of ``stopat`` is met.
+
+    ``problem`` is ``make_problem(pid)``, called in every process that takes part (the
+    central is pid 0, workers are 1..n), or an `aia.DistributedObject`. ``stopat`` maps
+    ``iteration``, ``epoch``, ``time`` (seconds) and custom keys read by ``stopnow`` to their
+    limits; the run stops when any is met. ``saveat`` maps ``iteration``/``epoch`` (and custom
+    keys read by ``savenow``) to checkpoint intervals. ``cluster``: None (a temporary local
+    cluster, one worker per core), an int (that many temporary local workers) or a cluster
+    object. ``pids``: the workers taking part (default all; ``[0]`` runs here,
+    non-distributed). ``synchronous``: wait for every worker each round. ``resilience``: the
+    worker failures tolerated. ``verbose``: 0 silent, 1 a progress bar, 2 the bar and the
+    values of ``showvalues``. ``progress_file``: where the bar is written (stderr).
+
+    Returns an `aia.History`. See the README for the counting semantics.
+    """
+    clock_start = time.perf_counter()
+    stopat, saveat, pids = check_all(algorithm, problem, stopat, saveat, save_answers, pids,
+                                     cluster, synchronous, resilience, verbose)
+    options = dict(saveat=saveat, save_answers=save_answers, resilience=resilience,
+                   verbose=verbose, progress_file=progress_file, clock_start=clock_start)
+    if pids == [0]:
+        return _Central(algorithm, _central_problem(problem), stopat, workers=[0],
+                        synchronous=True, run=None, **options).go()
+
+    if isinstance(problem, DistributedObject) and cluster is None:
+        cluster = problem.cluster
+    owned = not isinstance(cluster, Cluster)
+    available = list(range(1, (cluster or cpu_count()) + 1)) if owned else cluster.pids
+    if pids is None:
+        pids = available
+    check_pids_in(pids, available)
+    check_resilience(resilience, len(pids))
+    algorithm_bytes = serialize(algorithm, "algorithm")
+    if isinstance(problem, DistributedObject):
+        if problem.cluster is not cluster:
+            raise ValueError("problem: this DistributedObject lives on another cluster than "
+                             "the one given to start")
+        spec = problem.problem_spec(pids)
+    else:
+        spec = ("call", serialize(problem, "problem constructor"))
+
+    workers = LocalCluster(len(available)) if owned else cluster
+    run = None
+    try:
+        central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
+                           run=None, **options)
+        remaining = central.recorder.remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        run, failed = workers.open_run(algorithm_bytes, spec, pids, deadline)
+        central.run = run
+        for event in failed:  # a constructor that raised, or a worker that died
+            central.fail(event)
+        central.problem = _central_problem(problem)
+        return central.go()
+    finally:
+        if run is not None:
+            run.close()
+        if owned:
+            workers.close()
+
+
+def _central_problem(problem) -> Any:
+    return problem.local if isinstance(problem, DistributedObject) else problem(0)
+
+
+class _Central:
+    """The central side of one run: the loop, its recording and its failures."""
+
+    def __init__(self, algorithm, problem, stopat, *, workers, synchronous, run, saveat,
+                 save_answers, resilience, verbose, progress_file, clock_start):
+        self.algorithm = algorithm
+        self.problem = problem
+        self.run = run
+        self.synchronous = synchronous
+        self.resilience = resilience
+        self.recorder = Recorder(algorithm, stopat, saveat, save_answers, workers, clock_start)
+        self.verbose = verbose
+        self.progress_file = progress_file
+        self.progress: Optional[Progress] = None
+
+    def go(self) -> History:
+        completed = False
+        try:
+            self.progress = Progress(self.recorder, self.verbose, self.progress_file)
+            if self.run is None:
+                self.loop_here()
+            elif self.synchronous:
+                self.loop_sync()
+            else:
+                self.loop_async()
+            history = self.recorder.finish()
+            completed = True
+            return history
+        except BaseException as exc:
+            attach_history(exc, self.recorder.snapshot())
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close(completed)
+
+    def fail(self, event: Failed) -> None:
+        """Count a failure: past ``resilience`` it ends the run."""
+        rec = self.recorder
+        failure = event.failure(rec.iteration)
+        failures = rec.history.failures + [failure]
+        if len(failures) > self.resilience:
+            hint = (f"resilience={self.resilience} tolerates {self.resilience} failure(s); "
+                    f"this is failure {len(failures)}.")
+            raise WorkerFailedError(failure, failures, rec.snapshot(), hint)
+        log.warning("aia: %s; the run goes on without it (%d of %d failures tolerated)",
+                    failure, len(failures), self.resilience)
+        rec.remove_worker(failure)
+
+    def loop_async(self) -> None:
+        alg, rec, run = self.algorithm, self.recorder, self.run
+        q = alg.initialize(self.problem)
+        if rec.begin(q):
+            return
+        sent_at = {pid: 0 for pid in rec.active}  # the iteration each outstanding query is from
+        run.broadcast(sorted(rec.active), q)
+        while True:
+            events = run.wait(rec.remaining())
+            if not events and rec.should_stop():
+                return  # out of time while waiting
+            for event in events:
+                if isinstance(event, Failed):
+                    self.fail(event)
+                    continue
+                pid = event.pid
+                alg.staleness = staleness = rec.iteration - sent_at[pid]
+                rec.consumed((pid,), (staleness,))
+                q = alg.central_step(event.value, pid, self.problem)
+                stop = rec.stepped(q, event.value, pid)
+                self.progress.update()
+                if stop:
+                    return
+                run.send(pid, q)
+                sent_at[pid] = rec.iteration
+
+    def loop_sync(self) -> None:
+        alg, rec, run = self.algorithm, self.recorder, self.run
+        q = alg.initialize(self.problem)
+        if rec.begin(q):
+            return
+        while True:
+            workers = sorted(rec.active)
+            run.broadcast(workers, q)
+            got = self._collect_round(set(workers))
+            if got is None:
+                return  # out of time while waiting
+            order = [w for w in workers if w in got]
+            answers = [got[w] for w in order]
+            alg.staleness = [0] * len(order)
+            rec.consumed(order, alg.staleness)
+            q = alg.sync_central_step(answers, order, self.problem)
+            stop = rec.stepped(q, answers, order)
+            self.progress.update()
+            if stop:
+                return
+
+    def _collect_round(self, pending: set) -> Optional[dict]:
+        """One answer from each live worker of ``pending``; None if the time ran out."""
+        got = {}
+        while pending:
+            events = self.run.wait(self.recorder.remaining())
+            if not events and self.recorder.should_stop():
+                return None
+            for event in events:
+                if isinstance(event, Failed):
+                    self.fail(event)
+                elif event.pid in pending:
+                    got[event.pid] = event.value
+                pending.discard(event.pid)
+        return got
+
+    def loop_here(self) -> None:
+        """Non-distributed: answer and step in this process (pids=[0])."""
+        alg, rec, problem = self.algorithm, self.recorder, self.problem
+        q = alg.initialize(problem)
+        if rec.begin(q):
+            return
+        while True:
+            a = alg.answer(q, problem)
+            alg.staleness = [0]
+            rec.consumed((0,), (0,))
+            q = alg.sync_central_step([a], [0], problem)
+            stop = rec.stepped(q, [a], [0])
+            self.progress.update()
+            if stop:
+                return

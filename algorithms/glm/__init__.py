@@ -1,0 +1,42 @@
+"""Federated generalized linear models: Fisher scoring across sites that keep their rows.
+
+>>> from algorithms import glm
+>>> res = glm.fit("admit ~ gre + gpa + C(rank)", sites=["a.csv", "b.csv", "c.csv"],
+...               family="binomial")                                    # doctest: +SKIP
+>>> print(res.summary())                                                # doctest: +SKIP
+
+`fit` runs the whole analysis; `FisherScoring` is the `aia` algorithm behind it, which a
+user can also pass to `aia.start` with `Site` objects as the workers' problems.
+"""
+
+from .design import Design, FormulaError, inspect_formula
+from .families import Family, resolve
+from .fisher import DesignMismatchError, FisherScoring, NonFiniteError
+from .fit import fit
+from .guards import Guards, PrivacyError
+from .linalg import SingularDesignError
+from .messages import Contribution, Query
+from .results import GLMResults, Summary
+from .site import Site, SiteError, SiteGroup
+
+__all__ = sorted([
+    "Contribution",
+    "Design",
+    "DesignMismatchError",
+    "Family",
+    "FisherScoring",
+    "FormulaError",
+    "GLMResults",
+    "Guards",
+    "NonFiniteError",
+    "PrivacyError",
+    "Query",
+    "SingularDesignError",
+    "Site",
+    "SiteError",
+    "SiteGroup",
+    "Summary",
+    "fit",
+    "inspect_formula",
+    "resolve",
+])

@@ -1,0 +1,399 @@
+"""The model's design: the formula's whitelist, the levels shared by every site, and the
+design matrices each site builds from its own rows.
+
+A formula is code: formulaic evaluates its terms as Python. A site therefore accepts only
+column names and a short list of transforms, checked on the parsed terms with `ast` before
+anything is evaluated (`inspect_formula`):
+
+- ``C(column)``, with an optional contrast ``Treatment(reference=...)`` / ``Sum(...)`` or
+  ``levels=[...]``: a categorical column;
+- ``I(...)`` with arithmetic (``+ - * / **``, unary minus, comparisons) on columns and numbers;
+- ``log``, ``exp``, ``sqrt`` (also as ``np.log`` etc.);
+- ``center(column)``, ``scale(column)``: standardised with the mean and standard deviation of
+  *all sites' rows* (formulaic's own would use each site's rows, and every site would then
+  fit a different model).
+
+Every site must build the same columns. The categorical levels are collected from every site
+and merged (the union, sorted as formulaic sorts them), and each site casts its categorical
+columns to that list of levels, so a level seen at one site only still gets its column
+everywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula
+from formulaic.parser.types import Factor
+
+from .families import Family, resolve
+from .guards import Guards
+
+
+class FormulaError(ValueError):
+    """The formula is malformed, or uses something outside the whitelist."""
+
+
+#: Functions a formula may call, by name.
+FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum"})
+#: numpy functions a formula may call as ``np.<name>``.
+NUMPY_FUNCTIONS = frozenset({"log", "exp", "sqrt"})
+#: Keyword arguments allowed in those calls.
+KEYWORDS = frozenset({"reference", "levels", "contrasts"})
+
+_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
+_UNARYOPS = (ast.UAdd, ast.USub)
+_COMPARE = (ast.Gt, ast.GtE, ast.Lt, ast.LtE, ast.Eq, ast.NotEq)
+_CONSTANTS = (int, float, str, bool, type(None))
+
+#: What formulaic may see when it evaluates a term (besides its own C, I, center, scale...).
+CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt}
+
+
+@dataclass(frozen=True)
+class FormulaInfo:
+    """What a whitelisted formula reads: ``response`` and ``variables`` (column names),
+    ``categorical`` (columns inside ``C()``) and ``standardized`` (columns inside
+    ``center()``/``scale()``)."""
+
+    response: frozenset
+    variables: frozenset
+    categorical: frozenset
+    standardized: frozenset
+
+
+def inspect_formula(formula: str) -> FormulaInfo:
+    """Parse ``formula`` without evaluating it and check every term against the whitelist."""
+    if not isinstance(formula, str):
+        raise TypeError(f"formula: expected a string, got {type(formula).__name__}")
+    try:
+        parsed = Formula(formula)
+    except Exception as exc:  # formulaic's parser errors have several types
+        raise FormulaError(f"formula {formula!r} cannot be parsed: {exc}") from None
+    if not hasattr(parsed, "lhs"):
+        raise FormulaError(f"formula {formula!r} has no response: write 'y ~ x1 + x2'")
+    found = {"variables": set(), "categorical": set(), "standardized": set()}
+    response: set = set()
+    for side, terms in (("lhs", parsed.lhs), ("rhs", parsed.rhs)):
+        for term in terms:
+            for factor in term.factors:
+                before = set(found["variables"])
+                _check_factor(factor, found, side)
+                if side == "lhs":
+                    response |= found["variables"] - before
+    if len(list(parsed.lhs)) != 1:
+        raise FormulaError("the response must be a single term")
+    return FormulaInfo(
+        response=frozenset(response),
+        variables=frozenset(found["variables"]),
+        categorical=frozenset(found["categorical"]),
+        standardized=frozenset(found["standardized"]),
+    )
+
+
+def _check_factor(factor: Factor, found: dict, side: str) -> None:
+    expr = factor.expr
+    if factor.eval_method == Factor.EvalMethod.LITERAL:
+        if expr.strip() not in ("0", "1", "-1"):
+            raise FormulaError(f"term {expr!r}: only the literals 0 and 1 are allowed")
+        return
+    if factor.eval_method == Factor.EvalMethod.LOOKUP:
+        found["variables"].add(expr)
+        return
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise FormulaError(f"term {expr!r} is not a valid expression") from None
+    _check_node(tree.body, expr, found, side)
+
+
+def _refuse(expr: str, what: str) -> FormulaError:
+    allowed = ", ".join(sorted(FUNCTIONS)) + ", np." + "/np.".join(sorted(NUMPY_FUNCTIONS))
+    return FormulaError(
+        f"term {expr!r}: {what} is not allowed in a formula; a formula may use column names, "
+        f"numbers, arithmetic and the functions {allowed}"
+    )
+
+
+def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
+    if isinstance(node, ast.Constant):
+        if not isinstance(node.value, _CONSTANTS):
+            raise _refuse(expr, f"the constant {node.value!r}")
+    elif isinstance(node, ast.Name):
+        if node.id in FUNCTIONS or node.id in ("np", "numpy"):
+            raise _refuse(expr, f"the name {node.id!r} outside a call")
+        found["variables"].add(node.id)
+    elif isinstance(node, ast.BinOp):
+        if not isinstance(node.op, _BINOPS):
+            raise _refuse(expr, f"the operator {type(node.op).__name__}")
+        _check_node(node.left, expr, found, side)
+        _check_node(node.right, expr, found, side)
+    elif isinstance(node, ast.UnaryOp):
+        if not isinstance(node.op, _UNARYOPS):
+            raise _refuse(expr, f"the operator {type(node.op).__name__}")
+        _check_node(node.operand, expr, found, side)
+    elif isinstance(node, ast.Compare):
+        if not all(isinstance(op, _COMPARE) for op in node.ops):
+            raise _refuse(expr, "this comparison")
+        for child in (node.left, *node.comparators):
+            _check_node(child, expr, found, side)
+    elif isinstance(node, (ast.List, ast.Tuple)):
+        for elt in node.elts:
+            if not isinstance(elt, ast.Constant) or not isinstance(elt.value, _CONSTANTS):
+                raise _refuse(expr, "a list of anything but constants")
+    elif isinstance(node, ast.Call):
+        _check_call(node, expr, found, side)
+    else:
+        raise _refuse(expr, f"a {type(node).__name__} expression")
+
+
+def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
+    func = node.func
+    if isinstance(func, ast.Name) and func.id in FUNCTIONS:
+        name = func.id
+    elif (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id in ("np", "numpy")
+        and func.attr in NUMPY_FUNCTIONS
+    ):
+        name = func.attr
+    else:
+        raise _refuse(expr, f"the call {ast.unparse(func)}()")
+    if any(isinstance(a, ast.Starred) for a in node.args) or any(
+        k.arg is None or k.arg not in KEYWORDS for k in node.keywords
+    ):
+        raise _refuse(expr, f"this argument of {name}()")
+    if name in ("C", "center", "scale"):
+        if not node.args or not isinstance(node.args[0], ast.Name):
+            raise _refuse(expr, f"{name}() of anything but a column name")
+        if name != "C" and (side == "lhs" or len(node.args) > 1 or node.keywords):
+            raise _refuse(expr, f"this use of {name}()")
+        found["variables"].add(node.args[0].id)
+        found["categorical" if name == "C" else "standardized"].add(node.args[0].id)
+        rest = node.args[1:]
+    elif name in ("Treatment", "Sum"):
+        rest = node.args
+        if any(not isinstance(a, ast.Constant) for a in rest):
+            raise _refuse(expr, f"{name}() of anything but constants")
+    else:
+        rest = node.args
+    for arg in rest:
+        _check_node(arg, expr, found, side)
+    for kw in node.keywords:
+        _check_node(kw.value, expr, found, side)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything a site needs to build its design matrices and answer Fisher scoring.
+
+    ``levels`` (categorical column -> the merged levels) and ``moments`` (column inside
+    ``center``/``scale`` -> global mean and standard deviation) are filled in by
+    `algorithms.glm.fit` from every site's answers; with ``levels=None`` each site uses its
+    own levels, and the central checks that the columns agree. ``guards`` are the analyst's
+    requests (a site only takes the stricter ones). ``token`` identifies the design, so that
+    a site builds its matrices once per design.
+    """
+
+    formula: str
+    family: Family
+    weights: Optional[str] = None
+    offset: Optional[str] = None
+    exposure: Optional[str] = None
+    expected: Optional[str] = None
+    levels: Optional[Mapping[str, tuple]] = None
+    moments: Optional[Mapping[str, tuple]] = None
+    guards: Optional[Guards] = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def make(cls, formula: str, family: Any = "gaussian", link: Any = None, *, weights=None,
+             offset=None, exposure=None, expected=None, guards=None) -> "Design":
+        """Check the arguments (and the formula's whitelist) and build a `Design`."""
+        inspect_formula(formula)
+        fam = resolve(family, link)
+        for name, value in (("weights", weights), ("offset", offset),
+                            ("exposure", exposure), ("expected", expected)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name}: expected a column name, got {type(value).__name__}")
+        if fam.relative_survival and expected is None:
+            raise ValueError("expected: the relative_survival family needs the column of "
+                             "expected deaths d* (expected='...')")
+        if expected is not None and not fam.relative_survival:
+            raise ValueError("expected: only the relative_survival family uses expected deaths")
+        return cls(formula, fam, weights, offset, exposure, expected,
+                   guards=Guards.coerce(guards))
+
+    @cached_property
+    def info(self) -> FormulaInfo:
+        """What the formula reads (parsed once per design)."""
+        return inspect_formula(self.formula)
+
+    @property
+    def extra_columns(self) -> dict:
+        """The columns read besides the formula's: role -> column name."""
+        roles = {"weights": self.weights, "offset": self.offset,
+                 "exposure": self.exposure, "expected": self.expected}
+        return {k: v for k, v in roles.items() if v is not None}
+
+    @property
+    def has_offset(self) -> bool:
+        return self.offset is not None or self.exposure is not None
+
+    def with_shared(self, levels: Mapping, moments: Mapping) -> "Design":
+        """This design with the merged levels and global moments (a new token)."""
+        return Design(self.formula, self.family, self.weights, self.offset, self.exposure,
+                      self.expected, dict(levels), dict(moments), self.guards)
+
+
+@dataclass
+class ModelData:
+    """One site's rows as the fit sees them (numpy arrays, complete cases only)."""
+
+    y: np.ndarray
+    X: np.ndarray
+    weights: np.ndarray
+    offset: np.ndarray
+    d_star: Optional[np.ndarray]
+    names: list
+
+
+def used_columns(design: Design) -> set:
+    """Every column of the site's table that the model reads."""
+    return set(design.info.variables) | set(design.extra_columns.values())
+
+
+def categorical_columns(frame: pd.DataFrame, info: FormulaInfo) -> list:
+    """Columns encoded as categories: inside ``C()``, or non-numeric ones on the right."""
+    cols = set(info.categorical)
+    for col in info.variables - info.response:
+        if col in frame and not (pd.api.types.is_numeric_dtype(frame[col])
+                                 or pd.api.types.is_bool_dtype(frame[col])):
+            cols.add(col)
+    return sorted(cols)
+
+
+def site_levels(column: pd.Series) -> tuple[list, list]:
+    """The levels present in one site's column and their row counts, in formulaic's order."""
+    counts = column.value_counts(sort=False)
+    counts = counts[counts > 0]
+    levels = sort_levels(list(counts.index))
+    return levels, [int(counts[lv]) for lv in levels]
+
+
+def sort_levels(levels) -> list:
+    """Sorted as formulaic sorts levels; mixed types fall back to their text."""
+    levels = [_plain(lv) for lv in levels]
+    try:
+        return sorted(set(levels))
+    except TypeError:
+        return sorted(set(levels), key=lambda v: (type(v).__name__, str(v)))
+
+
+def merge_levels(per_site: list) -> dict:
+    """The union of every site's levels, column by column."""
+    merged: dict = {}
+    for levels in per_site:
+        for col, lv in levels.items():
+            merged.setdefault(col, []).extend(lv)
+    return {col: tuple(sort_levels(lv)) for col, lv in merged.items()}
+
+
+def site_moments(column: pd.Series) -> tuple:
+    """(count, mean, sum of squared deviations) of one site's column."""
+    x = column.to_numpy(dtype=float)
+    mean = float(x.mean()) if len(x) else 0.0
+    return (len(x), mean, float(np.sum((x - mean) ** 2)))
+
+
+def merge_moments(per_site: list) -> dict:
+    """Global mean and standard deviation (ddof=1) from every site's moments (Chan et al.)."""
+    merged = {}
+    cols = {c for m in per_site for c in m}
+    for col in sorted(cols):
+        n, mean, m2 = 0, 0.0, 0.0
+        for moments in per_site:
+            nb, mb, m2b = moments[col]
+            if nb == 0:
+                continue
+            delta = mb - mean
+            total = n + nb
+            mean += delta * nb / total
+            m2 += m2b + delta**2 * n * nb / total
+            n = total
+        merged[col] = (mean, float(np.sqrt(m2 / (n - 1))) if n > 1 else float("nan"))
+    return merged
+
+
+def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
+    """Build y, X, prior weights, offset and d* from one site's complete rows.
+
+    ``frame`` holds the complete cases of the used columns. Categorical columns are cast to
+    the design's merged levels, and ``center``/``scale`` use the design's global moments.
+    """
+    info = design.info
+    frame = frame.copy()
+    if design.levels is not None:
+        for col, levels in design.levels.items():
+            if col in frame:
+                values = frame[col].map(_plain)
+                cat = pd.Categorical(values, categories=list(levels))
+                if cat.isna().any():
+                    raise ValueError(f"column {col!r} has a level missing from the merged levels")
+                frame[col] = cat
+    if info.standardized and design.moments is None:
+        raise ValueError("center() and scale() need the mean and standard deviation of all "
+                         "sites: build the design with glm.fit or glm.prepare")
+    mm = Formula(design.formula).get_model_matrix(frame, context=CONTEXT, na_action="ignore")
+    lhs, rhs = mm.lhs, mm.rhs
+    if info.standardized:
+        state = dict(rhs.model_spec.transform_state)
+        for key, value in state.items():
+            col = key[key.index("(") + 1:-1]
+            mean, sd = design.moments[col]
+            state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
+        rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
+    if lhs.shape[1] != 1:
+        raise ValueError("the response must be one numeric column")
+    y = lhs.to_numpy(dtype=float).ravel()
+    X = np.ascontiguousarray(rhs.to_numpy(dtype=float))
+    names = [str(c) for c in rhs.columns]
+    n = len(y)
+    w = _column(frame, design.weights, n, 1.0)
+    offset = _column(frame, design.offset, n, 0.0)
+    if design.exposure is not None:
+        exposure = _column(frame, design.exposure, n, 1.0)
+        if np.any(exposure <= 0):
+            raise ValueError(f"exposure column {design.exposure!r} must be positive")
+        offset = offset + np.log(exposure)
+    d_star = _column(frame, design.expected, n, 0.0) if design.expected else None
+    for what, values in (("response", y), ("prior weights", w), ("offset", offset)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"the {what} has non-finite values at this site")
+    bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(X), axis=0))]
+    if bad:
+        raise ValueError(f"design column(s) {bad} have non-finite values at this site "
+                         "(e.g. the log of a non-positive value)")
+    if np.any(w < 0):
+        raise ValueError("prior weights must not be negative")
+    if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
+        raise ValueError(f"expected deaths column {design.expected!r} must be finite and >= 0")
+    return ModelData(y, X, w, offset, d_star, names)
+
+
+def _column(frame: pd.DataFrame, name: Optional[str], n: int, default: float) -> np.ndarray:
+    if name is None:
+        return np.full(n, default)
+    return pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=float)
+
+
+def _plain(value):
+    """numpy scalars as Python ones, so levels from different sites compare and sort."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,251 @@
+"""Families and links: names resolved to statsmodels objects, plus what R adds on top.
+
+Fisher scoring needs a handful of operations from a family: the link g, its inverse, its
+derivative g'(mu), the variance function V(mu), the deviance and the log-likelihood.
+statsmodels provides all of them, so this module writes no new family. It only
+
+- maps R's and statsmodels' names onto statsmodels classes (``resolve``),
+- adds R's starting values (``family$initialize``) and R's validity checks
+  (``validmu``/``valideta``), which statsmodels does not have, and
+- composes the relative-survival model (Dickman et al. 2004) out of statsmodels' Poisson
+  family and log link: ``mu = d* + exp(eta)``, Poisson variance, where ``d*`` (the expected
+  deaths) differs from row to row. That per-row shift is why it cannot be a statsmodels
+  link object: it is bound to one site's ``d*`` with ``Family.bind``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from statsmodels.genmod import families as smf
+
+links = smf.links
+
+#: Family names (R's and statsmodels' spellings) -> statsmodels family class.
+FAMILIES = {
+    "gaussian": smf.Gaussian,
+    "normal": smf.Gaussian,
+    "binomial": smf.Binomial,
+    "poisson": smf.Poisson,
+    "gamma": smf.Gamma,
+    "inverse_gaussian": smf.InverseGaussian,
+    "inverse.gaussian": smf.InverseGaussian,
+    "inversegaussian": smf.InverseGaussian,
+}
+
+#: The name of the relative-survival model (v6-glm-py calls it "survival").
+RELATIVE_SURVIVAL = "relative_survival"
+
+#: Link names (R's and statsmodels' spellings) -> statsmodels link class.
+LINKS = {
+    "identity": links.Identity,
+    "log": links.Log,
+    "logit": links.Logit,
+    "probit": links.Probit,
+    "cloglog": links.CLogLog,
+    "loglog": links.LogLog,
+    "cauchit": links.Cauchy,
+    "cauchy": links.Cauchy,
+    "inverse": links.InversePower,
+    "inverse_power": links.InversePower,
+    "sqrt": links.Sqrt,
+    "inverse_squared": links.InverseSquared,
+    "1/mu^2": links.InverseSquared,
+}
+
+# R's `eps` for "fitted probabilities numerically 0 or 1" (10 * .Machine$double.eps).
+_BOUNDARY_EPS = 10 * np.finfo(float).eps
+
+
+def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
+    """Turn a family and a link given by name or as statsmodels objects into a `Family`.
+
+    ``family``: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
+    ``"inverse_gaussian"``, ``"relative_survival"``, a statsmodels family instance, or a
+    `Family`. ``link``: a name from `LINKS`, a statsmodels link instance, or None for the
+    family's default (canonical) link.
+    """
+    if isinstance(family, Family):
+        if link is not None:
+            raise ValueError("link: give the link inside the Family, not both")
+        return family
+    if isinstance(family, smf.Family):
+        if link is not None:
+            raise ValueError(
+                "link: a statsmodels family object carries its link; "
+                "pass e.g. sm.families.Binomial(link=sm.families.links.Probit())"
+            )
+        return Family(family)
+    link_obj = _resolve_link(link)
+    if not isinstance(family, str):
+        raise TypeError(
+            f"family: expected a name or a statsmodels family, got {type(family).__name__}"
+        )
+    name = family.strip().lower()
+    if name in (RELATIVE_SURVIVAL, "survival"):
+        if link_obj is not None and not isinstance(link_obj, links.Log):
+            raise ValueError("link: the relative_survival family has its own link, log(mu - d*)")
+        return Family(smf.Poisson(), relative_survival=True)
+    if name not in FAMILIES:
+        known = ", ".join(sorted({*FAMILIES, RELATIVE_SURVIVAL}))
+        raise ValueError(f"family: unknown family {family!r}; expected one of: {known}")
+    cls = FAMILIES[name]
+    if link_obj is None:
+        return Family(cls())
+    try:
+        return Family(cls(link=link_obj))
+    except ValueError:
+        allowed = sorted(n for n, c in LINKS.items() if c in cls.links or any(
+            issubclass(c, k) for k in cls.links))
+        raise ValueError(
+            f"link: {type(link_obj).__name__} is not a link of the {cls.__name__} family; "
+            f"expected one of: {', '.join(allowed)}"
+        ) from None
+
+
+def _resolve_link(link: Any):
+    if link is None or isinstance(link, links.Link):
+        return link
+    if isinstance(link, str):
+        key = link.strip().lower()
+        if key not in LINKS:
+            raise ValueError(f"link: unknown link {link!r}; expected one of: {', '.join(LINKS)}")
+        return LINKS[key]()
+    raise TypeError(f"link: expected a name or a statsmodels link, got {type(link).__name__}")
+
+
+class Family:
+    """The operations Fisher scoring needs, taken from one statsmodels family.
+
+    ``sm`` is the statsmodels family. For the relative-survival model, ``sm`` is Poisson
+    with its log link, and the instance returned by ``bind(d_star)`` applies that link to
+    ``mu - d*``. Every method works on numpy arrays of one site's rows.
+    """
+
+    def __init__(self, sm, relative_survival: bool = False, d_star=None):
+        self.sm = sm
+        self.relative_survival = relative_survival
+        self.d_star = d_star
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "Relative survival" if self.relative_survival else type(self.sm).__name__
+
+    @property
+    def link_name(self) -> str:
+        return "log(mu - d*)" if self.relative_survival else type(self.sm.link).__name__
+
+    @property
+    def scale_estimated(self) -> bool:
+        """Whether the dispersion is estimated (statsmodels' and R's rule)."""
+        return not isinstance(self.sm, (smf.Binomial, smf.Poisson, smf.NegativeBinomial))
+
+    def __repr__(self) -> str:
+        return f"Family({self.name}, link={self.link_name})"
+
+    def bind(self, d_star) -> "Family":
+        """This family for one site's rows: relative survival needs that site's ``d*``."""
+        if not self.relative_survival:
+            return self
+        return Family(self.sm, True, np.asarray(d_star, dtype=float))
+
+    # -- the link -------------------------------------------------------------------------
+    def linkfun(self, mu):
+        """eta = g(mu)."""
+        return self.sm.link(self._shift(mu))
+
+    def linkinv(self, eta):
+        """mu = g^{-1}(eta)."""
+        mu = self.sm.link.inverse(eta)
+        return mu + self.d_star if self.relative_survival else mu
+
+    def deriv(self, mu):
+        """g'(mu) = d eta / d mu."""
+        return self.sm.link.deriv(self._shift(mu))
+
+    def _shift(self, mu):
+        return mu - self.d_star if self.relative_survival else mu
+
+    # -- variance, deviance, likelihood ---------------------------------------------------
+    def variance(self, mu):
+        return self.sm.variance(mu)
+
+    def working_weights(self, mu):
+        """The IRLS weights without prior weights: 1 / (g'(mu)^2 V(mu))."""
+        return 1.0 / (self.deriv(mu) ** 2 * self.variance(mu))
+
+    def deviance(self, y, mu, w) -> float:
+        return float(self.sm.deviance(y, mu, var_weights=w))
+
+    def pearson_chi2(self, y, mu, w) -> float:
+        return float(np.sum(w * (y - mu) ** 2 / self.variance(mu)))
+
+    def loglike(self, y, mu, w, scale: float) -> float:
+        return float(self.sm.loglike(y, mu, var_weights=w, scale=scale))
+
+    # -- what R adds ----------------------------------------------------------------------
+    def check_response(self, y, w) -> Optional[str]:
+        """R's domain checks on the response: a message (without values), or None."""
+        sm = self.sm
+        if self.relative_survival or isinstance(sm, (smf.Poisson, smf.NegativeBinomial)):
+            if np.any(y < 0):
+                return f"negative values are not allowed for the {self.name} family"
+        elif isinstance(sm, smf.Binomial):
+            if np.any((y < 0) | (y > 1)):
+                return "the binomial response must lie in [0, 1] (a 0/1 outcome or a proportion)"
+        elif isinstance(sm, (smf.Gamma, smf.InverseGaussian)):
+            if np.any(y <= 0):
+                return f"non-positive values are not allowed for the {self.name} family"
+        elif isinstance(sm, smf.Tweedie):
+            if np.any(y < 0):
+                return "negative values are not allowed for the Tweedie family"
+        return None
+
+    def start_mu(self, y, w):
+        """R's starting values (``family$initialize``)."""
+        sm = self.sm
+        if self.relative_survival:
+            # Dickman's relative-survival family: pmax(y, d*) + 0.1 keeps mu - d* > 0.
+            return np.maximum(y, self.d_star) + 0.1
+        if isinstance(sm, smf.Binomial):
+            return (w * y + 0.5) / (w + 1.0)
+        if isinstance(sm, smf.Poisson):
+            return y + 0.1
+        if isinstance(sm, (smf.Gaussian, smf.Gamma, smf.InverseGaussian)):
+            return np.asarray(y, dtype=float).copy()
+        if isinstance(sm, smf.NegativeBinomial):  # MASS::negative.binomial
+            return y + (y == 0) / 6.0
+        if isinstance(sm, smf.Tweedie):  # statmod::tweedie
+            return y + 0.1 * (y == 0)
+        return sm.starting_mu(y)
+
+    def valid(self, eta, mu) -> bool:
+        """R's ``valideta(eta) && validmu(mu)``, plus finiteness."""
+        if not (np.all(np.isfinite(eta)) and np.all(np.isfinite(mu))):
+            return False
+        sm, link = self.sm, self.sm.link
+        if self.relative_survival:
+            return bool(np.all(mu > self.d_star))
+        if isinstance(link, (links.Sqrt, links.InverseSquared)) and np.any(eta <= 0):
+            return False
+        if isinstance(link, links.InversePower) and np.any(eta == 0):
+            return False
+        if isinstance(sm, smf.Binomial):
+            return bool(np.all((mu > 0) & (mu < 1)))
+        if isinstance(sm, (smf.Poisson, smf.Gamma, smf.InverseGaussian, smf.NegativeBinomial,
+                           smf.Tweedie)):
+            return bool(np.all(mu > 0))
+        return True
+
+    def boundary_count(self, mu) -> int:
+        """Rows whose fitted value is numerically on the boundary (R's separation warning):
+        probabilities 0 or 1 (binomial), rates 0 (Poisson)."""
+        if self.relative_survival:
+            return 0
+        if isinstance(self.sm, smf.Binomial):
+            return int(np.sum((mu < _BOUNDARY_EPS) | (mu > 1 - _BOUNDARY_EPS)))
+        if isinstance(self.sm, smf.Poisson):
+            return int(np.sum(mu < _BOUNDARY_EPS))
+        return 0

@@ -1,0 +1,364 @@
+"""`FisherScoring`: R's ``glm.fit`` as an `aia` algorithm over sites that keep their rows.
+
+Each site answers a query (coefficients) with its sums X'WX, X'Wz, deviance and Pearson
+chi-square at those coefficients; the central adds them up and solves for the next
+coefficients. Version 0 asks for R's starting values (``family$initialize``), so the
+central's k-th solve is R's k-th iteration, and the deviance that comes back with the
+answers to it is the deviance R's convergence rule compares:
+
+    |dev - dev_old| / (|dev| + 0.1) < tol        (R: tol = 1e-8, at most 25 iterations)
+
+The stopping rule reads two custom keys of ``stopat``: ``"tol"`` and ``"maxit"`` (R's
+``epsilon`` and ``maxit``). As in R, the estimate is the last coefficients whose deviance
+was computed, and its unscaled covariance the inverse of the X'WX that produced them. A
+non-finite deviance or fitted values outside the family's range halve the step (R's
+step-halving); a singular X'WX names its aliased columns.
+
+Asynchronous mode: the central keeps the latest contribution of each site and re-solves
+with them whenever one arrives, sending the new coefficients to that site. Sites with
+nothing new to compute are told to hold (wait briefly and resend). Once the summed deviance
+stops moving (R's rule, for as many consecutive answers as there are sites), every site
+evaluates the same coefficients; the fit has converged when the Newton step from them
+would lower the deviance by less than R's rule allows, and otherwise goes on with such
+consistent rounds. The estimate is therefore the one of synchronous mode, to ``tol``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from aia.algorithm import AbstractAlgorithm
+
+from .design import Design
+from .linalg import solve
+from .messages import Contribution, Query, combine
+from .site import SiteGroup
+
+INTERCEPT = "Intercept"
+_HOLD_START, _HOLD_MAX = 0.001, 0.05  # seconds: a holding site's back-off
+
+
+class DesignMismatchError(ValueError):
+    """The sites built different design columns."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A site's contribution, or the coefficients, are not finite."""
+
+
+class FisherScoring(AbstractAlgorithm):
+    """Fisher scoring (IRLS) for a GLM over sites; see the module docstring.
+
+    ``design``: a `Design`, or a formula with the arguments of `Design.make` (``family``,
+    ``link``, ``weights``, ``offset``, ``exposure``, ``expected``, ``guards``).
+    ``null_model=True`` fits the intercept-only model (R's null model with an offset).
+    ``n_sites``: the number of sites, needed in asynchronous mode to know when every site
+    has answered.
+
+    The problem of every worker is a `Site` (or a `SiteGroup` in one process). Stop with
+    ``stopat={"tol": 1e-8, "maxit": 25}``. After the run, the fit is on the instance and in
+    ``report()``: ``params``, ``cov_unscaled``, ``deviance``, ``pearson_chi2``,
+    ``null_deviance`` (None when it needs a separate intercept-only fit), ``nobs``,
+    ``fisher_iterations``, ``converged``, ``column_names``.
+    """
+
+    def __init__(self, design: Any, family: Any = "gaussian", link: Any = None, *,
+                 null_model: bool = False, n_sites: Optional[int] = None, **columns):
+        if not isinstance(design, Design):
+            design = Design.make(design, family, link, **columns)
+        self.design = design
+        self.null_model = null_model
+        self.n_sites = n_sites
+        self._subset = (INTERCEPT,) if null_model else None
+        self._reset()
+
+    def _reset(self) -> None:
+        """The central's state, fresh for each run."""
+        self.beta: Optional[np.ndarray] = None  # accepted: its deviance is known
+        self.cov_unscaled: Optional[np.ndarray] = None
+        self.deviance = self.pearson_chi2 = self.null_deviance = None
+        self.criterion: Optional[float] = None
+        self.iterations = 0
+        self.converged = False
+        self.column_names: Optional[list] = None
+        self.nobs = self.n_ok = 0
+        self.n_boundary = 0
+        self.halvings = 0
+        self.boundary = False  # R's flag: step-halving happened
+        self._mode = "sync"
+        self._tol = 1e-8
+        self._maxit = 25
+        self._version = 0
+        self._betas: dict = {}
+        self._dev_old: Optional[float] = None
+        self._inv_prev: Optional[np.ndarray] = None
+        self._null_mode: Optional[str] = None
+        self._null_value: Any = None
+        self._done = False
+        # asynchronous mode
+        self._latest: dict = {}
+        self._sent: dict = {}
+        self._null_parts: dict = {}
+        self._hold: dict = {}
+        self._phase = "gather"
+        self._target: Optional[int] = None
+        self._mixed_dev: Optional[float] = None
+        self._quiet = 0
+        self._last = None  # worker side: the last answer, resent on hold
+
+    # -- worker -----------------------------------------------------------------------------
+    def answer(self, q: Query, problem: Any):
+        if q.hold:
+            time.sleep(q.hold)
+            if isinstance(self._last, list):
+                return [c.again() for c in self._last]
+            return self._last.again()
+        if problem is None:
+            raise RuntimeError("this worker holds no site")
+        sites = problem.sites if isinstance(problem, SiteGroup) else [problem]
+        out = [s.contribution(self.design, q, self._subset) for s in sites]
+        self._last = out if isinstance(problem, SiteGroup) else out[0]
+        return self._last
+
+    # -- central: shared ------------------------------------------------------------------
+    def initialize(self, problem: Any) -> Query:
+        self._reset()
+        return Query(0)
+
+    def _query(self, beta: np.ndarray) -> int:
+        if not np.all(np.isfinite(beta)):
+            raise NonFiniteError(f"the coefficients are not finite at iteration {self.iterations}")
+        self._version += 1
+        self._betas[self._version] = beta
+        return self._version
+
+    def _first_round(self, contribs: Sequence[Contribution]) -> None:
+        """Version 0: check that every site built the same columns; set up the null model."""
+        columns = [c.columns for c in contribs]
+        if any(cols != columns[0] for cols in columns):
+            detail = "; ".join(f"{c.site or i + 1}: {list(c.columns)}"
+                               for i, c in enumerate(contribs))
+            raise DesignMismatchError(f"the sites built different design columns ({detail})")
+        self.column_names = list(columns[0])
+        total = combine(contribs)
+        self.nobs, self.n_ok = total.nobs, total.n_ok
+        if self.null_model:
+            self._null_mode = None
+        elif INTERCEPT not in self.column_names:
+            self._null_mode, self._null_value = "offset", "offset"
+        elif self.design.has_offset or self.design.family.relative_survival:
+            self._null_mode = "refit"  # R fits the intercept-only model: see glm.fit
+        else:
+            self._null_mode, self._null_value = "mean", total.sum_wy / total.sum_w
+
+    def _check(self, contribs: Sequence[Contribution]) -> None:
+        bad = [c.site or "?" for c in contribs
+               if not (np.all(np.isfinite(c.xtwx)) and np.all(np.isfinite(c.xtwz)))]
+        if bad:
+            raise NonFiniteError(f"site(s) {bad} sent a non-finite X'WX or X'Wz "
+                                 f"at iteration {self.iterations}")
+
+    def _solve(self, total: Contribution):
+        return solve(total.xtwx, total.xtwz, self.column_names,
+                     when=f" at iteration {self.iterations}")
+
+    def _accept(self, version: int, total: Contribution, cov: np.ndarray) -> None:
+        self.beta = self._betas[version]
+        self.deviance, self.pearson_chi2 = total.deviance, total.pearson_chi2
+        self.cov_unscaled = cov
+        self.n_boundary = total.n_boundary
+
+    def _halve(self, version: int, reference: Optional[np.ndarray]) -> int:
+        """R's step-halving towards the last valid coefficients."""
+        if reference is None:
+            raise NonFiniteError(
+                "no valid set of coefficients has been found: the first step gives a "
+                "non-finite deviance or fitted values outside the family's range"
+            )
+        self.halvings += 1
+        if self.halvings > self._maxit:
+            raise NonFiniteError("inner loop: cannot correct the step size")
+        self.boundary = True
+        return self._query((self._betas[version] + reference) / 2)
+
+    def _take_null(self, worker, c: Contribution, n: int) -> None:
+        if self._null_mode in ("mean", "offset") and c.null_deviance is not None:
+            self._null_parts[worker] = c.null_deviance
+            if len(self._null_parts) == n:
+                self.null_deviance = float(sum(self._null_parts.values()))
+
+    def _null_for(self, worker) -> Any:
+        if self._null_mode in ("mean", "offset") and worker not in self._null_parts:
+            return self._null_value
+        return None
+
+    # -- central: synchronous -------------------------------------------------------------
+    def sync_central_step(self, answers: Sequence[Any], workers: Sequence[int], problem: Any):
+        self._mode = "sync"
+        contribs = [c for a in answers for c in (a if isinstance(a, list) else [a])]
+        version = contribs[0].version
+        if version == 0:
+            self._first_round(contribs)
+        total = combine(contribs)
+        if not total.valid:
+            v = self._halve(version, self.beta)
+            return Query(v, self._betas[v], self._null_for(0))
+        self._check(contribs)
+        for i, c in enumerate(contribs):
+            self._take_null(i, c, len(contribs))
+        if version > 0:
+            self.halvings = 0
+            self.iterations += 1
+            self._accept(version, total, self._inv_prev)
+            self.criterion = abs(total.deviance - self._dev_old) / (abs(total.deviance) + 0.1)
+        self._dev_old = total.deviance
+        beta, self._inv_prev = self._solve(total)
+        v = self._query(beta)
+        return Query(v, beta, self._null_for(0))
+
+    # -- central: asynchronous ------------------------------------------------------------
+    def _n_expected(self) -> int:
+        workers = getattr(self, "workers", None)  # set by the engine, where it does
+        n = len(workers) if workers else self.n_sites
+        if not n:
+            raise ValueError("FisherScoring needs n_sites=... in asynchronous mode")
+        return n
+
+    def central_step(self, a: Contribution, worker: int, problem: Any) -> Query:
+        self._mode = "async"
+        if isinstance(a, list):
+            raise TypeError("asynchronous mode needs one site per worker")
+        n = self._n_expected()
+        if not a.repeat:
+            if not a.valid:
+                return self._async_invalid(a, worker)
+            self._latest[worker] = a
+            if a.version > 0:
+                self._check([a])
+                self._take_null(worker, a, n)
+                if self._phase == "async":
+                    self._async_solve(n)
+        if self._phase == "gather":
+            if len(self._latest) < n:
+                return self._hold_query(worker)
+            self._gather_done(n)
+        if self._phase == "confirm" and all(
+                c.version == self._target for c in self._latest.values()):
+            self._confirm()
+        target = self._target if self._phase == "confirm" else self._version
+        if self._done or self._latest[worker].version == target:
+            return self._hold_query(worker)
+        self._hold.pop(worker, None)
+        self._sent[worker] = target
+        return Query(target, self._betas[target], self._null_for(worker))
+
+    def _hold_query(self, worker) -> Query:
+        wait = min(2 * self._hold.get(worker, _HOLD_START / 2), _HOLD_MAX)
+        self._hold[worker] = wait
+        return Query(self._latest[worker].version, hold=wait)
+
+    def _gather_done(self, n: int) -> None:
+        contribs = list(self._latest.values())
+        self._first_round(contribs)
+        total = combine(contribs)
+        self._check(contribs)
+        self._mixed_dev = total.deviance
+        beta, _ = self._solve(total)
+        self._query(beta)
+        self.iterations += 1
+        self._phase = "async"
+
+    def _async_solve(self, n: int) -> None:
+        """Re-solve with the latest contribution of every site."""
+        total = combine(list(self._latest.values()))
+        beta, _ = self._solve(total)
+        self._query(beta)
+        self.iterations += 1
+        self.criterion = abs(total.deviance - self._mixed_dev) / (abs(total.deviance) + 0.1)
+        self._mixed_dev = total.deviance
+        self._quiet = self._quiet + 1 if self.criterion < self._tol else 0
+        if self._quiet >= n:  # the summed deviance has settled: evaluate one beta everywhere
+            self._phase, self._target = "confirm", self._version
+        self._prune()
+
+    def _confirm(self) -> None:
+        """Every site answered at the same coefficients: a consistent, R-style round."""
+        total = combine(list(self._latest.values()))
+        beta_next, inv = self._solve(total)
+        self.iterations += 1
+        self._accept(self._target, total, inv)
+        step = beta_next - self.beta
+        self.criterion = float(step @ total.xtwx @ step) / (abs(total.deviance) + 0.1)
+        if self.criterion < self._tol:
+            self._done = self.converged = True
+        else:
+            self._target = self._query(beta_next)
+        self.halvings = 0
+
+    def _async_invalid(self, a: Contribution, worker) -> Query:
+        """Halve the step between this site's last valid coefficients and the invalid ones,
+        and have every site evaluate the result."""
+        ref_version = self._latest[worker].version
+        reference = self._betas.get(ref_version) if ref_version > 0 else None
+        self._phase = "confirm"
+        self._target = self._sent[worker] = self._halve(a.version, reference)
+        return Query(self._target, self._betas[self._target], self._null_for(worker))
+
+    def _prune(self) -> None:
+        keep = {c.version for c in self._latest.values()} | set(self._sent.values())
+        keep |= {self._version, self._target}
+        for v in [v for v in self._betas if v not in keep]:
+            del self._betas[v]
+
+    # -- hooks ----------------------------------------------------------------------------
+    def stopnow(self, stopat: Mapping[str, Any]) -> bool:
+        tol = stopat["tol"] if "tol" in stopat else None
+        maxit = stopat["maxit"] if "maxit" in stopat else None
+        if tol is not None:
+            self._tol = float(tol)
+        if maxit is not None:
+            self._maxit = int(maxit)
+        if self._done:
+            return True
+        if (self._mode == "sync" and tol is not None and self.criterion is not None
+                and self.criterion < tol):
+            self._done = self.converged = True
+            return True
+        if maxit is not None:
+            per_site = 1 if self._mode == "sync" else self._n_expected()
+            return self.iterations >= maxit * per_site
+        return False
+
+    def progress(self, stopat: Mapping[str, Any]) -> float:
+        done = 0.0
+        if "maxit" in stopat and stopat["maxit"]:
+            per_site = 1 if self._mode == "sync" else (self.n_sites or 1)
+            done = self.iterations / (stopat["maxit"] * per_site)
+        if "tol" in stopat and self.criterion is not None:
+            crit, tol = max(self.criterion, 1e-300), float(stopat["tol"])
+            done = max(done, min(1.0, math.log(crit) / math.log(tol)) if crit < 1 else 0.0)
+        return min(max(done, 0.0), 1.0)
+
+    def showvalues(self) -> list:
+        dev = self.deviance if self.deviance is not None else self._mixed_dev
+        return [("deviance", dev), ("criterion", self.criterion)]
+
+    def report(self) -> dict:
+        names = self.column_names if self._subset is None else list(self._subset)
+        params = None if self.beta is None else pd.Series(self.beta, index=names)
+        return {
+            "params": params,
+            "cov_unscaled": self.cov_unscaled,
+            "deviance": self.deviance,
+            "pearson_chi2": self.pearson_chi2,
+            "null_deviance": self.null_deviance,
+            "nobs": self.nobs,
+            "fisher_iterations": self.iterations,
+            "converged": self.converged,
+            "column_names": names,
+        }

@@ -1,0 +1,291 @@
+"""`fit`: a GLM over sites whose rows never leave them.
+
+The steps, each one a pass over the sites (only sums come back to the central)::
+
+    1. describe   every site checks the formula and its guards, and sends its categorical
+                  levels and the moments of the columns inside center()/scale()
+    2. build      with the merged levels and global moments, every site builds its design
+                  matrices; the central checks that the columns agree
+    3. fit        FisherScoring through aia.start (synchronous or asynchronous)
+    4. null       with an offset (or relative survival), R's null deviance is the deviance
+                  of the intercept-only model: a second FisherScoring run
+    5. loglike    every site sends its share of the log-likelihood at the estimate
+
+Each site lives on its own worker (one worker per site). ``cluster=None`` starts a temporary
+`aia.LocalCluster`; ``cluster="inprocess"`` keeps every site in this process (synchronous
+only; for small data and tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from statsmodels.genmod import families as smf
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+import aia
+
+from .design import Design, FormulaError, merge_levels, merge_moments
+from .fisher import DesignMismatchError, FisherScoring
+from .guards import PrivacyError, check_min_sites
+from .results import GLMResults
+from .site import Site, SiteError, SiteGroup
+
+
+def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
+        weights: Optional[str] = None, offset: Optional[str] = None,
+        exposure: Optional[str] = None, expected: Optional[str] = None,
+        method: str = "fisher", tol: float = 1e-8, max_iter: int = 25,
+        cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
+        guards: Any = None, verbose: int = 0) -> GLMResults:
+    """Fit a GLM by Fisher scoring across sites; exact to R's ``glm`` and statsmodels.
+
+    Parameters
+    ----------
+    formula : str
+        ``"y ~ x1 + C(group) + I(x2 ** 2)"`` (formulaic syntax, whitelisted transforms; see
+        `algorithms.glm.design`).
+    sites : list or dict
+        One entry per site: a path (CSV, or Parquet for ``.parquet``/``.pq``), read by the
+        worker that holds the site, or a pandas DataFrame. A dict names the sites.
+    family, link :
+        A family name (``gaussian``, ``binomial``, ``poisson``, ``gamma``,
+        ``inverse_gaussian``, ``relative_survival``) or a statsmodels family object; a link
+        name (``logit``, ``probit``, ``cloglog``, ``log``, ``identity``, ``inverse``,
+        ``sqrt``, ...) or a statsmodels link; None for the canonical link.
+    weights, offset, exposure, expected :
+        Column names: prior weights, an offset on the linear predictor, an exposure
+        (``log(exposure)`` is added to the offset), the expected deaths ``d*`` of
+        ``family="relative_survival"`` (``mu = d* + exp(eta)``).
+    method : str
+        ``"fisher"`` (the only method of this function for now).
+    tol, max_iter :
+        R's convergence rule: ``|dev - dev_old| / (|dev| + 0.1) < tol``, at most
+        ``max_iter`` iterations.
+    cluster :
+        None (a temporary local cluster, one worker per site), an `aia` cluster with at
+        least one worker per site (its first workers are used), or ``"inprocess"``.
+    synchronous : bool
+        Wait for every site at each step (R's iterations exactly), or re-solve as each
+        site's contribution arrives.
+    min_sites : int
+        The fewest sites the analyst accepts.
+    guards :
+        Stricter privacy thresholds than the sites' (a mapping of `Guards` fields); a site
+        ignores any request looser than its own.
+    verbose : int
+        0 nothing, 1 a progress bar, 2 also the deviance and the convergence criterion.
+    """
+    if method != "fisher":
+        raise ValueError(f"method: {method!r} is not available in glm.fit; use 'fisher'")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol: expected a positive number, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    design = Design.make(formula, family, link, weights=weights, offset=offset,
+                         exposure=exposure, expected=expected, guards=guards)
+    names, sources = _site_list(sites)
+    check_min_sites(len(sources), min_sites)
+    if cluster == "inprocess" and not synchronous:
+        raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
+    stopat = {"tol": tol, "maxit": max_iter}
+    with _placed(sources, names, cluster) as placed:
+        described = placed.call("describe", design)
+        design = design.with_shared(merge_levels([d["levels"] for d in described]),
+                                    merge_moments([d["moments"] for d in described]))
+        _same_columns([b["columns"] for b in placed.call("build", design)], names)
+        main = FisherScoring(design, n_sites=len(sources))
+        placed.run(main, stopat, synchronous, verbose)
+        null_deviance = main.null_deviance
+        if null_deviance is None:  # an offset: R fits the intercept-only model
+            null = FisherScoring(design, null_model=True, n_sites=len(sources))
+            placed.run(null, stopat, synchronous, 0)
+            if not null.converged:
+                warnings.warn("the intercept-only fit behind the null deviance did not "
+                              "converge", ConvergenceWarning, stacklevel=2)
+            null_deviance = null.deviance
+        scale = _scale(main, design)
+        llf = sum(placed.call("loglike", design, main.beta, _llf_scale(main, design, scale)))
+    return _results(main, design, scale, null_deviance, llf, names, synchronous)
+
+
+# -- placing the sites -------------------------------------------------------------------------
+def _site_list(sites: Any) -> tuple[list, list]:
+    if isinstance(sites, (str, Path, pd.DataFrame)):
+        raise TypeError("sites: expected a list (or dict) of sites, one entry per site")
+    if isinstance(sites, Mapping):
+        names, sources = [str(k) for k in sites], list(sites.values())
+    else:
+        sources = list(sites)
+        names = [Path(s).name if isinstance(s, (str, Path)) else f"site {i + 1}"
+                 for i, s in enumerate(sources)]
+        if len(set(names)) < len(names):
+            names = [f"site {i + 1} ({n})" for i, n in enumerate(names)]
+    if not sources:
+        raise ValueError("sites: expected at least one site")
+    for s in sources:
+        if not isinstance(s, (str, Path, pd.DataFrame)):
+            raise TypeError(f"sites: expected paths or DataFrames, got {type(s).__name__}")
+    return names, sources
+
+
+def _call(method: str, args: tuple, site: Optional[Site]):
+    """Run a site method where the site lives; return its errors as values."""
+    if site is None:
+        return None
+    try:
+        return ("ok", getattr(site, method)(*args))
+    except (PrivacyError, FormulaError, SiteError, OSError) as exc:
+        return ("error", exc)
+
+
+def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
+    out = []
+    for key, name in zip(order, names):
+        status, value = results[key]
+        if status == "error":
+            if isinstance(value, PrivacyError):
+                raise PrivacyError(value.guard, value.threshold, value.detail, site=name)
+            if isinstance(value, OSError):
+                raise value
+            raise type(value)(f"site {name}: {value}")
+        out.append(value)
+    return out
+
+
+def _new_site(paths: dict, names: dict, pid: int) -> Optional[Site]:
+    return Site(paths.get(pid), names[pid]) if pid in names else None
+
+
+def _set_table(table: pd.DataFrame, site: Site) -> None:
+    site.set_table(table)
+
+
+class _Placed:
+    """The sites, wherever they live, and how to reach them."""
+
+    def __init__(self, handle, pids: list, names: list, cluster, problem=None):
+        self.handle, self.pids, self.names, self.cluster = handle, pids, names, cluster
+        self.problem = handle if problem is None else problem
+
+    def call(self, method: str, *args) -> list:
+        """``site.method(*args)`` on every site, in site order."""
+        results = self.handle.map(functools.partial(_call, method, args))
+        return _unwrap(results, self.pids, self.names)
+
+    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int):
+        if self.cluster is None:  # in process
+            return aia.start(alg, lambda pid: self.problem, stopat, pids=[0],
+                             synchronous=True, verbose=verbose)
+        return aia.start(alg, self.problem, stopat, pids=self.pids, cluster=self.cluster,
+                         synchronous=synchronous, verbose=verbose)
+
+
+class _InProcess:
+    """`aia.DistributedObject`'s ``map`` for sites held by this process."""
+
+    def __init__(self, sites: list):
+        self.sites = sites
+
+    def map(self, fn) -> dict:
+        return {i + 1: fn(site) for i, site in enumerate(self.sites)}
+
+
+@contextlib.contextmanager
+def _placed(sources: list, names: list, cluster: Any):
+    n = len(sources)
+    if isinstance(cluster, str):
+        if cluster != "inprocess":
+            raise ValueError(f"cluster: expected None, an aia cluster or 'inprocess', got {cluster!r}")
+        sites = [Site(src, name) for src, name in zip(sources, names)]
+        yield _Placed(_InProcess(sites), list(range(1, n + 1)), names, None, SiteGroup(sites))
+        return
+    with contextlib.ExitStack() as stack:
+        if cluster is None:
+            cluster = stack.enter_context(aia.LocalCluster(n))
+        if len(cluster.pids) < n:
+            raise ValueError(f"cluster: {n} sites need {n} workers, the cluster has "
+                             f"{len(cluster.pids)}")
+        pids = list(cluster.pids[:n])
+        by_pid = dict(zip(pids, names))
+        paths = {pid: src for pid, src in zip(pids, sources) if not isinstance(src, pd.DataFrame)}
+        handle = aia.DistributedObject(functools.partial(_new_site, paths, by_pid), cluster)
+        for pid, src in zip(pids, sources):
+            if isinstance(src, pd.DataFrame):  # sent to its worker only
+                handle.apply(pid, functools.partial(_set_table, src))
+        yield _Placed(handle, pids, names, cluster)
+
+
+def _same_columns(columns: list, names: list) -> None:
+    if any(c != columns[0] for c in columns):
+        detail = "; ".join(f"{n}: {list(c)}" for n, c in zip(names, columns))
+        raise DesignMismatchError(f"the sites built different design columns ({detail})")
+
+
+# -- the result --------------------------------------------------------------------------------
+def _df_resid(main: FisherScoring) -> int:
+    return main.n_ok - len(main.column_names)
+
+
+def _scale(main: FisherScoring, design: Design) -> float:
+    """Pearson chi-square / df_resid when the dispersion is estimated (R and statsmodels)."""
+    if not design.family.scale_estimated:
+        return 1.0
+    df = _df_resid(main)
+    return main.pearson_chi2 / df if df > 0 else float("nan")
+
+
+def _llf_scale(main: FisherScoring, design: Design, scale: float) -> float:
+    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity."""
+    sm = design.family.sm
+    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
+        return main.deviance / main.nobs
+    return scale
+
+
+def _results(main: FisherScoring, design: Design, scale: float, null_deviance: float,
+             llf: float, names: list, synchronous: bool) -> GLMResults:
+    cols = main.column_names
+    converged, notes = main.converged, []
+    if main.n_boundary:
+        what = ("fitted probabilities numerically 0 or 1 occurred"
+                if isinstance(design.family.sm, smf.Binomial) else "fitted rates numerically 0 occurred")
+        notes.append(f"{what}: (quasi-)complete separation; the maximum likelihood estimate "
+                     "does not exist and some coefficients diverge")
+        warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=3)
+        converged = False
+    elif not converged:
+        notes.append("the algorithm did not converge")
+        warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
+                      ConvergenceWarning, stacklevel=3)
+    if main.boundary:
+        notes.append("the step was halved to keep the fit valid (R: algorithm stopped at "
+                     "boundary value)")
+    has_intercept = "Intercept" in cols
+    return GLMResults(
+        params=pd.Series(main.beta, index=cols),
+        cov_unscaled=pd.DataFrame(main.cov_unscaled, index=cols, columns=cols),
+        scale=scale,
+        scale_estimated=design.family.scale_estimated,
+        deviance=main.deviance,
+        null_deviance=null_deviance,
+        pearson_chi2=main.pearson_chi2,
+        llf=llf,
+        nobs=main.nobs,
+        df_resid=_df_resid(main),
+        df_null=main.n_ok - int(has_intercept),
+        iterations=main.iterations,
+        converged=converged,
+        family=design.family.name,
+        link=design.family.link_name,
+        formula=design.formula,
+        sites=list(names),
+        synchronous=synchronous,
+        notes=notes,
+    )

@@ -1,0 +1,206 @@
+"""A site: one table, kept in the process that holds it, and its local computations.
+
+Every method checks the privacy guards before it returns, and returns sums only: levels of
+categorical columns and their moments at first contact (`Site.describe`), the design's
+column names (`Site.build`), X'WX, X'Wz and a few scalars at each step
+(`Site.contribution`), the log-likelihood at the end (`Site.loglike`).
+
+Errors raised here travel to the analyst. Those this package raises (`PrivacyError`,
+`FormulaError`, `SiteError`) are written never to quote a data value; any other exception
+(a pandas or formulaic message may quote one) is replaced by its type, and its traceback
+is logged at the site only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .design import (Design, FormulaError, ModelData, categorical_columns, model_data,
+                     site_levels, site_moments, used_columns)
+from .guards import Guards, PrivacyError
+from .messages import Contribution, Query
+
+log = logging.getLogger(__name__)
+
+
+class SiteError(ValueError):
+    """A site cannot take part (missing column, invalid response...). The message quotes
+    no data value."""
+
+
+def _guarded(method):
+    """Let this package's errors through; replace any other by a message without data."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (PrivacyError, FormulaError, SiteError, OSError):
+            raise
+        except Exception as exc:
+            log.exception("site %s: %s failed", self.name, method.__name__)
+            raise SiteError(
+                f"{type(exc).__name__} in {method.__name__} at site {self.name or ''} "
+                "(details are logged at the site, not sent: they may quote data)"
+            ) from None
+
+    return wrapper
+
+
+class Site:
+    """One site's table. ``source`` is a path (CSV, or Parquet for ``.parquet``/``.pq``),
+    read lazily by the process that holds the site, or a DataFrame.
+
+    The guards come from the environment of that process (see `algorithms.glm.guards`);
+    ``environ`` replaces it (for tests).
+    """
+
+    def __init__(self, source: Any = None, name: Optional[str] = None,
+                 environ: Optional[Mapping[str, str]] = None):
+        self.source = source
+        self.name = name or (Path(source).name if isinstance(source, (str, Path)) else None)
+        self.guards = Guards.from_environment(environ)
+        self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
+        self._built: Optional[tuple] = None  # (design token, ModelData)
+
+    def __repr__(self) -> str:
+        return f"Site({self.name!r})"
+
+    def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
+        """Give the site its rows (a DataFrame sent to the process that holds it)."""
+        self._table, self._built = table, None
+        if name is not None:
+            self.name = name
+
+    @property
+    def table(self) -> pd.DataFrame:
+        if self._table is None:
+            if self.source is None:
+                raise SiteError("this site has no data")
+            path = Path(self.source)
+            if path.suffix.lower() in (".parquet", ".pq"):
+                self._table = pd.read_parquet(path)
+            else:
+                self._table = pd.read_csv(path)
+        return self._table
+
+    # -- first contact --------------------------------------------------------------------
+    def _frame(self, design: Design) -> tuple[pd.DataFrame, Guards]:
+        """The complete cases of the used columns, after the column and row guards."""
+        guards = self.guards.stricter(design.guards)
+        used = used_columns(design)
+        guards.check_columns(used)
+        missing = sorted(used - set(self.table.columns))
+        if missing:
+            raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
+        frame = self.table[sorted(used)]
+        guards.check_rows(int(len(frame.dropna())), {c: int(frame[c].count()) for c in used})
+        return frame.dropna(), guards
+
+    @_guarded
+    def describe(self, design: Design) -> dict:
+        """The categorical levels (and per-level guard) and the moments of the standardised
+        columns, over the site's complete rows."""
+        frame, guards = self._frame(design)
+        levels = {}
+        for col in categorical_columns(frame, design.info):
+            lv, counts = site_levels(frame[col])
+            guards.check_levels(col, counts)
+            levels[col] = lv
+        moments = {col: site_moments(frame[col]) for col in sorted(design.info.standardized)}
+        return {"levels": levels, "moments": moments, "nobs": len(frame)}
+
+    @_guarded
+    def build(self, design: Design) -> dict:
+        """Build (once per design) and check the design matrices; return the column names."""
+        return {"columns": tuple(self.model(design).names), "nobs": len(self.model(design).y)}
+
+    def model(self, design: Design) -> ModelData:
+        if self._built is not None and self._built[0] == design.token:
+            return self._built[1]
+        frame, guards = self._frame(design)
+        for col in categorical_columns(frame, design.info):
+            guards.check_levels(col, frame[col].value_counts().tolist())
+        data = model_data(frame, design)
+        guards.check_parameters(data.X.shape[1], len(data.y))
+        problem = design.family.check_response(data.y, data.weights)
+        if problem:
+            raise SiteError(problem)
+        self._built = (design.token, data)
+        return data
+
+    # -- each step ------------------------------------------------------------------------
+    @_guarded
+    def contribution(self, design: Design, query: Query,
+                     subset: Optional[Sequence[str]] = None) -> Contribution:
+        """The site's sums at ``query.beta`` (R's starting values for version 0)."""
+        m = self.model(design)
+        X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
+        fam = design.family.bind(m.d_star)
+        y, w, offset = m.y, m.weights, m.offset
+        if query.beta is None:
+            mu = fam.start_mu(y, w)
+            eta = fam.linkfun(mu)
+            if not fam.valid(eta, mu):
+                raise SiteError(f"cannot find valid starting values for the {fam.name} family "
+                                f"with the {fam.link_name} link at site {self.name}")
+        else:
+            eta = X @ query.beta + offset
+            mu = fam.linkinv(eta)
+        counts = dict(nobs=len(y), n_ok=int(np.sum(w > 0)), sum_wy=float(np.sum(w * y)),
+                      sum_w=float(np.sum(w)), site=self.name,
+                      columns=tuple(m.names if subset is None else subset)
+                      if query.version == 0 else None)
+        with np.errstate(all="ignore"):
+            if not fam.valid(eta, mu):
+                return Contribution(query.version, False, **counts)
+            deviance = fam.deviance(y, mu, w)
+            if not np.isfinite(deviance):
+                return Contribution(query.version, False, **counts)
+            # The working response and weights of IRLS (statsmodels' and R's formulas).
+            weights = w * fam.working_weights(mu)
+            z = eta - offset + fam.deriv(mu) * (y - mu)
+            good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
+            if not good.all():
+                X, weights, z = X[good], weights[good], z[good]
+            XW = X * weights[:, None]
+            return Contribution(
+                query.version, True, deviance=deviance,
+                pearson_chi2=fam.pearson_chi2(y, mu, w),
+                xtwx=X.T @ XW, xtwz=XW.T @ z,
+                n_boundary=fam.boundary_count(mu),
+                null_deviance=self._null_deviance(fam, m, query.null),
+                **counts,
+            )
+
+    @staticmethod
+    def _null_deviance(fam, m: ModelData, null) -> Optional[float]:
+        if null is None:
+            return None
+        if null == "offset":  # no intercept: R's null model is mu = g^{-1}(offset)
+            return fam.deviance(m.y, fam.linkinv(m.offset), m.weights)
+        return fam.deviance(m.y, np.full_like(m.y, float(null)), m.weights)
+
+    @_guarded
+    def loglike(self, design: Design, beta: np.ndarray, scale: float,
+                subset: Optional[Sequence[str]] = None) -> float:
+        """The site's share of the log-likelihood at ``beta`` (statsmodels' definition)."""
+        m = self.model(design)
+        X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
+        fam = design.family.bind(m.d_star)
+        mu = fam.linkinv(X @ beta + m.offset)
+        with np.errstate(all="ignore"):
+            return fam.loglike(m.y, mu, m.weights, scale)
+
+
+class SiteGroup:
+    """Several sites held by one process, answered one after another (in-process fits)."""
+
+    def __init__(self, sites: Sequence[Site]):
+        self.sites = list(sites)

@@ -1,0 +1,72 @@
+"""Shared data and references for the GLM tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from formulaic import Formula
+
+import aia
+from . import _standin  # noqa  TEMPORARY until aia.start lands
+
+REPO = Path(__file__).resolve().parents[3]
+DATA = (REPO / ".." / "shared" / "data").resolve()
+V6 = DATA / "v6-glm"
+DISTRIBGLM = DATA / "distribglm"
+
+
+def v6_sites(family: str) -> list[Path]:
+    """The three v6-glm-py sites of one family's data."""
+    paths = [V6 / family / f"{s}.csv" for s in "abc"]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"shared data {V6 / family} not found")
+    return paths
+
+
+def distribglm_sites() -> list[Path]:
+    paths = [DISTRIBGLM / f"data_site{i}.csv" for i in (1, 2)]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"shared data {DISTRIBGLM} not found")
+    return paths
+
+
+def read(sites) -> list[pd.DataFrame]:
+    return [s if isinstance(s, pd.DataFrame) else pd.read_csv(s) for s in sites]
+
+
+def survival_frames(rate: float = 0.01) -> list[pd.DataFrame]:
+    """The v6 survival sites with expected deaths d* = rate * eventtime (the files have
+    no expected-deaths column)."""
+    frames = read(v6_sites("survival"))
+    return [f.assign(dstar=rate * f["eventtime"]) for f in frames]
+
+
+def reference(formula: str, sites, family, *, weights=None, offset=None, exposure=None,
+              use_t=False):
+    """statsmodels' GLM on the pooled rows, with formulaic's design (the same columns)."""
+    pooled = pd.concat(read(sites), ignore_index=True)
+    y, X = Formula(formula).get_model_matrix(pooled)
+    kwargs = {}
+    if weights:
+        kwargs["var_weights"] = pooled[weights].to_numpy(float)
+    if offset:
+        kwargs["offset"] = pooled[offset].to_numpy(float)
+    if exposure:
+        kwargs["exposure"] = pooled[exposure].to_numpy(float)
+    model = sm.GLM(np.asarray(y, float).ravel(), X, family=family, **kwargs)
+    return model.fit(tol=1e-14, maxiter=200, use_t=use_t)
+
+
+def close(a, b, rtol=1e-6, atol=1e-10):
+    np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Three persistent worker processes shared by the tests that need real sites."""
+    with aia.LocalCluster(3) as c:
+        yield c
