@@ -67,10 +67,14 @@ class DistributedObject:
         self._check_held(pid)
         return self.cluster.apply(self.id, pid, cloudpickle.dumps(fn))
 
-    def map(self, fn: Callable[[Any], Any]) -> dict:
-        """``{pid: fn(object on pid)}`` for every pid of ``where()``, the workers in parallel."""
-        out = {0: fn(self.local)} if self.local is not None else {}
-        remote = [p for p in self.where() if p != 0]
+    def map(self, fn: Callable[[Any], Any], pids: Optional[Sequence[int]] = None) -> dict:
+        """``{pid: fn(object on pid)}`` for every pid of ``where()`` (or of ``pids``), the
+        workers in parallel."""
+        pids = self.where() if pids is None else list(pids)
+        out = {0: fn(self.local)} if 0 in pids else {}
+        remote = [p for p in pids if p != 0]
+        for pid in remote:
+            self._check_held(pid)
         out.update(self.cluster.apply_all(self.id, remote, cloudpickle.dumps(fn)))
         return out
 

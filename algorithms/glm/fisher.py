@@ -17,10 +17,10 @@ step-halving); a singular X'WX names its aliased columns.
 Asynchronous mode: the central keeps the latest contribution of each site and re-solves
 with them whenever one arrives, sending the new coefficients to that site. Sites with
 nothing new to compute are told to hold (wait briefly and resend). Once the summed deviance
-stops moving (R's rule, for as many consecutive answers as there are sites), every site
-evaluates the same coefficients; the fit has converged when the Newton step from them
-would lower the deviance by less than R's rule allows, and otherwise goes on with such
-consistent rounds. The estimate is therefore the one of synchronous mode, to ``tol``.
+stops moving (R's rule, for as many consecutive answers as there are sites), the fit ends
+with consistent rounds, where every site evaluates the same coefficients, until R's rule
+holds between two of them. The asynchronous phase is a warm start; the estimate is the
+one of synchronous mode, to ``tol``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class FisherScoring(AbstractAlgorithm):
     ``link``, ``weights``, ``offset``, ``exposure``, ``expected``, ``guards``).
     ``null_model=True`` fits the intercept-only model (R's null model with an offset).
     ``n_sites``: the number of sites, needed in asynchronous mode to know when every site
-    has answered.
+    has answered. ``start``: starting coefficients instead of R's starting values.
 
     The problem of every worker is a `Site` (or a `SiteGroup` in one process). Stop with
     ``stopat={"tol": 1e-8, "maxit": 25}``. After the run, the fit is on the instance and in
@@ -68,12 +68,14 @@ class FisherScoring(AbstractAlgorithm):
     """
 
     def __init__(self, design: Any, family: Any = "gaussian", link: Any = None, *,
-                 null_model: bool = False, n_sites: Optional[int] = None, **columns):
+                 null_model: bool = False, n_sites: Optional[int] = None, start=None,
+                 **columns):
         if not isinstance(design, Design):
             design = Design.make(design, family, link, **columns)
         self.design = design
         self.null_model = null_model
         self.n_sites = n_sites
+        self.start = None if start is None else np.asarray(start, dtype=float)
         self._subset = (INTERCEPT,) if null_model else None
         self._reset()
 
@@ -96,6 +98,7 @@ class FisherScoring(AbstractAlgorithm):
         self._version = 0
         self._betas: dict = {}
         self._dev_old: Optional[float] = None
+        self._coefold: Optional[np.ndarray] = None  # R's coefold: the last valid coefficients
         self._inv_prev: Optional[np.ndarray] = None
         self._null_mode: Optional[str] = None
         self._null_value: Any = None
@@ -108,6 +111,8 @@ class FisherScoring(AbstractAlgorithm):
         self._phase = "gather"
         self._target: Optional[int] = None
         self._mixed_dev: Optional[float] = None
+        self._consistent: Optional[tuple] = None  # (deviance, inverse X'WX) of the last
+        # consistent round (every site at the same coefficients)
         self._quiet = 0
         self._last = None  # worker side: the last answer, resent on hold
 
@@ -128,7 +133,10 @@ class FisherScoring(AbstractAlgorithm):
     # -- central: shared ------------------------------------------------------------------
     def initialize(self, problem: Any) -> Query:
         self._reset()
-        return Query(0)
+        if self.start is None:
+            return Query(0)
+        self._betas[0] = self._coefold = self.start
+        return Query(0, self.start)
 
     def _query(self, beta: np.ndarray) -> int:
         if not np.all(np.isfinite(beta)):
@@ -172,13 +180,16 @@ class FisherScoring(AbstractAlgorithm):
         self.deviance, self.pearson_chi2 = total.deviance, total.pearson_chi2
         self.cov_unscaled = cov
         self.n_boundary = total.n_boundary
+        self._coefold = self.beta
 
     def _halve(self, version: int, reference: Optional[np.ndarray]) -> int:
         """R's step-halving towards the last valid coefficients."""
         if reference is None:
             raise NonFiniteError(
                 "no valid set of coefficients has been found: the first step gives a "
-                "non-finite deviance or fitted values outside the family's range"
+                "non-finite deviance or fitted values outside the range of the "
+                f"{self.design.family.name} family with the {self.design.family.link_name} "
+                "link; supply starting values (start=...)"
             )
         self.halvings += 1
         if self.halvings > self._maxit:
@@ -206,7 +217,10 @@ class FisherScoring(AbstractAlgorithm):
             self._first_round(contribs)
         total = combine(contribs)
         if not total.valid:
-            v = self._halve(version, self.beta)
+            if version == 0:
+                raise NonFiniteError("the starting coefficients give a non-finite deviance or "
+                                     "fitted values outside the family's range")
+            v = self._halve(version, self._coefold)
             return Query(v, self._betas[v], self._null_for(0))
         self._check(contribs)
         for i, c in enumerate(contribs):
@@ -287,24 +301,30 @@ class FisherScoring(AbstractAlgorithm):
         self._prune()
 
     def _confirm(self) -> None:
-        """Every site answered at the same coefficients: a consistent, R-style round."""
+        """Every site answered at the same coefficients: a consistent round, as in
+        synchronous mode. R's rule compares the deviances of two consecutive consistent
+        rounds, so the first one only takes a Newton step."""
         total = combine(list(self._latest.values()))
-        beta_next, inv = self._solve(total)
         self.iterations += 1
-        self._accept(self._target, total, inv)
-        step = beta_next - self.beta
-        self.criterion = float(step @ total.xtwx @ step) / (abs(total.deviance) + 0.1)
-        if self.criterion < self._tol:
-            self._done = self.converged = True
-        else:
-            self._target = self._query(beta_next)
+        if self._consistent is not None:
+            dev_prev, inv_prev = self._consistent
+            self._accept(self._target, total, inv_prev)
+            self.criterion = abs(total.deviance - dev_prev) / (abs(total.deviance) + 0.1)
+            if self.criterion < self._tol:
+                self._done = self.converged = True
+                return
+        beta_next, inv = self._solve(total)
+        self._consistent = (total.deviance, inv)
+        self._target = self._query(beta_next)
         self.halvings = 0
 
     def _async_invalid(self, a: Contribution, worker) -> Query:
         """Halve the step between this site's last valid coefficients and the invalid ones,
         and have every site evaluate the result."""
-        ref_version = self._latest[worker].version
-        reference = self._betas.get(ref_version) if ref_version > 0 else None
+        if worker not in self._latest:
+            raise NonFiniteError("the starting coefficients give a non-finite deviance or "
+                                 "fitted values outside the family's range")
+        reference = self._betas.get(self._latest[worker].version)
         self._phase = "confirm"
         self._target = self._sent[worker] = self._halve(a.version, reference)
         return Query(self._target, self._betas[self._target], self._null_for(worker))

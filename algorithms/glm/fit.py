@@ -43,7 +43,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         exposure: Optional[str] = None, expected: Optional[str] = None,
         method: str = "fisher", tol: float = 1e-8, max_iter: int = 25,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-        guards: Any = None, verbose: int = 0) -> GLMResults:
+        guards: Any = None, start: Any = None, verbose: int = 0) -> GLMResults:
     """Fit a GLM by Fisher scoring across sites; exact to R's ``glm`` and statsmodels.
 
     Parameters
@@ -79,6 +79,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     guards :
         Stricter privacy thresholds than the sites' (a mapping of `Guards` fields); a site
         ignores any request looser than its own.
+    start :
+        Starting coefficients (one per design column), instead of R's starting values.
     verbose : int
         0 nothing, 1 a progress bar, 2 also the deviance and the convergence criterion.
     """
@@ -100,7 +102,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         design = design.with_shared(merge_levels([d["levels"] for d in described]),
                                     merge_moments([d["moments"] for d in described]))
         _same_columns([b["columns"] for b in placed.call("build", design)], names)
-        main = FisherScoring(design, n_sites=len(sources))
+        main = FisherScoring(design, n_sites=len(sources), start=start)
         placed.run(main, stopat, synchronous, verbose)
         null_deviance = main.null_deviance
         if null_deviance is None:  # an offset: R fits the intercept-only model

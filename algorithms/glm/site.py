@@ -144,15 +144,17 @@ class Site:
         X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
         fam = design.family.bind(m.d_star)
         y, w, offset = m.y, m.weights, m.offset
-        if query.beta is None:
-            mu = fam.start_mu(y, w)
-            eta = fam.linkfun(mu)
-            if not fam.valid(eta, mu):
-                raise SiteError(f"cannot find valid starting values for the {fam.name} family "
-                                f"with the {fam.link_name} link at site {self.name}")
-        else:
-            eta = X @ query.beta + offset
-            mu = fam.linkinv(eta)
+        with np.errstate(all="ignore"):
+            if query.beta is None:
+                mu = fam.start_mu(y, w)
+                eta = fam.linkfun(mu)
+                if not fam.valid(eta, mu):
+                    raise SiteError(f"cannot find valid starting values for the {fam.name} "
+                                    f"family with the {fam.link_name} link at site "
+                                    f"{self.name}: supply start=...")
+            else:
+                eta = X @ query.beta + offset
+                mu = fam.linkinv(eta)
         counts = dict(nobs=len(y), n_ok=int(np.sum(w > 0)), sum_wy=float(np.sum(w * y)),
                       sum_w=float(np.sum(w)), site=self.name,
                       columns=tuple(m.names if subset is None else subset)
@@ -194,8 +196,8 @@ class Site:
         m = self.model(design)
         X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
         fam = design.family.bind(m.d_star)
-        mu = fam.linkinv(X @ beta + m.offset)
         with np.errstate(all="ignore"):
+            mu = fam.linkinv(X @ beta + m.offset)
             return fam.loglike(m.y, mu, m.weights, scale)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import statsmodels.api as sm
 from formulaic import Formula
 
 import aia
-from . import _standin  # noqa  TEMPORARY until aia.start lands
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -46,7 +46,7 @@ def survival_frames(rate: float = 0.01) -> list[pd.DataFrame]:
 
 
 def reference(formula: str, sites, family, *, weights=None, offset=None, exposure=None,
-              use_t=False):
+              use_t=False, start_params=None):
     """statsmodels' GLM on the pooled rows, with formulaic's design (the same columns)."""
     pooled = pd.concat(read(sites), ignore_index=True)
     y, X = Formula(formula).get_model_matrix(pooled)
@@ -57,8 +57,36 @@ def reference(formula: str, sites, family, *, weights=None, offset=None, exposur
         kwargs["offset"] = pooled[offset].to_numpy(float)
     if exposure:
         kwargs["exposure"] = pooled[exposure].to_numpy(float)
-    model = sm.GLM(np.asarray(y, float).ravel(), X, family=family, **kwargs)
-    return model.fit(tol=1e-14, maxiter=200, use_t=use_t)
+    with warnings.catch_warnings():  # statsmodels' DomainWarning on R's non-canonical links
+        warnings.simplefilter("ignore", sm.tools.sm_exceptions.DomainWarning)
+        model = sm.GLM(np.asarray(y, float).ravel(), X, family=family, **kwargs)
+    return model.fit(tol=1e-14, maxiter=200, use_t=use_t, start_params=start_params)
+
+
+def r_glm_fit(y, X, family, weights=None, offset=None, tol=1e-8, maxit=25, mustart=None):
+    """R's ``glm.fit`` transcribed to numpy on pooled rows (QR-based, no step-halving): the
+    reference for iterations, the stopping rule and the covariance of the last QR."""
+    n = len(y)
+    w = np.ones(n) if weights is None else weights
+    offset = np.zeros(n) if offset is None else offset
+    link = family.link
+    mu = mustart
+    eta = link(mu)
+    devold = family.deviance(y, mu, var_weights=w)
+    for it in range(1, maxit + 1):
+        mu_eta = link.inverse_deriv(eta)
+        z = eta - offset + (y - mu) / mu_eta
+        sw = np.sqrt(w * mu_eta**2 / family.variance(mu))
+        q, r = np.linalg.qr(X * sw[:, None])
+        beta = np.linalg.solve(r, q.T @ (z * sw))
+        eta = X @ beta + offset
+        mu = link.inverse(eta)
+        dev = family.deviance(y, mu, var_weights=w)
+        if abs(dev - devold) / (abs(dev) + 0.1) < tol:
+            break
+        devold = dev
+    rinv = np.linalg.inv(r)
+    return beta, rinv @ rinv.T, dev, it
 
 
 def close(a, b, rtol=1e-6, atol=1e-10):
@@ -66,7 +94,8 @@ def close(a, b, rtol=1e-6, atol=1e-10):
 
 
 @pytest.fixture(scope="session")
-def cluster():
-    """Three persistent worker processes shared by the tests that need real sites."""
+def glm_cluster():
+    """Three persistent worker processes shared by the GLM tests that need real sites
+    (session-scoped, so set up before the per-test check for leftover processes)."""
     with aia.LocalCluster(3) as c:
         yield c

@@ -1,0 +1,115 @@
+"""Distributed objects: built on the workers, kept there across runs, used where they live."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import types
+
+import numpy as np
+import pytest
+
+import aia
+from algorithms import LRMSE, SGD, make_lrmse_problem
+
+from .algorithms_for_tests import Counter, GradientDescent
+
+
+def test_objects_live_on_their_workers(cluster):
+    d = aia.DistributedObject(lambda pid: {"pid": pid, "os": os.getpid()}, cluster)
+    assert d.where() == [1, 2, 3]
+    assert d.local is None
+    where = d.map(lambda o: o["os"])
+    assert where == cluster.os_pids()  # each object was built in its own worker process
+    assert d.apply(2, lambda o: o["pid"]) == 2
+    d.local = {"pid": 0}
+    assert d.where() == [0, 1, 2, 3]
+    assert d.map(lambda o: o["pid"]) == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_objects_persist_across_runs_and_state_is_kept(cluster):
+    d = aia.DistributedObject(lambda pid: [pid], cluster)
+    d.apply(1, lambda o: o.append("x"))
+    assert d.apply(1, lambda o: o) == [1, "x"]
+    h1 = aia.start(Counter(), aia.DistributedObject(lambda pid: pid, cluster), {"iteration": 5},
+                   cluster=cluster, verbose=0)
+    h2 = aia.start(Counter(), aia.DistributedObject(lambda pid: pid, cluster), {"iteration": 5},
+                   cluster=cluster, verbose=0, pids=[2, 3])
+    assert h1.iterations[-1] == h2.iterations[-1] == 5
+    assert d.apply(1, lambda o: o) == [1, "x"]
+
+
+def test_the_three_options_give_the_same_run(cluster):
+    make = make_lrmse_problem(n_rows=40, n_features=4, seed=5)
+    problems = {pid: make(pid) for pid in [0] + cluster.pids}
+    distributed = aia.DistributedObject(make, cluster)
+    results = []
+    for problem in (make, lambda pid: problems[pid], distributed):  # options 1, 2, 3
+        alg = GradientDescent(stepsize=0.05, n=4)
+        aia.start(alg, problem, {"iteration": 20}, cluster=cluster, synchronous=True, verbose=0)
+        results.append(alg.x)
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=0)
+    np.testing.assert_allclose(results[0], results[2], rtol=0, atol=0)
+
+
+def test_rebuilding_the_global_problem_without_moving_the_data(cluster):
+    make = make_lrmse_problem(n_rows=30, n_features=3, seed=2)
+    d = aia.DistributedObject(make, cluster)
+    sizes = d.map(lambda p: p.m)
+    x = np.ones(3)
+    grads = d.map(lambda p: p.gradient(x) * p.m)
+    m = sum(sizes.values())
+    global_gradient = sum(grads.values()) / m
+    A = np.vstack([make(pid).A for pid in cluster.pids])
+    b = np.concatenate([make(pid).b for pid in cluster.pids])
+    np.testing.assert_allclose(global_gradient, LRMSE(A, b).gradient(x), rtol=1e-12)
+    # The sum of the blocks' Lipschitz constants bounds the global one.
+    L = sum(d.map(lambda p: p.L * p.m).values()) / m
+    assert L >= LRMSE(A, b).L * (1 - 1e-12)
+    # As in the manual: the central's own object is the rebuilt global problem.
+    d.local = types.SimpleNamespace(n=3, m=m, L=L, gradient=lambda v: sum(
+        d.map(lambda p: p.gradient(v) * p.m, pids=cluster.pids).values()) / m)
+    assert d.where() == [0, 1, 2, 3]
+    np.testing.assert_allclose(d.local.gradient(x), global_gradient, rtol=1e-12)
+    sgd = SGD(1 / L)
+    h = aia.start(sgd, d, {"epoch": 10}, cluster=cluster, verbose=0)
+    assert h.epochs[-1] == 10
+
+
+def test_distributed_problem_without_cluster_argument_uses_its_cluster(cluster):
+    d = aia.DistributedObject(lambda pid: pid, cluster)
+    h = aia.start(Counter(), d, {"iteration": 6}, verbose=0)
+    assert set(h.answer_count) == {1, 2, 3}
+
+
+def test_a_dead_workers_object_is_a_clear_error(cluster):
+    d = aia.DistributedObject(lambda pid: pid, cluster)
+    os.kill(cluster.os_pids()[2], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while 2 in cluster.alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert d.where() == [1, 3]
+    with pytest.raises(RuntimeError, match="worker 2 is dead"):
+        d.apply(2, lambda o: o)
+    with pytest.raises(RuntimeError, match="worker 2 is dead"):
+        aia.start(Counter(), d, {"iteration": 3}, cluster=cluster, verbose=0)
+    h = aia.start(Counter(), d, {"iteration": 3}, cluster=cluster, pids=[1, 3], verbose=0)
+    assert set(h.answer_count) == {1, 3}
+
+
+def test_a_constructor_that_raises_names_the_worker(cluster):
+    def make(pid):
+        if pid == 2:
+            raise ValueError("no data at this site")
+        return pid
+
+    with pytest.raises(RuntimeError, match="worker 2 failed building the object.*no data"):
+        aia.DistributedObject(make, cluster)
+
+
+def test_objects_are_freed_with_the_cluster():
+    with aia.LocalCluster(2) as c:
+        d = aia.DistributedObject(lambda pid: np.zeros(10), c)
+        assert d.where() == [1, 2]
+    assert d.where() == []

@@ -1,0 +1,42 @@
+"""Shared fixtures: real worker processes, real data, and a check that none is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+import aia
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"the shared data sets are not beside the repository ({DATA})")
+    return DATA
+
+
+@pytest.fixture
+def cluster():
+    """A persistent local cluster of 3 workers, closed after the test."""
+    with aia.LocalCluster(3) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Every test must leave no child process behind."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    left = []
+    for _ in range(50):  # give exiting children up to 5 s to be reaped
+        left = [p for p in psutil.Process().children(recursive=True)
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        psutil.wait_procs(left, timeout=0.1)
+    assert not left, f"child processes left behind: {[(p.pid, p.name()) for p in left]}"
