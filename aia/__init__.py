@@ -11,9 +11,12 @@ from .errors import Failure, RemoteError, WorkerFailedError
 from .history import History
 from .local import LocalCluster
 from .run import start
+from .wrappers import AggregationAlgorithm, AveragingAlgorithm
 
 __all__ = sorted([
     "AbstractAlgorithm",
+    "AggregationAlgorithm",
+    "AveragingAlgorithm",
     "Cluster",
     "DistributedObject",
     "Failure",

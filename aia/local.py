@@ -20,6 +20,7 @@ import atexit
 import logging
 import multiprocessing as mp
 import os
+import selectors
 import signal
 import sys
 import time
@@ -320,14 +321,22 @@ def _join_all(handles, grace: float) -> None:
 
 
 class LocalRun(Run):
-    """The workers of one run on a `LocalCluster`."""
+    """The workers of one run on a `LocalCluster`.
+
+    It waits on one selector (epoll on Linux) registered once with every live worker's
+    socket and process sentinel: the same wait as `multiprocessing.connection.wait`, without
+    building and registering a new selector at every step of the loop.
+    """
 
     def __init__(self, cluster: LocalCluster, run: int, pids: Sequence[int]):
         self.cluster = cluster
         self.run = run
         self.live = {pid: cluster._workers[pid] for pid in pids}
-        self.busy: set[int] = set()  # workers with a query outstanding
         self.broken: list[Failed] = []  # failures found while sending, reported by wait
+        self.selector = selectors.DefaultSelector()
+        for h in self.live.values():
+            self.selector.register(h.channel.sock, selectors.EVENT_READ, (h, "message"))
+            self.selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
 
     def send(self, pid: int, query: Any) -> None:
         data, buffers = transport.dumps(query)
@@ -344,44 +353,60 @@ class LocalRun(Run):
             return
         try:
             h.channel.send_frame(QUERY, self.run, data, buffers)
-            self.busy.add(pid)
         except ChannelClosed:
-            self._lose(pid)
+            self._lose(h)
             self.broken.append(h.exit_failure())
 
-    def _lose(self, pid: int) -> None:
-        self.live.pop(pid, None)
-        self.busy.discard(pid)
+    def _lose(self, h: _Handle) -> None:
+        if self.live.pop(h.pid, None) is not None:
+            self.selector.unregister(h.channel.sock)
+            self.selector.unregister(h.process.sentinel)
 
     def wait(self, timeout: Optional[float]) -> list:
         if self.broken:
             events, self.broken = self.broken, []
             return events
         deadline = None if timeout is None else time.monotonic() + timeout
-        channels = [self.live[pid] for pid in self.busy]
         while True:
+            ready = [key.data for key, _ in self.selector.select(timeout)]
+            if len(ready) == 1 and ready[0][1] == "message":  # the common case, kept short
+                event = self.cluster._receive(ready[0][0], self.run)
+                if event is not None:
+                    if isinstance(event, Failed):
+                        self._lose(ready[0][0])
+                    return [event]
+                ready = []
             events = []
-            for h, what in self.cluster._wait_on(self.live.values(), deadline, channels):
-                event = self.cluster._receive(h, self.run) if what == "message" else h.exit_failure()
+            # Messages first: an answer sent just before a worker died still counts.
+            for h, what in sorted(ready, key=lambda r: r[1] != "message"):
+                if h.pid not in self.live:
+                    continue
+                if what == "message":
+                    event = self.cluster._receive(h, self.run)
+                elif any(r == (h, "message") for r in ready):
+                    continue  # its death shows up again at the next wait
+                else:
+                    event = h.exit_failure()
                 if event is None:
                     continue  # a late answer of an earlier run
                 if isinstance(event, Failed):
-                    self._lose(h.pid)
-                else:
-                    self.busy.discard(h.pid)
+                    self._lose(h)
                 events.append(event)
-            if events or (deadline is not None and time.monotonic() >= deadline):
+            if events:
                 return events
-            channels = [self.live[pid] for pid in self.busy]
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return events
 
     def close(self) -> None:
-        for h in self.live.values():
+        for h in list(self.live.values()):
             try:
                 h.channel.send(CONTROL, ("end",), self.run)
             except ChannelClosed:
                 pass
-        self.live.clear()
-        self.busy.clear()
+            self._lose(h)
+        self.selector.close()
 
 
 @atexit.register

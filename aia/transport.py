@@ -93,6 +93,10 @@ class Channel:
 
     def send_frame(self, kind: int, run: int, data: bytes, buffers: list[memoryview]) -> None:
         """Send an already-pickled message (so one query can be pickled once for all)."""
+        if not buffers:  # no out-of-band buffer: one contiguous frame
+            table = _LENGTH.pack(len(data))
+            self._sendall([_HEADER.pack(kind, run, 0, len(table) + len(data)) + table + data])
+            return
         # The table of lengths holds the pickle stream's length, then each buffer's.
         lengths = _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
         parts: list = [lengths, data]
@@ -108,8 +112,9 @@ class Channel:
 
     def _sendall(self, parts: list) -> None:
         try:
-            total = sum(memoryview(p).nbytes for p in parts)
             sent = self.sock.sendmsg(parts)
+            total = sent if len(parts) == 1 and sent == len(parts[0]) else \
+                sum(memoryview(p).nbytes for p in parts)
             while sent < total:  # a partial send: resend what is left
                 parts, total = _drop_prefix(parts, sent), total - sent
                 sent = self.sock.sendmsg(parts)

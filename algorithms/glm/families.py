@@ -54,8 +54,9 @@ LINKS = {
     "1/mu^2": links.InverseSquared,
 }
 
+_EPS = np.finfo(float).eps  # R's .Machine$double.eps
 # R's `eps` for "fitted probabilities numerically 0 or 1" (10 * .Machine$double.eps).
-_BOUNDARY_EPS = 10 * np.finfo(float).eps
+_BOUNDARY_EPS = 10 * _EPS
 
 
 def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
@@ -157,9 +158,19 @@ class Family:
         return self.sm.link(self._shift(mu))
 
     def linkinv(self, eta):
-        """mu = g^{-1}(eta)."""
+        """mu = g^{-1}(eta), kept off the boundary as R's links keep it: R's log link
+        returns at least the machine epsilon, and its logit, probit, cauchit and cloglog
+        links a probability in [eps, 1 - eps]. (Without that, a separated fit reaches
+        fitted probabilities of exactly 0 or 1, which are outside the family's range.)"""
         mu = self.sm.link.inverse(eta)
-        return mu + self.d_star if self.relative_survival else mu
+        if self.relative_survival:
+            return mu + self.d_star
+        link = self.sm.link
+        if isinstance(link, links.Log):
+            return np.maximum(mu, _EPS)
+        if isinstance(self.sm, smf.Binomial) and isinstance(link, links.Logit):
+            return np.clip(mu, _EPS, 1 - _EPS)  # Logit and its subclasses: CDF links, cloglog
+        return mu
 
     def deriv(self, mu):
         """g'(mu) = d eta / d mu."""

@@ -156,7 +156,7 @@ class Summary:
         r = self.res
         names = [str(n) for n in r.params.index]
         namew = max(12, max(len(n) for n in names) + 2)
-        w = max(78, namew + 70)
+        w = max(80, namew + 70)
         scale = f"{r.scale:.6g}" + ("" if r.scale_estimated else " (fixed)")
         its = f"{r.iterations} iteration{'s' if r.iterations != 1 else ''}"
         mode = "synchronous" if r.synchronous else "asynchronous"
@@ -176,7 +176,7 @@ class Summary:
             ("AIC:", f"{r.aic:.6g}"),
             ("BIC:", f"{r.bic:.6g}"),
         ]
-        half, hw = 39, 78  # the description keeps its width; the table widens with names
+        half, hw = 41, 80  # the description keeps its width; the table widens with names
         lines = ["Generalized linear model (federated)".center(w), "=" * w,
                  f"Formula:   {r.formula}"]
         for (lk, lv), (rk, rv) in zip(left, right):

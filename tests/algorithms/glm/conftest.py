@@ -63,15 +63,23 @@ def reference(formula: str, sites, family, *, weights=None, offset=None, exposur
     return model.fit(tol=1e-14, maxiter=200, use_t=use_t, start_params=start_params)
 
 
-def r_glm_fit(y, X, family, weights=None, offset=None, tol=1e-8, maxit=25, mustart=None):
-    """R's ``glm.fit`` transcribed to numpy on pooled rows (QR-based, no step-halving): the
-    reference for iterations, the stopping rule and the covariance of the last QR."""
+def r_glm_fit(y, X, family, weights=None, offset=None, tol=1e-8, maxit=25, mustart=None,
+              start=None, valid=lambda eta, mu: True):
+    """R's ``glm.fit`` transcribed to numpy on pooled rows (QR-based; step-halving when
+    ``valid(eta, mu)`` fails): the reference for iterations, the stopping rule, the
+    covariance of the last QR and the halved steps."""
     n = len(y)
     w = np.ones(n) if weights is None else weights
     offset = np.zeros(n) if offset is None else offset
     link = family.link
-    mu = mustart
-    eta = link(mu)
+    coefold = None
+    if start is not None:
+        coefold = np.asarray(start, float)
+        eta = X @ coefold + offset
+        mu = link.inverse(eta)
+    else:
+        mu = mustart
+        eta = link(mu)
     devold = family.deviance(y, mu, var_weights=w)
     for it in range(1, maxit + 1):
         mu_eta = link.inverse_deriv(eta)
@@ -81,10 +89,14 @@ def r_glm_fit(y, X, family, weights=None, offset=None, tol=1e-8, maxit=25, musta
         beta = np.linalg.solve(r, q.T @ (z * sw))
         eta = X @ beta + offset
         mu = link.inverse(eta)
+        while not valid(eta, mu):  # R: "step size truncated: out of bounds"
+            beta = (beta + coefold) / 2
+            eta = X @ beta + offset
+            mu = link.inverse(eta)
         dev = family.deviance(y, mu, var_weights=w)
         if abs(dev - devold) / (abs(dev) + 0.1) < tol:
             break
-        devold = dev
+        devold, coefold = dev, beta
     rinv = np.linalg.inv(r)
     return beta, rinv @ rinv.T, dev, it
 

@@ -1,0 +1,133 @@
+"""The cost of the engine against the floor: the same loops on raw multiprocessing pipes.
+
+    python benchmarks/overhead.py [--seconds S]
+
+- asynchronous loop, a 10-float query, 2 and 4 workers: iterations per second of `aia.start`
+  against a raw loop (one `multiprocessing.Pipe` per worker, `connection.wait`, recv, send);
+- synchronous round, a 1e6-float query to every worker and 1e6-float answers: rounds per
+  second against the same round sent in-band over raw pipes.
+
+Prints a table and writes benchmarks/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import numpy as np
+
+import aia
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Echo(aia.AbstractAlgorithm):
+    """The lightest algorithm there is: workers send the query back."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def initialize(self, problem):
+        return np.zeros(self.size)
+
+    def answer(self, q, problem):
+        return q
+
+    def central_step(self, a, worker, problem):
+        return a
+
+    def sync_central_step(self, answers, workers, problem):
+        return answers[0]
+
+
+def _raw_worker(conn):
+    while True:
+        q = conn.recv()
+        if q is None:
+            return
+        conn.send(q)
+
+
+def raw_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> float:
+    """Iterations (or rounds) per second of the same loop on raw pipes."""
+    ctx = mp.get_context("fork")
+    pipes = [ctx.Pipe() for _ in range(n_workers)]
+    procs = [ctx.Process(target=_raw_worker, args=(child,)) for _, child in pipes]
+    for p in procs:
+        p.start()
+    conns = [parent for parent, _ in pipes]
+    q = np.zeros(size)
+    steps = 0
+    t0 = time.perf_counter()
+    if synchronous:
+        while time.perf_counter() - t0 < seconds:
+            for c in conns:
+                c.send(q)
+            answers = [c.recv() for c in conns]
+            q = answers[0]
+            steps += 1
+    else:
+        for c in conns:
+            c.send(q)
+        while time.perf_counter() - t0 < seconds:
+            for c in wait(conns):
+                a = c.recv()
+                c.send(a)
+                steps += 1
+        for c in conns:  # drain the answers in flight
+            c.recv()
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.send(None)
+    for p in procs:
+        p.join(5)
+    return steps / elapsed
+
+
+def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> float:
+    with aia.LocalCluster(n_workers) as cluster:
+        h = aia.start(Echo(size), lambda pid: None, {"time": seconds}, cluster=cluster,
+                      synchronous=synchronous, verbose=0)
+    # From the first step to the last, as the raw loop measures.
+    return h.iterations[-1] / (h.timestamps[-1] - h.timestamps[0])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="engine overhead against raw pipes")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    cases = [
+        ("async, 10 floats", 2, 10, False),
+        ("async, 10 floats", 4, 10, False),
+        ("sync, 1e6 floats", 2, 10**6, True),
+        ("sync, 1e6 floats", 4, 10**6, True),
+    ]
+    rows = []
+    for name, n, size, sync in cases:
+        raw = raw_loop(n, size, args.seconds, sync)
+        ours = aia_loop(n, size, args.seconds, sync)
+        rows.append({"case": name, "workers": n, "raw_pipe_per_s": raw, "aia_per_s": ours,
+                     "ratio": ours / raw})
+    unit = "iterations/s (async) or rounds/s (sync)"
+    print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}")
+    for r in rows:
+        print(f"{r['case']:<20}{r['workers']:>8}{r['raw_pipe_per_s']:>14.0f}"
+              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}")
+    print(f"({unit}; {args.seconds:.0f} s per case, {os.cpu_count()} cores)")
+    RESULTS.mkdir(exist_ok=True)
+    out = {"python": sys.version.split()[0], "machine": platform.machine(),
+           "cores": os.cpu_count(), "seconds_per_case": args.seconds, "rows": rows}
+    (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2))
+    print(f"written to {RESULTS / 'overhead.json'}")
+
+
+if __name__ == "__main__":
+    main()
