@@ -19,13 +19,14 @@ a terminal reaches the whole process group) and exits by itself if the central d
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Optional
 
 import cloudpickle
 
@@ -40,18 +41,31 @@ _BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def main(pid: int, channel: Channel, blas_threads: int, inherited: list) -> None:
-    """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
+def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
+         parent: Optional[int], kernel_guard: bool) -> None:
+    """Entry point of a worker process (the target of ``multiprocessing.Process``).
+
+    ``parent`` is the pid our parent must have (None under forkserver, whose server is the
+    parent); ``kernel_guard`` asks the kernel to kill us when that parent dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sock in inherited:  # fork only: other workers' and the central's ends
         try:
             sock.close()
         except OSError:
             pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if kernel_guard:
+        _die_with_parent()
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the central died before we got here
     _limit_blas(blas_threads)
     _watch_parent(os.getppid())
     channel.send(REPLY, os.getpid(), 0)
     Worker(pid, channel).serve()
+
+
+class Interrupted(Exception):
+    """Raised in ``answer`` when the central ended the run the answer was for."""
 
 
 class Worker:
@@ -62,6 +76,18 @@ class Worker:
         self.run = 0
         self.algorithm = None
         self.problem = None
+        self.answering = False
+        signal.signal(signal.SIGUSR1, self._interrupt)
+
+    def _interrupt(self, signum, frame) -> None:
+        """The central ended the run while we were answering: abandon the answer.
+
+        Only ``answer`` itself is interrupted (the flag is cleared before any send, so a frame
+        is never cut in half); a C call that holds the GIL finishes first.
+        """
+        if self.answering:
+            self.answering = False
+            raise Interrupted("the run this answer was for has ended")
 
     def serve(self) -> None:
         while True:
@@ -69,9 +95,15 @@ class Worker:
                 kind, run, message = self.channel.recv()
             except ChannelClosed:
                 os._exit(0)  # the central is gone: nothing left to serve
+            except transport.Undecodable as exc:
+                # E.g. a query holding an instance of a class defined in the central's script
+                # after this worker started: plain pickle refers to it by a name we lack.
+                self.channel.send(ERROR, remote_error(RuntimeError(
+                    f"the worker cannot unpickle what the central sent: {exc}")), exc.run)
+                continue
             if kind == QUERY:
                 if run == self.run:
-                    self.reply(run, lambda: self.algorithm.answer(message, self.problem), ANSWER)
+                    self.reply(run, lambda: self.answer(message), ANSWER)
             elif message[0] == "stop":
                 return
             else:
@@ -94,6 +126,13 @@ class Worker:
             self.objects[message[1]] = message[2]
         elif command == "free":
             self.objects.pop(message[1], None)
+
+    def answer(self, q: Any) -> Any:
+        self.answering = True
+        try:
+            return self.algorithm.answer(q, self.problem)
+        finally:
+            self.answering = False
 
     def setup(self, algorithm: bytes, problem: tuple) -> bool:
         self.algorithm = cloudpickle.loads(algorithm)
@@ -122,12 +161,20 @@ class Worker:
 
 
 def remote_error(exc: BaseException) -> tuple[str, str, str]:
-    """An exception as text: (type name, message, traceback)."""
+    """An exception as text: (type name, message, traceback). Never raises: an exception
+    whose ``__str__`` fails still gets reported."""
     name = type(exc).__module__ + "." + type(exc).__qualname__
     if name.startswith("builtins."):
         name = name[len("builtins."):]
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return name, str(exc), text
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__} object>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = "".join(traceback.format_tb(exc.__traceback__)) + f"{name}: {message}\n"
+    return name, message, text
 
 
 def _limit_blas(threads: int) -> None:
@@ -138,6 +185,19 @@ def _limit_blas(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL us when the parent dies, even inside a C call that holds the GIL.
+
+    The kernel sends it when the *thread* that forked us exits, so the central only asks for
+    it when it forks from its main thread (or from the single-threaded forkserver).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _watch_parent(parent: int, interval: float = 0.2) -> None:

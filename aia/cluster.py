@@ -19,7 +19,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
-from .errors import Failure
+from .errors import Failure, RemoteError
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Failed:
     traceback: Optional[str] = None
     os_pid: Optional[int] = None
     exitcode: Optional[int] = None
+    remote: Optional[tuple] = None  # (type name, message, traceback) of a remote exception
+
+    def remote_error(self) -> Optional[RemoteError]:
+        return RemoteError(*self.remote) if self.remote else None
 
     def failure(self, iteration: int) -> Failure:
         return Failure(self.pid, iteration, self.cause, self.traceback, self.os_pid, self.exitcode)

@@ -23,6 +23,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 import weakref
 from multiprocessing.connection import wait as mp_wait
@@ -30,7 +31,6 @@ from typing import Any, Optional, Sequence
 
 from . import _worker, transport
 from .cluster import Answer, Cluster, Failed, Run
-from .errors import RemoteError
 from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
 
 log = logging.getLogger("aia")
@@ -128,9 +128,17 @@ class LocalCluster(Cluster):
         for pid in range(1, n + 1):
             central, worker = transport.pipe()
             _worker.central_sockets.add(central.sock)
-            inherited = list(_worker.central_sockets) if self.start_method == "fork" else []
+            fork = self.start_method == "fork"
+            inherited = list(_worker.central_sockets) if fork else []
+            parent = None if self.start_method == "forkserver" else os.getpid()
+            # PR_SET_PDEATHSIG follows the thread that starts the child: safe from the main
+            # thread, or from the single-threaded forkserver.
+            guard = sys.platform.startswith("linux") and (
+                self.start_method == "forkserver"
+                or threading.current_thread() is threading.main_thread())
             process = ctx.Process(target=_worker.main, name=f"aia-worker-{pid}",
-                                  args=(pid, worker, self.blas_threads, inherited))
+                                  args=(pid, worker, self.blas_threads, inherited, parent,
+                                        guard))
             process.start()
             worker.close()  # the child has its own copy now
             self._workers[pid] = _Handle(pid, process, central)
@@ -245,7 +253,8 @@ class LocalCluster(Cluster):
             ready = self._wait_on(waiting.values(), deadline)
             if not ready:
                 for pid, h in waiting.items():
-                    results[pid] = Failed(pid, "did not reply in time", None, h.os_pid)
+                    results[pid] = Failed(pid, "did not reply before the time limit (still busy "
+                                          "with an earlier request?)", None, h.os_pid)
                 break
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
@@ -260,11 +269,18 @@ class LocalCluster(Cluster):
             kind, msg_run, value = h.channel.recv()
         except ChannelClosed:
             return h.exit_failure()
+        except transport.Undecodable as exc:
+            if exc.run != run:
+                return None
+            return Failed(h.pid, f"sent a message the central cannot unpickle ({exc}); "
+                          "answers must be made of classes importable on the central",
+                          None, h.os_pid)
         if msg_run != run:
             return None
         if kind == ERROR:
             type_name, message, tb = value
-            return Failed(h.pid, f"raised {type_name}: {message}", tb, h.os_pid)
+            return Failed(h.pid, f"raised {type_name}: {message}", tb, h.os_pid,
+                          remote=(type_name, message, tb))
         if kind == ANSWER:
             return Answer(h.pid, value)
         return ("ok", value)
@@ -307,11 +323,8 @@ class LocalCluster(Cluster):
 def _raise_failures(results: dict, doing: str) -> None:
     for pid, result in sorted(results.items()):
         if isinstance(result, Failed):
-            error = RuntimeError(f"worker {pid} failed {doing}: {result.cause}")
-            if result.traceback:
-                raise error from RemoteError(*result.cause.split(": ", 1)[0:1],
-                                             result.cause, result.traceback)
-            raise error
+            raise RuntimeError(f"worker {pid} failed {doing}: {result.cause}") \
+                from result.remote_error()
 
 
 def _join_all(handles, grace: float) -> None:
@@ -333,6 +346,7 @@ class LocalRun(Run):
         self.run = run
         self.live = {pid: cluster._workers[pid] for pid in pids}
         self.broken: list[Failed] = []  # failures found while sending, reported by wait
+        self.busy: set[int] = set()  # workers with a query outstanding
         self.selector = selectors.DefaultSelector()
         for h in self.live.values():
             self.selector.register(h.channel.sock, selectors.EVENT_READ, (h, "message"))
@@ -353,11 +367,13 @@ class LocalRun(Run):
             return
         try:
             h.channel.send_frame(QUERY, self.run, data, buffers)
+            self.busy.add(pid)
         except ChannelClosed:
             self._lose(h)
             self.broken.append(h.exit_failure())
 
     def _lose(self, h: _Handle) -> None:
+        self.busy.discard(h.pid)
         if self.live.pop(h.pid, None) is not None:
             self.selector.unregister(h.channel.sock)
             self.selector.unregister(h.process.sentinel)
@@ -372,6 +388,7 @@ class LocalRun(Run):
             if len(ready) == 1 and ready[0][1] == "message":  # the common case, kept short
                 event = self.cluster._receive(ready[0][0], self.run)
                 if event is not None:
+                    self.busy.discard(ready[0][0].pid)
                     if isinstance(event, Failed):
                         self._lose(ready[0][0])
                     return [event]
@@ -389,6 +406,7 @@ class LocalRun(Run):
                     event = h.exit_failure()
                 if event is None:
                     continue  # a late answer of an earlier run
+                self.busy.discard(h.pid)
                 if isinstance(event, Failed):
                     self._lose(h)
                 events.append(event)
@@ -401,6 +419,13 @@ class LocalRun(Run):
 
     def close(self) -> None:
         for h in list(self.live.values()):
+            if h.pid in self.busy and h.os_pid is not None:
+                # Its answer is of no use any more: interrupt it so the worker is ready for
+                # the next run (see _worker.Worker._interrupt).
+                try:
+                    os.kill(h.os_pid, signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 h.channel.send(CONTROL, ("end",), self.run)
             except ChannelClosed:

@@ -75,10 +75,10 @@ class Recorder:
     def stepped(self, q: Any, answers: Any, workers: Any) -> bool:
         """Count the central step just taken, record if due; whether to stop."""
         self.iteration += 1
+        self.last = (q, answers, workers)  # before the hooks, which may raise
         epoch_passed = self._advance_epoch()
         if self._save_due(epoch_passed):
             self._checkpoint(q, answers, workers)
-        self.last = (q, answers, workers)
         return self.should_stop()
 
     def _advance_epoch(self) -> bool:
@@ -129,12 +129,12 @@ class Recorder:
         self._recorded_at = self.iteration
         h = self.history
         # Copies: an algorithm may update its query in place after sending it.
-        h.queries.append(copy.deepcopy(q))
+        h.queries.append(_copy(q))
         h.iterations.append(self.iteration)
         h.epochs.append(self.epoch)
         h.timestamps.append(self.elapsed())
         if self.save_answers and self.iteration > 0:
-            h.answers.append(copy.deepcopy(answers))
+            h.answers.append(_copy(answers))
             h.answers_origin.append(copy.copy(workers))
         self.algorithm.savevalues()
 
@@ -157,3 +157,12 @@ class Recorder:
         except Exception:
             pass
         return self.history
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy, or the value itself if it cannot be copied (sending it will then fail
+    with an error that says why, at the point where it matters)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value

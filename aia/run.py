@@ -146,7 +146,8 @@ class _Central:
         if len(failures) > self.resilience:
             hint = (f"resilience={self.resilience} tolerates {self.resilience} failure(s); "
                     f"this is failure {len(failures)}.")
-            raise WorkerFailedError(failure, failures, rec.snapshot(), hint)
+            raise WorkerFailedError(failure, failures, rec.snapshot(), hint) \
+                from event.remote_error()
         log.warning("aia: %s; the run goes on without it (%d of %d failures tolerated)",
                     failure, len(failures), self.resilience)
         rec.remove_worker(failure)

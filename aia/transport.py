@@ -43,6 +43,14 @@ class ChannelClosed(EOFError):
     """The other end of the channel is gone."""
 
 
+class Undecodable(Exception):
+    """A whole message arrived but could not be unpickled (the channel stays usable)."""
+
+    def __init__(self, kind: int, run: int, cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.kind, self.run, self.cause = kind, run, cause
+
+
 def pipe() -> tuple["Channel", "Channel"]:
     """Two connected channels (the central's end, the worker's end)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -136,7 +144,10 @@ class Channel:
             offset += -offset % _ALIGN
             buffers.append(payload[offset : offset + n])
             offset += n
-        return kind, run, pickle.loads(data, buffers=buffers)
+        try:
+            return kind, run, pickle.loads(data, buffers=buffers)
+        except Exception as exc:  # e.g. a class that exists only on the sender's side
+            raise Undecodable(kind, run, exc) from exc
 
     def _recv_into(self, buf: bytearray) -> bytearray:
         view = memoryview(buf)

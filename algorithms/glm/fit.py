@@ -204,7 +204,8 @@ def _placed(sources: list, names: list, cluster: Any):
     n = len(sources)
     if isinstance(cluster, str):
         if cluster != "inprocess":
-            raise ValueError(f"cluster: expected None, an aia cluster or 'inprocess', got {cluster!r}")
+            raise ValueError(f"cluster: expected None, an aia cluster or 'inprocess', "
+                             f"got {cluster!r}")
         sites = [Site(src, name) for src, name in zip(sources, names)]
         yield _Placed(_InProcess(sites), list(range(1, n + 1)), names, None, SiteGroup(sites))
         return
@@ -257,7 +258,8 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
     converged, notes = main.converged, []
     if main.n_boundary:
         what = ("fitted probabilities numerically 0 or 1 occurred"
-                if isinstance(design.family.sm, smf.Binomial) else "fitted rates numerically 0 occurred")
+                if isinstance(design.family.sm, smf.Binomial)
+                else "fitted rates numerically 0 occurred")
         notes.append(f"{what}: (quasi-)complete separation; the maximum likelihood estimate "
                      "does not exist and some coefficients diverge")
         warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=3)

@@ -177,15 +177,16 @@ class FailingHook(FailOnce):
         if self.hook == name and self.steps >= 3:
             raise HookError(f"{name} failed at step {self.steps}")
 
+    # The query is the number of central steps: a checkpoint's query names its iteration.
     def central_step(self, a, worker, problem):
         self.steps += 1
         self._maybe_fail("central_step")
-        return a
+        return self.steps
 
     def sync_central_step(self, answers, workers, problem):
         self.steps += 1
         self._maybe_fail("sync_central_step")
-        return max(answers)
+        return self.steps
 
     def stopnow(self, stopat):
         limit = stopat["limit"]  # a custom key, so that stopnow is called
@@ -342,3 +343,49 @@ class Script:
                 pass
             self.proc.wait(5)
         kill_all(extra)
+
+
+# -- more ways for an answer or an exception to go wrong -------------------------------
+
+
+class BadStrError(Exception):
+    """An exception whose ``str`` itself raises."""
+
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+def _refuse_to_unpickle(text):
+    raise ValueError(f"cannot rebuild {text}")
+
+
+class UnpicklesBadly:
+    """Pickles fine on the worker; unpickling it (in the central) raises."""
+
+    def __reduce__(self):
+        return _refuse_to_unpickle, ("an UnpicklesBadly",)
+
+
+class WorkerOnlyFailure(FailOnce):
+    """Worker 1, on its 3rd answer, raises a `BadStrError` or returns an `UnpicklesBadly`."""
+
+    def answer(self, q, problem):
+        self.answers += 1
+        if problem == 1 and self.answers == self.at:
+            if self.how == "bad_str":
+                raise BadStrError()
+            return UnpicklesBadly()
+        time.sleep(self.delay)
+        return q + 1
+
+
+_CENTRAL = os.getpid()
+
+
+class FailsToLoadOnWorkers(FailOnce):
+    """Unpickling this algorithm raises on the workers (not in the central)."""
+
+    def __setstate__(self, state):
+        if os.getpid() != _CENTRAL:
+            raise ImportError("module needed by the algorithm is missing on this worker")
+        self.__dict__.update(state)

@@ -87,8 +87,9 @@ def test_too_few_workers_for_the_sites(glm_cluster):
 def test_fisher_scoring_through_aia_start(glm_cluster, synchronous):
     paths = v6_sites("binomial")
     alg = glm.FisherScoring(ADMIT, family="binomial", n_sites=3)
-    history = aia.start(alg, lambda pid: glm.Site(paths[pid - 1]), {"tol": 1e-8, "maxit": 25},
-                        cluster=glm_cluster, synchronous=synchronous, verbose=0)
+    history = aia.start(alg, lambda pid: glm.Site(paths[pid - 1]) if pid else None,
+                        {"tol": 1e-8, "maxit": 25}, cluster=glm_cluster,
+                        synchronous=synchronous, verbose=0)
     here = glm.fit(ADMIT, paths, family="binomial", cluster="inprocess")
     assert history.converged
     close(history.params.to_numpy(), here.params.to_numpy(), rtol=1e-6)
