@@ -59,6 +59,7 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
     options = dict(saveat=saveat, save_answers=save_answers, resilience=resilience,
                    verbose=verbose, progress_file=progress_file, clock_start=clock_start)
     if pids == [0]:
+        _check_workers(algorithm, [0])
         return _Central(algorithm, _central_problem(problem), stopat, workers=[0],
                         synchronous=True, run=None, **options).go()
 
@@ -70,6 +71,7 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
         pids = available
     check_pids_in(pids, available)
     check_resilience(resilience, len(pids))
+    _check_workers(algorithm, pids)
     algorithm_bytes = serialize(algorithm, "algorithm")
     if isinstance(problem, DistributedObject):
         if problem.cluster is not cluster:
@@ -97,6 +99,14 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
             run.close()
         if owned:
             workers.close()
+
+
+def _check_workers(algorithm, pids: Sequence[int]) -> None:
+    """Let an algorithm that depends on the workers (e.g. averaging weights) check them
+    before any process starts."""
+    check = getattr(algorithm, "check_workers", None)
+    if callable(check):
+        check(list(pids))
 
 
 def _central_problem(problem) -> Any:

@@ -34,9 +34,12 @@ ERROR = 3  # worker -> central: an exception (as RemoteError text)
 CONTROL = 4  # central -> worker: a command (setup, store, apply, free, end, stop)
 REPLY = 5  # worker -> central: the reply to a command
 
-_HEADER = struct.Struct("!BIIQ")  # kind, run id, number of out-of-band buffers, payload length
+_HEADER = struct.Struct("!BIIQ15x")  # kind, run id, out-of-band buffers, payload length; 32 B
 _LENGTH = struct.Struct("!Q")
 _ALIGN = 16  # out-of-band buffers start on this boundary, so arrays built on them are aligned
+# Every frame is at least this long (small ones are padded), so the receiver reads the header
+# and a small payload in one recv without ever reading into the next frame.
+_MIN_FRAME = 256
 
 
 class ChannelClosed(EOFError):
@@ -103,7 +106,10 @@ class Channel:
         """Send an already-pickled message (so one query can be pickled once for all)."""
         if not buffers:  # no out-of-band buffer: one contiguous frame
             table = _LENGTH.pack(len(data))
-            self._sendall([_HEADER.pack(kind, run, 0, len(table) + len(data)) + table + data])
+            frame = _HEADER.pack(kind, run, 0, len(table) + len(data)) + table + data
+            if len(frame) < _MIN_FRAME:
+                frame += bytes(_MIN_FRAME - len(frame))
+            self._sendall([frame])
             return
         # The table of lengths holds the pickle stream's length, then each buffer's.
         lengths = _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
@@ -116,6 +122,8 @@ class Channel:
             parts.append(b)
             offset += pad + b.nbytes
         parts[0] = _HEADER.pack(kind, run, len(buffers), offset) + lengths
+        if _HEADER.size + offset < _MIN_FRAME:
+            parts.append(bytes(_MIN_FRAME - _HEADER.size - offset))
         self._sendall(parts)
 
     def _sendall(self, parts: list) -> None:
@@ -132,9 +140,17 @@ class Channel:
     # -- receiving ------------------------------------------------------------------------
     def recv(self) -> tuple[int, int, Any]:
         """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF."""
-        kind, run, nbuffers, size = _HEADER.unpack(self._recv_into(bytearray(_HEADER.size)))
+        first = self._recv_into(bytearray(_MIN_FRAME))
+        kind, run, nbuffers, size = _HEADER.unpack_from(first)
         # One buffer for the whole payload: out-of-band arrays become writable views of it.
-        payload = memoryview(self._recv_into(bytearray(size)))
+        if _HEADER.size + size <= _MIN_FRAME:
+            payload = memoryview(first)[_HEADER.size:]  # 32 bytes in: still aligned
+        else:
+            whole = bytearray(size)
+            head = _MIN_FRAME - _HEADER.size
+            whole[:head] = memoryview(first)[_HEADER.size:]
+            self._recv_into(whole, head)
+            payload = memoryview(whole)
         table = [_LENGTH.unpack_from(payload, i * _LENGTH.size)[0] for i in range(nbuffers + 1)]
         offset = (nbuffers + 1) * _LENGTH.size
         data = payload[offset : offset + table[0]]
@@ -149,9 +165,10 @@ class Channel:
         except Exception as exc:  # e.g. a class that exists only on the sender's side
             raise Undecodable(kind, run, exc) from exc
 
-    def _recv_into(self, buf: bytearray) -> bytearray:
+    def _recv_into(self, buf: bytearray, got: int = 0) -> bytearray:
+        """Fill ``buf`` from byte ``got`` on."""
         view = memoryview(buf)
-        n, got = len(buf), 0
+        n = len(buf)
         try:
             while got < n:
                 k = self.sock.recv_into(view[got:], n - got)

@@ -20,7 +20,7 @@ nothing new to compute are told to hold (wait briefly and resend). Once the summ
 stops moving (R's rule, for as many consecutive answers as there are sites), the fit ends
 with consistent rounds, where every site evaluates the same coefficients, until R's rule
 holds between two of them. The asynchronous phase is a warm start; the estimate is the
-one of synchronous mode, to ``tol``.
+one of synchronous mode, to ``tol`` (the covariance is X'WX at the estimate itself).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ class FisherScoring(AbstractAlgorithm):
         self._phase = "gather"
         self._target: Optional[int] = None
         self._mixed_dev: Optional[float] = None
-        self._consistent: Optional[tuple] = None  # (deviance, inverse X'WX) of the last
-        # consistent round (every site at the same coefficients)
+        self._consistent: Optional[float] = None  # the deviance of the last consistent
+        # round (every site at the same coefficients)
         self._quiet = 0
         self._last = None  # worker side: the last answer, resent on hold
 
@@ -306,15 +306,16 @@ class FisherScoring(AbstractAlgorithm):
         rounds, so the first one only takes a Newton step."""
         total = combine(list(self._latest.values()))
         self.iterations += 1
+        beta_next, inv = self._solve(total)
+        # The covariance is X'WX at the accepted coefficients themselves: the asynchronous
+        # path has no "previous iteration" of R's to take it from.
+        self._accept(self._target, total, inv)
         if self._consistent is not None:
-            dev_prev, inv_prev = self._consistent
-            self._accept(self._target, total, inv_prev)
-            self.criterion = abs(total.deviance - dev_prev) / (abs(total.deviance) + 0.1)
+            self.criterion = abs(total.deviance - self._consistent) / (abs(total.deviance) + 0.1)
             if self.criterion < self._tol:
                 self._done = self.converged = True
                 return
-        beta_next, inv = self._solve(total)
-        self._consistent = (total.deviance, inv)
+        self._consistent = total.deviance
         self._target = self._query(beta_next)
         self.halvings = 0
 

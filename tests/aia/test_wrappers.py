@@ -419,9 +419,10 @@ def test_invalid_weights_are_rejected_at_construction(weights, error):
 @pytest.mark.parametrize("synchronous", [False, True])
 def test_a_worker_without_weight_is_a_value_error(synchronous):
     alg = aia.AveragingAlgorithm(PidVectors(), weights={1: 1.0, 3: 2.0})
-    with pytest.raises(ValueError, match=r"no weight for worker 2"):
+    # start checks the weights against the run's workers before any process starts.
+    with pytest.raises(ValueError, match=r"no weight for worker\(s\) \[2\]"):
         aia.start(alg, pid_problem, {"epoch": 5}, cluster=3, synchronous=synchronous,
-                  verbose=0)  # worker 2 answers within the first epoch
+                  verbose=0)
     with pytest.raises(ValueError, match=r"worker\(s\) \[2\]"):
         alg.check_workers([1, 2, 3])
     alg.check_workers([1, 3])
@@ -535,3 +536,23 @@ def test_to_be_averaged_gd_converges_to_the_least_squares_solution():
 class ToBeAggregatedGD(ToBeAveragedGD):
     def aggregate(self, answers, workers):
         return np.mean(answers, axis=0)
+
+
+def test_missing_weight_is_caught_before_any_process_starts():
+    import psutil
+
+    class Inner:
+        def initialize(self, problem):
+            return 0.0
+
+        def answer(self, q, problem):
+            return 1.0
+
+        def query(self, average, problem):
+            return average
+
+    before = len(psutil.Process().children(recursive=True))
+    with pytest.raises(ValueError, match=r"no weight for worker\(s\) \[2\]"):
+        aia.start(aia.AveragingAlgorithm(Inner(), weights={1: 1.0}), lambda pid: None,
+                  {"iteration": 3}, cluster=2, verbose=0)
+    assert len(psutil.Process().children(recursive=True)) == before
