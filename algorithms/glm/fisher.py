@@ -114,6 +114,8 @@ class FisherScoring(AbstractAlgorithm):
         self._consistent: Optional[float] = None  # the deviance of the last consistent
         # round (every site at the same coefficients)
         self._quiet = 0
+        self._async_solves = 0
+        self._consistent_rounds = 0
         self._last = None  # worker side: the last answer, resent on hold
 
     # -- worker -----------------------------------------------------------------------------
@@ -293,10 +295,13 @@ class FisherScoring(AbstractAlgorithm):
         beta, _ = self._solve(total)
         self._query(beta)
         self.iterations += 1
+        self._async_solves += 1
         self.criterion = abs(total.deviance - self._mixed_dev) / (abs(total.deviance) + 0.1)
         self._mixed_dev = total.deviance
         self._quiet = self._quiet + 1 if self.criterion < self._tol else 0
-        if self._quiet >= n:  # the summed deviance has settled: evaluate one beta everywhere
+        # Once the summed deviance has settled, or the asynchronous budget (maxit solves per
+        # site) is spent, every site evaluates the same coefficients.
+        if self._quiet >= n or self._async_solves >= self._maxit * n:
             self._phase, self._target = "confirm", self._version
         self._prune()
 
@@ -306,6 +311,7 @@ class FisherScoring(AbstractAlgorithm):
         rounds, so the first one only takes a Newton step."""
         total = combine(list(self._latest.values()))
         self.iterations += 1
+        self._consistent_rounds += 1
         beta_next, inv = self._solve(total)
         # The covariance is X'WX at the accepted coefficients themselves: the asynchronous
         # path has no "previous iteration" of R's to take it from.
@@ -351,15 +357,16 @@ class FisherScoring(AbstractAlgorithm):
             self._done = self.converged = True
             return True
         if maxit is not None:
-            per_site = 1 if self._mode == "sync" else self._n_expected()
-            return self.iterations >= maxit * per_site
+            if self._mode == "sync":
+                return self.iterations >= maxit
+            return self._consistent_rounds >= maxit  # after at most maxit * n_sites solves
         return False
 
     def progress(self, stopat: Mapping[str, Any]) -> float:
         done = 0.0
         if "maxit" in stopat and stopat["maxit"]:
-            per_site = 1 if self._mode == "sync" else (self.n_sites or 1)
-            done = self.iterations / (stopat["maxit"] * per_site)
+            done = (self.iterations if self._mode == "sync"
+                    else self._consistent_rounds) / stopat["maxit"]
         if "tol" in stopat and self.criterion is not None:
             crit, tol = max(self.criterion, 1e-300), float(stopat["tol"])
             done = max(done, min(1.0, math.log(crit) / math.log(tol)) if crit < 1 else 0.0)

@@ -253,7 +253,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 
     def make_problem(pid):
         if WHEN == "startup" and pid > 0:
-            print("WORKER", os.getpid(), flush=True)
+            os.write(1, f"WORKER {os.getpid()}\n".encode())  # one atomic write
             time.sleep(60)  # still building its problem when Ctrl-C comes
         return pid
 
@@ -266,7 +266,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
         def answer(self, q, problem):
             self.answers += 1
             if self.answers == 1:
-                print("WORKER", os.getpid(), flush=True)
+                os.write(1, f"WORKER {os.getpid()}\n".encode())  # one atomic write
             if self.answers >= 3:  # a long pure-Python computation
                 t, x = time.time(), 0
                 while time.time() - t < 60:
@@ -341,7 +341,7 @@ PARENT_DEATH_SCRIPT = textwrap.dedent("""
             return 0
 
         def answer(self, q, problem):
-            print("BUSY", os.getpid(), flush=True)
+            os.write(1, f"BUSY {os.getpid()}\n".encode())  # one atomic write
             if HOW == "python":
                 x = 0
                 while True:

@@ -1,0 +1,145 @@
+"""Asynchronous against synchronous when one worker is 4x slower than the others.
+
+    python benchmarks/straggler.py [--workers 4] [--seconds 6]
+
+Gradient steps on a least-squares problem split over the workers, the central stepping on the
+average of the workers' latest block gradients (`aia.AveragingAlgorithm`). Each answer takes a
+fixed compute time; worker 1 takes 4x as long. The synchronous loop waits for
+the straggler every round; the asynchronous loop steps on each answer as it arrives. Prints the
+time each needs to reach the target loss (a fixed factor above the least-squares floor), writes
+benchmarks/results/straggler.json and a plot of loss against wall time (straggler.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import aia
+from algorithms.sgd import LRMSE, make_lrmse_problem
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class BlockGradient:
+    """Inner algorithm of `aia.AveragingAlgorithm`: each worker answers with the gradient of
+    its block (after ``compute`` seconds, 4x on the straggler); the central steps on the
+    average of the latest gradients of all workers (stale ones included, as in SAG)."""
+
+    def __init__(self, stepsize, n, compute):
+        self.stepsize, self.n, self.compute = stepsize, n, compute
+
+    def initialize(self, problem):
+        self.x = np.zeros(self.n)
+        return self.x
+
+    def answer(self, q, problem):
+        g = problem.gradient(q)
+        time.sleep(self.compute * (4 if problem.slow else 1))  # the work a real answer does
+        return g
+
+    def query(self, average, problem):
+        self.x = self.x - self.stepsize * average
+        return self.x
+
+
+def make_problem_with_straggler(make, scales):
+    """Columns scaled to make the problem ill-conditioned: many steps are needed, so the
+    number of steps per second matters."""
+
+    def make_problem(pid):
+        block = make(pid)
+        problem = LRMSE(block.A * scales, block.b)
+        problem.slow = pid == 1
+        return problem
+
+    return make_problem
+
+
+def first_time_below(history, pooled, target):
+    for t, x in zip(history.timestamps, history.queries):
+        if pooled.loss(x) <= target:
+            return t - history.timestamps[0]
+    return float("inf")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="async against sync with a straggler")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--compute", type=float, default=0.004, help="seconds per answer")
+    args = parser.parse_args(argv)
+
+    n = 20
+    make = make_problem_with_straggler(make_lrmse_problem(n_rows=2000, n_features=n, noise=0.5,
+                                                          seed=7), np.geomspace(1, 5, n))
+    pooled_blocks = [make(pid) for pid in range(1, args.workers + 1)]
+    pooled = LRMSE(np.vstack([p.A for p in pooled_blocks]),
+                   np.concatenate([p.b for p in pooled_blocks]))
+    floor = pooled.loss(np.linalg.lstsq(pooled.A, pooled.b, rcond=None)[0])
+    target = 1.001 * floor
+    stepsize = 0.5 / pooled.L
+    problem = make
+
+    runs = {}
+    with aia.LocalCluster(args.workers, blas_threads=1) as cluster:
+        for mode in ("synchronous", "asynchronous"):
+            alg = aia.AveragingAlgorithm(BlockGradient(stepsize, n, args.compute))
+            h = aia.start(alg, problem, {"time": args.seconds}, saveat={"iteration": 5},
+                          cluster=cluster, synchronous=mode == "synchronous", verbose=0)
+            runs[mode] = h
+    rows = []
+    for mode, h in runs.items():
+        losses = [pooled.loss(x) for x in h.queries]
+        rows.append({"mode": mode, "iterations": h.iterations[-1],
+                     "answers": dict(h.answer_count),
+                     "seconds_to_target": first_time_below(h, pooled, target),
+                     "final_loss": losses[-1],
+                     "curve": list(zip(h.timestamps, losses))})
+    sync_t, async_t = rows[0]["seconds_to_target"], rows[1]["seconds_to_target"]
+    speedup = sync_t / async_t if async_t > 0 else float("inf")
+    print(f"\n{args.workers} workers, worker 1 is 4x slower ({args.compute * 1e3:.0f} ms vs "
+          f"{4 * args.compute * 1e3:.0f} ms per answer); target loss {target:.4f} "
+          f"(floor {floor:.4f})")
+    print(f"{'mode':<14}{'iterations':>12}{'s to target':>14}{'final loss':>12}")
+    for r in rows:
+        print(f"{r['mode']:<14}{r['iterations']:>12}{r['seconds_to_target']:>14.3f}"
+              f"{r['final_loss']:>12.4f}")
+    print(f"asynchronous reaches the target {speedup:.1f}x sooner")
+    RESULTS.mkdir(exist_ok=True)
+    summary = {"workers": args.workers, "compute_s": args.compute, "target_loss": target,
+               "floor": floor, "speedup": speedup,
+               "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}
+    (RESULTS / "straggler.json").write_text(json.dumps(summary, indent=2))
+    plot(rows, target, RESULTS / "straggler.png")
+    print(f"written to {RESULTS / 'straggler.json'} and straggler.png")
+
+
+def plot(rows, target, path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        t, loss = zip(*r["curve"])
+        ax.plot(t, loss, label=r["mode"])
+    ax.axhline(target, color="grey", ls="--", label="target")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("loss on all rows")
+    ax.set_title("one worker 4x slower")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
