@@ -6,7 +6,18 @@
 >>> print(res.summary())                                                # doctest: +SKIP
 
 `fit` runs the whole analysis; `FisherScoring` is the `aia` algorithm behind it, which a
-user can also pass to `aia.start` with `Site` objects as the workers' problems.
+user can also pass to `aia.start` with `Site` objects as the workers' problems:
+
+>>> import aia
+>>> paths = ["a.csv", "b.csv", "c.csv"]
+>>> alg = glm.FisherScoring("admit ~ gre + gpa + C(rank)", family="binomial", n_sites=3)
+>>> h = aia.start(alg, lambda pid: glm.Site(paths[pid - 1]) if pid else None,
+...               {"tol": 1e-8, "maxit": 25}, cluster=3, synchronous=True)  # doctest: +SKIP
+>>> h.params, h.deviance, h.converged                                 # doctest: +SKIP
+
+(`fit` adds what needs more passes over the sites: the union of the categorical levels,
+the global moments of ``center``/``scale``, the intercept-only fit behind the null
+deviance with an offset, and the log-likelihood.)
 """
 
 from .design import Design, FormulaError, inspect_formula

@@ -40,6 +40,11 @@ class FormulaError(ValueError):
     """The formula is malformed, or uses something outside the whitelist."""
 
 
+class SiteError(ValueError):
+    """A site cannot take part (missing column, invalid response...). The message quotes
+    no data value."""
+
+
 #: Functions a formula may call, by name.
 FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum"})
 #: numpy functions a formula may call as ``np.<name>``.
@@ -346,10 +351,10 @@ def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
                 values = frame[col].map(_plain)
                 cat = pd.Categorical(values, categories=list(levels))
                 if cat.isna().any():
-                    raise ValueError(f"column {col!r} has a level missing from the merged levels")
+                    raise SiteError(f"column {col!r} has a level missing from the merged levels")
                 frame[col] = cat
     if info.standardized and design.moments is None:
-        raise ValueError("center() and scale() need the mean and standard deviation of all "
+        raise SiteError("center() and scale() need the mean and standard deviation of all "
                          "sites: build the design with glm.fit or glm.prepare")
     mm = Formula(design.formula).get_model_matrix(frame, context=CONTEXT, na_action="ignore")
     lhs, rhs = mm.lhs, mm.rhs
@@ -360,8 +365,8 @@ def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
             mean, sd = design.moments[col]
             state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
         rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
-    if lhs.shape[1] != 1:
-        raise ValueError("the response must be one numeric column")
+    if lhs.shape[1] != 1 or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
+        raise SiteError("the response must be one numeric column")
     y = lhs.to_numpy(dtype=float).ravel()
     X = np.ascontiguousarray(rhs.to_numpy(dtype=float))
     names = [str(c) for c in rhs.columns]
@@ -371,27 +376,29 @@ def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
     if design.exposure is not None:
         exposure = _column(frame, design.exposure, n, 1.0)
         if np.any(exposure <= 0):
-            raise ValueError(f"exposure column {design.exposure!r} must be positive")
+            raise SiteError(f"exposure column {design.exposure!r} must be positive")
         offset = offset + np.log(exposure)
     d_star = _column(frame, design.expected, n, 0.0) if design.expected else None
     for what, values in (("response", y), ("prior weights", w), ("offset", offset)):
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"the {what} has non-finite values at this site")
+            raise SiteError(f"the {what} has non-finite values at this site")
     bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(X), axis=0))]
     if bad:
-        raise ValueError(f"design column(s) {bad} have non-finite values at this site "
+        raise SiteError(f"design column(s) {bad} have non-finite values at this site "
                          "(e.g. the log of a non-positive value)")
     if np.any(w < 0):
-        raise ValueError("prior weights must not be negative")
+        raise SiteError("prior weights must not be negative")
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
-        raise ValueError(f"expected deaths column {design.expected!r} must be finite and >= 0")
+        raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
     return ModelData(y, X, w, offset, d_star, names)
 
 
 def _column(frame: pd.DataFrame, name: Optional[str], n: int, default: float) -> np.ndarray:
     if name is None:
         return np.full(n, default)
-    return pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=float)
+    if not pd.api.types.is_numeric_dtype(frame[name]):
+        raise SiteError(f"column {name!r} must be numeric")
+    return frame[name].to_numpy(dtype=float)
 
 
 def _plain(value):

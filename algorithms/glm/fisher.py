@@ -239,11 +239,10 @@ class FisherScoring(AbstractAlgorithm):
 
     # -- central: asynchronous ------------------------------------------------------------
     def _n_expected(self) -> int:
-        workers = getattr(self, "workers", None)  # set by the engine, where it does
-        n = len(workers) if workers else self.n_sites
-        if not n:
+        """How many sites answer (the asynchronous central step is not told)."""
+        if not self.n_sites:
             raise ValueError("FisherScoring needs n_sites=... in asynchronous mode")
-        return n
+        return self.n_sites
 
     def central_step(self, a: Contribution, worker: int, problem: Any) -> Query:
         self._mode = "async"

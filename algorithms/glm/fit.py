@@ -69,8 +69,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         R's convergence rule: ``|dev - dev_old| / (|dev| + 0.1) < tol``, at most
         ``max_iter`` iterations.
     cluster :
-        None (a temporary local cluster, one worker per site), an `aia` cluster with at
-        least one worker per site (its first workers are used), or ``"inprocess"``.
+        None (a temporary local cluster, one worker per site), an int (a temporary local
+        cluster of that many workers), an `aia` cluster with at least one worker per site
+        (its first workers are used), or ``"inprocess"``.
     synchronous : bool
         Wait for every site at each step (R's iterations exactly), or re-solve as each
         site's contribution arrives.
@@ -210,8 +211,8 @@ def _placed(sources: list, names: list, cluster: Any):
         yield _Placed(_InProcess(sites), list(range(1, n + 1)), names, None, SiteGroup(sites))
         return
     with contextlib.ExitStack() as stack:
-        if cluster is None:
-            cluster = stack.enter_context(aia.LocalCluster(n))
+        if cluster is None or isinstance(cluster, int) and not isinstance(cluster, bool):
+            cluster = stack.enter_context(aia.LocalCluster(n if cluster is None else cluster))
         if len(cluster.pids) < n:
             raise ValueError(f"cluster: {n} sites need {n} workers, the cluster has "
                              f"{len(cluster.pids)}")
@@ -219,6 +220,7 @@ def _placed(sources: list, names: list, cluster: Any):
         by_pid = dict(zip(pids, names))
         paths = {pid: src for pid, src in zip(pids, sources) if not isinstance(src, pd.DataFrame)}
         handle = aia.DistributedObject(functools.partial(_new_site, paths, by_pid), cluster)
+        stack.callback(handle.free)  # the sites' rows leave the workers with the fit
         for pid, src in zip(pids, sources):
             if isinstance(src, pd.DataFrame):  # sent to its worker only
                 handle.apply(pid, functools.partial(_set_table, src))

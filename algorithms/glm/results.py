@@ -23,7 +23,11 @@ from scipy import stats
 
 @dataclass
 class GLMResults:
-    """A fitted GLM. Build it with `algorithms.glm.fit`."""
+    """A fitted GLM. Build it with `algorithms.glm.fit`.
+
+    ``iterations`` counts R's Fisher scoring iterations in synchronous mode, and the
+    central's solves in asynchronous mode. ``notes`` says what R would have warned about.
+    """
 
     params: pd.Series
     cov_unscaled: pd.DataFrame

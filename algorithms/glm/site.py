@@ -21,17 +21,12 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .design import (Design, FormulaError, ModelData, categorical_columns, model_data,
-                     site_levels, site_moments, used_columns)
+from .design import (Design, FormulaError, ModelData, SiteError, categorical_columns,
+                     model_data, site_levels, site_moments, used_columns)
 from .guards import Guards, PrivacyError
 from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
-
-
-class SiteError(ValueError):
-    """A site cannot take part (missing column, invalid response...). The message quotes
-    no data value."""
 
 
 def _guarded(method):
@@ -114,12 +109,12 @@ class Site:
             guards.check_levels(col, counts)
             levels[col] = lv
         moments = {col: site_moments(frame[col]) for col in sorted(design.info.standardized)}
-        return {"levels": levels, "moments": moments, "nobs": len(frame)}
+        return {"levels": levels, "moments": moments}
 
     @_guarded
     def build(self, design: Design) -> dict:
         """Build (once per design) and check the design matrices; return the column names."""
-        return {"columns": tuple(self.model(design).names), "nobs": len(self.model(design).y)}
+        return {"columns": tuple(self.model(design).names)}
 
     def model(self, design: Design) -> ModelData:
         if self._built is not None and self._built[0] == design.token:

@@ -130,3 +130,16 @@ def test_stricter_combines_guard_by_guard():
 def test_an_unreadable_threshold_is_an_error():
     with pytest.raises(ValueError, match="GLM_MINIMUM_ROWS must be a number"):
         Guards.from_environment({"GLM_MINIMUM_ROWS": "ten"})
+
+
+def test_site_errors_do_not_quote_data(admissions):
+    """A pandas or formulaic message may quote a value: the site sends only its type."""
+    frames = [f.assign(w="secret-value") for f in admissions]
+    with pytest.raises(glm.SiteError) as info:
+        glm.fit(ADMIT, frames, family="binomial", weights="w", cluster="inprocess")
+    assert "secret-value" not in str(info.value) and "'w'" in str(info.value)
+    frames = [f.assign(code="secret-value") for f in admissions]
+    with pytest.raises(glm.SiteError) as info:
+        glm.fit("admit ~ np.log(code)", frames, family="binomial", cluster="inprocess")
+    assert "secret-value" not in str(info.value)
+    assert "logged at the site" in str(info.value)

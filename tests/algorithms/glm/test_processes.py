@@ -97,3 +97,13 @@ def test_fisher_scoring_through_aia_start(glm_cluster, synchronous):
     close(history.null_deviance, here.null_deviance, rtol=1e-12)
     assert list(history.params.index) == list(here.params.index)
     assert alg.converged  # the central's state is on the instance passed in
+
+
+def test_asynchronous_max_iter_ends_with_a_consistent_estimate(glm_cluster):
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning):
+        res = glm.fit(ADMIT, v6_sites("binomial"), family="binomial", cluster=glm_cluster,
+                      synchronous=False, max_iter=1)
+    assert not res.converged
+    assert np.all(np.isfinite(res.params)) and np.isfinite(res.deviance)

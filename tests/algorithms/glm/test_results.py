@@ -79,3 +79,11 @@ def test_information_criteria(logit):
     assert logit.aic == pytest.approx(-2 * logit.llf + 2 * k)
     assert logit.bic == pytest.approx(-2 * logit.llf + k * np.log(logit.nobs))
     assert "4 iterations" not in repr(logit) and "converged" in repr(logit)
+
+
+def test_public_names_are_listed():
+    public = {n for n in dir(glm) if not n.startswith("_")} - {
+        "design", "families", "fisher", "fit", "guards", "linalg", "messages", "results",
+        "site", "demo", "cli"}
+    assert sorted(glm.__all__) == glm.__all__
+    assert public | {"fit"} == set(glm.__all__)
