@@ -63,13 +63,14 @@ class Site:
         self.guards = Guards.from_environment(environ)
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._built: Optional[tuple] = None  # (design token, ModelData)
+        self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
 
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
-        self._table, self._built = table, None
+        self._table, self._built, self._frame_cache = table, None, None
         if name is not None:
             self.name = name
 
@@ -87,16 +88,27 @@ class Site:
 
     # -- first contact --------------------------------------------------------------------
     def _frame(self, design: Design) -> tuple[pd.DataFrame, Guards]:
-        """The complete cases of the used columns, after the column and row guards."""
+        """The complete cases of the used columns, after the column and row guards.
+
+        Kept for the next call with the same columns and guards (``describe`` then
+        ``model``): selecting columns and rows copies the table.
+        """
         guards = self.guards.stricter(design.guards)
         used = used_columns(design)
+        key = (tuple(sorted(used)), repr(guards))
+        if self._frame_cache is not None and self._frame_cache[0] == key:
+            return self._frame_cache[1], guards
         guards.check_columns(used)
         missing = sorted(used - set(self.table.columns))
         if missing:
             raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
         frame = self.table[sorted(used)]
-        guards.check_rows(int(len(frame.dropna())), {c: int(frame[c].count()) for c in used})
-        return frame.dropna(), guards
+        complete = frame.notna().all(axis=1).to_numpy()
+        guards.check_rows(int(complete.sum()), {c: int(frame[c].count()) for c in used})
+        # Take the complete rows only when some are incomplete: a take copies every column.
+        frame = frame if complete.all() else frame[complete]
+        self._frame_cache = (key, frame)
+        return frame, guards
 
     @_guarded
     def describe(self, design: Design) -> dict:
