@@ -1,7 +1,8 @@
 """aia: asynchronous and synchronous distributed iterative algorithms.
 
 Write an algorithm as a subclass of `AbstractAlgorithm` and run it with `start`; workers are
-local processes (`LocalCluster`) by default. See the README for a tour.
+local processes (`LocalCluster`) by default, or Ray actors (`RayCluster`, with the ``ray``
+extra). See the README for a tour.
 """
 
 from .algorithm import AbstractAlgorithm
@@ -22,9 +23,19 @@ __all__ = sorted([
     "Failure",
     "History",
     "LocalCluster",
+    "RayCluster",
     "RemoteError",
     "WorkerFailedError",
     "start",
 ])
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # RayCluster is imported on first use: `import aia` must not import Ray (heavy, optional).
+    if name == "RayCluster":
+        from .ray_cluster import RayCluster
+
+        return RayCluster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

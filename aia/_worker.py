@@ -64,8 +64,11 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
     Worker(pid, channel).serve()
 
 
-class Interrupted(Exception):
-    """Raised in ``answer`` when the central ended the run the answer was for."""
+class Interrupted(BaseException):
+    """Raised in ``answer`` when the central ended the run the answer was for.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in user code does
+    not swallow it."""
 
 
 class Worker:

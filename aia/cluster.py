@@ -105,6 +105,10 @@ class Cluster(abc.ABC):
     def free(self, obj_id: int, pids: Sequence[int]) -> None:
         """Drop the object on each worker of ``pids`` that is still alive."""
 
+    def generation(self, pid: int) -> int:
+        """How many times worker ``pid`` was replaced; its objects die with each replacement."""
+        return 0
+
     @abc.abstractmethod
     def alive(self) -> list:
         """The pids of the workers still alive."""

@@ -43,13 +43,17 @@ class DistributedObject:
         self.pids = pids
         self.local: Any = None
         cluster.store(self.id, serialize(make, "make"), pids)
+        self._generations = {pid: cluster.generation(pid) for pid in pids}
         # Free the remote objects when this handle is garbage collected.
         self._finalizer = weakref.finalize(self, cluster.free, self.id, list(pids))
+
+    def _holds(self, pid: int, alive) -> bool:
+        return pid in alive and self.cluster.generation(pid) == self._generations[pid]
 
     def where(self) -> list:
         """The pids that hold an object: 0 if ``local`` is set, then every live worker."""
         alive = set(self.cluster.alive())
-        held = [p for p in self.pids if p in alive]
+        held = [p for p in self.pids if self._holds(p, alive)]
         return ([0] if self.local is not None else []) + held
 
     def _check_held(self, pid: int) -> None:
@@ -59,6 +63,9 @@ class DistributedObject:
         if pid not in self.cluster.alive():
             raise RuntimeError(f"worker {pid} is dead: its object of this DistributedObject "
                                f"died with it")
+        if not self._holds(pid, [pid]):
+            raise RuntimeError(f"worker {pid} was restarted (it was stuck): its object of "
+                               f"this DistributedObject died with the old process")
 
     def apply(self, pid: int, fn: Callable[[Any], Any]) -> Any:
         """``fn(object on pid)``, run where the object lives; its result."""

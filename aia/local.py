@@ -57,12 +57,22 @@ def default_start_method() -> str:
 class _Handle:
     """The central's view of one worker."""
 
-    def __init__(self, pid: int, process, channel: Channel):
+    def __init__(self, pid: int, process, channel: Channel, generation: int = 0):
         self.pid = pid
         self.process = process
         self.channel = channel
+        self.generation = generation
         self.os_pid: Optional[int] = None
         self.dead = False
+        self.sent_at = 0.0  # when its outstanding query was sent
+        self.answer_time = 0.0  # how long its latest answer took
+        # (run, when) of an ended run whose answer it was interrupted in; cleared by any
+        # message of that run (the answer, or the Interrupted error).
+        self.abandoned: Optional[tuple] = None
+
+    def patience(self) -> float:
+        """How long an interrupted worker gets to come back before it is replaced."""
+        return max(STOP_GRACE, 3 * self.answer_time)
 
     def exit_failure(self, wait: float = 1.0) -> Failed:
         """The failure of a worker whose process ended (or whose channel broke)."""
@@ -70,6 +80,10 @@ class _Handle:
         self.dead = True
         return Failed(self.pid, describe_exit(self.process.exitcode), None, self.os_pid,
                       self.process.exitcode)
+
+
+def _out_of_patience(h: _Handle, now: float) -> bool:
+    return h.abandoned is not None and now >= h.abandoned[1] + h.patience()
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -122,31 +136,51 @@ class LocalCluster(Cluster):
 
     # -- life cycle ---------------------------------------------------------------------
     def _start(self, n: int) -> None:
-        ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["aia._worker", "numpy"])
+            mp.get_context("forkserver").set_forkserver_preload(["aia._worker", "numpy"])
         for pid in range(1, n + 1):
-            central, worker = transport.pipe()
-            _worker.central_sockets.add(central.sock)
-            fork = self.start_method == "fork"
-            inherited = list(_worker.central_sockets) if fork else []
-            parent = None if self.start_method == "forkserver" else os.getpid()
-            # PR_SET_PDEATHSIG follows the thread that starts the child: safe from the main
-            # thread, or from the single-threaded forkserver.
-            guard = sys.platform.startswith("linux") and (
-                self.start_method == "forkserver"
-                or threading.current_thread() is threading.main_thread())
-            process = ctx.Process(target=_worker.main, name=f"aia-worker-{pid}",
-                                  args=(pid, worker, self.blas_threads, inherited, parent,
-                                        guard))
-            process.start()
-            worker.close()  # the child has its own copy now
-            self._workers[pid] = _Handle(pid, process, central)
-        self._await_ready(time.monotonic() + START_TIMEOUT)
+            self._workers[pid] = self._spawn(pid)
+        self._await_ready(self._workers, time.monotonic() + START_TIMEOUT)
         log.debug("started %d workers (%s)", n, self.start_method)
 
-    def _await_ready(self, deadline: float) -> None:
-        waiting = dict(self._workers)
+    def _spawn(self, pid: int, generation: int = 0) -> "_Handle":
+        ctx = mp.get_context(self.start_method)
+        central, worker = transport.pipe()
+        _worker.central_sockets.add(central.sock)
+        fork = self.start_method == "fork"
+        inherited = list(_worker.central_sockets) if fork else []
+        parent = None if self.start_method == "forkserver" else os.getpid()
+        # PR_SET_PDEATHSIG follows the thread that starts the child: safe from the main
+        # thread, or from the single-threaded forkserver.
+        guard = sys.platform.startswith("linux") and (
+            self.start_method == "forkserver"
+            or threading.current_thread() is threading.main_thread())
+        process = ctx.Process(target=_worker.main, name=f"aia-worker-{pid}",
+                              args=(pid, worker, self.blas_threads, inherited, parent, guard))
+        process.start()
+        worker.close()  # the child has its own copy now
+        return _Handle(pid, process, central, generation)
+
+    def _replace(self, h: "_Handle") -> "_Handle":
+        """Stop a worker that is stuck (it ignored the interrupt of an ended run) and start a
+        fresh one in its slot. Its distributed objects are lost (see `generation`)."""
+        log.warning("aia: worker %d (pid %s) is still busy with an answer of an ended run and "
+                    "ignored the interrupt; restarting it (its distributed objects are lost)",
+                    h.pid, h.os_pid)
+        _stop([h], grace=0.0)
+        _worker.central_sockets.discard(h.channel.sock)
+        h.channel.close()
+        fresh = self._spawn(h.pid, h.generation + 1)
+        self._workers[h.pid] = fresh
+        self._await_ready({h.pid: fresh}, time.monotonic() + START_TIMEOUT)
+        return fresh
+
+    def generation(self, pid: int) -> int:
+        """How many times worker ``pid`` was restarted (its objects die with each one)."""
+        return self._workers[pid].generation
+
+    def _await_ready(self, handles: dict, deadline: float) -> None:
+        waiting = dict(handles)
         while waiting:
             ready = self._wait_on(waiting.values(), deadline)
             if not ready:
@@ -177,21 +211,7 @@ class LocalCluster(Cluster):
             return
         self._closed = True
         handles = list(self._workers.values())
-        for h in handles:
-            if not h.dead:
-                try:
-                    h.channel.send(CONTROL, ("stop",))
-                except (ChannelClosed, OSError):
-                    pass
-        _join_all(handles, STOP_GRACE)
-        for h in handles:
-            if h.process.is_alive():
-                h.process.terminate()
-        _join_all(handles, STOP_GRACE)
-        for h in handles:
-            if h.process.is_alive():
-                h.process.kill()
-                h.process.join(5.0)
+        _stop(handles, STOP_GRACE)
         for h in handles:
             _worker.central_sockets.discard(h.channel.sock)
             h.channel.close()
@@ -250,18 +270,37 @@ class LocalCluster(Cluster):
             except ChannelClosed:
                 results[pid] = h.exit_failure()
         while waiting:
-            ready = self._wait_on(waiting.values(), deadline)
-            if not ready:
-                for pid, h in waiting.items():
-                    results[pid] = Failed(pid, "did not reply before the time limit (still busy "
-                                          "with an earlier request?)", None, h.os_pid)
-                break
+            ready = self._wait_on(waiting.values(), self._patience_limit(waiting, deadline))
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
                 if event is not None:
                     results[h.pid] = event
                     waiting.pop(h.pid, None)
+            if ready:
+                continue
+            now = time.monotonic()
+            for h in [h for h in waiting.values() if _out_of_patience(h, now)]:
+                fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
+                try:
+                    fresh.channel.send(CONTROL, message, run)
+                    waiting[h.pid] = fresh
+                except ChannelClosed:
+                    results[h.pid] = fresh.exit_failure()
+                    waiting.pop(h.pid)
+            if deadline is not None and now >= deadline:
+                for pid, h in waiting.items():
+                    results[pid] = Failed(pid, "did not reply before the time limit", None,
+                                          h.os_pid)
+                break
         return results
+
+    @staticmethod
+    def _patience_limit(waiting: dict, deadline: Optional[float]) -> Optional[float]:
+        """The deadline, or sooner the moment an interrupted worker runs out of patience."""
+        limits = [h.abandoned[1] + h.patience() for h in waiting.values() if h.abandoned]
+        if deadline is not None:
+            limits.append(deadline)
+        return min(limits) if limits else None
 
     def _receive(self, h: _Handle, run: int):
         """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped)."""
@@ -270,11 +309,15 @@ class LocalCluster(Cluster):
         except ChannelClosed:
             return h.exit_failure()
         except transport.Undecodable as exc:
+            if h.abandoned is not None and exc.run == h.abandoned[0]:
+                h.abandoned = None
             if exc.run != run:
                 return None
             return Failed(h.pid, f"sent a message the central cannot unpickle ({exc}); "
                           "answers must be made of classes importable on the central",
                           None, h.os_pid)
+        if h.abandoned is not None and msg_run == h.abandoned[0]:
+            h.abandoned = None  # it is back from the ended run
         if msg_run != run:
             return None
         if kind == ERROR:
@@ -327,6 +370,27 @@ def _raise_failures(results: dict, doing: str) -> None:
                 from result.remote_error()
 
 
+def _stop(handles, grace: float) -> None:
+    """Stop workers: a stop message, then terminate, then kill; each step bounded."""
+    for h in handles:
+        if not h.dead:
+            try:
+                h.channel.send(CONTROL, ("stop",))
+            except (ChannelClosed, OSError):
+                pass
+    _join_all(handles, grace)
+    for h in handles:
+        if h.process.is_alive():
+            h.process.terminate()
+    _join_all(handles, STOP_GRACE)
+    for h in handles:
+        if h.process.is_alive():
+            h.process.kill()
+            h.process.join(5.0)
+    for h in handles:
+        h.dead = True
+
+
 def _join_all(handles, grace: float) -> None:
     deadline = time.monotonic() + grace
     for h in handles:
@@ -367,10 +431,15 @@ class LocalRun(Run):
             return
         try:
             h.channel.send_frame(QUERY, self.run, data, buffers)
+            h.sent_at = time.monotonic()
             self.busy.add(pid)
         except ChannelClosed:
             self._lose(h)
             self.broken.append(h.exit_failure())
+
+    def _answered(self, h: _Handle) -> None:
+        self.busy.discard(h.pid)
+        h.answer_time = time.monotonic() - h.sent_at
 
     def _lose(self, h: _Handle) -> None:
         self.busy.discard(h.pid)
@@ -386,9 +455,10 @@ class LocalRun(Run):
         while True:
             ready = [key.data for key, _ in self.selector.select(timeout)]
             if len(ready) == 1 and ready[0][1] == "message":  # the common case, kept short
-                event = self.cluster._receive(ready[0][0], self.run)
+                h = ready[0][0]
+                event = self.cluster._receive(h, self.run)
                 if event is not None:
-                    self.busy.discard(ready[0][0].pid)
+                    self._answered(h)
                     if isinstance(event, Failed):
                         self._lose(ready[0][0])
                     return [event]
@@ -406,7 +476,7 @@ class LocalRun(Run):
                     event = h.exit_failure()
                 if event is None:
                     continue  # a late answer of an earlier run
-                self.busy.discard(h.pid)
+                self._answered(h)
                 if isinstance(event, Failed):
                     self._lose(h)
                 events.append(event)
@@ -424,6 +494,7 @@ class LocalRun(Run):
                 # the next run (see _worker.Worker._interrupt).
                 try:
                     os.kill(h.os_pid, signal.SIGUSR1)
+                    h.abandoned = (self.run, time.monotonic())
                 except (ProcessLookupError, PermissionError):
                     pass
             try:

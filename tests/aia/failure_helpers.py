@@ -146,18 +146,25 @@ class Recording(FailOnce):
 
 
 class HangOnWorker1(FailOnce):
-    """Worker 1 never answers: it sleeps (optionally ignoring SIGTERM) forever."""
+    """Worker 1 never answers. ``how``: "sleep" (sleeps forever), "stubborn" (sleeps forever
+    and swallows every exception, so no interrupt gets it out), "stubborn_noterm" (the
+    same, ignoring SIGTERM too: only SIGKILL ends it)."""
 
-    def __init__(self, ignore_sigterm=False):
+    def __init__(self, how="sleep"):
         super().__init__()
-        self.ignore_sigterm = ignore_sigterm
+        self.how = how
 
     def answer(self, q, problem):
         if problem == 1:
-            if self.ignore_sigterm:
+            if self.how == "stubborn_noterm":
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             while True:
-                time.sleep(100)
+                try:
+                    time.sleep(100)
+                except BaseException:
+                    if self.how == "sleep":
+                        raise
+
         time.sleep(0.005)
         return q + 1
 
@@ -299,6 +306,7 @@ class Script:
     def _read(self):
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)  # end of output: the script exited
 
     def _read_err(self):
         self.stderr = self.proc.stderr.read()
@@ -311,9 +319,12 @@ class Script:
             try:
                 line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
+                line = None
+            if line is None:  # timed out, or the script exited first
+                self._err_thread.join(0 if self.proc.poll() is None else 5)
                 raise AssertionError(
                     f"no {prefix!r} line within {timeout} s; stdout {self.stdout}, "
-                    f"exit code {self.proc.poll()}, stderr:\n{self.stderr}") from None
+                    f"exit code {self.proc.poll()}, stderr:\n{self.stderr}")
             self.stdout.append(line)
             if line.startswith(prefix):
                 found.append(line)
@@ -325,9 +336,11 @@ class Script:
         time.sleep(0.05)
         while True:
             try:
-                self.stdout.append(self.lines.get_nowait())
+                line = self.lines.get_nowait()
             except queue.Empty:
                 return self.stdout
+            if line is not None:
+                self.stdout.append(line)
 
     def descendants(self) -> set:
         try:

@@ -113,3 +113,33 @@ def test_objects_are_freed_with_the_cluster():
         d = aia.DistributedObject(lambda pid: np.zeros(10), c)
         assert d.where() == [1, 2]
     assert d.where() == []
+
+
+class StuckInC(aia.AbstractAlgorithm):
+    """Worker 1's answer is one C call that holds the GIL: the interrupt cannot reach it."""
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        if problem == 1:
+            sum(range(10**13))
+        return q
+
+    def central_step(self, a, worker, problem):
+        return a
+
+
+def test_a_worker_replaced_for_being_stuck_loses_its_object(cluster):
+    d = aia.DistributedObject(lambda pid: pid, cluster)
+    old = cluster.os_pids()[1]
+    aia.start(StuckInC(), d, {"iteration": 3}, cluster=cluster, pids=[1, 2], verbose=0)
+    # The next run finds worker 1 still stuck, replaces it, and goes on within resilience.
+    t0 = time.monotonic()
+    h = aia.start(Counter(), lambda pid: pid, {"iteration": 5}, cluster=cluster, verbose=0)
+    assert time.monotonic() - t0 < 5
+    assert h.iterations[-1] == 5 and h.failures == []
+    assert cluster.os_pids()[1] != old and 1 in cluster.alive()
+    assert d.where() == [2, 3]
+    with pytest.raises(RuntimeError, match="worker 1 was restarted"):
+        d.apply(1, lambda o: o)

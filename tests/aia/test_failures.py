@@ -42,13 +42,13 @@ def no_leftover():
 
 # -- the crash table -------------------------------------------------------------------
 #
-#  how          what worker 1 does on its 3rd answer     exitcode  traceback  cause says
+# What worker 1 does on its 3rd answer -> (exit code, remote traceback?, words in the cause)
 CRASHES = {
-    "raise": (None, True, ["FailureError", "boom on worker 1"]),
-    "exit": (3, False, ["exit code 3"]),
-    "sigkill": (-signal.SIGKILL, False, ["SIGKILL"]),
-    "segfault": (-signal.SIGSEGV, False, ["SIGSEGV"]),
-    "unpicklable": (None, True, ["TypeError", "lock"]),
+    "raise": (None, True, ["FailureError", "boom on worker 1"]),  # raise FailureError(...)
+    "exit": (3, False, ["exit code 3"]),  # os._exit(3)
+    "sigkill": (-signal.SIGKILL, False, ["SIGKILL"]),  # os.kill(os.getpid(), SIGKILL)
+    "segfault": (-signal.SIGSEGV, False, ["SIGSEGV"]),  # faulthandler._sigsegv()
+    "unpicklable": (None, True, ["TypeError", "lock"]),  # returns a threading.Lock
 }
 MODES = {"async": False, "sync": True}
 
@@ -253,7 +253,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 
     def make_problem(pid):
         if WHEN == "startup" and pid > 0:
-            os.write(1, f"WORKER {os.getpid()}\n".encode())  # one atomic write
+            os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one atomic write
             time.sleep(60)  # still building its problem when Ctrl-C comes
         return pid
 
@@ -266,7 +266,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
         def answer(self, q, problem):
             self.answers += 1
             if self.answers == 1:
-                os.write(1, f"WORKER {os.getpid()}\n".encode())  # one atomic write
+                os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one atomic write
             if self.answers >= 3:  # a long pure-Python computation
                 t, x = time.time(), 0
                 while time.time() - t < 60:
@@ -341,7 +341,7 @@ PARENT_DEATH_SCRIPT = textwrap.dedent("""
             return 0
 
         def answer(self, q, problem):
-            os.write(1, f"BUSY {os.getpid()}\n".encode())  # one atomic write
+            os.write(1, f"BUSY {os.getpid()}\\n".encode())  # one atomic write
             if HOW == "python":
                 x = 0
                 while True:
@@ -381,11 +381,12 @@ def test_workers_exit_when_the_central_is_killed(how, tmp_path):
 # -- hung workers ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["sleep", "stubborn"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_hung_worker_does_not_stop_time_limit(mode, no_leftover):
+def test_hung_worker_does_not_stop_time_limit(mode, how, no_leftover):
     before = descendants()
     start = time.monotonic()
-    h = aia.start(HangOnWorker1(), pid_problem, {"time": 1.0}, cluster=2,
+    h = aia.start(HangOnWorker1(how), pid_problem, {"time": 1.0}, cluster=2,
                   synchronous=MODES[mode], verbose=0)
     elapsed = time.monotonic() - start
     assert descendants() == before, "start returned before its workers were gone"
@@ -399,18 +400,19 @@ def test_hung_worker_does_not_stop_time_limit(mode, no_leftover):
 def test_shutdown_escalates_to_kill_for_a_worker_ignoring_sigterm(no_leftover):
     before = descendants()
     start = time.monotonic()
-    aia.start(HangOnWorker1(ignore_sigterm=True), pid_problem, {"time": 0.5}, cluster=2,
+    aia.start(HangOnWorker1("stubborn_noterm"), pid_problem, {"time": 0.5}, cluster=2,
               verbose=0)
     elapsed = time.monotonic() - start
     assert descendants() == before
     assert elapsed < 5.0, f"start took {elapsed:.2f} s"
 
 
-def test_worker_hung_in_a_previous_run_does_not_stall_the_next(no_leftover):
+@pytest.mark.parametrize("how", ["sleep", "stubborn"])
+def test_worker_hung_in_a_previous_run_does_not_stall_the_next(how, no_leftover):
     """A persistent cluster whose worker 1 is still stuck in run 1's ``answer``: run 2 must
     not spend its life waiting for that worker (it is a failure, within resilience)."""
     with aia.LocalCluster(2) as cluster:
-        aia.start(HangOnWorker1(), pid_problem, {"time": 0.5}, cluster=cluster, verbose=0)
+        aia.start(HangOnWorker1(how), pid_problem, {"time": 0.5}, cluster=cluster, verbose=0)
         start = time.monotonic()
         h = aia.start(FailOnce(), pid_problem, {"iteration": 5, "time": 4.0}, cluster=cluster,
                       resilience=1, verbose=0)

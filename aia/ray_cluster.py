@@ -1,0 +1,667 @@
+"""Workers as Ray actors: `RayCluster`, for runs over many machines.
+
+    pip install -e ".[ray]"
+
+    with aia.RayCluster(4) as cluster:                  # a local Ray runtime, 4 actors
+        aia.start(alg, make_problem, {"epoch": 100}, cluster=cluster)
+    with aia.RayCluster(16, address="auto") as cluster:  # join a running Ray cluster
+        ...
+
+Each worker is a Ray actor (``max_restarts=0``) that holds, like a local worker process, the
+run's algorithm and problem and the objects of `aia.DistributedObject` built on it. The central
+calls actor methods; each call returns an ``ObjectRef`` and `RayRun.wait` waits on the
+outstanding ones with ``ray.wait`` and a deadline::
+
+    central                                        actor of worker pid
+    -------                                        -------------------
+    setup.remote(run, algorithm, problem)   --->   builds the problem (or takes the stored one)
+    answer.remote(run, packed q)            --->   ("ok", packed a) | ("error", remote error)
+    end.remote(run)                         --->   drops the run's algorithm and problem
+    store / apply / free (obj_id, ...)      --->   DistributedObject, as on a local worker
+
+- Queries and answers are pickled by aia (cloudpickle, protocol 5): the large buffers of numpy
+  arrays travel out of band as arrays of bytes, so Ray moves them through its object store
+  (a query broadcast to every worker is put there once). The receiver copies each buffer into
+  its own memory, so the arrays it gets are writable, as with `aia.LocalCluster` (Ray's own
+  zero-copy arrays are read-only).
+- Exceptions come back as values: (type name, message, traceback text), so an exception whose
+  class cannot be unpickled on the central still arrives. An actor that dies (its process
+  killed, its node lost, ``ray.kill``) is a failure that names the worker, its actor, its
+  process id and its node.
+- Every call carries the run id: an answer of an earlier run is dropped by the actor.
+- Without an ``address``, `RayCluster` starts a Ray runtime on this machine bound to loopback
+  only (127.0.0.1) and stops it when closed; with one (``"auto"``, ``"host:port"``,
+  ``"ray://host:port"``) it joins that cluster, and closing it kills its actors and disconnects.
+
+This module imports Ray only when a `RayCluster` is created, so ``import aia`` never does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Optional, Sequence
+
+import cloudpickle
+
+from . import _worker
+from .cluster import Answer, Cluster, Failed, Run
+
+log = logging.getLogger("aia")
+
+START_TIMEOUT = 120.0  # seconds for the actors to be placed and come up
+PING_TIMEOUT = 0.2  # seconds `alive` waits for the actors' replies
+STOP_TIMEOUT = 10.0  # seconds `close` waits for killed actors to be reported dead
+BROADCAST_PUT = 64 * 1024  # a broadcast query at least this large goes to the object store once
+LOOPBACK = "127.0.0.1"
+
+_clusters: "weakref.WeakSet[RayCluster]" = weakref.WeakSet()
+_lock = threading.RLock()
+# The Ray connection this process holds, when a RayCluster made it: the clusters using it, and
+# whether a RayCluster started it (True) or joined an address (False). None: not ours.
+_connection: dict = {"ours": False, "users": 0}
+
+
+def _import_ray():
+    try:
+        import ray  # noqa: PLC0415 - Ray is optional and heavy: imported on first use
+    except ImportError as exc:
+        raise ImportError(
+            "aia.RayCluster needs Ray: pip install \"aia[ray]\" (or pip install -e \".[ray]\" "
+            "in a clone), on this machine and on every node of the Ray cluster") from exc
+    return ray
+
+
+# -- what crosses between the central and the actors -----------------------------------------
+
+def _pack(obj: Any) -> tuple:
+    """``obj`` pickled (cloudpickle, protocol 5), with its large buffers as byte arrays that
+    Ray moves through its object store without copying them into the pickle stream."""
+    import numpy as np  # noqa: PLC0415 - a dependency of aia; here to keep import light
+
+    buffers: list = []
+    try:
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise TypeError(
+            f"cannot send an object of type {type(obj).__name__!r} to a Ray actor: {exc}. "
+            "What crosses between processes must be picklable (numbers, arrays, lists, "
+            "dicts, classes; not open files, locks, sockets or generators).") from exc
+    return data, [np.frombuffer(b.raw(), dtype=np.uint8) for b in buffers]
+
+
+def _unpack(packed: tuple) -> Any:
+    """The object of `_pack`; each buffer is copied into a ``bytearray`` so that the arrays
+    built on it are writable (Ray hands out read-only views of its object store)."""
+    data, buffers = packed
+    return pickle.loads(data, buffers=[bytearray(b) for b in buffers])
+
+
+def _nbytes(packed: tuple) -> int:
+    data, buffers = packed
+    return len(data) + sum(b.nbytes for b in buffers)
+
+
+def _call(compute) -> tuple:
+    """``("ok", compute())``, or ``("error", (type name, message, traceback))``: an exception
+    returned as text, never raised, so that any exception reaches the central."""
+    try:
+        return "ok", compute()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the central
+        return "error", _worker.remote_error(exc)
+
+
+# -- the actor ---------------------------------------------------------------------------
+
+class _Worker:
+    """One worker: the state of a local worker process (`aia._worker.Worker`), in an actor."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.objects: dict[int, Any] = {}
+        self.run = 0
+        self.algorithm = None
+        self.problem = None
+
+    def info(self) -> dict:
+        import socket  # noqa: PLC0415
+
+        import ray  # noqa: PLC0415 - the actor runs in a Ray worker process
+
+        return {"os_pid": os.getpid(), "host": socket.gethostname(),
+                "ip": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def limit_blas(self, threads: int) -> bool:
+        _worker._limit_blas(threads)
+        return True
+
+    def ping(self) -> bool:
+        return True
+
+    def setup(self, run: int, algorithm: bytes, problem: tuple) -> tuple:
+        self.run, self.algorithm, self.problem = run, None, None
+        return _call(lambda: self._setup(algorithm, problem))
+
+    def _setup(self, algorithm: bytes, problem: tuple) -> bool:
+        self.algorithm = cloudpickle.loads(algorithm)
+        how, what = problem
+        if how == "object":
+            if what not in self.objects:
+                raise LookupError(f"this worker holds no object of DistributedObject {what}")
+            self.problem = self.objects[what]
+        else:
+            self.problem = cloudpickle.loads(what)(self.pid)
+        return True
+
+    def answer(self, run: int, packed: tuple) -> tuple:
+        if run != self.run:
+            return "stale", None  # a query of a run that has ended
+        return _call(lambda: _pack(self.algorithm.answer(self._query(packed), self.problem)))
+
+    @staticmethod
+    def _query(packed: tuple) -> Any:
+        try:
+            return _unpack(packed)
+        except Exception as exc:
+            raise RuntimeError(f"the worker cannot unpickle what the central sent: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def end(self, run: int) -> None:
+        if run == self.run:
+            self.run, self.algorithm, self.problem = 0, None, None
+
+    def store(self, obj_id: int, make: bytes) -> tuple:
+        def build() -> bool:
+            self.objects[obj_id] = cloudpickle.loads(make)(self.pid)
+            return True
+
+        return _call(build)
+
+    def apply(self, obj_id: int, fn: bytes) -> tuple:
+        return _call(lambda: _pack(cloudpickle.loads(fn)(self.objects[obj_id])))
+
+    def free(self, obj_id: int) -> None:
+        self.objects.pop(obj_id, None)
+
+
+_actor_class = None
+
+
+def _remote_worker():
+    """The actor class, made once Ray is imported."""
+    global _actor_class
+    if _actor_class is None:
+        ray = _import_ray()
+        _actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+    return _actor_class
+
+
+# -- connecting to Ray -----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _ray_addresses(loopback: bool):
+    """Ray's choice of the node address, during ``ray.init``.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when it is imported; when the
+    variable is 0 every address it picks is 127.0.0.1, else it takes the machine's network
+    address even for ``_node_ip_address="127.0.0.1"``, and its servers listen on every
+    interface. ``loopback`` sets the variable (for the processes the runtime starts) and the
+    constant (for this process); otherwise the constant follows the variable as it is now,
+    in case Ray was imported before it was set.
+    """
+    from ray._private import ray_constants  # noqa: PLC0415
+
+    var = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_env = os.environ.get(var)
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if loopback:
+        os.environ[var] = "0"
+    value = os.environ.get(var)
+    if value is not None and saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = value.lower() in ("1", "true")
+    try:
+        yield
+    finally:
+        if loopback:
+            if saved_env is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = saved_env
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+_JOIN_HINT = (
+    "If the cluster runs, check: a head started with token authentication (the default of "
+    "`ray start --head`) needs RAY_AUTH_MODE=token in this process's environment and the "
+    "cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); a head bound "
+    "to 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is reachable only by a driver with "
+    "the same variable set")
+
+
+def _connect(ray, address: Optional[str], kwargs: dict) -> bool:
+    """Connect this process to Ray; True if this RayCluster counts as a user of a
+    connection a RayCluster made (and so takes part in closing it)."""
+    with _lock:
+        if ray.is_initialized():
+            if address is not None or kwargs:
+                raise RuntimeError(
+                    "this process is already connected to Ray: RayCluster uses that "
+                    "connection, and takes no address or ray.init arguments then (close the "
+                    "other RayCluster or call ray.shutdown() first to connect elsewhere)")
+            if _connection["users"] > 0:
+                _connection["users"] += 1
+                return True
+            return False  # the user's own ray.init: theirs to shut down
+        kwargs = dict(kwargs)
+        if address is None:
+            kwargs.setdefault("include_dashboard", False)
+            loopback = "_node_ip_address" not in kwargs
+            if loopback:
+                kwargs["_node_ip_address"] = LOOPBACK
+            with _ray_addresses(loopback):
+                ray.init(**kwargs)
+        else:
+            with _ray_addresses(False):
+                try:
+                    ray.init(address=address, **kwargs)
+                except ConnectionError as exc:
+                    raise ConnectionError(f"{exc}. {_JOIN_HINT}") from exc
+        _connection.update(ours=address is None, users=1)
+        return True
+
+
+def _release(ray) -> None:
+    with _lock:
+        _connection["users"] -= 1
+        if _connection["users"] <= 0:
+            _connection.update(ours=False, users=0)
+            ray.shutdown()
+
+
+# -- the cluster -----------------------------------------------------------------------------
+
+class _Actor:
+    """The central's view of one actor."""
+
+    def __init__(self, pid: int, handle, name: str):
+        self.pid = pid
+        self.handle = handle
+        self.name = name
+        self.os_pid: Optional[int] = None
+        self.ip: Optional[str] = None
+        self.host: Optional[str] = None
+        self.node_id: Optional[str] = None
+        self.dead = False
+
+    def where(self) -> str:
+        place = f"pid {self.os_pid}" if self.os_pid else "pid unknown"
+        if self.ip:
+            place += f" on {self.host} ({self.ip})" if self.host else f" on {self.ip}"
+        return f"Ray actor {self.name}, {place}"
+
+
+class RayCluster(Cluster):
+    """``n_workers`` workers, each a Ray actor, ids 1..n.
+
+    ``address`` None starts a Ray runtime on this machine (loopback only, no dashboard unless
+    asked, stopped when the cluster closes); ``"auto"``, ``"host:port"`` or
+    ``"ray://host:port"`` joins a running Ray cluster. Other keyword arguments go to
+    ``ray.init`` (``num_cpus``, ``runtime_env``, ``log_to_driver``, ...). If this process is
+    already connected to Ray, the cluster uses that connection (and takes no address).
+
+    ``n_workers`` None: one worker per CPU of the Ray cluster. ``actor_options`` go to each
+    actor's ``.options(...)`` (``num_cpus``, ``resources``, ``scheduling_strategy``; the
+    default spreads the actors over the nodes). ``blas_threads`` caps each actor's BLAS
+    threads (default: the CPUs of its node divided among the actors on that node).
+
+    Use as a context manager (or call ``close``): the actors are killed at the end, and a
+    runtime the cluster started is stopped.
+    """
+
+    def __init__(self, n_workers: Optional[int] = None, address: Optional[str] = None, *,
+                 actor_options: Optional[dict] = None, blas_threads: Optional[int] = None,
+                 start_timeout: float = START_TIMEOUT, **ray_init_kwargs):
+        if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int)
+                                      or n_workers < 1):
+            raise ValueError(f"n_workers: expected a positive int or None, got {n_workers!r}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address: expected None, 'auto', 'host:port' or "
+                            f"'ray://host:port', got {address!r}")
+        if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
+            raise ValueError(f"blas_threads: expected a positive int or None, got "
+                             f"{blas_threads!r}")
+        ray = _import_ray()
+        self._ray = ray
+        self._actors: dict[int, _Actor] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._counted = False
+        self.address = address
+        self._counted = _connect(ray, address, ray_init_kwargs)
+        _clusters.add(self)
+        try:
+            n = n_workers if n_workers is not None else max(
+                1, int(ray.cluster_resources().get("CPU", 1)))
+            self._start(n, dict(actor_options or {}), blas_threads, start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- life cycle ---------------------------------------------------------------------
+    def _start(self, n: int, actor_options: dict, blas_threads: Optional[int],
+               timeout: float) -> None:
+        ray = self._ray
+        tag = uuid.uuid4().hex[:8]
+        options = {"scheduling_strategy": "SPREAD"}
+        options.update(actor_options)
+        worker = _remote_worker()
+        for pid in range(1, n + 1):
+            name = f"aia-{tag}-worker-{pid}"
+            handle = worker.options(name=name, **options).remote(pid)
+            self._actors[pid] = _Actor(pid, handle, name)
+        refs = {a.handle.info.remote(): a for a in self._actors.values()}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        if waiting:
+            pids = sorted(refs[r].pid for r in waiting)
+            raise TimeoutError(
+                f"the Ray actors of workers {pids} did not start within {timeout:.0f} s: the "
+                f"cluster may lack the resources they ask for ({options}; its resources: "
+                f"{ray.available_resources()})")
+        for ref in ready:
+            actor = refs[ref]
+            try:
+                info = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                raise RuntimeError(f"worker {actor.pid} failed to start: "
+                                   f"{_summary(exc)}") from None
+            actor.os_pid, actor.ip = info["os_pid"], info["ip"]
+            actor.host, actor.node_id = info["host"], info["node_id"]
+        self._limit_blas(blas_threads, timeout)
+        log.debug("started %d Ray actors on %d node(s)", n,
+                  len({a.node_id for a in self._actors.values()}))
+
+    def _limit_blas(self, threads: Optional[int], timeout: float) -> None:
+        ray = self._ray
+        cpus = {node["NodeID"]: node.get("Resources", {}).get("CPU", 1)
+                for node in ray.nodes() if node.get("Alive")}
+        per_node: dict = {}
+        for a in self._actors.values():
+            per_node[a.node_id] = per_node.get(a.node_id, 0) + 1
+        refs = []
+        for a in self._actors.values():
+            n = threads or max(1, int(cpus.get(a.node_id, 1) // per_node[a.node_id]))
+            refs.append(a.handle.limit_blas.remote(n))
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)
+
+    @property
+    def pids(self) -> list:
+        return list(self._actors)
+
+    def alive(self) -> list:
+        """The workers whose actor is not known to be dead (each is pinged; an actor busy
+        with an answer counts as alive)."""
+        if self._closed:
+            return []
+        ray = self._ray
+        pings = {a.handle.ping.remote(): a for a in self._actors.values() if not a.dead}
+        if pings:
+            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=PING_TIMEOUT)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.ActorDiedError:
+                    pings[ref].dead = True
+                except ray.exceptions.RayError:
+                    pass
+        return [pid for pid, a in self._actors.items() if not a.dead]
+
+    def os_pids(self) -> dict:
+        """``{worker id: operating-system process id of its actor}``."""
+        return {pid: a.os_pid for pid, a in self._actors.items()}
+
+    def nodes(self) -> dict:
+        """``{worker id: address of the node its actor runs on}``."""
+        return {pid: a.ip for pid, a in self._actors.items()}
+
+    def actor(self, pid: int):
+        """The Ray actor handle of worker ``pid`` (e.g. for ``ray.kill``)."""
+        return self._actors[pid].handle
+
+    def close(self) -> None:
+        """Kill the actors and wait until Ray reports them dead; stop the runtime this
+        cluster started (or disconnect from the one it joined). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        ray = self._ray
+        try:
+            if ray.is_initialized():
+                handles = [a.handle for a in self._actors.values()]
+                for handle in handles:
+                    try:
+                        ray.kill(handle, no_restart=True)
+                    except Exception:  # noqa: BLE001 - already dead, or Ray going away
+                        pass
+                self._await_dead(handles)
+        finally:
+            for a in self._actors.values():
+                a.dead = True
+            if self._counted:
+                self._counted = False
+                _release(ray)
+
+    def _await_dead(self, handles) -> None:
+        ray = self._ray
+        try:
+            refs = [h.ping.remote() for h in handles]
+            ray.wait(refs, num_returns=len(refs), timeout=STOP_TIMEOUT)
+        except Exception:  # noqa: BLE001 - best effort: the actors were killed
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._actors)} actors"
+        where = self.address or "local runtime"
+        return f"RayCluster({len(self._actors)} workers, {state}, {where})"
+
+    # -- results of actor calls ---------------------------------------------------------------
+    def _actor(self, pid: int) -> _Actor:
+        if self._closed:
+            raise RuntimeError("this RayCluster is closed")
+        return self._actors[pid]
+
+    def _result(self, actor: _Actor, ref):
+        """The outcome of one actor call: ``("ok", value)``, a `Failed`, or None (the answer
+        of a run that has ended)."""
+        ray = self._ray
+        try:
+            tag, value = ray.get(ref)
+        except ray.exceptions.ActorDiedError as exc:
+            actor.dead = True
+            return Failed(actor.pid, f"its {actor.where()} died: {_summary(exc)}", None,
+                          actor.os_pid)
+        except ray.exceptions.RayActorError as exc:
+            return Failed(actor.pid, f"its {actor.where()} is unreachable: {_summary(exc)}",
+                          None, actor.os_pid)
+        except ray.exceptions.RayError as exc:
+            return Failed(actor.pid, f"its {actor.where()} lost a result: "
+                          f"{type(exc).__name__}: {_summary(exc)}", None, actor.os_pid)
+        if tag == "error":
+            type_name, message, tb = value
+            return Failed(actor.pid, f"raised {type_name}: {message}", tb, actor.os_pid,
+                          remote=(type_name, message, tb))
+        if tag == "stale":
+            return None
+        return "ok", value
+
+    def _event(self, actor: _Actor, ref):
+        """An `Answer` or a `Failed` (None: a stale answer)."""
+        result = self._result(actor, ref)
+        if not isinstance(result, tuple):
+            return result
+        try:
+            return Answer(actor.pid, _unpack(result[1]))
+        except Exception as exc:
+            return Failed(actor.pid, f"sent a message the central cannot unpickle "
+                          f"({type(exc).__name__}: {exc}); answers must be made of classes "
+                          f"importable on the central", None, actor.os_pid)
+
+    def _request(self, pids: Sequence[int], call, deadline: Optional[float] = None) -> dict:
+        """``call(actor handle)`` on each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+        ray = self._ray
+        results: dict[int, Any] = {}
+        refs = {}
+        for pid in pids:
+            actor = self._actor(pid)
+            if actor.dead:
+                results[pid] = Failed(pid, f"its {actor.where()} is dead", None, actor.os_pid)
+            else:
+                refs[call(actor.handle)] = actor
+        if refs:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            for ref in waiting:
+                actor = refs[ref]
+                results[actor.pid] = Failed(actor.pid, "did not reply before the time limit "
+                                            "(still busy with an earlier request?)", None,
+                                            actor.os_pid)
+            for ref in ready:
+                results[refs[ref].pid] = self._result(refs[ref], ref)
+        return results
+
+    # -- the Cluster interface --------------------------------------------------------------
+    def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                 deadline: Optional[float]) -> tuple:
+        run = next(self._ids)
+        ray = self._ray
+        shared = ray.put(algorithm) if len(pids) > 1 else algorithm  # stored once
+        results = self._request(pids, lambda h: h.setup.remote(run, shared, problem), deadline)
+        failed = [r for r in results.values() if isinstance(r, Failed)]
+        live = [pid for pid in pids if not isinstance(results[pid], Failed)]
+        return RayRun(self, run, live), failed
+
+    def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
+        _raise_failures(self._request(pids, lambda h: h.store.remote(obj_id, make)),
+                        "building the object")
+
+    def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
+        return self.apply_all(obj_id, [pid], fn)[pid]
+
+    def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
+        results = self._request(pids, lambda h: h.apply.remote(obj_id, fn))
+        _raise_failures(results, "applying the function")
+        return {pid: _unpack(value) for pid, (_, value) in results.items()}
+
+    def free(self, obj_id: int, pids: Sequence[int]) -> None:
+        if self._closed or not self._ray.is_initialized():
+            return
+        for pid in pids:
+            actor = self._actors.get(pid)
+            if actor is not None and not actor.dead:
+                try:
+                    actor.handle.free.remote(obj_id)
+                except Exception:  # noqa: BLE001 - a finalizer: never raise
+                    pass
+
+
+def _summary(exc: BaseException) -> str:
+    """The gist of a Ray error: its message without the indented actor details."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(
+        ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:"))]
+    text = " ".join(lines[1:] if len(lines) > 1 else lines)
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _raise_failures(results: dict, doing: str) -> None:
+    for pid, result in sorted(results.items()):
+        if isinstance(result, Failed):
+            raise RuntimeError(f"worker {pid} failed {doing}: {result.cause}") \
+                from result.remote_error()
+
+
+class RayRun(Run):
+    """The workers of one run on a `RayCluster`: one outstanding call per busy worker."""
+
+    def __init__(self, cluster: RayCluster, run: int, pids: Sequence[int]):
+        self.cluster = cluster
+        self.ray = cluster._ray
+        self.run = run
+        self.live = {pid: cluster._actors[pid] for pid in pids}
+        self.pending: dict = {}  # ObjectRef of an answer -> its actor
+
+    def send(self, pid: int, query: Any) -> None:
+        self._submit(pid, _pack(query))
+
+    def broadcast(self, pids: Sequence[int], query: Any) -> None:
+        packed = _pack(query)  # serialized once for every worker
+        if len(pids) > 1 and _nbytes(packed) >= BROADCAST_PUT:
+            packed = self.ray.put(packed)  # and stored once in the object store
+        for pid in pids:
+            self._submit(pid, packed)
+
+    def _submit(self, pid: int, packed) -> None:
+        actor = self.live.get(pid)
+        if actor is not None:
+            self.pending[actor.handle.answer.remote(self.run, packed)] = actor
+
+    def wait(self, timeout: Optional[float]) -> list:
+        ray = self.ray
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not self.pending:  # nothing can arrive: wait out the timeout
+                if timeout:
+                    time.sleep(timeout)
+                return []
+            refs = list(self.pending)
+            ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+            if ready and rest:  # and whatever else is ready now
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            events = []
+            for ref in ready:
+                actor = self.pending.pop(ref)
+                event = self.cluster._event(actor, ref)
+                if event is None:
+                    continue
+                if isinstance(event, Failed):
+                    self.live.pop(actor.pid, None)
+                events.append(event)
+            if events or not ready:
+                return events
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return []
+
+    def close(self) -> None:
+        """End the run on every live actor: a late answer of this run is dropped, and an
+        answer still queued returns at once (a running one finishes first)."""
+        self.pending.clear()
+        if self.cluster._closed or not self.ray.is_initialized():
+            return
+        for actor in self.live.values():
+            try:
+                actor.handle.end.remote(self.run)
+            except Exception:  # noqa: BLE001 - the actor may be gone
+                pass
+        self.live.clear()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Kill the actors of clusters the user forgot to close (before Ray's own exit hook)."""
+    for cluster in list(_clusters):
+        try:
+            cluster.close()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
