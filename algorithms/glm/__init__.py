@@ -1,12 +1,14 @@
-"""Federated generalized linear models: Fisher scoring across sites that keep their rows.
+"""Federated generalized linear models across sites that keep their rows: Fisher scoring, or
+gradient descent (``method="gradient"``, `GradientDescent`).
 
 >>> from algorithms import glm
 >>> res = glm.fit("admit ~ gre + gpa + C(rank)", sites=["a.csv", "b.csv", "c.csv"],
 ...               family="binomial")                                    # doctest: +SKIP
 >>> print(res.summary())                                                # doctest: +SKIP
 
-`fit` runs the whole analysis; `FisherScoring` is the `aia` algorithm behind it, which a
-user can also pass to `aia.start` with `Site` objects as the workers' problems:
+`fit` runs the whole analysis; `FisherScoring` (or `GradientDescent`) is the `aia`
+algorithm behind it, which a user can also pass to `aia.start` with `Site` objects as the
+workers' problems:
 
 >>> import aia
 >>> paths = ["a.csv", "b.csv", "c.csv"]
@@ -24,6 +26,7 @@ from .design import Design, FormulaError, inspect_formula
 from .families import Family, resolve
 from .fisher import DesignMismatchError, FisherScoring, NonFiniteError
 from .fit import fit
+from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError
 from .linalg import SingularDesignError
 from .messages import Contribution, Query
@@ -38,10 +41,13 @@ __all__ = sorted([
     "FisherScoring",
     "FormulaError",
     "GLMResults",
+    "GradientDescent",
+    "GradientQuery",
     "Guards",
     "NonFiniteError",
     "PrivacyError",
     "Query",
+    "Score",
     "SingularDesignError",
     "Site",
     "SiteError",

@@ -6,7 +6,8 @@ The steps, each one a pass over the sites (only sums come back to the central)::
                   levels and the moments of the columns inside center()/scale()
     2. build      with the merged levels and global moments, every site builds its design
                   matrices; the central checks that the columns agree
-    3. fit        FisherScoring through aia.start (synchronous or asynchronous)
+    3. fit        FisherScoring or GradientDescent through aia.start (synchronous or
+                  asynchronous)
     4. null       with an offset (or relative survival), R's null deviance is the deviance
                   of the intercept-only model: a second FisherScoring run
     5. loglike    every site sends its share of the log-likelihood at the estimate
@@ -33,6 +34,8 @@ import aia
 
 from .design import Design, FormulaError, merge_levels, merge_moments
 from .fisher import DesignMismatchError, FisherScoring
+from .gradient import MAX_ITER as GRADIENT_MAX_ITER
+from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .results import GLMResults
 from .site import Site, SiteError, SiteGroup
@@ -41,10 +44,11 @@ from .site import Site, SiteError, SiteGroup
 def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         weights: Optional[str] = None, offset: Optional[str] = None,
         exposure: Optional[str] = None, expected: Optional[str] = None,
-        method: str = "fisher", tol: float = 1e-8, max_iter: int = 25,
+        method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0) -> GLMResults:
-    """Fit a GLM by Fisher scoring across sites; exact to R's ``glm`` and statsmodels.
+    """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
+    gradient descent.
 
     Parameters
     ----------
@@ -64,17 +68,22 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         (``log(exposure)`` is added to the offset), the expected deaths ``d*`` of
         ``family="relative_survival"`` (``mu = d* + exp(eta)``).
     method : str
-        ``"fisher"`` (the only method of this function for now).
+        ``"fisher"``: Fisher scoring (IRLS), each site sends X'WX and X'Wz every iteration.
+        ``"gradient"``: preconditioned gradient descent (`algorithms.glm.gradient`), each
+        site sends its score (p numbers) every iteration, and X'WX only in the first and
+        the last round; no step size to choose.
     tol, max_iter :
-        R's convergence rule: ``|dev - dev_old| / (|dev| + 0.1) < tol``, at most
-        ``max_iter`` iterations.
+        Fisher scoring: R's convergence rule ``|dev - dev_old| / (|dev| + 0.1) < tol``, at
+        most ``max_iter`` iterations (default 25). Gradient descent: R's rule and the
+        score, in standard errors, below ``tol``; at most ``max_iter`` gradient rounds
+        (default 1000; ``max_iter * n_sites`` steps in asynchronous mode).
     cluster :
         None (a temporary local cluster, one worker per site), an int (a temporary local
         cluster of that many workers), an `aia` cluster with at least one worker per site
         (its first workers are used), or ``"inprocess"``.
     synchronous : bool
-        Wait for every site at each step (R's iterations exactly), or re-solve as each
-        site's contribution arrives.
+        Wait for every site at each step (R's iterations exactly), or step as each site's
+        answer arrives.
     min_sites : int
         The fewest sites the analyst accepts.
     guards :
@@ -85,10 +94,12 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     verbose : int
         0 nothing, 1 a progress bar, 2 also the deviance and the convergence criterion.
     """
-    if method != "fisher":
-        raise ValueError(f"method: {method!r} is not available in glm.fit; use 'fisher'")
+    if method not in ("fisher", "gradient"):
+        raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol: expected a positive number, got {tol!r}")
+    if max_iter is None:
+        max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     design = Design.make(formula, family, link, weights=weights, offset=offset,
@@ -103,12 +114,15 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         design = design.with_shared(merge_levels([d["levels"] for d in described]),
                                     merge_moments([d["moments"] for d in described]))
         _same_columns([b["columns"] for b in placed.call("build", design)], names)
-        main = FisherScoring(design, n_sites=len(sources), start=start)
+        algorithm = FisherScoring if method == "fisher" else GradientDescent
+        main = algorithm(design, n_sites=len(sources), start=start)
         placed.run(main, stopat, synchronous, verbose)
         null_deviance = main.null_deviance
         if null_deviance is None:  # an offset: R fits the intercept-only model
+            # (one coefficient: Fisher scoring sends no more than a gradient would)
             null = FisherScoring(design, null_model=True, n_sites=len(sources))
-            placed.run(null, stopat, synchronous, 0)
+            placed.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
+                       synchronous, 0)
             if not null.converged:
                 warnings.warn("the intercept-only fit behind the null deviance did not "
                               "converge", ConvergenceWarning, stacklevel=2)
@@ -270,6 +284,9 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         notes.append("the algorithm did not converge")
         warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
                       ConvergenceWarning, stacklevel=3)
+    if isinstance(main, GradientDescent) and main.stalled:
+        notes.append("gradient descent stalled: the line search found no step that "
+                     "decreases the deviance")
     if main.boundary:
         notes.append("the step was halved to keep the fit valid (R: algorithm stopped at "
                      "boundary value)")
@@ -294,4 +311,5 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         sites=list(names),
         synchronous=synchronous,
         notes=notes,
+        method="gradient" if isinstance(main, GradientDescent) else "fisher",
     )

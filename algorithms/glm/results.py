@@ -26,7 +26,8 @@ class GLMResults:
     """A fitted GLM. Build it with `algorithms.glm.fit`.
 
     ``iterations`` counts R's Fisher scoring iterations in synchronous mode, and the
-    central's solves in asynchronous mode. ``notes`` says what R would have warned about.
+    central's solves in asynchronous mode (``method="gradient"``: the gradient rounds, and
+    the central's steps in asynchronous mode). ``notes`` says what R would have warned about.
     """
 
     params: pd.Series
@@ -48,6 +49,7 @@ class GLMResults:
     sites: list = field(default_factory=list)
     synchronous: bool = True
     notes: list = field(default_factory=list)
+    method: str = "fisher"  # or "gradient"
 
     # -- statsmodels' attributes ----------------------------------------------------------
     @property
@@ -125,6 +127,9 @@ class GLMResults:
                 f"{len(self.sites)} sites, nobs={self.nobs}, {state}>")
 
 
+_METHODS = {"fisher": "Fisher scoring", "gradient": "gradient descent"}
+
+
 def _stars(p: float) -> str:
     if not np.isfinite(p):
         return ""
@@ -164,11 +169,14 @@ class Summary:
         scale = f"{r.scale:.6g}" + ("" if r.scale_estimated else " (fixed)")
         its = f"{r.iterations} iteration{'s' if r.iterations != 1 else ''}"
         mode = "synchronous" if r.synchronous else "asynchronous"
+        method = f"{_METHODS.get(r.method, r.method)}, {mode}"
+        if len(method) > 29:  # the width of the column
+            method = f"{_METHODS.get(r.method, r.method)}, {mode[:-7]}"  # "(a)sync"
         left = [
             ("Family:", r.family),
             ("Link:", r.link),
             ("Sites:", f"{len(r.sites)}"),
-            ("Method:", f"Fisher scoring, {mode}"),
+            ("Method:", method),
             ("Converged:", ("yes, " if r.converged else "NO, ") + its),
             ("Scale:", scale),
         ]
