@@ -56,14 +56,17 @@ class DistributedObject:
         held = [p for p in self.pids if self._holds(p, alive)]
         return ([0] if self.local is not None else []) + held
 
-    def _check_held(self, pid: int) -> None:
+    def _check_held(self, pid: int, alive=None) -> None:
+        """Raise unless worker ``pid`` still holds its object; ``alive``: the live pids, if
+        the caller has them (asking a Ray cluster pings every actor)."""
         if pid not in self.pids:
             raise ValueError(f"this DistributedObject has no object on worker {pid} (it has "
                              f"objects on {self.pids})")
-        if pid not in self.cluster.alive():
+        alive = self.cluster.alive() if alive is None else alive
+        if pid not in alive:
             raise RuntimeError(f"worker {pid} is dead: its object of this DistributedObject "
                                f"died with it")
-        if not self._holds(pid, [pid]):
+        if not self._holds(pid, alive):
             raise RuntimeError(f"worker {pid} was restarted (it was stuck): its object of "
                                f"this DistributedObject died with the old process")
 
@@ -80,15 +83,17 @@ class DistributedObject:
         pids = self.where() if pids is None else list(pids)
         out = {0: fn(self.local)} if 0 in pids else {}
         remote = [p for p in pids if p != 0]
+        alive = set(self.cluster.alive())
         for pid in remote:
-            self._check_held(pid)
+            self._check_held(pid, alive)
         out.update(self.cluster.apply_all(self.id, remote, cloudpickle.dumps(fn)))
         return out
 
     def problem_spec(self, pids: Sequence[int]) -> tuple:
         """What `start` sends so that workers use their objects; checks they still hold one."""
+        alive = set(self.cluster.alive())
         for pid in pids:
-            self._check_held(pid)
+            self._check_held(pid, alive)
         return ("object", self.id)
 
     def free(self) -> None:

@@ -28,7 +28,11 @@ outstanding ones with ``ray.wait`` and a deadline::
   class cannot be unpickled on the central still arrives. An actor that dies (its process
   killed, its node lost, ``ray.kill``) is a failure that names the worker, its actor, its
   process id and its node.
-- Every call carries the run id: an answer of an earlier run is dropped by the actor.
+- Every query carries its run id and the central waits only on the answers of the current
+  run. A query of an ended run still queued on an actor returns at once without calling
+  ``answer``; an ``answer`` already running finishes first (Ray does not interrupt a running
+  task of a regular actor, where a local worker gets SIGUSR1), so the next run's set-up on
+  that actor waits for it, within ``stopat["time"]`` if there is one.
 - Without an ``address``, `RayCluster` starts a Ray runtime on this machine bound to loopback
   only (127.0.0.1) and stops it when closed; with one (``"auto"``, ``"host:port"``,
   ``"ray://host:port"``) it joins that cluster, and closing it kills its actors and disconnects.
@@ -51,6 +55,7 @@ import weakref
 from typing import Any, Optional, Sequence
 
 import cloudpickle
+import numpy as np
 
 from . import _worker
 from .cluster import Answer, Cluster, Failed, Run
@@ -60,14 +65,16 @@ log = logging.getLogger("aia")
 START_TIMEOUT = 120.0  # seconds for the actors to be placed and come up
 PING_TIMEOUT = 0.2  # seconds `alive` waits for the actors' replies
 STOP_TIMEOUT = 10.0  # seconds `close` waits for killed actors to be reported dead
+STOP_GRACE = 1.0  # the least patience with an actor still busy in an ended run's answer
 BROADCAST_PUT = 64 * 1024  # a broadcast query at least this large goes to the object store once
 LOOPBACK = "127.0.0.1"
 
 _clusters: "weakref.WeakSet[RayCluster]" = weakref.WeakSet()
 _lock = threading.RLock()
-# The Ray connection this process holds, when a RayCluster made it: the clusters using it, and
-# whether a RayCluster started it (True) or joined an address (False). None: not ours.
-_connection: dict = {"ours": False, "users": 0}
+# The Ray connection this process holds when a RayCluster made it (started a runtime or joined
+# an address): how many clusters use it, and which connection it is (``ray.shutdown`` by hand
+# and a new connection must not let a cluster of the old one close the new one).
+_connection: dict = {"users": 0, "generation": 0}
 
 
 def _import_ray():
@@ -85,14 +92,12 @@ def _import_ray():
 def _pack(obj: Any) -> tuple:
     """``obj`` pickled (cloudpickle, protocol 5), with its large buffers as byte arrays that
     Ray moves through its object store without copying them into the pickle stream."""
-    import numpy as np  # noqa: PLC0415 - a dependency of aia; here to keep import light
-
     buffers: list = []
     try:
         data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise TypeError(
-            f"cannot send an object of type {type(obj).__name__!r} to a Ray actor: {exc}. "
+            f"cannot send an object of type {type(obj).__name__!r} to another process: {exc}. "
             "What crosses between processes must be picklable (numbers, arrays, lists, "
             "dicts, classes; not open files, locks, sockets or generators).") from exc
     return data, [np.frombuffer(b.raw(), dtype=np.uint8) for b in buffers]
@@ -220,7 +225,8 @@ def _ray_addresses(loopback: bool):
     """
     from ray._private import ray_constants  # noqa: PLC0415
 
-    var = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    var = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR",
+                  "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     saved_env = os.environ.get(var)
     saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     if loopback:
@@ -248,9 +254,9 @@ _JOIN_HINT = (
     "the same variable set")
 
 
-def _connect(ray, address: Optional[str], kwargs: dict) -> bool:
-    """Connect this process to Ray; True if this RayCluster counts as a user of a
-    connection a RayCluster made (and so takes part in closing it)."""
+def _connect(ray, address: Optional[str], kwargs: dict) -> Optional[int]:
+    """Connect this process to Ray. Returns the generation of the connection if a RayCluster
+    made it (this cluster then takes part in closing it), None for the user's own."""
     with _lock:
         if ray.is_initialized():
             if address is not None or kwargs:
@@ -260,9 +266,11 @@ def _connect(ray, address: Optional[str], kwargs: dict) -> bool:
                     "other RayCluster or call ray.shutdown() first to connect elsewhere)")
             if _connection["users"] > 0:
                 _connection["users"] += 1
-                return True
-            return False  # the user's own ray.init: theirs to shut down
+                return _connection["generation"]
+            return None  # the user's own ray.init: theirs to shut down
         kwargs = dict(kwargs)
+        # A driver run by `ray job submit` (or told so) finds its cluster in RAY_ADDRESS.
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
             kwargs.setdefault("include_dashboard", False)
             loopback = "_node_ip_address" not in kwargs
@@ -276,15 +284,18 @@ def _connect(ray, address: Optional[str], kwargs: dict) -> bool:
                     ray.init(address=address, **kwargs)
                 except ConnectionError as exc:
                     raise ConnectionError(f"{exc}. {_JOIN_HINT}") from exc
-        _connection.update(ours=address is None, users=1)
-        return True
+        _connection["generation"] += 1
+        _connection["users"] = 1
+        return _connection["generation"]
 
 
-def _release(ray) -> None:
+def _release(ray, generation: int) -> None:
+    """One cluster less on the connection ``generation``; the last one shuts it down."""
     with _lock:
+        if generation != _connection["generation"] or _connection["users"] <= 0:
+            return  # shut down by hand since: not ours any more
         _connection["users"] -= 1
-        if _connection["users"] <= 0:
-            _connection.update(ours=False, users=0)
+        if _connection["users"] == 0:
             ray.shutdown()
 
 
@@ -293,15 +304,35 @@ def _release(ray) -> None:
 class _Actor:
     """The central's view of one actor."""
 
-    def __init__(self, pid: int, handle, name: str):
+    def __init__(self, pid: int, handle, name: str, generation: int = 0):
         self.pid = pid
         self.handle = handle
         self.name = name
+        self.generation = generation
         self.os_pid: Optional[int] = None
         self.ip: Optional[str] = None
         self.host: Optional[str] = None
         self.node_id: Optional[str] = None
         self.dead = False
+        self.sent_at = 0.0  # when its outstanding query was sent
+        self.answer_time = 0.0  # how long its latest answer took
+        # (answer ref, when) of an ended run that was still answering when the run ended.
+        self.abandoned: Optional[tuple] = None
+
+    def patience(self) -> float:
+        """How long an actor busy with an ended run's answer gets before it is replaced."""
+        return max(STOP_GRACE, 3 * self.answer_time)
+
+    def stuck(self, ray, now: float) -> Optional[bool]:
+        """None: not busy with an ended run; False: still within its patience (or back from
+        that answer, which clears it); True: out of patience."""
+        if self.abandoned is None:
+            return None
+        ref, since = self.abandoned
+        if ray.wait([ref], timeout=0)[0]:
+            self.abandoned = None
+            return None
+        return now >= since + self.patience()
 
     def where(self) -> str:
         place = f"pid {self.os_pid}" if self.os_pid else "pid unknown"
@@ -314,8 +345,9 @@ class RayCluster(Cluster):
     """``n_workers`` workers, each a Ray actor, ids 1..n.
 
     ``address`` None starts a Ray runtime on this machine (loopback only, no dashboard unless
-    asked, stopped when the cluster closes); ``"auto"``, ``"host:port"`` or
-    ``"ray://host:port"`` joins a running Ray cluster. Other keyword arguments go to
+    asked, stopped when the cluster closes), unless ``RAY_ADDRESS`` is set (as in a job of
+    ``ray job submit``); ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` joins a
+    running Ray cluster. Other keyword arguments go to
     ``ray.init`` (``num_cpus``, ``runtime_env``, ``log_to_driver``, ...). If this process is
     already connected to Ray, the cluster uses that connection (and takes no address).
 
@@ -331,8 +363,8 @@ class RayCluster(Cluster):
     def __init__(self, n_workers: Optional[int] = None, address: Optional[str] = None, *,
                  actor_options: Optional[dict] = None, blas_threads: Optional[int] = None,
                  start_timeout: float = START_TIMEOUT, **ray_init_kwargs):
-        if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int)
-                                      or n_workers < 1):
+        if n_workers is not None and (isinstance(n_workers, bool)
+                                      or not isinstance(n_workers, int) or n_workers < 1):
             raise ValueError(f"n_workers: expected a positive int or None, got {n_workers!r}")
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address: expected None, 'auto', 'host:port' or "
@@ -340,14 +372,17 @@ class RayCluster(Cluster):
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
             raise ValueError(f"blas_threads: expected a positive int or None, got "
                              f"{blas_threads!r}")
+        if "name" in (actor_options or {}):
+            raise ValueError("actor_options: the actors are named by RayCluster (each name "
+                             "must be unique); leave out 'name'")
         ray = _import_ray()
         self._ray = ray
         self._actors: dict[int, _Actor] = {}
         self._ids = itertools.count(1)
         self._closed = False
-        self._counted = False
+        self._connection: Optional[int] = None
         self.address = address
-        self._counted = _connect(ray, address, ray_init_kwargs)
+        self._connection = _connect(ray, address, ray_init_kwargs)
         _clusters.add(self)
         try:
             n = n_workers if n_workers is not None else max(
@@ -360,23 +395,34 @@ class RayCluster(Cluster):
     # -- life cycle ---------------------------------------------------------------------
     def _start(self, n: int, actor_options: dict, blas_threads: Optional[int],
                timeout: float) -> None:
-        ray = self._ray
-        tag = uuid.uuid4().hex[:8]
-        options = {"scheduling_strategy": "SPREAD"}
-        options.update(actor_options)
-        worker = _remote_worker()
+        self._tag = uuid.uuid4().hex[:8]
+        self._options = {"scheduling_strategy": "SPREAD", **actor_options}
+        self._blas_threads = blas_threads
+        self._start_timeout = timeout
         for pid in range(1, n + 1):
-            name = f"aia-{tag}-worker-{pid}"
-            handle = worker.options(name=name, **options).remote(pid)
-            self._actors[pid] = _Actor(pid, handle, name)
-        refs = {a.handle.info.remote(): a for a in self._actors.values()}
+            self._actors[pid] = self._spawn(pid)
+        actors = list(self._actors.values())
+        self._await_started(actors)
+        self._limit_blas(actors)
+        log.debug("started %d Ray actors on %d node(s)", n,
+                  len({a.node_id for a in self._actors.values()}))
+
+    def _spawn(self, pid: int, generation: int = 0) -> _Actor:
+        name = f"aia-{self._tag}-worker-{pid}" + (f"-{generation}" if generation else "")
+        handle = _remote_worker().options(name=name, **self._options).remote(pid)
+        return _Actor(pid, handle, name, generation)
+
+    def _await_started(self, actors: list) -> None:
+        """Wait for the actors to be placed and up; learn where they run."""
+        ray, timeout = self._ray, self._start_timeout
+        refs = {a.handle.info.remote(): a for a in actors}
         ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         if waiting:
             pids = sorted(refs[r].pid for r in waiting)
             raise TimeoutError(
                 f"the Ray actors of workers {pids} did not start within {timeout:.0f} s: the "
-                f"cluster may lack the resources they ask for ({options}; its resources: "
-                f"{ray.available_resources()})")
+                f"cluster may lack the resources they ask for ({self._options}; its "
+                f"resources: {ray.available_resources()})")
         for ref in ready:
             actor = refs[ref]
             try:
@@ -386,22 +432,47 @@ class RayCluster(Cluster):
                                    f"{_summary(exc)}") from None
             actor.os_pid, actor.ip = info["os_pid"], info["ip"]
             actor.host, actor.node_id = info["host"], info["node_id"]
-        self._limit_blas(blas_threads, timeout)
-        log.debug("started %d Ray actors on %d node(s)", n,
-                  len({a.node_id for a in self._actors.values()}))
 
-    def _limit_blas(self, threads: Optional[int], timeout: float) -> None:
-        ray = self._ray
+    def _replace(self, old: _Actor) -> _Actor:
+        """Kill an actor stuck in an ended run's answer and start a fresh one in its slot (a
+        running actor task cannot be interrupted). Its distributed objects are lost (see
+        `generation`)."""
+        log.warning("aia: worker %d (%s) is still busy with an answer of an ended run; "
+                    "restarting it (its distributed objects are lost)", old.pid, old.where())
+        try:
+            self._ray.kill(old.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - it may have died meanwhile
+            pass
+        old.dead = True
+        fresh = self._spawn(old.pid, old.generation + 1)
+        self._actors[old.pid] = fresh
+        try:
+            self._await_started([fresh])
+            self._limit_blas([fresh])
+        except BaseException:
+            fresh.dead = True
+            self._ray.kill(fresh.handle, no_restart=True)
+            raise
+        return fresh
+
+    def generation(self, pid: int) -> int:
+        """How many times worker ``pid``'s actor was replaced (its objects die each time)."""
+        return self._actors[pid].generation
+
+    def _limit_blas(self, actors: list) -> None:
+        """Cap the BLAS threads of ``actors``: ``blas_threads``, or the CPUs of each node
+        divided among this cluster's actors on it."""
+        ray, threads = self._ray, self._blas_threads
         cpus = {node["NodeID"]: node.get("Resources", {}).get("CPU", 1)
                 for node in ray.nodes() if node.get("Alive")}
         per_node: dict = {}
         for a in self._actors.values():
             per_node[a.node_id] = per_node.get(a.node_id, 0) + 1
         refs = []
-        for a in self._actors.values():
+        for a in actors:
             n = threads or max(1, int(cpus.get(a.node_id, 1) // per_node[a.node_id]))
             refs.append(a.handle.limit_blas.remote(n))
-        ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        ray.wait(refs, num_returns=len(refs), timeout=self._start_timeout)
 
     @property
     def pids(self) -> list:
@@ -456,9 +527,9 @@ class RayCluster(Cluster):
         finally:
             for a in self._actors.values():
                 a.dead = True
-            if self._counted:
-                self._counted = False
-                _release(ray)
+            if self._connection is not None:
+                generation, self._connection = self._connection, None
+                _release(ray, generation)
 
     def _await_dead(self, handles) -> None:
         ray = self._ray
@@ -516,40 +587,65 @@ class RayCluster(Cluster):
                           f"importable on the central", None, actor.os_pid)
 
     def _request(self, pids: Sequence[int], call, deadline: Optional[float] = None) -> dict:
-        """``call(actor handle)`` on each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+        """``call(actor handle)`` on each of ``pids``; ``{pid: ("ok", value) | Failed}``.
+
+        An actor still busy with the answer of an ended run gets its patience (`_Actor`);
+        then it is replaced and the call goes to the fresh actor.
+        """
         ray = self._ray
         results: dict[int, Any] = {}
-        refs = {}
+        waiting = {}
         for pid in pids:
             actor = self._actor(pid)
             if actor.dead:
                 results[pid] = Failed(pid, f"its {actor.where()} is dead", None, actor.os_pid)
             else:
-                refs[call(actor.handle)] = actor
-        if refs:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-            for ref in waiting:
-                actor = refs[ref]
-                results[actor.pid] = Failed(actor.pid, "did not reply before the time limit "
-                                            "(still busy with an earlier request?)", None,
-                                            actor.os_pid)
+                waiting[call(actor.handle)] = actor
+        while waiting:
+            now = time.monotonic()
+            limits = [a.abandoned[1] + a.patience() for a in waiting.values() if a.abandoned]
+            if deadline is not None:
+                limits.append(deadline)
+            timeout = max(0.0, min(limits) - now) if limits else None
+            ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=timeout)
             for ref in ready:
-                results[refs[ref].pid] = self._result(refs[ref], ref)
+                actor = waiting.pop(ref)
+                results[actor.pid] = self._result(actor, ref)
+            now = time.monotonic()
+            for ref, actor in list(waiting.items()):
+                if actor.stuck(ray, now):
+                    del waiting[ref]
+                    try:
+                        fresh = self._replace(actor)
+                    except Exception as exc:  # noqa: BLE001 - a failure of that worker
+                        results[actor.pid] = Failed(
+                            actor.pid, f"was stuck in an ended run's answer and could not be "
+                            f"restarted: {exc}", None, actor.os_pid)
+                        continue
+                    waiting[call(fresh.handle)] = fresh
+            if waiting and deadline is not None and now >= deadline:
+                for actor in waiting.values():
+                    results[actor.pid] = Failed(actor.pid, "did not reply before the time "
+                                                "limit", None, actor.os_pid)
+                break
         return results
 
     # -- the Cluster interface --------------------------------------------------------------
     def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
                  deadline: Optional[float]) -> tuple:
         run = next(self._ids)
-        ray = self._ray
-        shared = ray.put(algorithm) if len(pids) > 1 else algorithm  # stored once
+        shared = self._shared(algorithm, len(pids))
         results = self._request(pids, lambda h: h.setup.remote(run, shared, problem), deadline)
         failed = [r for r in results.values() if isinstance(r, Failed)]
         live = [pid for pid in pids if not isinstance(results[pid], Failed)]
         return RayRun(self, run, live), failed
 
+    def _shared(self, data: bytes, n: int):
+        """``data`` for ``n`` actors: put once in the object store when it is large."""
+        return self._ray.put(data) if n > 1 and len(data) >= BROADCAST_PUT else data
+
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
+        make = self._shared(make, len(pids))
         _raise_failures(self._request(pids, lambda h: h.store.remote(obj_id, make)),
                         "building the object")
 
@@ -557,6 +653,7 @@ class RayCluster(Cluster):
         return self.apply_all(obj_id, [pid], fn)[pid]
 
     def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
+        fn = self._shared(fn, len(pids))
         results = self._request(pids, lambda h: h.apply.remote(obj_id, fn))
         _raise_failures(results, "applying the function")
         return {pid: _unpack(value) for pid, (_, value) in results.items()}
@@ -613,23 +710,25 @@ class RayRun(Run):
         actor = self.live.get(pid)
         if actor is not None:
             self.pending[actor.handle.answer.remote(self.run, packed)] = actor
+            actor.sent_at = time.monotonic()
 
     def wait(self, timeout: Optional[float]) -> list:
         ray = self.ray
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if not self.pending:  # nothing can arrive: wait out the timeout
-                if timeout:
+                if timeout is not None and timeout > 0:
                     time.sleep(timeout)
                 return []
-            refs = list(self.pending)
-            ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
-            if ready and rest:  # and whatever else is ready now
-                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
-                ready += more
+            # One ready answer at a time: a second ray.wait for the others costs more than
+            # it saves (the central loop comes back at once for the next).
+            # Dict order puts the worker served last at the end: no worker is starved.
+            ready, _ = ray.wait(list(self.pending), num_returns=1,
+                                timeout=None if timeout is None else max(0.0, timeout))
             events = []
             for ref in ready:
                 actor = self.pending.pop(ref)
+                actor.answer_time = time.monotonic() - actor.sent_at
                 event = self.cluster._event(actor, ref)
                 if event is None:
                     continue
@@ -645,7 +744,12 @@ class RayRun(Run):
 
     def close(self) -> None:
         """End the run on every live actor: a late answer of this run is dropped, and an
-        answer still queued returns at once (a running one finishes first)."""
+        answer still queued returns at once. An answer still running finishes first: its
+        actor is replaced if the next request finds it busy with it beyond its patience."""
+        now = time.monotonic()
+        for ref, actor in self.pending.items():
+            if actor.pid in self.live:
+                actor.abandoned = (ref, now)
         self.pending.clear()
         if self.cluster._closed or not self.ray.is_initialized():
             return

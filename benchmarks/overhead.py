@@ -5,7 +5,10 @@
 - asynchronous loop, a 10-float query, 2 and 4 workers: iterations per second of `aia.start`
   against a raw loop (one `multiprocessing.Pipe` per worker, `connection.wait`, recv, send);
 - synchronous round, a 1e6-float query to every worker and 1e6-float answers: rounds per
-  second against the same round sent in-band over raw pipes.
+  second against the same round sent in-band over raw pipes;
+- when Ray is installed (``pip install -e ".[ray]"``), the same runs of `aia.start` on an
+  `aia.RayCluster` (one local Ray runtime, loopback only, started once for every case): an
+  extra column.
 
 Prints a table and writes benchmarks/results/overhead.json.
 """
@@ -13,6 +16,7 @@ Prints a table and writes benchmarks/results/overhead.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -100,6 +104,28 @@ def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> fl
     return h.iterations[-1] / (h.timestamps[-1] - h.timestamps[0])
 
 
+def ray_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> float:
+    """Iterations (or rounds) per second of `aia.start` on an `aia.RayCluster` of
+    ``n_workers`` actors (on the Ray runtime this process holds, else a local one started
+    for this call)."""
+    start_runtime = {} if _ray_connected() else {"include_dashboard": False,
+                                                  "log_to_driver": False}
+    with aia.RayCluster(n_workers, **start_runtime) as cluster:
+        h = aia.start(Echo(size), lambda pid: None, {"time": seconds}, cluster=cluster,
+                      synchronous=synchronous, verbose=0)
+    return h.iterations[-1] / (h.timestamps[-1] - h.timestamps[0])
+
+
+def _ray_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _has_ray() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="engine overhead against raw pipes")
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -116,11 +142,19 @@ def main(argv=None) -> None:
         ours = aia_loop(n, size, args.seconds, sync)
         rows.append({"case": name, "workers": n, "raw_pipe_per_s": raw, "aia_per_s": ours,
                      "ratio": ours / raw})
+    with_ray = _has_ray()
+    if with_ray:
+        # One local runtime for every case: the first cluster starts it, the others attach.
+        with aia.RayCluster(1, include_dashboard=False, log_to_driver=False):
+            for row, (_, n, size, sync) in zip(rows, cases):
+                row["ray_per_s"] = ray_loop(n, size, args.seconds, sync)
     unit = "iterations/s (async) or rounds/s (sync)"
-    print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}")
+    ray_head = f"{'aia on Ray':>14}" if with_ray else ""
+    print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}{ray_head}")
     for r in rows:
+        ray_cell = f"{r['ray_per_s']:>14.0f}" if with_ray else ""
         print(f"{r['case']:<20}{r['workers']:>8}{r['raw_pipe_per_s']:>14.0f}"
-              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}")
+              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{ray_cell}")
     print(f"({unit}; {args.seconds:.0f} s per case, {os.cpu_count()} cores)")
     RESULTS.mkdir(exist_ok=True)
     out = {"python": sys.version.split()[0], "machine": platform.machine(),
