@@ -9,6 +9,7 @@ from .algorithm import AbstractAlgorithm
 from .cluster import Cluster
 from .distributed import DistributedObject
 from .errors import Failure, RemoteError, WorkerFailedError
+from .folder import FolderCluster
 from .history import History
 from .local import LocalCluster
 from .run import start
@@ -21,6 +22,7 @@ __all__ = sorted([
     "Cluster",
     "DistributedObject",
     "Failure",
+    "FolderCluster",
     "History",
     "LocalCluster",
     "RayCluster",

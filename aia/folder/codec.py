@@ -1,0 +1,397 @@
+"""What crosses the folder: plain values in checked envelopes, written atomically.
+
+Nothing read from the folder is unpickled or executed. A file is JSON (``.json``) or a zip
+of ``.npy`` arrays (``.npz``), read with ``allow_pickle=False``::
+
+    name.json   {"aia-folder": 1, "kind": ..., "session": ..., "run": ..., "site": ...,
+                 "iteration": ..., "body": <value>, "sha256": ...}
+    name.npz    envelope.json   the same envelope, plus "arrays": [[dtype, shape], ...]
+                a0.npy, a1.npy  the arrays of the body, in order
+
+A value is None, a bool, int, float, str, list, dict, a numeric numpy array, or a registered
+dataclass (`aia.folder.register_message`); tuples, non-finite floats, bytes, complex numbers,
+dicts with other keys and the rest are tagged objects with one ``$`` key
+(``{"$tuple": [...]}``, ``{"$array": 0}``, ``{"$message": "glm.Query", "fields": {...}}``).
+
+The digest (``sha256``, or ``hmac-sha256`` when the session has a key) covers the canonical
+JSON of the envelope without it, then the bytes of each array. A reader checks the schema,
+the digest, and that kind, session, run, site and iteration are the ones it expects; any
+failure is `Rejected`, and the file is ignored. Without a key the digest catches truncated,
+corrupted and misplaced files; with a key (shared out of band, never in the folder) it also
+keeps out files written by anyone who lacks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import secrets
+import time
+import zipfile
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import registry
+
+SCHEMA = 1
+#: The largest file a reader accepts (bytes), and the most a zip may expand to.
+MAX_BYTES = 256 * 2**20
+_ARRAY_KINDS = "biufc"  # bool, signed, unsigned, float, complex: no objects, no records
+_ENVELOPE = "envelope.json"
+
+
+class Rejected(ValueError):
+    """A file of the folder that is not used: unreadable, forged, or not the one expected."""
+
+
+class Undecodable(Rejected):
+    """A file whose envelope is valid but whose body this end cannot decode (e.g. a message
+    type it lacks): the reader may answer with an error instead of ignoring it."""
+
+    def __init__(self, message: str, envelope: dict):
+        super().__init__(message)
+        self.envelope = envelope
+
+
+class _Encoder:
+    def __init__(self, inline: bool):
+        self.inline = inline  # arrays as base64 inside the JSON, or as members of an npz
+        self.arrays: list = []
+
+    def encode(self, v: Any) -> Any:
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return float(v) if math.isfinite(v) else {"$float": repr(float(v))}
+        if isinstance(v, np.ndarray):
+            return self.array(v)
+        if isinstance(v, np.generic):
+            if v.dtype.kind not in _ARRAY_KINDS:
+                raise _unsendable(v)
+            return self.encode(v.item())
+        if isinstance(v, complex):
+            return {"$complex": [self.encode(v.real), self.encode(v.imag)]}
+        if isinstance(v, (bytes, bytearray)):
+            return {"$bytes": base64.b64encode(bytes(v)).decode("ascii")}
+        if isinstance(v, list):
+            return [self.encode(x) for x in v]
+        if isinstance(v, tuple) and type(v) is tuple:
+            return {"$tuple": [self.encode(x) for x in v]}
+        if isinstance(v, dict) and type(v) is dict:
+            if all(isinstance(k, str) and not k.startswith("$") for k in v):
+                return {k: self.encode(x) for k, x in v.items()}
+            return {"$dict": [[self.encode(k), self.encode(x)] for k, x in v.items()]}
+        if is_dataclass(v) and not isinstance(v, type):
+            name = registry.message_name(type(v))
+            if name is None:
+                raise _unsendable(v, " (register the dataclass with "
+                                     "aia.folder.register_message)")
+            return {"$message": name,
+                    "fields": {f.name: self.encode(getattr(v, f.name)) for f in fields(v)}}
+        raise _unsendable(v)
+
+    def array(self, a: np.ndarray) -> Any:
+        if a.dtype.kind not in _ARRAY_KINDS or a.dtype.fields is not None:
+            raise _unsendable(a, f" (arrays of dtype {a.dtype} cannot be sent; numbers only)")
+        a = np.ascontiguousarray(a)
+        if self.inline:
+            return {"$array": {"dtype": a.dtype.str, "shape": list(a.shape),
+                               "base64": base64.b64encode(a.tobytes()).decode("ascii")}}
+        self.arrays.append(a)
+        return {"$array": len(self.arrays) - 1}
+
+
+def _unsendable(v: Any, extra: str = "") -> TypeError:
+    return TypeError(
+        f"cannot send an object of type {type(v).__name__!r} through a folder{extra}: queries "
+        "and answers must be made of None, bools, numbers, strings, numeric numpy arrays, "
+        "lists, tuples, dicts and registered dataclasses (nothing is pickled)")
+
+
+def encode(value: Any, inline: bool = False) -> tuple:
+    """``(tree, arrays)``: ``value`` as JSON-able data, and its arrays when not inline."""
+    enc = _Encoder(inline)
+    return enc.encode(value), enc.arrays
+
+
+def decode(tree: Any, arrays: list = ()) -> Any:
+    """The value encoded as ``tree``; raises `Rejected` on anything unexpected."""
+    try:
+        return _decode(tree, arrays)
+    except Rejected:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
+        raise Rejected(f"malformed value: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(t: Any, arrays) -> Any:
+    if t is None or isinstance(t, (bool, int, float, str)):
+        return t
+    if isinstance(t, list):
+        return [_decode(x, arrays) for x in t]
+    if not isinstance(t, dict):
+        raise Rejected(f"malformed value of type {type(t).__name__}")
+    tags = [k for k in t if k.startswith("$")]
+    if not tags:
+        return {k: _decode(x, arrays) for k, x in t.items()}
+    tag = tags[0]
+    if tag == "$message":
+        if set(t) != {"$message", "fields"} or not isinstance(t["fields"], dict):
+            raise Rejected("malformed message")
+        try:
+            cls = registry.message_class(t["$message"])
+        except KeyError:
+            raise Rejected(f"unknown message type {t['$message']!r} (not registered at this "
+                           "end)") from None
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(t["fields"]) - allowed
+        if unknown:
+            raise Rejected(f"message {t['$message']!r} has unknown fields {sorted(unknown)}")
+        return cls(**{k: _decode(x, arrays) for k, x in t["fields"].items()})
+    if len(t) != 1:
+        raise Rejected(f"malformed tagged value {sorted(t)}")
+    x = t[tag]
+    if tag == "$array":
+        if isinstance(x, int) and not isinstance(x, bool):
+            return arrays[x]
+        return _inline_array(x)
+    if tag == "$tuple":
+        return tuple(_decode(v, arrays) for v in x)
+    if tag == "$dict":
+        return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in x}
+    if tag == "$float":
+        if x not in ("nan", "inf", "-inf"):
+            raise Rejected(f"malformed float {x!r}")
+        return float(x)
+    if tag == "$complex":
+        return complex(float(_decode(x[0], arrays)), float(_decode(x[1], arrays)))
+    if tag == "$bytes":
+        return base64.b64decode(x, validate=True)
+    raise Rejected(f"unknown tag {tag!r}")
+
+
+def _hashable(k: Any) -> Any:
+    hash(k)
+    return k
+
+
+def _dtype(text: Any) -> np.dtype:
+    if not isinstance(text, str) or len(text) > 8:
+        raise Rejected(f"malformed dtype {text!r}")
+    dtype = np.dtype(text)
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype:
+        raise Rejected(f"arrays of dtype {text!r} are refused (numbers only)")
+    return dtype
+
+
+def _shape(shape: Any) -> tuple:
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool)
+                                            and n >= 0 for n in shape)):
+        raise Rejected(f"malformed shape {shape!r}")
+    return tuple(shape)
+
+
+def _inline_array(x: Any) -> np.ndarray:
+    if not isinstance(x, dict) or set(x) != {"dtype", "shape", "base64"}:
+        raise Rejected("malformed inline array")
+    dtype, shape = _dtype(x["dtype"]), _shape(x["shape"])
+    raw = base64.b64decode(x["base64"], validate=True)
+    if len(raw) != dtype.itemsize * math.prod(shape):
+        raise Rejected("an inline array's size does not match its shape")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+# -- envelopes -------------------------------------------------------------------------------
+def canonical(envelope: dict) -> bytes:
+    """The canonical JSON of ``envelope`` (sorted keys, no spaces, ASCII)."""
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def _digest(envelope: dict, arrays: list, key: Optional[bytes]) -> str:
+    h = hmac.new(key, digestmod=hashlib.sha256) if key else hashlib.sha256()
+    h.update(canonical(envelope))
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def digest_field(key: Optional[bytes]) -> str:
+    """The envelope field that holds the digest."""
+    return "hmac-sha256" if key else "sha256"
+
+
+def dumps(kind: str, where: dict, body: Any = None, *, fmt: str,
+          key: Optional[bytes] = None, extra: Optional[dict] = None,
+          encoded: Optional[tuple] = None) -> tuple:
+    """The bytes of a file holding ``body``, and its digest. The same arguments give the
+    same bytes.
+
+    ``where`` gives ``session``, ``run``, ``site`` and ``iteration`` (None where they do not
+    apply); ``extra`` adds envelope fields (e.g. the digest of the query an answer is for).
+    ``fmt`` is ``"json"`` (arrays inline) or ``"npz"``; ``encoded`` is ``encode(body)``
+    done once for several files."""
+    tree, arrays = encoded if encoded is not None else encode(body, inline=(fmt == "json"))
+    envelope = {"aia-folder": SCHEMA, "kind": kind, "session": where.get("session"),
+                "run": where.get("run"), "site": where.get("site"),
+                "iteration": where.get("iteration"), "body": tree, **(extra or {})}
+    if fmt == "npz":
+        envelope["arrays"] = [[a.dtype.str, list(a.shape)] for a in arrays]
+    digest = _digest(envelope, arrays, key)
+    envelope[digest_field(key)] = digest
+    text = canonical(envelope)
+    if fmt == "json":
+        return text, digest
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(_member(_ENVELOPE), text)
+        for i, a in enumerate(arrays):
+            with z.open(_member(f"a{i}.npy"), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+    return out.getvalue(), digest
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    # A fixed date: the same content gives the same bytes (a central that starts again
+    # compares the queries it would write with those already in the folder).
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
+def loads(data: bytes, expect: dict, *, fmt: str, key: Optional[bytes] = None,
+          max_bytes: int = MAX_BYTES) -> tuple:
+    """``(envelope, body)`` of a file's bytes, after every check; `Rejected` otherwise.
+
+    ``expect`` maps envelope fields (kind, session, run, site, iteration) to the values they
+    must have."""
+    try:
+        if fmt == "json":
+            envelope, arrays = _parse_json(data), []
+        else:
+            envelope, arrays = _parse_npz(data, max_bytes)
+    except Rejected:
+        raise
+    except Exception as exc:  # zipfile, json, numpy: a partial or corrupt file
+        raise Rejected(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(envelope, dict) or envelope.get("aia-folder") != SCHEMA:
+        raise Rejected(f"not an aia-folder file of schema {SCHEMA}")
+    field = digest_field(key)
+    claimed = envelope.pop(field, None)
+    if not isinstance(claimed, str):
+        other = digest_field(None if key else b"k")
+        why = ("it is not signed with the session's key" if key and other in envelope else
+               "it is signed with a key this reader lacks" if other in envelope else
+               "it has no digest")
+        raise Rejected(f"{why}")
+    if not hmac.compare_digest(claimed, _digest(envelope, arrays, key)):
+        raise Rejected("its digest does not match its content (corrupt, truncated or forged)")
+    for name, value in expect.items():
+        if envelope.get(name) != value:
+            raise Rejected(f"its {name} is {envelope.get(name)!r}, expected {value!r}")
+    envelope[field] = claimed
+    try:
+        return envelope, decode(envelope.get("body"), arrays)
+    except Rejected as exc:
+        raise Undecodable(str(exc), envelope) from None
+
+
+def _no_constants(name: str):
+    raise ValueError(f"the JSON constant {name} is not allowed")
+
+
+def _parse_json(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+
+
+def _parse_npz(data: bytes, max_bytes: int) -> tuple:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        if _ENVELOPE not in infos or len(infos) != len(z.infolist()):
+            raise Rejected("not an aia-folder npz (no envelope)")
+        if sum(i.file_size for i in infos.values()) > max_bytes:
+            raise Rejected(f"larger than {max_bytes} bytes once unpacked")
+        envelope = _parse_json(z.read(_ENVELOPE))
+        specs = envelope.get("arrays") if isinstance(envelope, dict) else None
+        if not isinstance(specs, list):
+            raise Rejected("malformed envelope (no list of arrays)")
+        members = {_ENVELOPE} | {f"a{i}.npy" for i in range(len(specs))}
+        if set(infos) != members:
+            raise Rejected(f"unexpected members {sorted(set(infos) ^ members)}")
+        arrays = []
+        for i, spec in enumerate(specs):
+            if not (isinstance(spec, list) and len(spec) == 2):
+                raise Rejected("malformed array description")
+            dtype, shape = _dtype(spec[0]), _shape(spec[1])
+            info = infos[f"a{i}.npy"]
+            with z.open(info) as f:  # the header first: no allocation larger than the file
+                version = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)(f)
+            if header[0] != shape or header[2] != dtype \
+                    or dtype.itemsize * math.prod(shape) > info.file_size:
+                raise Rejected(f"array {i} is not the {spec[0]} {shape} its envelope says")
+            with z.open(info) as f:
+                # allow_pickle=False: an object array raises instead of being unpickled.
+                a = np.lib.format.read_array(f, allow_pickle=False)
+            if a.dtype != dtype or a.shape != shape:
+                raise Rejected(f"array {i} is not the {spec[0]} {shape} its envelope says")
+            arrays.append(a)
+    return envelope, arrays
+
+
+# -- files -----------------------------------------------------------------------------------
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name in the same folder, then rename it into place:
+    a reader sees the whole file or none. The ``.~`` prefix keeps Dropbox from syncing the
+    temporary file."""
+    tmp = path.with_name(f".~{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for attempt in range(100):
+            try:
+                os.replace(tmp, path)
+                return
+            except PermissionError:  # Windows: a reader or the sync client holds the target
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
+    finally:
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def signature(path: Path) -> Optional[tuple]:
+    """What identifies one version of a file on this machine (None if absent). Compared only
+    with itself over time, never with another machine's clock."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> Optional[bytes]:
+    """The bytes of ``path`` (None if absent); `Rejected` if it is too large."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise Rejected(f"larger than {max_bytes} bytes")
+            return f.read(max_bytes + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None

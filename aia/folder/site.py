@@ -1,0 +1,273 @@
+"""A site's side of a folder session: `serve`.
+
+A site polls the folder; it finds a session that names it, joins it, and for each run of
+that session that names it: reads the run's description, builds the algorithm only if its
+name is registered here and allowed by the site's operator, loads its problem from its own
+data file, then answers the latest query of the run, each query once, from its own data.
+It returns when the central marks the session finished or cancelled.
+
+A site that starts again finds its runs again: a query whose answer is already in the folder
+(an answer records the digest of the query it answers) is not answered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+from .._worker import remote_error
+from . import codec, registry
+from .central import as_key
+from .layout import QUERY, Reader, Session, check_name, sessions, write
+
+log = logging.getLogger("aia.folder")
+
+
+def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = None, *,
+          session: Optional[str] = None, poll: float = 0.5, key: Union[None, str, bytes] = None,
+          allow: Optional[Iterable[str]] = None, min_sites: int = 1,
+          timeout: Optional[float] = None, max_bytes: int = codec.MAX_BYTES,
+          stop=None) -> str:
+    """Serve as ``site`` until the session ends; returns ``"finished"`` or ``"cancelled"``
+    (``"timeout"`` after ``timeout`` seconds, ``"stopped"`` once the event ``stop`` is set).
+
+    ``data``: the site's own data file, from which each algorithm's registered loader builds
+    the problem (it never leaves the site). ``session``: serve this session only (default:
+    the first open session, by name, that names this site). ``allow``: the algorithm names
+    this site runs (default: every registered one). ``min_sites``: refuse runs with fewer
+    sites. ``key``: the secret shared with the central, if the session uses one.
+    """
+    return _Server(folder, site, data, session, poll, key, allow, min_sites, timeout,
+                   max_bytes, stop).loop()
+
+
+@dataclass
+class _RunState:
+    algorithm: Any = None
+    problem: Any = None
+    mine: bool = True  # False: the run does not name this site
+    ended: bool = False  # its end.json exists (a central that starts again may remove it)
+    failed: bool = False
+    answered: Optional[tuple] = None  # (seq, digest of the query)
+    answered_sig: Optional[tuple] = None
+    count: int = 0
+    logged: float = field(default=0.0)
+
+
+class _Server:
+    def __init__(self, folder, site, data, session, poll, key, allow, min_sites, timeout,
+                 max_bytes, stop):
+        self.folder = Path(folder).expanduser()
+        self.site = check_name("site", site)
+        self.data = None if data is None else str(Path(data).expanduser())
+        self.session = None if session is None else check_name("session", session)
+        if not (isinstance(poll, (int, float)) and poll > 0):
+            raise ValueError(f"poll: expected a positive number of seconds, got {poll!r}")
+        self.poll = float(poll)
+        self.key = as_key(key)
+        self.allow = None if allow is None else sorted(set(allow))
+        self.min_sites = int(min_sites)
+        self.timeout = timeout
+        self.stop = stop
+        self.reader = Reader(f"site {self.site}", self.key, max_bytes)
+        self.field = codec.digest_field(self.key)
+        self.layout: Optional[Session] = None
+        self.runs: dict = {}
+        self.problems: dict = {}  # loader -> the problem it built (shared between runs)
+
+    def where(self, **kw) -> dict:
+        return {"session": self.layout.name, **kw}
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> str:
+        started = time.monotonic()
+        log.info("site %s: waiting for a model in %s", self.site, self.folder)
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                return "stopped"
+            if self.layout is None:
+                self.layout = self.find_session()
+                if self.layout is not None:
+                    self.join()
+            if self.layout is not None:
+                state = self.ended()
+                if state is not None:
+                    log.info("site %s: model %s %s; exiting", self.site, self.layout.name, state)
+                    return state
+                for run in self.layout.runs():
+                    self.serve_run(run)
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                log.warning("site %s: no end of the model after %g s; exiting", self.site,
+                            self.timeout)
+                return "timeout"
+            time.sleep(self.poll)
+
+    def find_session(self) -> Optional[Session]:
+        names = [self.session] if self.session else sessions(self.folder)
+        for name in names:
+            lay = Session(self.folder, name)
+            if self.session is None and lay.end.exists():
+                continue  # an old model
+            got = self.reader.read(lay.description, {"kind": "session", "session": name})
+            if got is None or not isinstance(got[1], dict):
+                continue
+            sites = got[1].get("sites")
+            if not isinstance(sites, list) or self.site not in sites:
+                continue
+            log.info("site %s: joined model %s (sites %s)", self.site, name,
+                     ", ".join(map(str, sites)))
+            return lay
+        return None
+
+    def join(self) -> None:
+        path = self.layout.joined(self.site)
+        body = {"state": "joined", "allow": self.allow, "min_sites": self.min_sites}
+        where = self.where(site=self.site)
+        got = self.reader.read(path, {"kind": "joined", **where, "run": None})
+        if got is None or got[1] != body:
+            write(path, "joined", where, body, self.key)
+
+    def ended(self) -> Optional[str]:
+        got = self.reader.read(self.layout.end, {"kind": "end", **self.where(), "run": None})
+        if got is None or not isinstance(got[1], dict):
+            return None
+        return str(got[1].get("state"))
+
+    # -- one run -----------------------------------------------------------------------------
+    def serve_run(self, run: str) -> None:
+        st = self.runs.get(run)
+        if st is not None and not st.mine:
+            return
+        if (self.layout.run_dir(run) / "end.json").exists():
+            if st is None:
+                self.runs[run] = _RunState(ended=True)
+            elif not st.ended:
+                log.debug("site %s: run %s ended", self.site, run)
+                st.ended = True
+            return
+        if st is not None and st.ended:  # reopened by a central that started again
+            if st.algorithm is None:
+                st = None  # never set up here (or its set-up failed): try now
+            else:
+                st.ended = False  # go on with this site's copy of the algorithm
+        if st is None:
+            st = self.setup(run)
+            if st is None:
+                return  # not readable yet: look again at the next poll
+            self.runs[run] = st
+        if st.mine and not st.failed:
+            self.answer_latest(run, st)
+
+    def setup(self, run: str) -> Optional[_RunState]:
+        lay = self.layout
+        got = self.reader.read(lay.run_dir(run) / "run.json",
+                               {"kind": "run", **self.where(run=run), "site": None,
+                                "iteration": None})
+        if got is None:
+            return None
+        body = got[1]
+        try:
+            name, params = body["algorithm"], body["params"]
+            sites = [s for _, s in body["sites"]]
+        except (KeyError, TypeError, ValueError):
+            log.warning("site %s: ignoring run %s: malformed description", self.site, run)
+            return _RunState(mine=False)
+        if self.site not in sites:
+            return _RunState(mine=False)
+        status = {"state": "ready"}
+        st = _RunState()
+        try:
+            if len(sites) < self.min_sites:
+                raise PermissionError(f"site {self.site} takes part only in runs with at least "
+                                      f"{self.min_sites} sites; this run has {len(sites)}")
+            if self.allow is not None and name not in self.allow:
+                raise PermissionError(f"algorithm {name!r} is not allowed at site {self.site} "
+                                      f"(allowed: {', '.join(self.allow)})")
+            try:
+                entry = registry.lookup(name)
+            except KeyError:
+                raise LookupError(f"algorithm {name!r} is not installed at site "
+                                  f"{self.site}") from None
+            st.algorithm = entry.make(params)
+            st.problem = self.problem(entry)
+        except Exception as exc:
+            log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
+            status = {"state": "failed", "error": _error(exc)}
+            st = _RunState(failed=True)
+        path = lay.status(run, self.site)
+        where = self.where(run=run, site=self.site)
+        old = self.reader.read(path, {"kind": "status", **where, "iteration": None})
+        if old is None or old[1] != status:
+            write(path, "status", where, status, self.key)
+        if not st.failed:
+            log.info("site %s: run %s (%s) ready", self.site, run, name)
+        return st
+
+    def problem(self, entry: registry.Entry) -> Any:
+        loader = entry.problem
+        if loader not in self.problems:
+            self.problems[loader] = entry.load_problem(self.data, self.site)
+        return self.problems[loader]
+
+    def answer_latest(self, run: str, st: _RunState) -> None:
+        """Answer the run's latest valid query, unless it is answered already."""
+        lay = self.layout
+        for seq in lay.numbered(run, self.site, QUERY):
+            path = lay.query(run, self.site, seq)
+            sig = codec.signature(path)
+            if st.answered is not None and st.answered[0] == seq and st.answered_sig == sig:
+                return
+            where = self.where(run=run, site=self.site, iteration=seq)
+            try:
+                got = self.reader.read(path, {"kind": "query", **where}, undecodable=True)
+            except codec.Undecodable as exc:
+                got, failure = (exc.envelope, None), exc
+            else:
+                failure = None
+            if got is None:
+                continue  # rejected (or gone): the one before may be the valid latest
+            digest = got[0].get(self.field)
+            st.answered_sig = sig
+            if st.answered == (seq, digest):
+                return
+            old = self.reader.read(lay.answer(run, self.site, seq),
+                                   {"kind": "answer", **where})
+            if old is None or old[0].get("query") != digest:
+                self.reply(lay.answer(run, self.site, seq), where, digest, st, got[1], failure)
+            st.answered = (seq, digest)
+            return
+
+    def reply(self, path: Path, where: dict, digest: str, st: _RunState, query: Any,
+              failure: Optional[Exception]) -> None:
+        if failure is not None:
+            body = {"error": _error(ValueError(f"site {self.site} cannot read the query: "
+                                               f"{failure}"), with_traceback=False)}
+        else:
+            try:
+                body = {"answer": st.algorithm.answer(query, st.problem)}
+            except Exception as exc:
+                log.warning("site %s: the answer to query %s raised %s: %s", self.site,
+                            where["iteration"], type(exc).__name__, exc)
+                body = {"error": _error(exc)}
+        try:
+            write(path, "answer", where, body, self.key, extra={"query": digest})
+        except TypeError as exc:  # an answer the folder cannot carry
+            write(path, "answer", where, {"error": _error(exc)}, self.key,
+                  extra={"query": digest})
+        st.count += 1
+        now = time.monotonic()
+        if now - st.logged >= 1.0:  # at most a line a second
+            st.logged = now
+            log.info("site %s: answered query %d of run %s (%d in this process)", self.site,
+                     where["iteration"], where["run"], st.count)
+        else:
+            log.debug("site %s: answered query %d of run %s", self.site, where["iteration"],
+                      where["run"])
+
+
+def _error(exc: BaseException, with_traceback: bool = True) -> dict:
+    name, message, tb = remote_error(exc)  # as a local worker reports it
+    return {"type": name, "message": message, "traceback": tb if with_traceback else ""}
