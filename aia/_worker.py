@@ -138,14 +138,7 @@ class Worker:
             self.answering = False
 
     def setup(self, algorithm: bytes, problem: tuple) -> bool:
-        self.algorithm = cloudpickle.loads(algorithm)
-        how, what = problem
-        if how == "object":
-            if what not in self.objects:
-                raise LookupError(f"this worker holds no object of DistributedObject {what}")
-            self.problem = self.objects[what]
-        else:
-            self.problem = cloudpickle.loads(what)(self.pid)
+        self.algorithm, self.problem = load_run(self.pid, self.objects, algorithm, problem)
         return True
 
     def store(self, obj_id: int, make) -> bool:
@@ -161,6 +154,20 @@ class Worker:
             self.channel.send(ERROR, remote_error(exc), run)
             return
         self.channel.send_frame(kind, run, data, buffers)
+
+
+def load_run(pid: int, objects: dict, algorithm: bytes, problem: tuple) -> tuple:
+    """A worker's copy of the algorithm and its problem for a run (any engine's worker).
+
+    ``problem`` is ``("call", constructor bytes)``: build it here, or ``("object", id)``: the
+    object of a DistributedObject this worker holds.
+    """
+    how, what = problem
+    if how == "object":
+        if what not in objects:
+            raise LookupError(f"this worker holds no object of DistributedObject {what}")
+        return cloudpickle.loads(algorithm), objects[what]
+    return cloudpickle.loads(algorithm), cloudpickle.loads(what)(pid)
 
 
 def remote_error(exc: BaseException) -> tuple[str, str, str]:

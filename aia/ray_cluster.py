@@ -157,14 +157,8 @@ class _Worker:
         return _call(lambda: self._setup(algorithm, problem))
 
     def _setup(self, algorithm: bytes, problem: tuple) -> bool:
-        self.algorithm = cloudpickle.loads(algorithm)
-        how, what = problem
-        if how == "object":
-            if what not in self.objects:
-                raise LookupError(f"this worker holds no object of DistributedObject {what}")
-            self.problem = self.objects[what]
-        else:
-            self.problem = cloudpickle.loads(what)(self.pid)
+        self.algorithm, self.problem = _worker.load_run(self.pid, self.objects, algorithm,
+                                                        problem)
         return True
 
     def answer(self, run: int, packed: tuple) -> tuple:

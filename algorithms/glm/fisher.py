@@ -119,15 +119,24 @@ class FisherScoring(AbstractAlgorithm):
         self._last = None  # worker side: the last answer, resent on hold
 
     # -- worker -----------------------------------------------------------------------------
-    def answer(self, q: Query, problem: Any):
-        if q.hold:
-            time.sleep(q.hold)
-            if isinstance(self._last, list):
-                return [c.again() for c in self._last]
-            return self._last.again()
+    def _resend(self, q) -> Any:
+        """A hold query: wait, then send the last answer again (nothing new to compute)."""
+        time.sleep(q.hold)
+        if isinstance(self._last, list):
+            return [c.again() for c in self._last]
+        return self._last.again()
+
+    @staticmethod
+    def _local_sites(problem: Any) -> list:
+        """The sites this worker answers for."""
         if problem is None:
             raise RuntimeError("this worker holds no site")
-        sites = problem.sites if isinstance(problem, SiteGroup) else [problem]
+        return problem.sites if isinstance(problem, SiteGroup) else [problem]
+
+    def answer(self, q: Query, problem: Any):
+        if q.hold:
+            return self._resend(q)
+        sites = self._local_sites(problem)
         out = [s.contribution(self.design, q, self._subset) for s in sites]
         self._last = out if isinstance(problem, SiteGroup) else out[0]
         return self._last

@@ -87,7 +87,6 @@ coefficients with ``converged`` false.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -234,13 +233,8 @@ class GradientDescent(FisherScoring):
     # -- worker -----------------------------------------------------------------------------
     def answer(self, q: GradientQuery, problem: Any):
         if q.hold:
-            time.sleep(q.hold)
-            if isinstance(self._last, list):
-                return [c.again() for c in self._last]
-            return self._last.again()
-        if problem is None:
-            raise RuntimeError("this worker holds no site")
-        sites = problem.sites if isinstance(problem, SiteGroup) else [problem]
+            return self._resend(q)
+        sites = self._local_sites(problem)
         if q.full:
             query = Query(q.version, q.beta, q.null)
             out = [s.contribution(self.design, query, self._subset) for s in sites]
