@@ -40,6 +40,8 @@ _ALIGN = 16  # out-of-band buffers start on this boundary, so arrays built on th
 # Every frame is at least this long (small ones are padded), so the receiver reads the header
 # and a small payload in one recv without ever reading into the next frame.
 _MIN_FRAME = 256
+# Buffers below this size travel in the pickle stream: out of band costs more than it saves.
+_IN_BAND = 4096
 
 
 class ChannelClosed(EOFError):
@@ -62,17 +64,25 @@ def pipe() -> tuple["Channel", "Channel"]:
 
 def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     """Pickle ``obj`` with protocol 5, keeping large contiguous buffers out of band."""
-    buffers: list[pickle.PickleBuffer] = []
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < _IN_BAND:
+            return True  # a true value keeps the buffer in the pickle stream
+        buffers.append(raw)
+        return False
+
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
     except Exception:  # pickle raises TypeError, PicklingError, AttributeError, ...
         # Plain pickle is fastest; cloudpickle also takes lambdas and classes from scripts.
         buffers.clear()
         try:
-            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
         except Exception as exc:
             raise _unpicklable(obj, exc) from exc
-    return data, [b.raw() for b in buffers]
+    return data, buffers
 
 
 def _unpicklable(obj: Any, exc: Exception) -> TypeError:
@@ -88,6 +98,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self._first = bytearray(_MIN_FRAME)  # the head of every frame is read into this
 
     def fileno(self) -> int:
         """So that `multiprocessing.connection.wait` can wait on the channel."""
@@ -140,11 +151,13 @@ class Channel:
     # -- receiving ------------------------------------------------------------------------
     def recv(self) -> tuple[int, int, Any]:
         """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF."""
-        first = self._recv_into(bytearray(_MIN_FRAME))
+        first = self._recv_into(self._first)  # reused: small frames are unpickled by copy
         kind, run, nbuffers, size = _HEADER.unpack_from(first)
         # One buffer for the whole payload: out-of-band arrays become writable views of it.
         if _HEADER.size + size <= _MIN_FRAME:
-            payload = memoryview(first)[_HEADER.size:]  # 32 bytes in: still aligned
+            payload = memoryview(first)[_HEADER.size:]
+            if nbuffers:  # arrays will live on this memory: give them memory of their own
+                payload = memoryview(bytearray(payload))
         else:
             whole = bytearray(size)
             head = _MIN_FRAME - _HEADER.size
