@@ -102,7 +102,9 @@ class Site:
         missing = sorted(used - set(self.table.columns))
         if missing:
             raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
-        frame = self.table[sorted(used)]
+        table = self.table
+        # Selecting columns copies them all: skip it when the model uses every column.
+        frame = table if set(table.columns) == used else table[sorted(used)]
         complete = frame.notna().all(axis=1).to_numpy()
         guards.check_rows(int(complete.sum()), {c: int(frame[c].count()) for c in used})
         # Take the complete rows only when some are incomplete: a take copies every column.
