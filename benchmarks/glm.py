@@ -33,6 +33,9 @@ from scipy.linalg import cho_factor, cho_solve
 import aia
 from algorithms import glm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import bars  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -137,7 +140,10 @@ def main(argv=None) -> dict:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "glm.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS / 'glm.json'}")
+    bars([r["method"].replace(" (", "\n(") for r in results],
+         {"seconds": [r["seconds"] for r in results]}, "seconds",
+         f"logistic regression, {n:,} rows x {p} predictors", RESULTS / "glm.png")
+    print(f"\nwritten to {RESULTS / 'glm.json'} and glm.png")
     return report
 
 

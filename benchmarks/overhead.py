@@ -30,6 +30,9 @@ import numpy as np
 
 import aia
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import bars  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -160,7 +163,13 @@ def main(argv=None) -> None:
     out = {"python": sys.version.split()[0], "machine": platform.machine(),
            "cores": os.cpu_count(), "seconds_per_case": args.seconds, "rows": rows}
     (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2))
-    print(f"written to {RESULTS / 'overhead.json'}")
+    series = {"raw pipe": [r["raw_pipe_per_s"] for r in rows],
+              "aia": [r["aia_per_s"] for r in rows]}
+    if with_ray:
+        series["aia on Ray"] = [r["ray_per_s"] for r in rows]
+    bars([f"{r['case']}\n{r['workers']} workers" for r in rows], series, unit,
+         "engine overhead against raw pipes", RESULTS / "overhead.png", log=True)
+    print(f"written to {RESULTS / 'overhead.json'} and overhead.png")
 
 
 if __name__ == "__main__":

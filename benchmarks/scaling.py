@@ -27,6 +27,7 @@ from algorithms import glm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glm import make_data  # noqa: E402  (the same data as benchmarks/glm.py)
+from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,12 +98,8 @@ def main(argv=None) -> dict:
 
 
 def plot(by_rows, intercept, slope, path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     rows = [r["rows"] for r in by_rows]
     fig, ax = plt.subplots(figsize=(6, 4))
