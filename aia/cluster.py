@@ -50,6 +50,25 @@ class Failed:
 
 Event = Union[Answer, Failed]
 
+#: The least time a worker still busy with an ended run's answer gets before it is replaced.
+ABANDON_GRACE = 1.0
+
+
+class WorkerClock:
+    """What the central times of one worker, whatever the engine: when its outstanding query
+    was sent, how long its latest answer took, and whether it was left answering a run that
+    ended (``abandoned``: the engine's token of that answer, and when)."""
+
+    def __init__(self) -> None:
+        self.sent_at = 0.0
+        self.answer_time = 0.0
+        self.abandoned: Optional[tuple] = None
+
+    def patience(self) -> float:
+        """How long a worker busy with an ended run's answer gets before it is replaced:
+        three of its own answers, at least ``ABANDON_GRACE``."""
+        return max(ABANDON_GRACE, 3 * self.answer_time)
+
 
 class Run(abc.ABC):
     """The workers of one `aia.start` call, as the central loop sees them."""

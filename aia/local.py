@@ -30,7 +30,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Optional, Sequence
 
 from . import _worker, transport
-from .cluster import Answer, Cluster, Failed, Run
+from .cluster import Answer, Cluster, Failed, Run, WorkerClock
 from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
 
 log = logging.getLogger("aia")
@@ -54,7 +54,7 @@ def default_start_method() -> str:
     return "spawn"
 
 
-class _Handle:
+class _Handle(WorkerClock):
     """The central's view of one worker."""
 
     def __init__(self, pid: int, process, channel: Channel, generation: int = 0):
@@ -64,15 +64,9 @@ class _Handle:
         self.generation = generation
         self.os_pid: Optional[int] = None
         self.dead = False
-        self.sent_at = 0.0  # when its outstanding query was sent
-        self.answer_time = 0.0  # how long its latest answer took
-        # (run, when) of an ended run whose answer it was interrupted in; cleared by any
-        # message of that run (the answer, or the Interrupted error).
-        self.abandoned: Optional[tuple] = None
-
-    def patience(self) -> float:
-        """How long an interrupted worker gets to come back before it is replaced."""
-        return max(STOP_GRACE, 3 * self.answer_time)
+        # abandoned: (run, when) of an ended run whose answer it was interrupted in; cleared
+        # by any message of that run (the answer, or the Interrupted error).
+        WorkerClock.__init__(self)
 
     def exit_failure(self, wait: float = 1.0) -> Failed:
         """The failure of a worker whose process ended (or whose channel broke)."""

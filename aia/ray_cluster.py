@@ -58,14 +58,13 @@ import cloudpickle
 import numpy as np
 
 from . import _worker
-from .cluster import Answer, Cluster, Failed, Run
+from .cluster import Answer, Cluster, Failed, Run, WorkerClock
 
 log = logging.getLogger("aia")
 
 START_TIMEOUT = 120.0  # seconds for the actors to be placed and come up
 PING_TIMEOUT = 0.2  # seconds `alive` waits for the actors' replies
 STOP_TIMEOUT = 10.0  # seconds `close` waits for killed actors to be reported dead
-STOP_GRACE = 1.0  # the least patience with an actor still busy in an ended run's answer
 BROADCAST_PUT = 64 * 1024  # a broadcast query at least this large goes to the object store once
 LOOPBACK = "127.0.0.1"
 
@@ -295,7 +294,7 @@ def _release(ray, generation: int) -> None:
 
 # -- the cluster -----------------------------------------------------------------------------
 
-class _Actor:
+class _Actor(WorkerClock):
     """The central's view of one actor."""
 
     def __init__(self, pid: int, handle, name: str, generation: int = 0):
@@ -308,14 +307,8 @@ class _Actor:
         self.host: Optional[str] = None
         self.node_id: Optional[str] = None
         self.dead = False
-        self.sent_at = 0.0  # when its outstanding query was sent
-        self.answer_time = 0.0  # how long its latest answer took
-        # (answer ref, when) of an ended run that was still answering when the run ended.
-        self.abandoned: Optional[tuple] = None
-
-    def patience(self) -> float:
-        """How long an actor busy with an ended run's answer gets before it is replaced."""
-        return max(STOP_GRACE, 3 * self.answer_time)
+        # abandoned: (answer ref, when) of an ended run still answering when the run ended.
+        WorkerClock.__init__(self)
 
     def stuck(self, ray, now: float) -> Optional[bool]:
         """None: not busy with an ended run; False: still within its patience (or back from
