@@ -21,7 +21,9 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -129,9 +131,58 @@ def _has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+class Sleeper(aia.AbstractAlgorithm):
+    """Workers sit in a long answer, so that the only event is the death of one."""
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        time.sleep(60)
+        return q
+
+    def central_step(self, a, worker, problem):
+        return a
+
+
+def startup_seconds(n_workers: int, repeats: int = 5) -> float:
+    """Median time to start a LocalCluster (all workers up and ready)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cluster = aia.LocalCluster(n_workers)
+        times.append(time.perf_counter() - t0)
+        cluster.close()
+    return float(np.median(times))
+
+
+def death_seconds(repeats: int = 3) -> float:
+    """Median time from SIGKILL of a busy worker to the WorkerFailedError of the run."""
+    times = []
+    for _ in range(repeats):
+        with aia.LocalCluster(2) as cluster:
+            victim = cluster.os_pids()[1]
+            killed = []
+
+            def kill():
+                time.sleep(0.3)
+                killed.append(time.perf_counter())
+                os.kill(victim, signal.SIGKILL)
+
+            killer = threading.Thread(target=kill)
+            killer.start()
+            try:
+                aia.start(Sleeper(), lambda pid: None, {"time": 10}, cluster=cluster, verbose=0)
+            except aia.WorkerFailedError:
+                times.append(time.perf_counter() - killed[0])
+            killer.join()
+    return float(np.median(times))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="engine overhead against raw pipes")
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per case (medians)")
     args = parser.parse_args(argv)
     cases = [
         ("async, 10 floats", 2, 10, False),
@@ -141,10 +192,17 @@ def main(argv=None) -> None:
     ]
     rows = []
     for name, n, size, sync in cases:
-        raw = raw_loop(n, size, args.seconds, sync)
-        ours = aia_loop(n, size, args.seconds, sync)
-        rows.append({"case": name, "workers": n, "raw_pipe_per_s": raw, "aia_per_s": ours,
-                     "ratio": ours / raw})
+        # Alternate the two loops and take medians: with more processes than cores, the
+        # scheduler alone moves one run by 20% or more.
+        raws, ours = [], []
+        for _ in range(args.repeats):
+            raws.append(raw_loop(n, size, args.seconds, sync))
+            ours.append(aia_loop(n, size, args.seconds, sync))
+        raw, mine = float(np.median(raws)), float(np.median(ours))
+        rows.append({"case": name, "workers": n, "raw_pipe_per_s": raw, "aia_per_s": mine,
+                     "ratio": mine / raw,
+                     "ratio_range": [min(o / r for o, r in zip(ours, raws)),
+                                     max(o / r for o, r in zip(ours, raws))]})
     with_ray = _has_ray()
     if with_ray:
         # One local runtime for every case: the first cluster starts it, the others attach.
@@ -153,15 +211,22 @@ def main(argv=None) -> None:
                 row["ray_per_s"] = ray_loop(n, size, args.seconds, sync)
     unit = "iterations/s (async) or rounds/s (sync)"
     ray_head = f"{'aia on Ray':>14}" if with_ray else ""
-    print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}{ray_head}")
+    print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}"
+          f"{'range':>14}{ray_head}")
     for r in rows:
         ray_cell = f"{r['ray_per_s']:>14.0f}" if with_ray else ""
+        low, high = r["ratio_range"]
         print(f"{r['case']:<20}{r['workers']:>8}{r['raw_pipe_per_s']:>14.0f}"
-              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{ray_cell}")
-    print(f"({unit}; {args.seconds:.0f} s per case, {os.cpu_count()} cores)")
+              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{f'{low:.2f}-{high:.2f}':>14}{ray_cell}")
+    print(f"({unit}; medians of {args.repeats} alternating runs of {args.seconds:.0f} s; "
+          f"{os.cpu_count()} cores)")
+    startup, death = startup_seconds(2), death_seconds()
+    print(f"start of a 2-worker LocalCluster: {startup * 1e3:.0f} ms (median of 5); "
+          f"a killed worker seen after {death * 1e3:.1f} ms (median of 3)")
     RESULTS.mkdir(exist_ok=True)
     out = {"python": sys.version.split()[0], "machine": platform.machine(),
-           "cores": os.cpu_count(), "seconds_per_case": args.seconds, "rows": rows}
+           "cores": os.cpu_count(), "seconds_per_case": args.seconds, "rows": rows,
+           "startup_2_workers_s": startup, "killed_worker_seen_s": death}
     (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2))
     series = {"raw pipe": [r["raw_pipe_per_s"] for r in rows],
               "aia": [r["aia_per_s"] for r in rows]}
