@@ -69,6 +69,10 @@ class WorkerClock:
         three of its own answers, at least ``ABANDON_GRACE``."""
         return max(ABANDON_GRACE, 3 * self.answer_time)
 
+    def give_up_at(self) -> Optional[float]:
+        """When to stop waiting for it to come back from an ended run (None: not abandoned)."""
+        return None if self.abandoned is None else self.abandoned[1] + self.patience()
+
 
 class Run(abc.ABC):
     """The workers of one `aia.start` call, as the central loop sees them."""

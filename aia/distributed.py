@@ -52,7 +52,9 @@ class DistributedObject:
 
     def where(self) -> list:
         """The pids that hold an object: 0 if ``local`` is set, then every live worker."""
-        alive = set(self.cluster.alive())
+        return self._where(set(self.cluster.alive()))
+
+    def _where(self, alive) -> list:
         held = [p for p in self.pids if self._holds(p, alive)]
         return ([0] if self.local is not None else []) + held
 
@@ -80,10 +82,10 @@ class DistributedObject:
     def map(self, fn: Callable[[Any], Any], pids: Optional[Sequence[int]] = None) -> dict:
         """``{pid: fn(object on pid)}`` for every pid of ``where()`` (or of ``pids``), the
         workers in parallel."""
-        pids = self.where() if pids is None else list(pids)
+        alive = set(self.cluster.alive())  # once: on Ray it pings every actor
+        pids = self._where(alive) if pids is None else list(pids)
         out = {0: fn(self.local)} if 0 in pids else {}
         remote = [p for p in pids if p != 0]
-        alive = set(self.cluster.alive())
         for pid in remote:
             self._check_held(pid, alive)
         out.update(self.cluster.apply_all(self.id, remote, cloudpickle.dumps(fn)))

@@ -76,10 +76,6 @@ class _Handle(WorkerClock):
                       self.process.exitcode)
 
 
-def _out_of_patience(h: _Handle, now: float) -> bool:
-    return h.abandoned is not None and now >= h.abandoned[1] + h.patience()
-
-
 def describe_exit(code: Optional[int]) -> str:
     """Why a worker process ended, with the likely causes, as loky says it."""
     if code is None:
@@ -220,15 +216,13 @@ class LocalCluster(Cluster):
         return f"LocalCluster({len(self._workers)} workers, {state}, {self.start_method})"
 
     # -- waiting ------------------------------------------------------------------------
-    def _wait_on(self, handles, deadline: Optional[float], channels=None) -> list:
-        """``[(handle, "message" | "dead"), ...]`` ready before ``deadline``; channels are
-        watched for the handles in ``channels`` (default: all of ``handles``)."""
+    def _wait_on(self, handles, deadline: Optional[float]) -> list:
+        """``[(handle, "message" | "dead"), ...]`` ready before ``deadline``."""
         handles = [h for h in handles if not h.dead]
-        watch = handles if channels is None else channels
-        by_fd = {h.channel.sock.fileno(): h for h in watch}
+        by_fd = {h.channel.sock.fileno(): h for h in handles}
         by_sentinel = {h.process.sentinel: h for h in handles}
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = mp_wait([h.channel for h in watch] + list(by_sentinel), timeout)
+        ready = mp_wait([h.channel for h in handles] + list(by_sentinel), timeout)
         out, seen = [], set()
         for obj in ready:  # messages first: an answer sent just before death still counts
             if isinstance(obj, Channel):
@@ -273,7 +267,8 @@ class LocalCluster(Cluster):
             if ready:
                 continue
             now = time.monotonic()
-            for h in [h for h in waiting.values() if _out_of_patience(h, now)]:
+            stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
+            for h in stuck:
                 fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
                 try:
                     fresh.channel.send(CONTROL, message, run)
@@ -291,7 +286,7 @@ class LocalCluster(Cluster):
     @staticmethod
     def _patience_limit(waiting: dict, deadline: Optional[float]) -> Optional[float]:
         """The deadline, or sooner the moment an interrupted worker runs out of patience."""
-        limits = [h.abandoned[1] + h.patience() for h in waiting.values() if h.abandoned]
+        limits = [h.give_up_at() for h in waiting.values() if h.abandoned]
         if deadline is not None:
             limits.append(deadline)
         return min(limits) if limits else None

@@ -315,11 +315,10 @@ class _Actor(WorkerClock):
         that answer, which clears it); True: out of patience."""
         if self.abandoned is None:
             return None
-        ref, since = self.abandoned
-        if ray.wait([ref], timeout=0)[0]:
+        if ray.wait([self.abandoned[0]], timeout=0)[0]:
             self.abandoned = None
             return None
-        return now >= since + self.patience()
+        return now >= self.give_up_at()
 
     def where(self) -> str:
         place = f"pid {self.os_pid}" if self.os_pid else "pid unknown"
@@ -590,7 +589,7 @@ class RayCluster(Cluster):
                 waiting[call(actor.handle)] = actor
         while waiting:
             now = time.monotonic()
-            limits = [a.abandoned[1] + a.patience() for a in waiting.values() if a.abandoned]
+            limits = [a.give_up_at() for a in waiting.values() if a.abandoned]
             if deadline is not None:
                 limits.append(deadline)
             timeout = max(0.0, min(limits) - now) if limits else None
