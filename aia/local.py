@@ -20,6 +20,7 @@ import atexit
 import logging
 import multiprocessing as mp
 import os
+import select
 import selectors
 import signal
 import sys
@@ -400,26 +401,25 @@ class LocalRun(Run):
         self.live = {pid: cluster._workers[pid] for pid in pids}
         self.broken: list[Failed] = []  # failures found while sending, reported by wait
         self.busy: set[int] = set()  # workers with a query outstanding
-        self.selector = selectors.DefaultSelector()
+        self.poller = _Poller()
         for h in self.live.values():
-            self.selector.register(h.channel.sock, selectors.EVENT_READ, (h, "message"))
-            self.selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+            self.poller.register(h.channel.fileno(), (h, "message"))
+            self.poller.register(h.process.sentinel, (h, "dead"))
 
     def send(self, pid: int, query: Any) -> None:
-        data, buffers = transport.dumps(query)
-        self._send_frame(pid, data, buffers)
+        self._send(pid, transport.encode(query))
 
     def broadcast(self, pids: Sequence[int], query: Any) -> None:
-        data, buffers = transport.dumps(query)  # serialized once for every worker
+        message = transport.encode(query)  # pickled once; large arrays written once
         for pid in pids:
-            self._send_frame(pid, data, buffers)
+            self._send(pid, message)
 
-    def _send_frame(self, pid: int, data: bytes, buffers: list) -> None:
+    def _send(self, pid: int, message: transport.Message) -> None:
         h = self.live.get(pid)
         if h is None:
             return
         try:
-            h.channel.send_frame(QUERY, self.run, data, buffers)
+            h.channel.send_message(QUERY, self.run, message)
             h.sent_at = time.monotonic()
             self.busy.add(pid)
         except ChannelClosed:
@@ -433,8 +433,8 @@ class LocalRun(Run):
     def _lose(self, h: _Handle) -> None:
         self.busy.discard(h.pid)
         if self.live.pop(h.pid, None) is not None:
-            self.selector.unregister(h.channel.sock)
-            self.selector.unregister(h.process.sentinel)
+            self.poller.unregister(h.channel.fileno())
+            self.poller.unregister(h.process.sentinel)
 
     def wait(self, timeout: Optional[float]) -> list:
         if self.broken:
@@ -442,7 +442,7 @@ class LocalRun(Run):
             return events
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            ready = [key.data for key, _ in self.selector.select(timeout)]
+            ready = self.poller.poll(timeout)
             if len(ready) == 1 and ready[0][1] == "message":  # the common case, kept short
                 h = ready[0][0]
                 event = self.cluster._receive(h, self.run)
@@ -491,7 +491,45 @@ class LocalRun(Run):
             except ChannelClosed:
                 pass
             self._lose(h)
-        self.selector.close()
+        self.poller.close()
+
+
+class _Poller:
+    """Readiness of file descriptors, each tagged with its data: epoll where there is one
+    (the loop's hottest call: it skips the `selectors` layer, ~4 us a step), else the
+    platform's default selector."""
+
+    def __init__(self) -> None:
+        self._epoll = getattr(select, "epoll", None)
+        if self._epoll is not None:
+            self._epoll = self._epoll()
+            self._data: dict = {}
+        else:
+            self._selector = selectors.DefaultSelector()
+
+    def register(self, fd: int, data: Any) -> None:
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+            self._data[fd] = data
+        else:
+            self._selector.register(fd, selectors.EVENT_READ, data)
+
+    def unregister(self, fd: int) -> None:
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+            del self._data[fd]
+        else:
+            self._selector.unregister(fd)
+
+    def poll(self, timeout: Optional[float]) -> list:
+        """The data of the descriptors ready within ``timeout`` seconds (None: no limit)."""
+        if self._epoll is not None:
+            data = self._data
+            return [data[fd] for fd, _ in self._epoll.poll(-1 if timeout is None else timeout)]
+        return [key.data for key, _ in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        (self._epoll if self._epoll is not None else self._selector).close()
 
 
 @atexit.register

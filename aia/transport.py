@@ -8,24 +8,39 @@ Data flow (one worker shown; the central holds one `Channel` per worker)::
     Channel.recv() -> (ANSWER, a)  <---------  Channel.send(ANSWER, a)
                                    <---------  (ERROR, RemoteError text) when answer raises
 
-A frame is a fixed header (kind, run id, number of out-of-band buffers, lengths), the pickle
-stream (protocol 5) and the raw bytes of each out-of-band buffer. Large numpy arrays are
-therefore never copied into the pickle stream: ``sendmsg`` gathers them straight from the
-array's memory, and the receiver reads each into its own ``bytearray`` (so the arrays it gets
-are writable, unlike arrays built on ``bytes``).
+A frame is a fixed header (kind, flags, run id, number of out-of-band buffers, payload length,
+acknowledgement), a table of lengths, the pickle stream (protocol 5) and the out-of-band
+buffers. Numpy arrays are never copied into the pickle stream; where their bytes go depends
+on their size:
 
-Small frames are joined into a single ``sendmsg``; that and plain ``pickle`` (not
-``ForkingPickler``) keep a 10-float round trip at or below a raw ``multiprocessing`` pipe.
+- small (under ``_IN_BAND``, 4 KiB): in the pickle stream, and a small frame is padded to
+  ``_MIN_FRAME`` bytes so that the receiver reads header and payload in one ``recv``;
+- medium: in the frame, gathered by ``sendmsg`` straight from the array's memory;
+- large (``SHARED_MIN``, 128 KiB, in all): in shared memory (Linux). The sender copies them
+  once into an *arena*, a ``memfd`` mapped in both processes, and the frame only says where
+  they are. A query sent to several workers (`Message` is encoded once) is written once for
+  all of them. The receiver copies them out into memory of its own as it receives the frame,
+  so the arrays it gets are writable and private, and the arena is free again for the
+  sender once the receiver has sent anything back (every frame acknowledges how many
+  frames its sender has received on that channel). An arena's descriptor crosses once per
+  channel (``SCM_RIGHTS``, in a one-byte message that follows the frame), and its pages stay
+  mapped: on a virtual machine, fresh shared pages cost ten times their copy.
+
+Without ``memfd_create`` (macOS, Windows) or with ``AIA_SHARED_MEMORY=0``, large buffers go in
+the frame too.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import pickle
 import socket
 import struct
-from typing import Any
+from typing import Any, Optional
 
 import cloudpickle
+import numpy as np
 
 # Message kinds.
 QUERY = 1  # central -> worker: a query of the current run
@@ -34,14 +49,23 @@ ERROR = 3  # worker -> central: an exception (as RemoteError text)
 CONTROL = 4  # central -> worker: a command (setup, store, apply, free, end, stop)
 REPLY = 5  # worker -> central: the reply to a command
 
-_HEADER = struct.Struct("!BIIQ15x")  # kind, run id, out-of-band buffers, payload length; 32 B
+# kind, flags, run id, out-of-band buffers, payload length, frames received from the peer
+_HEADER = struct.Struct("!BBIIQQ6x")  # 32 bytes
 _LENGTH = struct.Struct("!Q")
+_HEAD_AND_LENGTH = struct.Struct("!BBIIQQ6xQ")  # a frame without buffers: header, stream length
+_ARENA = struct.Struct("!QQBQ")  # arena id, arena size, descriptor follows, retired ids
+_SHARED = 1  # flag: the out-of-band buffers are in the sender's arena
 _ALIGN = 16  # out-of-band buffers start on this boundary, so arrays built on them are aligned
 # Every frame is at least this long (small ones are padded), so the receiver reads the header
 # and a small payload in one recv without ever reading into the next frame.
 _MIN_FRAME = 256
 # Buffers below this size travel in the pickle stream: out of band costs more than it saves.
 _IN_BAND = 4096
+#: Out-of-band bytes of one message from which they go through shared memory (None: never).
+SHARED_MIN: Optional[int] = 128 * 1024  # measured: the socket wins below 64 KiB, loses at 256
+if not (hasattr(os, "memfd_create") and hasattr(socket, "send_fds")) \
+        or os.environ.get("AIA_SHARED_MEMORY", "1") == "0":
+    SHARED_MIN = None
 
 
 class ChannelClosed(EOFError):
@@ -93,35 +117,182 @@ def _unpicklable(obj: Any, exc: Exception) -> TypeError:
     )
 
 
+class Message:
+    """An object pickled once, ready to be sent on one channel or several (a broadcast
+    writes its large buffers to shared memory once, at the first send)."""
+
+    __slots__ = ("data", "buffers", "nbytes", "arena")
+
+    def __init__(self, data: bytes, buffers: list):
+        self.data, self.buffers = data, buffers
+        self.nbytes = sum(b.nbytes for b in buffers)
+        self.arena: Optional[Arena] = None
+
+    def shared(self) -> bool:
+        return SHARED_MIN is not None and self.nbytes >= SHARED_MIN
+
+
+def encode(obj: Any) -> Message:
+    """``obj`` pickled for sending; raises TypeError if it cannot be pickled."""
+    return Message(*dumps(obj))
+
+
+def _layout(lengths) -> tuple[list[int], int]:
+    """Offsets of consecutive buffers, each aligned, and the total size."""
+    offsets, end = [], 0
+    for n in lengths:
+        end += -end % _ALIGN
+        offsets.append(end)
+        end += n
+    return offsets, end
+
+
+# -- shared memory -----------------------------------------------------------------------
+class Arena:
+    """A shared-memory region of the sending process (a memfd, mapped for good), reused for
+    the large buffers of one message at a time. ``pending`` maps each channel the current
+    message went to, to that frame's number on it: the arena is free again once every such
+    peer has acknowledged the frame (or is gone)."""
+
+    def __init__(self, ident: int, size: int):
+        self.ident = ident
+        self.size = size
+        self.fd = os.memfd_create(f"aia-arena-{ident}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.pending: dict[Channel, int] = {}
+        self.known_by: set[Channel] = set()  # channels whose peer has the descriptor
+        self.closed = False
+
+    def free(self) -> bool:
+        pending = self.pending
+        for channel, frame in list(pending.items()):
+            if channel.closed or channel.peer_received > frame:
+                del pending[channel]
+        return not pending
+
+    def write(self, buffers: list) -> None:
+        offsets, _ = _layout(b.nbytes for b in buffers)
+        view = memoryview(self.map)
+        try:
+            for offset, b in zip(offsets, buffers):
+                view[offset : offset + b.nbytes] = b.cast("B")
+        finally:
+            view.release()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _unmap(self.map)
+        os.close(self.fd)
+
+
+class _ArenaPool:
+    """The arenas of this process. Messages of similar sizes reuse the same few arenas; one
+    too small for a new message is replaced by a larger one when it is free."""
+
+    def __init__(self) -> None:
+        self.arenas: list[Arena] = []
+        self.next_id = 0
+
+    def acquire(self, nbytes: int) -> Arena:
+        small = None
+        for arena in self.arenas:
+            if arena.free():
+                if arena.size >= nbytes:
+                    return arena
+                small = small or arena
+        if small is not None:  # grow: retire a free arena that is too small
+            self.retire(small)
+        self.next_id += 1
+        size = 1 << max(20, (nbytes - 1).bit_length())  # powers of two, 1 MiB at least
+        arena = Arena(self.next_id, size)
+        self.arenas.append(arena)
+        return arena
+
+    def retire(self, arena: Arena) -> None:
+        self.arenas.remove(arena)
+        for channel in arena.known_by:  # told with the next shared frame on each channel
+            channel.retired.append(arena.ident)
+        arena.close()
+
+    def forget(self, channel: "Channel") -> None:
+        """A channel closed: arenas no open channel uses any more are closed (their memory
+        goes back to the system with the cluster)."""
+        for arena in list(self.arenas):
+            arena.pending.pop(channel, None)
+            arena.known_by.discard(channel)
+            if not arena.known_by and arena.free():
+                self.arenas.remove(arena)
+                arena.close()
+
+
+_pool = _ArenaPool()
+
+
+def _new_pool_in_child() -> None:
+    # A forked worker inherits the central's arenas: they are not its own to write.
+    global _pool
+    _pool = _ArenaPool()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pool_in_child)
+
+
+# -- channels ----------------------------------------------------------------------------
 class Channel:
     """One end of a message stream between two processes."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.closed = False
         self._first = bytearray(_MIN_FRAME)  # the head of every frame is read into this
+        self.sent = 0  # frames sent
+        self.received = 0  # frames received (each sent frame acknowledges this count)
+        self.peer_received = 0  # the peer's count, from its latest frame
+        self.retired: list[int] = []  # our arenas the peer should unmap
+        self._arenas: dict[int, mmap.mmap] = {}  # the peer's arenas, mapped here
 
     def fileno(self) -> int:
         """So that `multiprocessing.connection.wait` can wait on the channel."""
         return self.sock.fileno()
 
     def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            _pool.forget(self)
+            for mapped in self._arenas.values():
+                _unmap(mapped)
+            self._arenas.clear()
         self.sock.close()
 
     # -- sending --------------------------------------------------------------------------
     def send(self, kind: int, obj: Any, run: int = 0) -> None:
         """Send one message; raises TypeError if ``obj`` cannot be pickled."""
-        data, buffers = dumps(obj)
-        self.send_frame(kind, run, data, buffers)
+        self.send_message(kind, run, encode(obj))
 
-    def send_frame(self, kind: int, run: int, data: bytes, buffers: list[memoryview]) -> None:
-        """Send an already-pickled message (so one query can be pickled once for all)."""
-        if not buffers:  # no out-of-band buffer: one contiguous frame
-            table = _LENGTH.pack(len(data))
-            frame = _HEADER.pack(kind, run, 0, len(table) + len(data)) + table + data
-            if len(frame) < _MIN_FRAME:
-                frame += bytes(_MIN_FRAME - len(frame))
-            self._sendall([frame])
-            return
+    def send_message(self, kind: int, run: int, message: Message) -> None:
+        """Send an encoded message (so one query is pickled, and written, once for all)."""
+        if message.shared():
+            self._send_shared(kind, run, message)
+        elif not message.buffers:  # one contiguous frame, one send
+            data = message.data
+            frame = _HEAD_AND_LENGTH.pack(kind, 0, run, 0, _LENGTH.size + len(data),
+                                          self.received, len(data))
+            self._send_one((frame + data).ljust(_MIN_FRAME, b"\0"))
+        else:
+            self._send_inline(kind, run, message)
+        self.sent += 1
+
+    def _send_inline(self, kind: int, run: int, message: Message) -> None:
+        data, buffers = message.data, message.buffers
         # The table of lengths holds the pickle stream's length, then each buffer's.
         lengths = _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
         parts: list = [lengths, data]
@@ -132,16 +303,50 @@ class Channel:
                 parts.append(bytes(pad))
             parts.append(b)
             offset += pad + b.nbytes
-        parts[0] = _HEADER.pack(kind, run, len(buffers), offset) + lengths
+        parts[0] = _HEADER.pack(kind, 0, run, len(buffers), offset, self.received) + lengths
         if _HEADER.size + offset < _MIN_FRAME:
             parts.append(bytes(_MIN_FRAME - _HEADER.size - offset))
         self._sendall(parts)
 
+    def _send_shared(self, kind: int, run: int, message: Message) -> None:
+        arena = message.arena
+        if arena is None or arena.closed:  # the first send of this message: write it once
+            try:
+                arena = message.arena = _pool.acquire(message.nbytes)
+            except OSError:  # no memfd to be had (descriptors or memory exhausted)
+                self._send_inline(kind, run, message)
+                return
+            arena.write(message.buffers)
+        new = self not in arena.known_by
+        retired, self.retired = self.retired, []
+        data, buffers = message.data, message.buffers
+        table = (_LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+                 + _ARENA.pack(arena.ident, arena.size, new, len(retired))
+                 + b"".join(_LENGTH.pack(r) for r in retired))
+        size = len(table) + len(data)
+        frame = _HEADER.pack(kind, _SHARED, run, len(buffers), size, self.received)
+        self._send_one((frame + table + data).ljust(_MIN_FRAME, b"\0"))
+        arena.pending[self] = self.sent
+        if new:  # its descriptor, in a message of its own right after the frame
+            try:
+                socket.send_fds(self.sock, [b"\0"], [arena.fd])
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+            arena.known_by.add(self)
+
+    def _send_one(self, frame: bytes) -> None:
+        # send, not sendmsg: for one buffer it skips building an iovec (1.5 us a message).
+        try:
+            sent = self.sock.send(frame)
+            if sent < len(frame):
+                self.sock.sendall(memoryview(frame)[sent:])
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+
     def _sendall(self, parts: list) -> None:
         try:
             sent = self.sock.sendmsg(parts)
-            total = sent if len(parts) == 1 and sent == len(parts[0]) else \
-                sum(memoryview(p).nbytes for p in parts)
+            total = sum(memoryview(p).nbytes for p in parts)
             while sent < total:  # a partial send: resend what is left
                 parts, total = _drop_prefix(parts, sent), total - sent
                 sent = self.sock.sendmsg(parts)
@@ -150,13 +355,26 @@ class Channel:
 
     # -- receiving ------------------------------------------------------------------------
     def recv(self) -> tuple[int, int, Any]:
-        """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF."""
-        first = self._recv_into(self._first)  # reused: small frames are unpickled by copy
-        kind, run, nbuffers, size = _HEADER.unpack_from(first)
-        # One buffer for the whole payload: out-of-band arrays become writable views of it.
+        """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF,
+        Undecodable if the whole message arrived but could not be unpickled."""
+        first = self._first  # reused: small frames are unpickled by copy
+        try:
+            got = self.sock.recv_into(first, _MIN_FRAME)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if got < _MIN_FRAME:
+            if got == 0:
+                raise ChannelClosed("the other end closed the channel")
+            self._recv_into(first, got)
+        kind, flags, run, nbuffers, size, self.peer_received = _HEADER.unpack_from(first)
+        self.received += 1
+        if nbuffers == 0 and size <= _MIN_FRAME - _HEADER.size:  # the common small message
+            n = _LENGTH.unpack_from(first, _HEADER.size)[0]
+            start = _HEADER.size + _LENGTH.size
+            return kind, run, _loads(kind, run, memoryview(first)[start : start + n], [])
         if _HEADER.size + size <= _MIN_FRAME:
             payload = memoryview(first)[_HEADER.size:]
-            if nbuffers:  # arrays will live on this memory: give them memory of their own
+            if nbuffers and not flags & _SHARED:  # arrays will live on this memory
                 payload = memoryview(bytearray(payload))
         else:
             whole = bytearray(size)
@@ -164,19 +382,61 @@ class Channel:
             whole[:head] = memoryview(first)[_HEADER.size:]
             self._recv_into(whole, head)
             payload = memoryview(whole)
-        table = [_LENGTH.unpack_from(payload, i * _LENGTH.size)[0] for i in range(nbuffers + 1)]
+        lengths = [_LENGTH.unpack_from(payload, i * _LENGTH.size)[0] for i in range(nbuffers + 1)]
         offset = (nbuffers + 1) * _LENGTH.size
-        data = payload[offset : offset + table[0]]
-        offset += table[0]
+        if flags & _SHARED:
+            offset, buffers = self._recv_shared(payload, offset, lengths[1:])
+            return kind, run, _loads(kind, run, payload[offset : offset + lengths[0]], buffers)
+        data = payload[offset : offset + lengths[0]]
+        offset += lengths[0]
         buffers = []
-        for n in table[1:]:
+        for n in lengths[1:]:
             offset += -offset % _ALIGN
             buffers.append(payload[offset : offset + n])
             offset += n
+        return kind, run, _loads(kind, run, data, buffers)
+
+    def _recv_shared(self, payload: memoryview, offset: int, lengths: list) -> tuple:
+        """Copy the buffers of a shared frame out of the peer's arena; the stream's offset
+        and the buffers."""
+        ident, size, new, n_retired = _ARENA.unpack_from(payload, offset)
+        offset += _ARENA.size
+        for i in range(n_retired):
+            _unmap(self._arenas.pop(_LENGTH.unpack_from(payload, offset)[0], None))
+            offset += _LENGTH.size
+        if new:
+            self._map_arena(ident, size)
+        arena = self._arenas.get(ident)
+        if arena is None:
+            raise ChannelClosed(f"the peer referred to a shared-memory arena ({ident}) it "
+                                "never sent: the stream is out of step")
+        offsets, total = _layout(lengths)
+        # Memory of our own: the arena is the sender's again once we acknowledge the frame.
+        # np.empty: not zeroed first (bytearray is), and large ones get huge pages.
+        own = memoryview(np.empty(total, dtype=np.uint8))
+        source = memoryview(arena)
         try:
-            return kind, run, pickle.loads(data, buffers=buffers)
-        except Exception as exc:  # e.g. a class that exists only on the sender's side
-            raise Undecodable(kind, run, exc) from exc
+            buffers = []
+            for start, n in zip(offsets, lengths):
+                own[start : start + n] = source[start : start + n]
+                buffers.append(own[start : start + n])
+        finally:
+            source.release()
+        return offset, buffers
+
+    def _map_arena(self, ident: int, size: int) -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ChannelClosed("a shared-memory arena's descriptor did not arrive")
+        try:
+            self._arenas[ident] = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fds[0])
 
     def _recv_into(self, buf: bytearray, got: int = 0) -> bytearray:
         """Fill ``buf`` from byte ``got`` on."""
@@ -195,6 +455,21 @@ class Channel:
         return buf
 
 
+def _loads(kind: int, run: int, data: memoryview, buffers: list) -> Any:
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except Exception as exc:  # e.g. a class that exists only on the sender's side
+        raise Undecodable(kind, run, exc) from exc
+
+
+def _unmap(mapped: Optional[mmap.mmap]) -> None:
+    if mapped is not None:
+        try:
+            mapped.close()
+        except BufferError:
+            pass
+
+
 def _drop_prefix(parts: list, n: int) -> list:
     """The parts left once the first ``n`` bytes are sent."""
     out = []
@@ -206,4 +481,3 @@ def _drop_prefix(parts: list, n: int) -> list:
         out.append(view[n:])
         n = 0
     return out
-
