@@ -125,7 +125,7 @@ class Message:
 
     def __init__(self, data: bytes, buffers: list):
         self.data, self.buffers = data, buffers
-        self.nbytes = sum(b.nbytes for b in buffers)
+        self.nbytes = sum(b.nbytes for b in buffers) if buffers else 0
         self.arena: Optional[Arena] = None
 
     def shared(self) -> bool:
@@ -160,6 +160,9 @@ class Arena:
         self.fd = os.memfd_create(f"aia-arena-{ident}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
+            # Reserve the pages now: without memory, an OSError here (and the message goes
+            # in the frame) rather than a SIGBUS at the first write.
+            os.posix_fallocate(self.fd, 0, size)
             self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
@@ -280,13 +283,13 @@ class Channel:
 
     def send_message(self, kind: int, run: int, message: Message) -> None:
         """Send an encoded message (so one query is pickled, and written, once for all)."""
-        if message.shared():
-            self._send_shared(kind, run, message)
-        elif not message.buffers:  # one contiguous frame, one send
+        if not message.buffers:  # one contiguous frame, one send
             data = message.data
             frame = _HEAD_AND_LENGTH.pack(kind, 0, run, 0, _LENGTH.size + len(data),
                                           self.received, len(data))
             self._send_one((frame + data).ljust(_MIN_FRAME, b"\0"))
+        elif message.shared():
+            self._send_shared(kind, run, message)
         else:
             self._send_inline(kind, run, message)
         self.sent += 1

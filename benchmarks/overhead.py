@@ -5,7 +5,8 @@
 - asynchronous loop, a 10-float query, 2 and 4 workers: iterations per second of `aia.start`
   against a raw loop (one `multiprocessing.Pipe` per worker, `connection.wait`, recv, send);
 - synchronous round, a 1e6-float query to every worker and 1e6-float answers: rounds per
-  second against the same round sent in-band over raw pipes;
+  second against the same round sent in-band over raw pipes, and (column "aia, no shm")
+  `aia.start` with its shared memory turned off, the arrays in the socket frames;
 - when Ray is installed (``pip install -e ".[ray]"``), the same runs of `aia.start` on an
   `aia.RayCluster` (one local Ray runtime, loopback only, started once for every case): an
   extra column.
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import aia
+from aia import transport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import bars  # noqa: E402
@@ -101,10 +103,18 @@ def raw_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> fl
     return steps / elapsed
 
 
-def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> float:
-    with aia.LocalCluster(n_workers) as cluster:
-        h = aia.start(Echo(size), lambda pid: None, {"time": seconds}, cluster=cluster,
-                      synchronous=synchronous, verbose=0)
+def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool,
+             shared_memory: bool = True) -> float:
+    """``shared_memory=False``: large arrays in the socket frames, as without memfd."""
+    saved = transport.SHARED_MIN
+    if not shared_memory:
+        transport.SHARED_MIN = None  # read at each send, inherited by the forked workers
+    try:
+        with aia.LocalCluster(n_workers) as cluster:
+            h = aia.start(Echo(size), lambda pid: None, {"time": seconds}, cluster=cluster,
+                          synchronous=synchronous, verbose=0)
+    finally:
+        transport.SHARED_MIN = saved
     # From the first step to the last, as the raw loop measures.
     return h.iterations[-1] / (h.timestamps[-1] - h.timestamps[0])
 
@@ -194,15 +204,19 @@ def main(argv=None) -> None:
     for name, n, size, sync in cases:
         # Alternate the two loops and take medians: with more processes than cores, the
         # scheduler alone moves one run by 20% or more.
-        raws, ours = [], []
+        raws, ours, unshared = [], [], []
         for _ in range(args.repeats):
             raws.append(raw_loop(n, size, args.seconds, sync))
             ours.append(aia_loop(n, size, args.seconds, sync))
+            if size >= 10**5:  # what shared memory buys: the same run with arrays in frames
+                unshared.append(aia_loop(n, size, args.seconds, sync, shared_memory=False))
         raw, mine = float(np.median(raws)), float(np.median(ours))
         rows.append({"case": name, "workers": n, "raw_pipe_per_s": raw, "aia_per_s": mine,
                      "ratio": mine / raw,
                      "ratio_range": [min(o / r for o, r in zip(ours, raws)),
-                                     max(o / r for o, r in zip(ours, raws))]})
+                                     max(o / r for o, r in zip(ours, raws))],
+                     "aia_without_shared_memory_per_s":
+                         float(np.median(unshared)) if unshared else None})
     with_ray = _has_ray()
     if with_ray:
         # One local runtime for every case: the first cluster starts it, the others attach.
@@ -212,12 +226,15 @@ def main(argv=None) -> None:
     unit = "iterations/s (async) or rounds/s (sync)"
     ray_head = f"{'aia on Ray':>14}" if with_ray else ""
     print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}"
-          f"{'range':>14}{ray_head}")
+          f"{'range':>14}{'aia, no shm':>14}{ray_head}")
     for r in rows:
         ray_cell = f"{r['ray_per_s']:>14.0f}" if with_ray else ""
         low, high = r["ratio_range"]
+        unshared = r["aia_without_shared_memory_per_s"]
+        unshared = "-" if unshared is None else f"{unshared:.0f}"
         print(f"{r['case']:<20}{r['workers']:>8}{r['raw_pipe_per_s']:>14.0f}"
-              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{f'{low:.2f}-{high:.2f}':>14}{ray_cell}")
+              f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{f'{low:.2f}-{high:.2f}':>14}"
+              f"{unshared:>14}{ray_cell}")
     print(f"({unit}; medians of {args.repeats} alternating runs of {args.seconds:.0f} s; "
           f"{os.cpu_count()} cores)")
     startup, death = startup_seconds(2), death_seconds()
