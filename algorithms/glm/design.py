@@ -260,7 +260,8 @@ class Design:
 
 @dataclass
 class ModelData:
-    """One site's rows as the fit sees them (numpy arrays, complete cases only)."""
+    """One site's rows as the fit sees them (numpy arrays, complete cases only).
+    ``built_by`` says how X was built: ``"formulaic"`` or ``"direct"`` (`direct_columns`)."""
 
     y: np.ndarray
     X: np.ndarray
@@ -268,6 +269,7 @@ class ModelData:
     offset: np.ndarray
     d_star: Optional[np.ndarray]
     names: list
+    built_by: str = "formulaic"
 
 
 def used_columns(design: Design) -> set:
@@ -337,11 +339,14 @@ def merge_moments(per_site: list) -> dict:
     return merged
 
 
-def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
+def model_data(frame: pd.DataFrame, design: Design, direct: bool = True) -> ModelData:
     """Build y, X, prior weights, offset and d* from one site's complete rows.
 
     ``frame`` holds the complete cases of the used columns. Categorical columns are cast to
     the design's merged levels, and ``center``/``scale`` use the design's global moments.
+    When formulaic's model spec says that the design is plain numeric columns of the table
+    (and the intercept), X is filled from those columns directly (`direct_columns`), unless
+    ``direct`` is False; the matrices are the same.
     """
     info = design.info
     if design.levels is not None:
@@ -358,22 +363,13 @@ def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
     if info.standardized and design.moments is None:
         raise SiteError("center() and scale() need the mean and standard deviation of all "
                          "sites: build the design with glm.fit or glm.prepare")
-    mm = Formula(design.formula).get_model_matrix(frame, context=CONTEXT, na_action="ignore")
-    lhs, rhs = mm.lhs, mm.rhs
-    if info.standardized:
-        state = dict(rhs.model_spec.transform_state)
-        for key, value in state.items():
-            col = key[key.index("(") + 1:-1]
-            mean, sd = design.moments[col]
-            state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
-        rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
-    if lhs.shape[1] != 1 or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
-        raise SiteError("the response must be one numeric column")
-    y = lhs.to_numpy(dtype=float).ravel()
-    # pandas hands the columns over column-major; X'WX and X @ beta are as fast that way
-    # (measured), so no row-major copy of the whole matrix.
-    X = rhs.to_numpy(dtype=float)
-    names = [str(c) for c in rhs.columns]
+    columns = direct_columns(frame, design) if direct else None
+    if columns is not None:
+        y, X, names = _direct_design(frame, *columns)
+        built_by = "direct"
+    else:
+        y, X, names = _formulaic_design(frame, design)
+        built_by = "formulaic"
     n = len(y)
     w = _column(frame, design.weights, n, 1.0)
     offset = _column(frame, design.offset, n, 0.0)
@@ -394,7 +390,94 @@ def model_data(frame: pd.DataFrame, design: Design) -> ModelData:
         raise SiteError("prior weights must not be negative")
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
         raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
-    return ModelData(y, X, w, offset, d_star, names)
+    return ModelData(y, X, w, offset, d_star, names, built_by)
+
+
+def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
+    """y, X and the column names of X, built by formulaic."""
+    mm = Formula(design.formula).get_model_matrix(frame, context=CONTEXT, na_action="ignore")
+    lhs, rhs = mm.lhs, mm.rhs
+    if design.info.standardized:
+        state = dict(rhs.model_spec.transform_state)
+        for key, value in state.items():
+            col = key[key.index("(") + 1:-1]
+            mean, sd = design.moments[col]
+            state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
+        rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
+    if lhs.shape[1] != 1 or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
+        raise SiteError("the response must be one numeric column")
+    y = lhs.to_numpy(dtype=float).ravel()
+    # pandas hands the columns over column-major; X'WX and X @ beta are as fast that way
+    # (measured), so no row-major copy of the whole matrix.
+    X = rhs.to_numpy(dtype=float)
+    return y, X, [str(c) for c in rhs.columns]
+
+
+#: The rows formulaic builds its model spec from, for `direct_columns`.
+SPEC_ROWS = 5
+
+
+def direct_columns(frame: pd.DataFrame, design: Design) -> Optional[tuple]:
+    """When the design is plain numeric columns of ``frame`` and the intercept: the
+    response's column, the source of each column of X (a column name, None for the
+    intercept) and X's column names; otherwise None.
+
+    formulaic decides: it builds the model matrices of a few rows, and its model spec must
+    show one numeric response column and, on the right, terms that are the intercept or a
+    numeric column looked up by name, each giving one column of the same name. A model
+    matrix (a pandas frame) then a float copy of it would move the whole table twice; filled
+    from the columns directly, X is written once.
+    """
+    info = design.info
+    if info.categorical or info.standardized or len(frame) == 0:
+        return None
+    if not all(_plain_numeric(frame, col) for col in info.variables):
+        return None  # formulaic would encode (or convert) some column: leave it the work
+    mm = Formula(design.formula).get_model_matrix(frame.head(SPEC_ROWS), context=CONTEXT,
+                                                  na_action="ignore")
+    response, sources = _sources(mm.lhs.model_spec), _sources(mm.rhs.model_spec)
+    if response is None or len(response) != 1 or response[0] is None or sources is None:
+        return None
+    names = [str(c) for c in mm.rhs.columns]
+    if names != [c for entry in mm.rhs.model_spec.structure for c in entry.columns]:
+        return None
+    return response[0], sources, names
+
+
+def _plain_numeric(frame: pd.DataFrame, col: str) -> bool:
+    """A column of numpy integers or floats (not bool, not a pandas extension type)."""
+    column = frame.get(col)
+    return (isinstance(column, pd.Series) and isinstance(column.dtype, np.dtype)
+            and column.dtype.kind in "iuf")
+
+
+def _sources(spec) -> Optional[list]:
+    """Where each column of a model spec comes from: a column name, None for the intercept;
+    None if some column is anything else (a categorical, a transform, an interaction)."""
+    sources = []
+    for entry in spec.structure:
+        if len(entry.term.factors) != 1:
+            return None
+        factor = entry.term.factors[0]
+        if (factor.eval_method == Factor.EvalMethod.LITERAL and factor.expr == "1"
+                and list(entry.columns) == ["Intercept"]):
+            sources.append(None)
+        elif (factor.eval_method == Factor.EvalMethod.LOOKUP
+              and spec.encoder_state.get(factor.expr, (None,))[0] == Factor.Kind.NUMERICAL
+              and list(entry.columns) == [factor.expr]):
+            sources.append(factor.expr)
+        else:
+            return None
+    return sources
+
+
+def _direct_design(frame: pd.DataFrame, response: str, sources: list, names: list) -> tuple:
+    """y, X (column-major, as formulaic's would be) and the names, copied from ``frame``."""
+    y = np.array(frame[response].to_numpy(), dtype=float)
+    X = np.empty((len(frame), len(sources)), order="F")
+    for j, col in enumerate(sources):
+        X[:, j] = 1.0 if col is None else frame[col].to_numpy()
+    return y, X, list(names)
 
 
 def _column(frame: pd.DataFrame, name: Optional[str], n: int, default: float) -> np.ndarray:

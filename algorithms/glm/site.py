@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,46 @@ def _guarded(method):
     return wrapper
 
 
+def read_parquet(path: Any, columns: Optional[Collection[str]] = None) -> pd.DataFrame:
+    """The columns of a Parquet file that are in ``columns`` (all when None), in the file's
+    order, as `pandas.read_parquet` reads them.
+
+    Both go through pyarrow's ``Table.to_pandas`` (pandas' metadata restores the index, the
+    column names and dtypes). `pandas.read_parquet` reads each column in batches, which
+    ``to_pandas`` then copies into one 2-D block; here a column of one row group becomes its
+    own pandas block without a copy (``split_blocks``), and the file is memory-mapped rather
+    than first copied into a buffer (the values are decoded out of the mapping: the frame
+    never refers to the file). pyarrow's threads stay on: two workers reading at once on two
+    cores were faster with them (its pool follows ``OMP_NUM_THREADS`` when created, as an
+    `aia` worker sets it).
+    """
+    try:
+        import pyarrow.parquet as pq  # optional: CSV sites need none
+    except ImportError:  # pandas may have another engine (fastparquet)
+        frame = pd.read_parquet(path)
+        return frame if columns is None else frame[[c for c in frame if c in columns]]
+    with pq.ParquetFile(path, memory_map=True) as file:
+        names = None if columns is None else [c for c in file.schema_arrow.names if c in columns]
+        table = file.read(columns=names, use_pandas_metadata=True)
+    return table.to_pandas(split_blocks=True)
+
+
+def _is_parquet(source: Any) -> bool:
+    return isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".parquet", ".pq")
+
+
+def _non_missing(column: pd.Series) -> int:
+    """``column.count()``, without its temporary mask for numpy floats (NA is NaN there)."""
+    values = column.to_numpy() if isinstance(column.dtype, np.dtype) else None
+    if values is not None and values.dtype.kind == "f":
+        return len(values) - int(np.count_nonzero(np.isnan(values)))
+    return int(column.count())
+
+
 class Site:
     """One site's table. ``source`` is a path (CSV, or Parquet for ``.parquet``/``.pq``),
-    read lazily by the process that holds the site, or a DataFrame.
+    read lazily by the process that holds the site, or a DataFrame. Of a Parquet file, only
+    the columns a model uses are read.
 
     The guards come from the environment of that process (see `algorithms.glm.guards`);
     ``environ`` replaces it (for tests).
@@ -62,6 +99,7 @@ class Site:
         self.name = name or (Path(source).name if isinstance(source, (str, Path)) else None)
         self.guards = Guards.from_environment(environ)
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
+        self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
 
@@ -71,20 +109,36 @@ class Site:
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
         self._table, self._built, self._frame_cache = table, None, None
+        self._some_columns = None
         if name is not None:
             self.name = name
 
     @property
     def table(self) -> pd.DataFrame:
+        """The whole table (read from the source on first use)."""
         if self._table is None:
             if self.source is None:
                 raise SiteError("this site has no data")
-            path = Path(self.source)
-            if path.suffix.lower() in (".parquet", ".pq"):
-                self._table = pd.read_parquet(path)
+            if _is_parquet(self.source):
+                self._table = read_parquet(self.source)
             else:
-                self._table = pd.read_csv(path)
+                self._table = pd.read_csv(self.source)
         return self._table
+
+    def _columns(self, used: set) -> pd.DataFrame:
+        """A table with (at least) the columns of ``used`` that the source has.
+
+        Of a Parquet source not read whole, only those columns are read; they are kept, and
+        a later design that needs others reads them together with the ones held.
+        """
+        if self._table is not None or not _is_parquet(self.source):
+            return self.table
+        held = self._some_columns
+        if held is not None and used <= set(held.columns):
+            return held
+        wanted = used | (set(held.columns) if held is not None else set())
+        self._some_columns = read_parquet(self.source, wanted)
+        return self._some_columns
 
     # -- first contact --------------------------------------------------------------------
     def _frame(self, design: Design) -> tuple[pd.DataFrame, Guards]:
@@ -99,16 +153,19 @@ class Site:
         if self._frame_cache is not None and self._frame_cache[0] == key:
             return self._frame_cache[1], guards
         guards.check_columns(used)
-        missing = sorted(used - set(self.table.columns))
+        table = self._columns(used)
+        missing = sorted(used - set(table.columns))
         if missing:
             raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
-        table = self.table
         # Selecting columns copies them all: skip it when the model uses every column.
         frame = table if set(table.columns) == used else table[sorted(used)]
-        complete = frame.notna().all(axis=1).to_numpy()
-        guards.check_rows(int(complete.sum()), {c: int(frame[c].count()) for c in used})
-        # Take the complete rows only when some are incomplete: a take copies every column.
-        frame = frame if complete.all() else frame[complete]
+        counts = {c: _non_missing(frame[c]) for c in used}
+        if all(k == len(frame) for k in counts.values()):  # every row complete: no row mask
+            guards.check_rows(len(frame), counts)
+        else:
+            complete = frame.notna().all(axis=1).to_numpy()
+            guards.check_rows(int(complete.sum()), counts)
+            frame = frame[complete]  # a take copies every column: only when needed
         self._frame_cache = (key, frame)
         return frame, guards
 
