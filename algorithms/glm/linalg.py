@@ -11,10 +11,11 @@ squared here because X'WX squares norms, with room for the rounding that squarin
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
+from scipy.linalg.blas import dsyrk
 
 ALIAS_TOL = 1e-12
 
@@ -69,3 +70,23 @@ def solve(A: np.ndarray, b: np.ndarray, names: Sequence[str], when: str = ""):
     beta = s * cho_solve((L, True), s * b)
     inv = s[:, None] * cho_solve((L, True), np.eye(len(b))) * s[None, :]
     return beta, (inv + inv.T) / 2
+
+
+def weighted_sums(X: np.ndarray, weights: np.ndarray, z: np.ndarray,
+                  work: Optional[np.ndarray] = None) -> tuple:
+    """``(X'WX, X'Wz)`` for W = diag(weights) (weights >= 0), and the buffer used.
+
+    With A = sqrt(W) [X z], A'A holds X'WX in its top left block and X'Wz in its last
+    column: one BLAS ``syrk`` (which computes one triangle) reads the rows once for both,
+    where X'(WX) and then X'(Wz) would read them three times. ``work``, a column-major
+    buffer of A's shape, is reused across rounds: on a virtual machine, writing fresh memory
+    costs more than the product.
+    """
+    n, p = X.shape
+    if work is None or work.shape != (n, p + 1) or not work.flags.f_contiguous:
+        work = np.empty((n, p + 1), order="F")
+    root = np.sqrt(weights)
+    np.multiply(X, root[:, None], out=work[:, :p])
+    np.multiply(z, root, out=work[:, p])
+    upper = dsyrk(1.0, work, trans=1)
+    return np.triu(upper[:p, :p]) + np.triu(upper[:p, :p], 1).T, upper[:p, p].copy(), work

@@ -24,6 +24,7 @@ import pandas as pd
 from .design import (Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
 from .guards import Guards, PrivacyError
+from .linalg import weighted_sums
 from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Site:
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
+        self._work: Optional[np.ndarray] = None  # sqrt(W) X of the latest round, reused
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
 
     def __repr__(self) -> str:
@@ -108,7 +110,7 @@ class Site:
 
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
-        self._table, self._built, self._frame_cache = table, None, None
+        self._table, self._built, self._frame_cache, self._work = table, None, None, None
         self._some_columns = None
         if name is not None:
             self.name = name
@@ -235,17 +237,27 @@ class Site:
             weights = w * fam.working_weights(mu)
             z = eta - offset + fam.deriv(mu) * (y - mu)
             good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-            if not good.all():
-                X, weights, z = X[good], weights[good], z[good]
-            XW = X * weights[:, None]
+            if good.all():
+                xtwx, xtwz = self._weighted_sums(X, weights, z, keep=X is m.X)
+            else:  # R drops these rows from the weighted least squares
+                xtwx, xtwz, _ = weighted_sums(X[good], weights[good], z[good])
             return Contribution(
                 query.version, True, deviance=deviance,
                 pearson_chi2=fam.pearson_chi2(y, mu, w),
-                xtwx=X.T @ XW, xtwz=XW.T @ z,
+                xtwx=xtwx, xtwz=xtwz,
                 n_boundary=fam.boundary_count(mu),
                 null_deviance=self._null_deviance(fam, m, query.null),
                 **counts,
             )
+
+    def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
+                       keep: bool) -> tuple:
+        """X'WX and X'Wz; the buffer for sqrt(W) X is kept for the next round when X is
+        the whole design."""
+        xtwx, xtwz, work = weighted_sums(X, weights, z, self._work if keep else None)
+        if keep:
+            self._work = work
+        return xtwx, xtwz
 
     @staticmethod
     def _null_deviance(fam, m: ModelData, null) -> Optional[float]:
