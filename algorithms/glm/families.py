@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+from scipy import special
 from statsmodels.genmod import families as smf
 
 links = smf.links
@@ -195,6 +196,20 @@ class Family:
 
     def loglike(self, y, mu, w, scale: float) -> float:
         return float(self.sm.loglike(y, mu, var_weights=w, scale=scale))
+
+    def saturated_loglike(self, y, w) -> Optional[float]:
+        """statsmodels' log-likelihood of the saturated model (mu = y), for the families
+        whose log-likelihood at scale 1 is that minus half the deviance (binomial with one
+        trial per row, Poisson, relative survival): the fit then has its log-likelihood
+        without another pass over the rows. None for the others."""
+        sm = self.sm
+        if type(sm) is smf.Poisson:
+            return float(np.sum(w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
+        if type(sm) is smf.Binomial and np.all(np.asarray(sm.n) == 1):
+            binomial = special.gammaln(2.0) - special.gammaln(y + 1) - special.gammaln(2 - y)
+            return float(np.sum(w * (binomial + special.xlogy(y, y)
+                                     + special.xlogy(1 - y, 1 - y))))
+        return None
 
     # -- what R adds ----------------------------------------------------------------------
     def check_response(self, y, w) -> Optional[str]:

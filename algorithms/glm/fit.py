@@ -10,7 +10,9 @@ The steps, each one a pass over the sites (only sums come back to the central)::
                   asynchronous)
     4. null       with an offset (or relative survival), R's null deviance is the deviance
                   of the intercept-only model: a second FisherScoring run
-    5. loglike    every site sends its share of the log-likelihood at the estimate
+    5. loglike    every site sends its share of the log-likelihood at the estimate (binomial
+                  and Poisson need no pass: the saturated log-likelihood, sent with step 2,
+                  minus half the deviance)
 
 Each site lives on its own worker (one worker per site). ``cluster=None`` starts a temporary
 `aia.LocalCluster`; ``cluster="inprocess"`` keeps every site in this process (synchronous
@@ -113,7 +115,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         described = placed.call("describe", design)
         design = design.with_shared(merge_levels([d["levels"] for d in described]),
                                     merge_moments([d["moments"] for d in described]))
-        _same_columns([b["columns"] for b in placed.call("build", design)], names)
+        built = placed.call("build", design)
+        _same_columns([b["columns"] for b in built], names)
         algorithm = FisherScoring if method == "fisher" else GradientDescent
         main = algorithm(design, n_sites=len(sources), start=start)
         placed.run(main, stopat, synchronous, verbose)
@@ -128,7 +131,14 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
                               "converge", ConvergenceWarning, stacklevel=2)
             null_deviance = null.deviance
         scale = _scale(main, design)
-        llf = sum(placed.call("loglike", design, main.beta, _llf_scale(main, design, scale)))
+        llf_scale = _llf_scale(main, design, scale)
+        saturated = [b.get("saturated_loglike") for b in built]
+        if method == "fisher" and llf_scale == 1.0 and None not in saturated:
+            # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at
+            # the estimate itself; no pass over the rows.
+            llf = sum(saturated) - main.deviance / 2
+        else:
+            llf = sum(placed.call("loglike", design, main.beta, llf_scale))
     return _results(main, design, scale, null_deviance, llf, names, synchronous)
 
 

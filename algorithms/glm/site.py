@@ -186,8 +186,13 @@ class Site:
 
     @_guarded
     def build(self, design: Design) -> dict:
-        """Build (once per design) and check the design matrices; return the column names."""
-        return {"columns": tuple(self.model(design).names)}
+        """Build (once per design) and check the design matrices; return the column names
+        and, for the families that have one, the saturated log-likelihood (a sum, like the
+        deviance)."""
+        m = self.model(design)
+        with np.errstate(all="ignore"):
+            saturated = design.family.saturated_loglike(m.y, m.weights)
+        return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
         if self._built is not None and self._built[0] == design.token:
