@@ -148,11 +148,11 @@ class Worker:
     def reply(self, run: int, compute, kind: int = REPLY) -> None:
         """Send ``compute()`` back, or the exception it raised as text."""
         try:
-            message = transport.encode(compute())
+            data, buffers = transport.dumps(compute())
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the central
             self.channel.send(ERROR, remote_error(exc), run)
             return
-        self.channel.send_message(kind, run, message)
+        self.channel.send_pickled(kind, run, data, buffers)
 
 
 def load_run(pid: int, objects: dict, algorithm: bytes, problem: tuple) -> tuple:

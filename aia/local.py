@@ -407,24 +407,29 @@ class LocalRun(Run):
             self.poller.register(h.process.sentinel, (h, "dead"))
 
     def send(self, pid: int, query: Any) -> None:
-        self._send(pid, transport.encode(query))
+        self._send(pid, query)
 
     def broadcast(self, pids: Sequence[int], query: Any) -> None:
         message = transport.encode(query)  # pickled once; large arrays written once
         for pid in pids:
-            self._send(pid, message)
+            self._send(pid, None, message)
 
-    def _send(self, pid: int, message: transport.Message) -> None:
+    def _send(self, pid: int, query: Any, message: Optional[transport.Message] = None) -> None:
+        """Send ``query`` (or, already encoded, ``message``) to worker ``pid``."""
         h = self.live.get(pid)
         if h is None:
             return
         try:
-            h.channel.send_message(QUERY, self.run, message)
-            h.sent_at = time.monotonic()
-            self.busy.add(pid)
+            if message is None:
+                h.channel.send(QUERY, query, self.run)
+            else:
+                h.channel.send_message(QUERY, self.run, message)
         except ChannelClosed:
             self._lose(h)
             self.broken.append(h.exit_failure())
+            return
+        h.sent_at = time.monotonic()
+        self.busy.add(pid)
 
     def _answered(self, h: _Handle) -> None:
         self.busy.discard(h.pid)
@@ -442,39 +447,34 @@ class LocalRun(Run):
             return events
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            ready = self.poller.poll(timeout)
-            if len(ready) == 1 and ready[0][1] == "message":  # the common case, kept short
-                h = ready[0][0]
-                event = self.cluster._receive(h, self.run)
-                if event is not None:
-                    self._answered(h)
-                    if isinstance(event, Failed):
-                        self._lose(ready[0][0])
-                    return [event]
-                ready = []
-            events = []
+            events: list = []
+            deaths, messaged = [], []
             # Messages first: an answer sent just before a worker died still counts.
-            for h, what in sorted(ready, key=lambda r: r[1] != "message"):
-                if h.pid not in self.live:
-                    continue
-                if what == "message":
-                    event = self.cluster._receive(h, self.run)
-                elif any(r == (h, "message") for r in ready):
-                    continue  # its death shows up again at the next wait
-                else:
-                    event = h.exit_failure()
-                if event is None:
-                    continue  # a late answer of an earlier run
-                self._answered(h)
-                if isinstance(event, Failed):
-                    self._lose(h)
-                events.append(event)
+            for h, what in self.poller.poll(timeout):
+                if what == "dead":
+                    deaths.append(h)
+                elif h.pid in self.live:
+                    messaged.append(h)
+                    self._take(h, self.cluster._receive(h, self.run), events)
+            for h in deaths:
+                # If it had a message ready too (more may follow in its socket), its death
+                # shows up again at the next wait.
+                if h.pid in self.live and h not in messaged:
+                    self._take(h, h.exit_failure(), events)
             if events:
                 return events
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return events
+
+    def _take(self, h: _Handle, event, events: list) -> None:
+        if event is None:
+            return  # a late answer of an earlier run
+        self._answered(h)
+        if isinstance(event, Failed):
+            self._lose(h)
+        events.append(event)
 
     def close(self) -> None:
         for h in list(self.live.values()):

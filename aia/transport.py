@@ -279,19 +279,31 @@ class Channel:
     # -- sending --------------------------------------------------------------------------
     def send(self, kind: int, obj: Any, run: int = 0) -> None:
         """Send one message; raises TypeError if ``obj`` cannot be pickled."""
-        self.send_message(kind, run, encode(obj))
+        self.send_pickled(kind, run, *dumps(obj))
+
+    def send_pickled(self, kind: int, run: int, data: bytes, buffers: list) -> None:
+        """Send what `dumps` made of an object."""
+        if buffers:
+            self.send_message(kind, run, Message(data, buffers))
+        else:  # the loop's common case, kept short
+            self._send_small(kind, run, data)
 
     def send_message(self, kind: int, run: int, message: Message) -> None:
         """Send an encoded message (so one query is pickled, and written, once for all)."""
-        if not message.buffers:  # one contiguous frame, one send
-            data = message.data
-            frame = _HEAD_AND_LENGTH.pack(kind, 0, run, 0, _LENGTH.size + len(data),
-                                          self.received, len(data))
-            self._send_one((frame + data).ljust(_MIN_FRAME, b"\0"))
-        elif message.shared():
+        if not message.buffers:
+            self._send_small(kind, run, message.data)
+            return
+        if message.shared():
             self._send_shared(kind, run, message)
         else:
             self._send_inline(kind, run, message)
+        self.sent += 1
+
+    def _send_small(self, kind: int, run: int, data: bytes) -> None:
+        """A message without out-of-band buffers: one frame, one send."""
+        frame = _HEAD_AND_LENGTH.pack(kind, 0, run, 0, _LENGTH.size + len(data),
+                                      self.received, len(data))
+        self._send_one((frame + data).ljust(_MIN_FRAME, b"\0"))
         self.sent += 1
 
     def _send_inline(self, kind: int, run: int, message: Message) -> None:
