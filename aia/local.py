@@ -1,9 +1,9 @@
 """Worker processes on this machine: `LocalCluster`.
 
 Each worker is a `multiprocessing.Process` with its own stream socket to the central
-(`aia.transport`). The central waits with `multiprocessing.connection.wait` over the sockets
-of the workers it expects an answer from and the sentinels of every live worker, so a worker
-that dies is seen as soon as the operating system reaps it, not at the next timeout.
+(`aia.transport`). During a run the central waits on one poller (epoll on Linux) over every
+live worker's socket and process sentinel, so a worker that dies is seen as soon as the
+operating system reaps it, not at the next timeout.
 
 Start method: ``fork`` on Linux by default. It starts a worker in milliseconds and needs no
 ``if __name__ == "__main__"`` guard in the user's script (spawn and forkserver import the main
@@ -390,8 +390,8 @@ def _join_all(handles, grace: float) -> None:
 class LocalRun(Run):
     """The workers of one run on a `LocalCluster`.
 
-    It waits on one selector (epoll on Linux) registered once with every live worker's
-    socket and process sentinel: the same wait as `multiprocessing.connection.wait`, without
+    It waits on one poller (epoll on Linux) registered once with every live worker's socket
+    and process sentinel: the same wait as `multiprocessing.connection.wait`, without
     building and registering a new selector at every step of the loop.
     """
 
@@ -500,11 +500,9 @@ class _Poller:
     platform's default selector."""
 
     def __init__(self) -> None:
-        self._epoll = getattr(select, "epoll", None)
-        if self._epoll is not None:
-            self._epoll = self._epoll()
-            self._data: dict = {}
-        else:
+        self._data: dict = {}
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        if self._epoll is None:
             self._selector = selectors.DefaultSelector()
 
     def register(self, fd: int, data: Any) -> None:

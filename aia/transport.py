@@ -37,6 +37,7 @@ import os
 import pickle
 import socket
 import struct
+import weakref
 from typing import Any, Optional
 
 import cloudpickle
@@ -237,12 +238,19 @@ class _ArenaPool:
 
 
 _pool = _ArenaPool()
+_channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()  # for a forked child to clean up
 
 
 def _new_pool_in_child() -> None:
-    # A forked worker inherits the central's arenas: they are not its own to write.
+    """A forked child drops the shared memory it inherited: its parent's arenas are not its
+    own to write, and holding them (or the parent's mappings of other processes' arenas)
+    would keep their memory alive as long as the child lives."""
     global _pool
-    _pool = _ArenaPool()
+    inherited, _pool = _pool, _ArenaPool()
+    for arena in inherited.arenas:
+        arena.close()
+    for channel in list(_channels):
+        channel.unmap_peer_arenas()
 
 
 if hasattr(os, "register_at_fork"):
@@ -262,6 +270,7 @@ class Channel:
         self.peer_received = 0  # the peer's count, from its latest frame
         self.retired: list[int] = []  # our arenas the peer should unmap
         self._arenas: dict[int, mmap.mmap] = {}  # the peer's arenas, mapped here
+        _channels.add(self)
 
     def fileno(self) -> int:
         """So that `multiprocessing.connection.wait` can wait on the channel."""
@@ -271,10 +280,13 @@ class Channel:
         if not self.closed:
             self.closed = True
             _pool.forget(self)
-            for mapped in self._arenas.values():
-                _unmap(mapped)
-            self._arenas.clear()
+            self.unmap_peer_arenas()
         self.sock.close()
+
+    def unmap_peer_arenas(self) -> None:
+        for mapped in self._arenas.values():
+            _unmap(mapped)
+        self._arenas.clear()
 
     # -- sending --------------------------------------------------------------------------
     def send(self, kind: int, obj: Any, run: int = 0) -> None:

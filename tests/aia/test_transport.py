@@ -217,3 +217,34 @@ def test_large_queries_and_answers_between_real_processes(synchronous):
         for a, w in zip(answers, workers):
             np.testing.assert_array_equal(a, w * np.arange(n, dtype=float))
     np.testing.assert_array_equal(h.queries[-1], np.arange(n, dtype=float))
+
+
+def _arena_holdings(queue):
+    """In a child: how many aia arenas it maps or holds a descriptor of."""
+    import os as _os
+
+    maps = open("/proc/self/maps").read().count("aia-arena")
+    fds = sum("aia-arena" in _os.readlink(f"/proc/self/fd/{fd}")
+              for fd in _os.listdir("/proc/self/fd")
+              if _os.path.exists(f"/proc/self/fd/{fd}"))
+    queue.put((maps, fds))
+
+
+@shared_memory
+def test_a_forked_child_drops_the_arenas_it_inherited():
+    import multiprocessing as mp
+
+    (a,), (b,) = _pipes(1)
+    try:
+        a.send(transport.QUERY, _big(11))  # an arena of ours, and
+        b.recv()  # a mapping of the peer's (here: the same process)
+        mine = open("/proc/self/maps").read().count("aia-arena")
+        assert mine >= 2
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_arena_holdings, args=(queue,))
+        child.start()
+        assert queue.get(timeout=30) == (0, 0)
+        child.join(10)
+    finally:
+        _close(a, b)
