@@ -31,7 +31,7 @@ from typing import Any, Optional
 import cloudpickle
 
 from . import transport
-from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
+from .transport import ANSWER, ERROR, QUERY, REPLY, Channel, ChannelClosed
 
 #: Sockets of the central, registered so a forked worker can close its inherited copies
 #: (a copy left open would hide the central's death from the other workers).

@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 from . import _worker, transport
 from .cluster import Answer, Cluster, Failed, Run, WorkerClock
-from .transport import ANSWER, CONTROL, ERROR, QUERY, REPLY, Channel, ChannelClosed
+from .transport import ANSWER, CONTROL, ERROR, QUERY, Channel, ChannelClosed
 
 log = logging.getLogger("aia")
 

@@ -28,14 +28,12 @@ import json
 import logging
 import math
 import sys
-import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from statsmodels.genmod import families as smf
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 import aia
 from aia.algorithm import AbstractAlgorithm
@@ -44,10 +42,10 @@ from aia.errors import RemoteError, WorkerFailedError
 from aia.folder import FolderCluster, SitesTimeoutError, register, register_message
 from aia.folder.__main__ import add_site_arguments, read_key, run_site, setup_logging
 
-from .design import Design, FormulaError, SiteError, merge_levels, merge_moments
+from .design import Design, FormulaError, SiteError
 from .families import LINKS
 from .fisher import DesignMismatchError, FisherScoring
-from .fit import _llf_scale, _results, _same_columns, _scale, fit
+from .fit import fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError, check_min_sites
@@ -213,7 +211,8 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                                max_iter=max_iter)
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key)
     try:
-        result = _fit_steps(cluster, design, METHODS[method], tol, max_iter, verbose)
+        result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
+                           max_iter, True, verbose)
     except (PrivacyError, FormulaError, SiteError, DesignMismatchError, WorkerFailedError,
             _SiteFailed) as exc:  # the same again would fail the same way
         cluster.cancel(f"{type(exc).__name__}: {exc}")
@@ -225,34 +224,25 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     return result
 
 
-def _fit_steps(cluster: FolderCluster, design: Design, algorithm: type, tol: float,
-               max_iter: int, verbose: int) -> GLMResults:
-    names, n = cluster.sites, len(cluster.sites)
-    log.info("describing the sites (levels and moments)")
-    described = _ask(cluster, design, {"op": "describe"})
-    design = with_token(design.with_shared(merge_levels([d["levels"] for d in described]),
-                                           merge_moments([d["moments"] for d in described])))
-    log.info("building the design at every site")
-    _same_columns([b["columns"] for b in _ask(cluster, design, {"op": "build"})], names)
-    stopat = {"tol": tol, "maxit": max_iter}
-    log.info("fitting (%s)", "Fisher scoring" if algorithm is FisherScoring
-             else "gradient descent")
-    main = algorithm(design, n_sites=n)
-    aia.start(main, _no_problem, stopat, cluster=cluster, synchronous=True, verbose=verbose)
-    null_deviance = main.null_deviance
-    if null_deviance is None:  # an offset: R fits the intercept-only model
-        log.info("Fisher scoring of the intercept-only model (the null deviance)")
-        null = FisherScoring(design, null_model=True, n_sites=n)
-        aia.start(null, _no_problem, stopat, cluster=cluster, synchronous=True, verbose=0)
-        if not null.converged:
-            warnings.warn("the intercept-only fit behind the null deviance did not converge",
-                          ConvergenceWarning, stacklevel=3)
-        null_deviance = null.deviance
-    scale = _scale(main, design)
-    log.info("the log-likelihood")
-    llf = sum(_ask(cluster, design, {"op": "loglike", "beta": main.beta,
-                                     "scale": _llf_scale(main, design, scale)}))
-    return _results(main, design, scale, null_deviance, llf, names, True)
+class _FolderSites:
+    """The sites of a synced folder, as `algorithms.glm.fit.fit_steps` reaches them."""
+
+    def __init__(self, cluster: FolderCluster):
+        self.cluster = cluster
+
+    def call(self, method: str, design: Design, *args) -> list:
+        query = {"op": method}
+        if method == "loglike":
+            query.update(beta=args[0], scale=args[1])
+        return _ask(self.cluster, design, query)
+
+    @staticmethod
+    def prepare(design: Design) -> Design:
+        return with_token(design)  # named by content: a central started again resumes
+
+    def run(self, algorithm, stopat: dict, synchronous: bool, verbose: int) -> None:
+        aia.start(algorithm, _no_problem, stopat, cluster=self.cluster, synchronous=True,
+                  verbose=verbose)
 
 
 class _SiteFailed(RuntimeError):

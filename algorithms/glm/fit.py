@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 from statsmodels.genmod import families as smf
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
@@ -41,6 +41,8 @@ from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .results import GLMResults
 from .site import Site, SiteError, SiteGroup
+
+log = logging.getLogger(__name__)
 
 
 def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
@@ -110,35 +112,55 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     check_min_sites(len(sources), min_sites)
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
-    stopat = {"tol": tol, "maxit": max_iter}
     with _placed(sources, names, cluster) as placed:
-        described = placed.call("describe", design)
-        design = design.with_shared(merge_levels([d["levels"] for d in described]),
-                                    merge_moments([d["moments"] for d in described]))
-        built = placed.call("build", design)
-        _same_columns([b["columns"] for b in built], names)
-        algorithm = FisherScoring if method == "fisher" else GradientDescent
-        main = algorithm(design, n_sites=len(sources), start=start)
-        placed.run(main, stopat, synchronous, verbose)
-        null_deviance = main.null_deviance
-        if null_deviance is None:  # an offset: R fits the intercept-only model
-            # (one coefficient: Fisher scoring sends no more than a gradient would)
-            null = FisherScoring(design, null_model=True, n_sites=len(sources))
-            placed.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
-                       synchronous, 0)
-            if not null.converged:
-                warnings.warn("the intercept-only fit behind the null deviance did not "
-                              "converge", ConvergenceWarning, stacklevel=2)
-            null_deviance = null.deviance
-        scale = _scale(main, design)
-        llf_scale = _llf_scale(main, design, scale)
-        saturated = [b.get("saturated_loglike") for b in built]
-        if method == "fisher" and llf_scale == 1.0 and None not in saturated:
-            # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at
-            # the estimate itself; no pass over the rows.
-            llf = sum(saturated) - main.deviance / 2
-        else:
-            llf = sum(placed.call("loglike", design, main.beta, llf_scale))
+        return fit_steps(placed, design, names, method, tol, max_iter, synchronous, verbose,
+                         start)
+
+
+def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
+              tol: float = 1e-8, max_iter: int = 25, synchronous: bool = True,
+              verbose: int = 0, start: Any = None) -> GLMResults:
+    """The steps of a fit (see the module docstring) over ``sites``, wherever they live.
+
+    ``sites`` offers ``call(method, design, *args)``: ``site.method(design, *args)`` at every
+    site, the results in site order; ``run(algorithm, stopat, synchronous, verbose)``:
+    `aia.start` of the algorithm over the sites; and ``prepare(design)``: the design with the
+    merged levels and moments, as the sites are to see it. `fit` places sites on workers or
+    in this process; ``aia-glm central`` reaches them through a synced folder.
+    """
+    stopat = {"tol": tol, "maxit": max_iter}
+    log.info("describing the sites (levels and moments)")
+    described = sites.call("describe", design)
+    design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
+                                              merge_moments([d["moments"] for d in described])))
+    log.info("building the design at every site")
+    built = sites.call("build", design)
+    _same_columns([b["columns"] for b in built], names)
+    log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
+    algorithm = FisherScoring if method == "fisher" else GradientDescent
+    main = algorithm(design, n_sites=len(names), start=start)
+    sites.run(main, stopat, synchronous, verbose)
+    null_deviance = main.null_deviance
+    if null_deviance is None:  # an offset: R fits the intercept-only model
+        # (one coefficient: Fisher scoring sends no more than a gradient would)
+        log.info("Fisher scoring of the intercept-only model (the null deviance)")
+        null = FisherScoring(design, null_model=True, n_sites=len(names))
+        sites.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
+                  synchronous, 0)
+        if not null.converged:
+            warnings.warn("the intercept-only fit behind the null deviance did not "
+                          "converge", ConvergenceWarning, stacklevel=3)
+        null_deviance = null.deviance
+    scale = _scale(main, design)
+    llf_scale = _llf_scale(main, design, scale)
+    saturated = [b.get("saturated_loglike") for b in built]
+    if method == "fisher" and llf_scale == 1.0 and None not in saturated:
+        # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
+        # estimate itself; no pass over the rows.
+        llf = sum(saturated) - main.deviance / 2
+    else:
+        log.info("the log-likelihood")
+        llf = sum(sites.call("loglike", design, main.beta, llf_scale))
     return _results(main, design, scale, null_deviance, llf, names, synchronous)
 
 
@@ -205,6 +227,10 @@ class _Placed:
         """``site.method(*args)`` on every site, in site order."""
         results = self.handle.map(functools.partial(_call, method, args))
         return _unwrap(results, self.pids, self.names)
+
+    @staticmethod
+    def prepare(design: Design) -> Design:
+        return design
 
     def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int):
         if self.cluster is None:  # in process
@@ -288,12 +314,12 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
                 else "fitted rates numerically 0 occurred")
         notes.append(f"{what}: (quasi-)complete separation; the maximum likelihood estimate "
                      "does not exist and some coefficients diverge")
-        warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=3)
+        warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=4)
         converged = False
     elif not converged:
         notes.append("the algorithm did not converge")
         warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
-                      ConvergenceWarning, stacklevel=3)
+                      ConvergenceWarning, stacklevel=4)
     if isinstance(main, GradientDescent) and main.stalled:
         notes.append("gradient descent stalled: the line search found no step that "
                      "decreases the deviance")

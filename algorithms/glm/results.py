@@ -14,7 +14,6 @@ Conventions where statsmodels and R differ:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import pandas as pd
