@@ -22,9 +22,10 @@ the global moments of ``center``/``scale``, the intercept-only fit behind the nu
 deviance with an offset, and the log-likelihood.)
 """
 
+from .base import DesignMismatchError, NonFiniteError
 from .design import Design, FormulaError, inspect_formula
 from .families import Family, resolve
-from .fisher import DesignMismatchError, FisherScoring, NonFiniteError
+from .fisher import FisherScoring
 from .fit import fit
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError

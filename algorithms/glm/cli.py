@@ -44,7 +44,8 @@ from aia.folder.__main__ import add_site_arguments, read_key, run_site, setup_lo
 
 from .design import Design, FormulaError, SiteError
 from .families import LINKS
-from .fisher import DesignMismatchError, FisherScoring
+from .base import DesignMismatchError
+from .fisher import FisherScoring
 from .fit import fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent, GradientQuery, Score

@@ -26,32 +26,16 @@ one of synchronous mode, to ``tol`` (the covariance is X'WX at the estimate itse
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
-from aia.algorithm import AbstractAlgorithm
-
-from .design import Design
 from .linalg import solve
+from .base import _HOLD_MAX, _HOLD_START, NonFiniteError, SiteAlgorithm
 from .messages import Contribution, Query, combine
 from .site import SiteGroup
 
-INTERCEPT = "Intercept"
-_HOLD_START, _HOLD_MAX = 0.001, 0.05  # seconds: a holding site's back-off
-
-
-class DesignMismatchError(ValueError):
-    """The sites built different design columns."""
-
-
-class NonFiniteError(FloatingPointError):
-    """A site's contribution, or the coefficients, are not finite."""
-
-
-class FisherScoring(AbstractAlgorithm):
+class FisherScoring(SiteAlgorithm):
     """Fisher scoring (IRLS) for a GLM over sites; see the module docstring.
 
     ``design``: a `Design`, or a formula with the arguments of `Design.make` (``family``,
@@ -67,71 +51,20 @@ class FisherScoring(AbstractAlgorithm):
     ``fisher_iterations``, ``converged``, ``column_names``.
     """
 
-    def __init__(self, design: Any, family: Any = "gaussian", link: Any = None, *,
-                 null_model: bool = False, n_sites: Optional[int] = None, start=None,
-                 **columns):
-        if not isinstance(design, Design):
-            design = Design.make(design, family, link, **columns)
-        self.design = design
-        self.null_model = null_model
-        self.n_sites = n_sites
-        self.start = None if start is None else np.asarray(start, dtype=float)
-        self._subset = (INTERCEPT,) if null_model else None
-        self._reset()
-
     def _reset(self) -> None:
         """The central's state, fresh for each run."""
-        self.beta: Optional[np.ndarray] = None  # accepted: its deviance is known
-        self.cov_unscaled: Optional[np.ndarray] = None
-        self.deviance = self.pearson_chi2 = self.null_deviance = None
-        self.criterion: Optional[float] = None
-        self.iterations = 0
-        self.converged = False
-        self.column_names: Optional[list] = None
-        self.nobs = self.n_ok = 0
-        self.n_boundary = 0
+        super()._reset()
         self.halvings = 0
-        self.boundary = False  # R's flag: step-halving happened
-        self._mode = "sync"
-        self._tol = 1e-8
-        self._maxit = 25
-        self._version = 0
-        self._betas: dict = {}
         self._dev_old: Optional[float] = None
         self._coefold: Optional[np.ndarray] = None  # R's coefold: the last valid coefficients
         self._inv_prev: Optional[np.ndarray] = None
-        self._null_mode: Optional[str] = None
-        self._null_value: Any = None
-        self._done = False
         # asynchronous mode
-        self._latest: dict = {}
-        self._sent: dict = {}
-        self._null_parts: dict = {}
-        self._hold: dict = {}
-        self._phase = "gather"
-        self._target: Optional[int] = None
         self._mixed_dev: Optional[float] = None
         self._consistent: Optional[float] = None  # the deviance of the last consistent
         # round (every site at the same coefficients)
         self._quiet = 0
         self._async_solves = 0
         self._consistent_rounds = 0
-        self._last = None  # worker side: the last answer, resent on hold
-
-    # -- worker -----------------------------------------------------------------------------
-    def _resend(self, q) -> Any:
-        """A hold query: wait, then send the last answer again (nothing new to compute)."""
-        time.sleep(q.hold)
-        if isinstance(self._last, list):
-            return [c.again() for c in self._last]
-        return self._last.again()
-
-    @staticmethod
-    def _local_sites(problem: Any) -> list:
-        """The sites this worker answers for."""
-        if problem is None:
-            raise RuntimeError("this worker holds no site")
-        return problem.sites if isinstance(problem, SiteGroup) else [problem]
 
     def answer(self, q: Query, problem: Any):
         if q.hold:
@@ -148,39 +81,6 @@ class FisherScoring(AbstractAlgorithm):
             return Query(0)
         self._betas[0] = self._coefold = self.start
         return Query(0, self.start)
-
-    def _query(self, beta: np.ndarray) -> int:
-        if not np.all(np.isfinite(beta)):
-            raise NonFiniteError(f"the coefficients are not finite at iteration {self.iterations}")
-        self._version += 1
-        self._betas[self._version] = beta
-        return self._version
-
-    def _first_round(self, contribs: Sequence[Contribution]) -> None:
-        """Version 0: check that every site built the same columns; set up the null model."""
-        columns = [c.columns for c in contribs]
-        if any(cols != columns[0] for cols in columns):
-            detail = "; ".join(f"{c.site or i + 1}: {list(c.columns)}"
-                               for i, c in enumerate(contribs))
-            raise DesignMismatchError(f"the sites built different design columns ({detail})")
-        self.column_names = list(columns[0])
-        total = combine(contribs)
-        self.nobs, self.n_ok = total.nobs, total.n_ok
-        if self.null_model:
-            self._null_mode = None
-        elif INTERCEPT not in self.column_names:
-            self._null_mode, self._null_value = "offset", "offset"
-        elif self.design.has_offset or self.design.family.relative_survival:
-            self._null_mode = "refit"  # R fits the intercept-only model: see glm.fit
-        else:
-            self._null_mode, self._null_value = "mean", total.sum_wy / total.sum_w
-
-    def _check(self, contribs: Sequence[Contribution]) -> None:
-        bad = [c.site or "?" for c in contribs
-               if not (np.all(np.isfinite(c.xtwx)) and np.all(np.isfinite(c.xtwz)))]
-        if bad:
-            raise NonFiniteError(f"site(s) {bad} sent a non-finite X'WX or X'Wz "
-                                 f"at iteration {self.iterations}")
 
     def _solve(self, total: Contribution):
         return solve(total.xtwx, total.xtwz, self.column_names,
@@ -207,17 +107,6 @@ class FisherScoring(AbstractAlgorithm):
             raise NonFiniteError("inner loop: cannot correct the step size")
         self.boundary = True
         return self._query((self._betas[version] + reference) / 2)
-
-    def _take_null(self, worker, c: Contribution, n: int) -> None:
-        if self._null_mode in ("mean", "offset") and c.null_deviance is not None:
-            self._null_parts[worker] = c.null_deviance
-            if len(self._null_parts) == n:
-                self.null_deviance = float(sum(self._null_parts.values()))
-
-    def _null_for(self, worker) -> Any:
-        if self._null_mode in ("mean", "offset") and worker not in self._null_parts:
-            return self._null_value
-        return None
 
     # -- central: synchronous -------------------------------------------------------------
     def sync_central_step(self, answers: Sequence[Any], workers: Sequence[int], problem: Any):
@@ -247,12 +136,6 @@ class FisherScoring(AbstractAlgorithm):
         return Query(v, beta, self._null_for(0))
 
     # -- central: asynchronous ------------------------------------------------------------
-    def _n_expected(self) -> int:
-        """How many sites answer (the asynchronous central step is not told)."""
-        if not self.n_sites:
-            raise ValueError("FisherScoring needs n_sites=... in asynchronous mode")
-        return self.n_sites
-
     def central_step(self, a: Contribution, worker: int, problem: Any) -> Query:
         self._mode = "async"
         if isinstance(a, list):
@@ -385,16 +268,4 @@ class FisherScoring(AbstractAlgorithm):
         return [("deviance", dev), ("criterion", self.criterion)]
 
     def report(self) -> dict:
-        names = self.column_names if self._subset is None else list(self._subset)
-        params = None if self.beta is None else pd.Series(self.beta, index=names)
-        return {
-            "params": params,
-            "cov_unscaled": self.cov_unscaled,
-            "deviance": self.deviance,
-            "pearson_chi2": self.pearson_chi2,
-            "null_deviance": self.null_deviance,
-            "nobs": self.nobs,
-            "fisher_iterations": self.iterations,
-            "converged": self.converged,
-            "column_names": names,
-        }
+        return {**super().report(), "fisher_iterations": self.iterations}

@@ -35,7 +35,8 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 import aia
 
 from .design import Design, FormulaError, merge_levels, merge_moments
-from .fisher import DesignMismatchError, FisherScoring
+from .base import DesignMismatchError
+from .fisher import FisherScoring
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites

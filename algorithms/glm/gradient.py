@@ -95,7 +95,7 @@ import numpy as np
 from scipy.linalg import cho_solve
 
 from .design import Design
-from .fisher import NonFiniteError, FisherScoring
+from .base import NonFiniteError, SiteAlgorithm
 from .linalg import factor, solve
 from .messages import Contribution, Query, combine
 from .site import Site, SiteGroup, _guarded
@@ -183,14 +183,15 @@ class _SiteState:
     model: bool = False  # the score is the first round's linear model, not an answer
 
 
-class GradientDescent(FisherScoring):
+class GradientDescent(SiteAlgorithm):
     """A GLM by preconditioned gradient descent, as an `aia` algorithm (see the module
     docstring). The arguments are `FisherScoring`'s: a `Design` (or a formula, family and
     link), ``n_sites`` (needed in asynchronous mode) and ``start``.
 
-    It shares `FisherScoring`'s bookkeeping (the check that every site built the same
-    columns, the set-up of the null deviance, the numbering of coefficients) and its
-    results: ``params`` (``beta``), ``cov_unscaled``, ``deviance``, ``converged``...
+    It shares `SiteAlgorithm`'s bookkeeping with `FisherScoring` (the check that every
+    site built the same columns, the set-up of the null deviance, the numbering of
+    coefficients) and its results: ``params`` (``beta``), ``cov_unscaled``, ``deviance``,
+    ``converged``...
     """
 
     def _reset(self) -> None:
@@ -595,7 +596,6 @@ class GradientDescent(FisherScoring):
 
     def report(self) -> dict:
         out = super().report()
-        del out["fisher_iterations"]
         out.update({
             "gradient_iterations": self.iterations,
             "score_rounds": self.score_rounds,

@@ -83,7 +83,7 @@ def test_information_criteria(logit):
 
 def test_public_names_are_listed():
     public = {n for n in dir(glm) if not n.startswith("_")} - {
-        "design", "families", "fisher", "fit", "gradient", "guards", "linalg", "messages",
+        "base", "design", "families", "fisher", "fit", "gradient", "guards", "linalg", "messages",
         "results", "site", "demo", "cli"}
     assert sorted(glm.__all__) == glm.__all__
     assert public | {"fit"} == set(glm.__all__)
