@@ -59,7 +59,6 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # the central died before we got here
     _limit_blas(blas_threads)
-    _batch_scheduling()
     _watch_parent(os.getppid())
     channel.send(REPLY, os.getpid(), 0)
     Worker(pid, channel).serve()
@@ -195,20 +194,6 @@ def _limit_blas(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
-
-
-def _batch_scheduling() -> None:
-    """Linux: schedule this worker as a batch process (``SCHED_BATCH``, same share of the CPU).
-
-    A worker woken by a query then does not preempt the process running on its core: when
-    there are more processes than cores, that is often the central, which is on the path of
-    every other worker's next query. Measured (benchmarks/overhead.py, 2 cores): the
-    asynchronous 10-float loop runs 8% faster with 2 workers, 33% with 4.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError):  # not on Linux, or not allowed: the default policy
-        pass
 
 
 def _die_with_parent() -> None:

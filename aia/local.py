@@ -448,19 +448,18 @@ class LocalRun(Run):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             events: list = []
-            deaths, messaged = [], []
+            ready = self.poller.poll(timeout)
             # Messages first: an answer sent just before a worker died still counts.
-            for h, what in self.poller.poll(timeout):
-                if what == "dead":
-                    deaths.append(h)
-                elif h.pid in self.live:
-                    messaged.append(h)
+            for h, what in ready:
+                if what == "message" and h.pid in self.live:
                     self._take(h, self.cluster._receive(h, self.run), events)
-            for h in deaths:
-                # If it had a message ready too (more may follow in its socket), its death
-                # shows up again at the next wait.
-                if h.pid in self.live and h not in messaged:
-                    self._take(h, h.exit_failure(), events)
+            if len(events) < len(ready):  # deaths, or stale messages
+                for h, what in ready:
+                    # A death whose worker had a message ready too (more may follow in its
+                    # socket) shows up again at the next wait.
+                    if (what == "dead" and h.pid in self.live
+                            and (h, "message") not in ready):
+                        self._take(h, h.exit_failure(), events)
             if events:
                 return events
             if deadline is not None:

@@ -161,6 +161,10 @@ class _Central:
         log.warning("aia: %s; the run goes on without it (%d of %d failures tolerated)",
                     failure, len(failures), self.resilience)
         rec.remove_worker(failure)
+        # An algorithm that keeps per-worker state (AggregationAlgorithm) forgets the worker.
+        left = getattr(self.algorithm, "worker_left", None)
+        if callable(left):
+            left(failure.worker)
 
     def loop_async(self) -> None:
         alg, rec, run = self.algorithm, self.recorder, self.run
@@ -179,7 +183,7 @@ class _Central:
                     continue
                 pid = event.pid
                 alg.staleness = staleness = rec.iteration - sent_at[pid]
-                rec.consumed((pid,), (staleness,))
+                rec.consumed_one(pid, staleness)
                 q = alg.central_step(event.value, pid, self.problem)
                 stop = rec.stepped(q, event.value, pid)
                 self.progress.update()

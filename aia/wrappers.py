@@ -25,8 +25,10 @@ no such method), and forward ``staleness``: when the engine sets ``wrapper.stale
 central step, ``inner.staleness`` is set to the same value, so ``inner.aggregate``/``query``
 and the hooks can read it.
 
-A worker that fails keeps its last answer in the aggregate/average: the wrapper is not told of
-failures, and `AveragingAlgorithm` could not remove a contribution it does not hold anyway.
+A worker that fails (and is tolerated, ``resilience``) leaves `AggregationAlgorithm`'s
+aggregate: the engine calls ``worker_left(worker)`` and the wrapper drops its stored answer.
+It stays in `AveragingAlgorithm`'s average: the central holds only the weighted sum, not the
+share of each worker it would take to remove one.
 
 Run state (the stored answers, the running sum, each worker's record of what it sent) is not
 pickled: the copy of the wrapper a worker receives starts clean, and ``initialize`` resets it,
@@ -184,6 +186,10 @@ class AggregationAlgorithm(_Wrapper):
         workers = sorted(self._latest)
         aggregated = self.inner.aggregate([self._latest[w] for w in workers], workers)
         return self.inner.query(aggregated, problem)
+
+    def worker_left(self, worker: int) -> None:
+        """Worker ``worker`` failed and left the run: its answer leaves the aggregate."""
+        self._latest.pop(worker, None)
 
     @property
     def latest_answers(self) -> dict:

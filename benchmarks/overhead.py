@@ -105,7 +105,9 @@ def raw_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> fl
 
 def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool,
              shared_memory: bool = True) -> float:
-    """``shared_memory=False``: large arrays in the socket frames, as without memfd."""
+    """Iterations (or rounds) per second of `aia.start` on a `LocalCluster`.
+    ``shared_memory=False``: large arrays in the socket frames, as without memfd. The answers
+    of the least-served worker, as a fraction of an equal share, go to ``LEAST_SHARE``."""
     saved = transport.SHARED_MIN
     if not shared_memory:
         transport.SHARED_MIN = None  # read at each send, inherited by the forked workers
@@ -115,8 +117,13 @@ def aia_loop(n_workers: int, size: int, seconds: float, synchronous: bool,
                           synchronous=synchronous, verbose=0)
     finally:
         transport.SHARED_MIN = saved
+    LEAST_SHARE.append(min(h.answer_count.values()) * n_workers / sum(h.answer_count.values()))
     # From the first step to the last, as the raw loop measures.
     return h.iterations[-1] / (h.timestamps[-1] - h.timestamps[0])
+
+
+#: Per `aia_loop` run: the least-served worker's answers over an equal share (1: even).
+LEAST_SHARE: list = []
 
 
 def ray_loop(n_workers: int, size: int, seconds: float, synchronous: bool) -> float:
@@ -204,10 +211,11 @@ def main(argv=None) -> None:
     for name, n, size, sync in cases:
         # Alternate the two loops and take medians: with more processes than cores, the
         # scheduler alone moves one run by 20% or more.
-        raws, ours, unshared = [], [], []
+        raws, ours, unshared, shares = [], [], [], []
         for _ in range(args.repeats):
             raws.append(raw_loop(n, size, args.seconds, sync))
             ours.append(aia_loop(n, size, args.seconds, sync))
+            shares.append(LEAST_SHARE[-1])
             if size >= 10**5:  # what shared memory buys: the same run with arrays in frames
                 unshared.append(aia_loop(n, size, args.seconds, sync, shared_memory=False))
         raw, mine = float(np.median(raws)), float(np.median(ours))
@@ -216,7 +224,8 @@ def main(argv=None) -> None:
                      "ratio_range": [min(o / r for o, r in zip(ours, raws)),
                                      max(o / r for o, r in zip(ours, raws))],
                      "aia_without_shared_memory_per_s":
-                         float(np.median(unshared)) if unshared else None})
+                         float(np.median(unshared)) if unshared else None,
+                     "least_served_worker_share": float(min(shares))})
     with_ray = _has_ray()
     if with_ray:
         # One local runtime for every case: the first cluster starts it, the others attach.
@@ -226,7 +235,7 @@ def main(argv=None) -> None:
     unit = "iterations/s (async) or rounds/s (sync)"
     ray_head = f"{'aia on Ray':>14}" if with_ray else ""
     print(f"\n{'case':<20}{'workers':>8}{'raw pipe':>14}{'aia':>14}{'aia / raw':>12}"
-          f"{'range':>14}{'aia, no shm':>14}{ray_head}")
+          f"{'range':>14}{'aia, no shm':>14}{'least share':>13}{ray_head}")
     for r in rows:
         ray_cell = f"{r['ray_per_s']:>14.0f}" if with_ray else ""
         low, high = r["ratio_range"]
@@ -234,9 +243,10 @@ def main(argv=None) -> None:
         unshared = "-" if unshared is None else f"{unshared:.0f}"
         print(f"{r['case']:<20}{r['workers']:>8}{r['raw_pipe_per_s']:>14.0f}"
               f"{r['aia_per_s']:>14.0f}{r['ratio']:>12.2f}{f'{low:.2f}-{high:.2f}':>14}"
-              f"{unshared:>14}{ray_cell}")
+              f"{unshared:>14}{r['least_served_worker_share']:>13.2f}{ray_cell}")
     print(f"({unit}; medians of {args.repeats} alternating runs of {args.seconds:.0f} s; "
-          f"{os.cpu_count()} cores)")
+          f"{os.cpu_count()} cores; least share: the answers of aia's least-served worker "
+          f"over an equal share, lowest of the runs)")
     startup, death = startup_seconds(2), death_seconds()
     print(f"start of a 2-worker LocalCluster: {startup * 1e3:.0f} ms (median of 5); "
           f"a killed worker seen after {death * 1e3:.1f} ms (median of 3)")

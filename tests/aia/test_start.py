@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -212,10 +210,3 @@ def test_async_sgd_gets_near_the_solution():
     x_true = np.random.default_rng(1).normal(size=5)
     assert np.linalg.norm(sgd.x - x_true) < 0.1 * np.linalg.norm(x_true)
 
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
-def test_workers_are_batch_processes_and_the_central_is_not(cluster):
-    # A woken worker must not preempt the central, which is on every other worker's path.
-    for os_pid in cluster.os_pids().values():
-        assert os.sched_getscheduler(os_pid) == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -11,6 +11,7 @@ import copy
 import io
 import math
 import pickle
+import time
 from fractions import Fraction
 
 import cloudpickle
@@ -556,3 +557,42 @@ def test_missing_weight_is_caught_before_any_process_starts():
         aia.start(aia.AveragingAlgorithm(Inner(), weights={1: 1.0}), lambda pid: None,
                   {"iteration": 3}, cluster=2, verbose=0)
     assert len(psutil.Process().children(recursive=True)) == before
+
+
+class DiesOnWorker2:
+    """Worker 2 exits at its third answer; every answer is the worker's id."""
+
+    def __init__(self):
+        self.seen = []
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        import os as _os
+
+        self.count = getattr(self, "count", 0) + 1
+        if problem == 2 and self.count == 3:
+            _os._exit(3)
+        time.sleep(0.002)  # every worker takes turns, whatever the scheduler
+        return float(problem)
+
+    def aggregate(self, answers, workers):
+        self.seen.append(list(workers))
+        return sum(answers)
+
+    def query(self, aggregated, problem):
+        return len(self.seen)
+
+
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_a_failed_worker_leaves_the_aggregate(synchronous):
+    alg = aia.AggregationAlgorithm(DiesOnWorker2())
+    h = aia.start(alg, pid_problem, {"iteration": 60}, cluster=3, resilience=1,
+                  synchronous=synchronous, verbose=0)
+    assert [f.worker for f in h.failures] == [2]
+    seen = alg.inner.seen
+    assert any(2 in workers for workers in seen)  # it was aggregated while it lived
+    after = seen[h.failures[0].iteration:]  # from the step that followed the failure
+    assert after and all(workers == [1, 3] for workers in after)
+    assert set(alg.latest_answers) == {1, 3}
