@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -248,3 +249,30 @@ def test_a_forked_child_drops_the_arenas_it_inherited():
         child.join(10)
     finally:
         _close(a, b)
+
+
+def test_the_central_polls_only_while_answers_come_fast():
+    import socket
+    import time
+
+    from aia.local import SPIN, _Poller
+
+    a, b = socket.socketpair()
+    poller = _Poller()
+    try:
+        poller.register(b.fileno(), "b")
+        a.send(b"x")
+        assert poller.poll(None) == ["b"]  # at once: a fast answer, the next wait may poll
+        b.recv(1)
+        fast = poller._fast
+        cpu = time.process_time()
+        assert poller.poll(0.3) == []  # nothing comes: one poll of SPIN, then sleep
+        assert poller._fast is False
+        cpu_slow = time.process_time()
+        assert poller.poll(0.3) == []  # after a slow wait it sleeps at once
+        assert time.process_time() - cpu_slow < 0.05 and cpu_slow - cpu < 0.05
+        assert fast is (sys.platform.startswith("linux")) or SPIN == 0
+    finally:
+        poller.close()
+        a.close()
+        b.close()
