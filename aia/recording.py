@@ -64,12 +64,6 @@ class Recorder:
         self._checkpoint(q0, None, None)
         return self.should_stop()
 
-    def consumed_one(self, worker: int, staleness: int) -> None:
-        """`consumed` for one answer (the asynchronous loop's step)."""
-        self.history.answer_count[worker] += 1
-        self.history.staleness[worker].append(staleness)
-        self.answered.add(worker)
-
     def consumed(self, workers: Sequence[int], staleness: Sequence[int]) -> None:
         """The answers of ``workers`` were consumed by the central step about to run."""
         count, stale = self.history.answer_count, self.history.staleness

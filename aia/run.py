@@ -104,9 +104,14 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
 def _check_workers(algorithm, pids: Sequence[int]) -> None:
     """Let an algorithm that depends on the workers (e.g. averaging weights) check them
     before any process starts."""
-    check = getattr(algorithm, "check_workers", None)
-    if callable(check):
-        check(list(pids))
+    _call_if_defined(algorithm, "check_workers", list(pids))
+
+
+def _call_if_defined(algorithm, name: str, *args) -> None:
+    """``algorithm.name(*args)`` for the engine's optional calls (the wrappers define them)."""
+    method = getattr(algorithm, name, None)
+    if callable(method):
+        method(*args)
 
 
 def _central_problem(problem) -> Any:
@@ -162,9 +167,7 @@ class _Central:
                     failure, len(failures), self.resilience)
         rec.remove_worker(failure)
         # An algorithm that keeps per-worker state (AggregationAlgorithm) forgets the worker.
-        left = getattr(self.algorithm, "worker_left", None)
-        if callable(left):
-            left(failure.worker)
+        _call_if_defined(self.algorithm, "worker_left", failure.worker)
 
     def loop_async(self) -> None:
         alg, rec, run = self.algorithm, self.recorder, self.run
@@ -183,7 +186,7 @@ class _Central:
                     continue
                 pid = event.pid
                 alg.staleness = staleness = rec.iteration - sent_at[pid]
-                rec.consumed_one(pid, staleness)
+                rec.consumed((pid,), (staleness,))
                 q = alg.central_step(event.value, pid, self.problem)
                 stop = rec.stepped(q, event.value, pid)
                 self.progress.update()

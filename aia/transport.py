@@ -138,6 +138,11 @@ def encode(obj: Any) -> Message:
     return Message(*dumps(obj))
 
 
+def _length_table(data: bytes, buffers: list) -> bytes:
+    """The table of lengths: the pickle stream's, then each out-of-band buffer's."""
+    return _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+
+
 def _layout(lengths) -> tuple[list[int], int]:
     """Offsets of consecutive buffers, each aligned, and the total size."""
     offsets, end = [], 0
@@ -320,8 +325,7 @@ class Channel:
 
     def _send_inline(self, kind: int, run: int, message: Message) -> None:
         data, buffers = message.data, message.buffers
-        # The table of lengths holds the pickle stream's length, then each buffer's.
-        lengths = _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+        lengths = _length_table(data, buffers)
         parts: list = [lengths, data]
         offset = len(lengths) + len(data)
         for b in buffers:
@@ -347,7 +351,7 @@ class Channel:
         new = self not in arena.known_by
         retired, self.retired = self.retired, []
         data, buffers = message.data, message.buffers
-        table = (_LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+        table = (_length_table(data, buffers)
                  + _ARENA.pack(arena.ident, arena.size, new, len(retired))
                  + b"".join(_LENGTH.pack(r) for r in retired))
         size = len(table) + len(data)
