@@ -19,6 +19,7 @@ import pandas as pd
 from aia.algorithm import AbstractAlgorithm
 
 from .design import Design
+from .guards import ENVIRONMENT, PrivacyError
 from .messages import Contribution, combine
 from .site import SiteGroup
 
@@ -62,6 +63,7 @@ class SiteAlgorithm(AbstractAlgorithm):
         self.nobs = self.n_ok = 0
         self.n_boundary = 0
         self.boundary = False  # R's flag: step-halving happened
+        self.withheld: list = []  # sites that withheld their sums (disclosure)
         self._mode = "sync"
         self._tol = 1e-8
         self._maxit = 25
@@ -125,6 +127,17 @@ class SiteAlgorithm(AbstractAlgorithm):
         if bad:
             raise NonFiniteError(f"site(s) {bad} sent a non-finite X'WX or X'Wz "
                                  f"at iteration {self.iterations}")
+
+    def _withheld(self, contribs: Sequence[Contribution]) -> list:
+        """The sites that withheld their sums (their weights would single out a row); a
+        `PrivacyError` when there is no accepted estimate to stop at."""
+        sites = [c.site or "?" for c in contribs if c.withheld]
+        if sites and self.beta is None:
+            raise PrivacyError(
+                ENVIRONMENT["max_leverage"], "the site's",
+                f"site(s) {sites} withheld their sums: at these coefficients, the weights "
+                "single out a row", site=", ".join(sites))
+        return sites
 
     def _take_null(self, worker, c: Contribution, n: int) -> None:
         if self._null_mode in ("mean", "offset") and c.null_deviance is not None:

@@ -22,6 +22,7 @@ everywhere.
 from __future__ import annotations
 
 import ast
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -247,6 +248,20 @@ class Design:
         roles = {"weights": self.weights, "offset": self.offset,
                  "exposure": self.exposure, "expected": self.expected}
         return {k: v for k, v in roles.items() if v is not None}
+
+    @property
+    def model_key(self) -> str:
+        """The model whatever its shared levels and moments (a site's audit and budget count
+        models by it): a digest of the formula, family, link and columns."""
+        text = "\x1f".join(str(v) for v in (
+            " ".join(self.formula.split()), self.family.name, self.family.link_name,
+            self.weights, self.offset, self.exposure, self.expected))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """The model as the audit log records it."""
+        return {"formula": self.formula, "family": self.family.name,
+                "link": self.family.link_name, **self.extra_columns}
 
     @property
     def has_offset(self) -> bool:

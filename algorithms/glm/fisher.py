@@ -115,6 +115,8 @@ class FisherScoring(SiteAlgorithm):
         version = contribs[0].version
         if version == 0:
             self._first_round(contribs)
+        if self._stop_withheld(contribs):
+            return Query(version, self.beta)  # not sent: the run stops
         total = combine(contribs)
         if not total.valid:
             if version == 0:
@@ -141,6 +143,8 @@ class FisherScoring(SiteAlgorithm):
         if isinstance(a, list):
             raise TypeError("asynchronous mode needs one site per worker")
         n = self._n_expected()
+        if self._stop_withheld([a]):
+            return self._hold_query(worker)  # not sent: the run stops
         if not a.repeat:
             if not a.valid:
                 return self._async_invalid(a, worker)
@@ -163,6 +167,16 @@ class FisherScoring(SiteAlgorithm):
         self._hold.pop(worker, None)
         self._sent[worker] = target
         return Query(target, self._betas[target], self._null_for(worker))
+
+    def _stop_withheld(self, contribs: Sequence[Contribution]) -> bool:
+        """A site withheld its sums: the fit ends at the last accepted estimate (not
+        converged), as R's would diverge in a separation."""
+        sites = self._withheld(contribs)
+        if sites:
+            self.withheld = sites
+            self._done = True
+            self.converged = False
+        return bool(sites)
 
     def _hold_query(self, worker) -> Query:
         wait = min(2 * self._hold.get(worker, _HOLD_START / 2), _HOLD_MAX)

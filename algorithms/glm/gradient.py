@@ -97,6 +97,7 @@ from scipy.linalg import cho_solve
 from .design import Design
 from .base import NonFiniteError, SiteAlgorithm
 from .linalg import factor, solve
+from .guards import ENVIRONMENT, PrivacyError
 from .messages import Contribution, Query, combine
 from .site import Site, SiteGroup, _guarded
 
@@ -268,6 +269,7 @@ class GradientDescent(SiteAlgorithm):
     def _setup(self, contribs: Sequence[Contribution]) -> Contribution:
         """The first round: columns, counts, null model, and the metric M = X'W0X."""
         self._first_round(contribs)
+        self._withheld(contribs)
         total = combine(contribs)
         if not total.valid:
             raise NonFiniteError("the starting values give a non-finite deviance or fitted "
@@ -392,6 +394,10 @@ class GradientDescent(SiteAlgorithm):
         """X'WX at the estimate: the covariance, and the exact criterion."""
         version = contribs[0].version
         beta = self._betas[version]
+        if self._withheld(contribs):
+            raise PrivacyError(ENVIRONMENT["max_leverage"], "the site's",
+                               "the sites withheld X'WX at the estimate: its weights single "
+                               "out a row", site=", ".join(self._withheld(contribs)))
         total = combine(contribs)
         self.matrix_rounds += 1
         if not total.valid:  # only after asynchronous steps: the accepted ones are valid

@@ -41,7 +41,9 @@ class Contribution:
     ``valid`` is False when the coefficients give a non-finite deviance or fitted values
     outside the family's range (R's ``validmu``/``valideta``); the sums are then absent.
     ``n_boundary`` counts rows with fitted probabilities numerically 0 or 1 (or rates 0).
-    ``columns`` (the design's column names) is sent with version 0 only.
+    ``columns`` (the design's column names) is sent with version 0 only. ``withheld``: the
+    site refused to send its sums at these coefficients, whose weights would single out a
+    row (`algorithms.glm.disclosure`); ``valid`` is then False too.
     """
 
     version: int
@@ -59,6 +61,7 @@ class Contribution:
     columns: Optional[tuple] = None
     site: Optional[str] = None
     repeat: bool = False
+    withheld: bool = False
 
     def again(self) -> "Contribution":
         """This contribution sent once more (asynchronous hold): nothing new in it."""

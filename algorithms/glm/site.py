@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from . import disclosure
+from .audit import AUDIT_LOG, Audit
 from .design import (Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
-from .guards import Guards, PrivacyError
+from .guards import ENVIRONMENT, Guards, PrivacyError
 from .linalg import weighted_sums
 from .messages import Contribution, Query
 
@@ -37,7 +40,11 @@ def _guarded(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except (PrivacyError, FormulaError, SiteError, OSError):
+        except PrivacyError as exc:
+            design = args[0] if args and isinstance(args[0], Design) else None
+            self.audit.refused(None if design is None else design.model_key, exc)
+            raise
+        except (FormulaError, SiteError, OSError):
             raise
         except Exception as exc:
             log.exception("site %s: %s failed", self.name, method.__name__)
@@ -91,14 +98,18 @@ class Site:
     the columns a model uses are read.
 
     The guards come from the environment of that process (see `algorithms.glm.guards`);
-    ``environ`` replaces it (for tests).
+    ``environ`` replaces it (for tests). ``audit_log``: the file of the site's audit log
+    (`algorithms.glm.audit`; default ``GLM_AUDIT_LOG`` of that environment, else none).
     """
 
     def __init__(self, source: Any = None, name: Optional[str] = None,
-                 environ: Optional[Mapping[str, str]] = None):
+                 environ: Optional[Mapping[str, str]] = None, audit_log: Any = None):
         self.source = source
         self.name = name or (Path(source).name if isinstance(source, (str, Path)) else None)
-        self.guards = Guards.from_environment(environ)
+        env = os.environ if environ is None else environ
+        self.guards = Guards.from_environment(env)
+        self.audit = Audit(audit_log if audit_log is not None else env.get(AUDIT_LOG))
+        self._queries: dict = {}  # model key -> the sums asked of it
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
@@ -107,6 +118,10 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
+
+    def enter_run(self, session: Optional[str], run: Optional[str]) -> None:
+        """The folder session and run this site now answers (recorded in its audit log)."""
+        self.audit.context = {k: v for k, v in (("session", session), ("run", run)) if v}
 
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
@@ -171,17 +186,55 @@ class Site:
         self._frame_cache = (key, frame)
         return frame, guards
 
+    def _admit(self, design: Design, guards: Guards, frame: pd.DataFrame) -> None:
+        """First contact with a model: its categorical columns pass their checks, and it is
+        counted against the site's budget and logged (`algorithms.glm.audit`)."""
+        self._check_categories(frame, design, guards)
+        self.audit.admit(design.model_key, guards, {**design.describe(), "rows": len(frame),
+                                                    "site": self.name})
+
+    @staticmethod
+    def _check_categories(frame: pd.DataFrame, design: Design, guards: Guards) -> None:
+        """Every text (or other non-numeric) column the model reads, in the response and
+        inside ``I()`` too, passes the level checks: a comparison such as
+        ``I(diag == 'CODE')`` would otherwise count the rows of a rare level. ``C(x)`` of a
+        numeric column needs the site's consent (its values become level names)."""
+        info = design.info
+        for col in sorted(info.variables):
+            if col not in frame:
+                continue
+            column = frame[col]
+            numeric = pd.api.types.is_numeric_dtype(column) and \
+                not pd.api.types.is_bool_dtype(column)
+            if col in info.categorical:
+                if numeric:
+                    guards.check_numeric_levels(col)
+            elif numeric:
+                continue
+            guards.check_levels(col, site_levels(column)[1])
+
+    def _count_query(self, design: Design, guards: Guards) -> None:
+        key = design.model_key
+        count = self._queries.get(key, 0) + 1
+        if count > guards.max_queries_per_model:
+            raise PrivacyError(ENVIRONMENT["max_queries_per_model"],
+                               guards.max_queries_per_model,
+                               "the model has asked this site for more sums than the maximum")
+        self._queries[key] = count
+
     @_guarded
     def describe(self, design: Design) -> dict:
         """The categorical levels (and per-level guard) and the moments of the standardised
         columns, over the site's complete rows."""
         frame, guards = self._frame(design)
+        self._admit(design, guards, frame)
         levels = {}
         for col in categorical_columns(frame, design.info):
             lv, counts = site_levels(frame[col])
             guards.check_levels(col, counts)
             levels[col] = lv
         moments = {col: site_moments(frame[col]) for col in sorted(design.info.standardized)}
+        self.audit.levels_sent(design.model_key, levels)
         return {"levels": levels, "moments": moments}
 
     @_guarded
@@ -195,9 +248,13 @@ class Site:
         return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
+        """The design matrices of ``design`` (built and checked once per design); each call
+        is one query of the model, counted against ``GLM_MAX_QUERIES_PER_MODEL``."""
         if self._built is not None and self._built[0] == design.token:
+            self._count_query(design, self._built[2])
             return self._built[1]
         frame, guards = self._frame(design)
+        self._admit(design, guards, frame)
         for col in categorical_columns(frame, design.info):
             guards.check_levels(col, frame[col].value_counts().tolist())
         data = model_data(frame, design)
@@ -205,8 +262,16 @@ class Site:
         problem = design.family.check_response(data.y, data.weights)
         if problem:
             raise SiteError(problem)
-        self._built = (design.token, data)
+        disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
+                                 data.offset)
+        guards.check_leverage(disclosure.max_leverage(data.X, data.weights))
+        self._built = (design.token, data, guards)
+        self._count_query(design, guards)
         return data
+
+    def round_guards(self, design: Design) -> Guards:
+        """The guards of the model built for ``design`` (after `model`)."""
+        return self._built[2]
 
     # -- each step ------------------------------------------------------------------------
     @_guarded
@@ -243,9 +308,17 @@ class Site:
             z = eta - offset + fam.deriv(mu) * (y - mu)
             good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
             if good.all():
-                xtwx, xtwz = self._weighted_sums(X, weights, z, keep=X is m.X)
+                xtwx, xtwz, work = self._weighted_sums(X, weights, z, keep=X is m.X)
             else:  # R drops these rows from the weighted least squares
-                xtwx, xtwz, _ = weighted_sums(X[good], weights[good], z[good])
+                xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
+            # The coefficients choose the weights: they must not single out a row.
+            try:
+                disclosure.check_round(self.round_guards(design), work[:, :X.shape[1]], xtwx)
+            except PrivacyError as exc:
+                self.audit.refused(design.model_key, exc)
+                log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
+                            query.version, exc)
+                return Contribution(query.version, False, withheld=True, **counts)
             return Contribution(
                 query.version, True, deviance=deviance,
                 pearson_chi2=fam.pearson_chi2(y, mu, w),
@@ -257,12 +330,12 @@ class Site:
 
     def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
                        keep: bool) -> tuple:
-        """X'WX and X'Wz; the buffer for sqrt(W) X is kept for the next round when X is
+        """X'WX, X'Wz and sqrt(W) [X z]; the buffer for sqrt(W) X is kept for the next round when X is
         the whole design."""
         xtwx, xtwz, work = weighted_sums(X, weights, z, self._work if keep else None)
         if keep:
             self._work = work
-        return xtwx, xtwz
+        return xtwx, xtwz, work
 
     @staticmethod
     def _null_deviance(fam, m: ModelData, null) -> Optional[float]:
