@@ -82,8 +82,11 @@ class SiteAlgorithm(AbstractAlgorithm):
 
     # -- worker -----------------------------------------------------------------------------
     def _resend(self, q) -> Any:
-        """A hold query: wait, then send the last answer again (nothing new to compute)."""
-        time.sleep(q.hold)
+        """A hold query: wait, then send the last answer again (nothing new to compute).
+        The wait is the site's to bound: a query cannot make it sleep longer than the
+        longest hold of the algorithms (a central could otherwise stall it for good)."""
+        hold = float(q.hold) if isinstance(q.hold, (int, float)) else 0.0
+        time.sleep(min(hold, _HOLD_MAX) if hold > 0 else 0.0)
         if isinstance(self._last, list):
             return [c.again() for c in self._last]
         return self._last.again()

@@ -34,6 +34,8 @@ from formulaic import Formula
 from formulaic.parser.types import Factor
 
 from .families import Family, resolve
+from .formula_bounds import (MAX_NUMBER, MAX_POWER, MAX_STRING, BoundsError, check_bounds,
+                             count_nodes)
 from .guards import Guards
 
 
@@ -78,9 +80,19 @@ def inspect_formula(formula: str) -> FormulaInfo:
     """Parse ``formula`` without evaluating it and check every term against the whitelist."""
     if not isinstance(formula, str):
         raise TypeError(f"formula: expected a string, got {type(formula).__name__}")
+    try:  # our own parse first: formulaic's expansion can take minutes (formula_bounds)
+        lhs, rhs = check_bounds(formula)
+    except BoundsError as exc:
+        raise FormulaError(f"formula refused: {exc}") from None
     try:
         parsed = Formula(formula)
     except Exception as exc:  # formulaic's parser errors have several types
+        # A call outside the whitelist (__import__('os').system(...)) is said to be one,
+        # not to be a syntax error.
+        for factor in sorted({f for term in lhs | rhs for f in term}):
+            if "(" in factor:
+                _check_text(factor, {"variables": set(), "categorical": set(),
+                                     "standardized": set()})
         raise FormulaError(f"formula {formula!r} cannot be parsed: {exc}") from None
     if not hasattr(parsed, "lhs"):
         raise FormulaError(f"formula {formula!r} has no response: write 'y ~ x1 + x2'")
@@ -112,10 +124,18 @@ def _check_factor(factor: Factor, found: dict, side: str) -> None:
     if factor.eval_method == Factor.EvalMethod.LOOKUP:
         found["variables"].add(expr)
         return
+    _check_text(expr, found, side)
+
+
+def _check_text(expr: str, found: dict, side: str = "rhs") -> None:
+    """The Python expression of one factor against the whitelist."""
     try:
         tree = ast.parse(expr, mode="eval")
+        count_nodes(tree)
     except SyntaxError:
         raise FormulaError(f"term {expr!r} is not a valid expression") from None
+    except (BoundsError, RecursionError, MemoryError) as exc:
+        raise FormulaError(f"term refused: {exc}") from None
     _check_node(tree.body, expr, found, side)
 
 
@@ -131,6 +151,12 @@ def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
     if isinstance(node, ast.Constant):
         if not isinstance(node.value, _CONSTANTS):
             raise _refuse(expr, f"the constant {node.value!r}")
+        value = node.value
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise _refuse(expr, f"a string of more than {MAX_STRING} characters")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not abs(value) <= MAX_NUMBER:
+            raise _refuse(expr, f"a number beyond {MAX_NUMBER:g}")
     elif isinstance(node, ast.Name):
         if node.id in FUNCTIONS or node.id in ("np", "numpy"):
             raise _refuse(expr, f"the name {node.id!r} outside a call")
@@ -138,6 +164,11 @@ def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
     elif isinstance(node, ast.BinOp):
         if not isinstance(node.op, _BINOPS):
             raise _refuse(expr, f"the operator {type(node.op).__name__}")
+        if any(isinstance(side_, ast.Constant) and isinstance(side_.value, str)
+               for side_ in (node.left, node.right)):
+            raise _refuse(expr, "arithmetic on a string")
+        if isinstance(node.op, ast.Pow):
+            _check_power(node, expr)
         _check_node(node.left, expr, found, side)
         _check_node(node.right, expr, found, side)
     elif isinstance(node, ast.UnaryOp):
@@ -157,6 +188,18 @@ def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
         _check_call(node, expr, found, side)
     else:
         raise _refuse(expr, f"a {type(node).__name__} expression")
+
+
+def _check_power(node: ast.BinOp, expr: str) -> None:
+    """``x ** k``: a power of something that reads a column, by a small integer."""
+    exponent = node.right
+    if isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, (ast.USub, ast.UAdd)):
+        exponent = exponent.operand
+    if not (isinstance(exponent, ast.Constant) and type(exponent.value) is int
+            and exponent.value <= MAX_POWER):
+        raise _refuse(expr, f"a power other than a small integer (at most {MAX_POWER})")
+    if not any(isinstance(n, ast.Name) for n in ast.walk(node.left)):
+        raise _refuse(expr, "a power of a number (powers apply to columns)")
 
 
 def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
@@ -354,14 +397,16 @@ def merge_moments(per_site: list) -> dict:
     return merged
 
 
-def model_data(frame: pd.DataFrame, design: Design, direct: bool = True) -> ModelData:
+def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
+               width_check=None) -> ModelData:
     """Build y, X, prior weights, offset and d* from one site's complete rows.
 
     ``frame`` holds the complete cases of the used columns. Categorical columns are cast to
     the design's merged levels, and ``center``/``scale`` use the design's global moments.
     When formulaic's model spec says that the design is plain numeric columns of the table
     (and the intercept), X is filled from those columns directly (`direct_columns`), unless
-    ``direct`` is False; the matrices are the same.
+    ``direct`` is False; the matrices are the same. ``width_check(frame)``, given the frame
+    with its categorical columns cast, may refuse the design before it is built.
     """
     info = design.info
     if design.levels is not None:
@@ -378,6 +423,8 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True) -> Mode
     if info.standardized and design.moments is None:
         raise SiteError("center() and scale() need the mean and standard deviation of all "
                          "sites: build the design with glm.fit or glm.prepare")
+    if width_check is not None:
+        width_check(frame)
     columns = direct_columns(frame, design) if direct else None
     if columns is not None:
         y, X, names = _direct_design(frame, *columns)

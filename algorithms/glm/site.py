@@ -22,9 +22,9 @@ from typing import Any, Collection, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import disclosure
+from . import disclosure, limits
 from .audit import AUDIT_LOG, Audit
-from .design import (Design, FormulaError, ModelData, SiteError, categorical_columns,
+from .design import (CONTEXT, Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
 from .guards import ENVIRONMENT, Guards, PrivacyError
 from .linalg import weighted_sums
@@ -109,6 +109,7 @@ class Site:
         env = os.environ if environ is None else environ
         self.guards = Guards.from_environment(env)
         self.audit = Audit(audit_log if audit_log is not None else env.get(AUDIT_LOG))
+        self.build_seconds = limits.build_seconds(env)
         self._queries: dict = {}  # model key -> the sums asked of it
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
@@ -257,7 +258,12 @@ class Site:
         self._admit(design, guards, frame)
         for col in categorical_columns(frame, design.info):
             guards.check_levels(col, frame[col].value_counts().tolist())
-        data = model_data(frame, design)
+        def width(cast: pd.DataFrame) -> None:  # refused before it is built
+            limits.check_width(cast, design.formula, design.levels, CONTEXT,
+                               guards.check_parameters)
+
+        with limits.time_limit(self.build_seconds):
+            data = model_data(frame, design, width_check=width)
         guards.check_parameters(data.X.shape[1], len(data.y))
         problem = design.family.check_response(data.y, data.weights)
         if problem:
