@@ -46,6 +46,9 @@ def add_site_arguments(p: argparse.ArgumentParser, min_sites: int) -> None:
                    help="a file holding the secret shared with the central (optional)")
     p.add_argument("--max-bytes", type=int, default=codec.MAX_BYTES,
                    help="ignore files larger than this")
+    p.add_argument("--peers", default=None,
+                   help="the other sites' names, comma-separated: only they count toward "
+                        "--min-sites (so the central cannot invent sites)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                    help="0 warnings only, 1 progress (default), 2 every answer")
 
@@ -59,12 +62,15 @@ def setup_logging(verbose: int) -> None:
     logger.propagate = False
 
 
-def run_site(args, allow=None) -> int:
+def run_site(args, allow=None, loader_options=None) -> int:
     setup_logging(args.verbose)
+    peers = None if args.peers is None else [p.strip() for p in args.peers.split(",")
+                                             if p.strip()]
     try:
         state = serve(args.folder, args.site, args.data, session=args.session, poll=args.poll,
                       key=read_key(args.key_file), allow=allow, min_sites=args.min_sites,
-                      timeout=args.timeout, max_bytes=args.max_bytes)
+                      timeout=args.timeout, max_bytes=args.max_bytes, peers=peers,
+                      loader_options=loader_options)
     except KeyboardInterrupt:
         print(f"site {args.site}: interrupted", file=sys.stderr)
         return 130

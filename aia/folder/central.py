@@ -26,7 +26,7 @@ import cloudpickle
 
 from ..cluster import Answer, Cluster, Failed, Run
 from . import codec, registry
-from .layout import Reader, Session, check_name, write
+from .layout import Reader, Session, check_name
 
 log = logging.getLogger("aia.folder")
 
@@ -92,7 +92,7 @@ class FolderCluster(Cluster):
         self.timeout = timeout
         self.key = as_key(key)
         self.report_every = report_every
-        self.reader = Reader("central", self.key, max_bytes)
+        self.reader = Reader("central", self.key, max_bytes, root=folder)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.heard: set = set()  # sites that answered at least once
         self._opened = 0
@@ -106,13 +106,14 @@ class FolderCluster(Cluster):
 
     def _open_session(self) -> None:
         lay = self.layout
-        got = self.reader.read(lay.description, {"kind": "session", "session": self.session})
+        got = self.reader.read(lay.description, {"kind": "session", "session": self.session},
+                               body=dict)
         if got is None:
-            if lay.description.exists():
+            if lay.exists(lay.description):
                 raise ValueError(f"session {self.session!r}: {lay.description} exists but is "
                                  f"not a valid session file for this central; choose another "
                                  f"session name")
-            write(lay.description, "session", self._where(), {"sites": self.sites}, self.key)
+            lay.write(lay.description, "session", self._where(), {"sites": self.sites}, self.key)
         elif got[1].get("sites") != self.sites:
             raise ValueError(f"session {self.session!r} exists in {lay.folder} with the sites "
                              f"{got[1].get('sites')}, not {self.sites}; choose another session "
@@ -127,13 +128,13 @@ class FolderCluster(Cluster):
 
     def _end(self) -> Optional[str]:
         got = self.reader.read(self.layout.end, {"kind": "end", "session": self.session,
-                                                  "run": None})
+                                                  "run": None}, body=dict)
         return got[1].get("state") if got else None
 
     def _write_end(self, state: str, reason: Optional[str] = None) -> None:
         if self._state is None:
             self._state = state
-            write(self.layout.end, "end", self._where(), {"state": state, "reason": reason},
+            self.layout.write(self.layout.end, "end", self._where(), {"state": state, "reason": reason},
                   self.key)
             log.info("session %s %s", self.session, state)
 
@@ -142,7 +143,7 @@ class FolderCluster(Cluster):
         if self._end() == "finished":
             log.warning("session %s was finished; reopening it for a query that differs from "
                         "the recorded one", self.session)
-            self.layout.end.unlink(missing_ok=True)
+            self.layout.unlink(self.layout.end)
 
     def finish(self) -> None:
         """Mark the session finished: its sites exit."""
@@ -190,9 +191,9 @@ class FolderCluster(Cluster):
         if not resumed:
             self._supersede(run)
             self.reopen()
-            write(lay.run_dir(run) / "run.json", "run", where, body, self.key)
+            lay.write(lay.run_dir(run) / "run.json", "run", where, body, self.key)
         else:  # e.g. closed by a central that timed out: its sites may owe an answer
-            (lay.run_dir(run) / "end.json").unlink(missing_ok=True)
+            lay.unlink(lay.run_dir(run) / "end.json")
         log.info("run %s: %s on %s%s", run, entry.name, ", ".join(s for _, s in body["sites"]),
                  " (resumed)" if resumed else "")
         return FolderRun(self, run, list(pids), resumed), []
@@ -203,8 +204,8 @@ class FolderCluster(Cluster):
         number = int(run[1:run.index("-")])
         for other in self.layout.runs():
             if other != run and int(other[1:other.index("-")]) >= number \
-                    and not (self.layout.run_dir(other) / "end.json").exists():
-                write(self.layout.run_dir(other) / "end.json", "end",
+                    and not self.layout.exists(self.layout.run_dir(other) / "end.json"):
+                self.layout.write(self.layout.run_dir(other) / "end.json", "end",
                       self._where(run=other), {"state": "superseded"}, self.key)
 
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
@@ -283,13 +284,18 @@ class FolderRun(Run):
         data, digest = codec.dumps("query", self._where(peer), fmt="npz", key=self.cluster.key,
                                    extra={"step": self.step}, encoded=encoded)
         path = self.layout.query(self.run, peer.site, peer.seq)
-        if not (self.resumed and codec.read_bytes(path) == data):
+        if not (self.resumed and self._recorded_bytes(path) == data):
             if self.resumed:  # past the record (or off it): from here on the run is live
                 self.resumed = False
                 self.cluster.reopen()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            codec.write_atomic(path, data)
+            codec.write_atomic(path, data, self.layout.folder)
         peer.digest, peer.outstanding, peer.since = digest, True, time.monotonic()
+
+    def _recorded_bytes(self, path: Path) -> Optional[bytes]:
+        try:
+            return codec.read_bytes(path, self.cluster.reader.max_bytes, self.layout.folder)
+        except codec.Rejected:
+            return None  # not a plain file: replaced by the query written now
 
     def _recorded_from(self, peer: _Peer) -> Optional[int]:
         """The step recorded in the query after ``peer``'s latest: how many answers the
@@ -370,13 +376,13 @@ class FolderRun(Run):
 
     def _setup_failure(self, peer: _Peer):
         path = self.layout.status(self.run, peer.site)
-        sig = codec.signature(path)
+        sig = self.cluster.reader.signature(path)
         if sig is None or sig == peer.status_sig:
             return None
         peer.status_sig = sig
         got = self.cluster.reader.read(path, {"kind": "status", **self._where(peer),
-                                              "iteration": None})
-        if got is None or not isinstance(got[1], dict) or got[1].get("state") != "failed":
+                                              "iteration": None}, body=dict)
+        if got is None or got[1].get("state") != "failed":
             return None
         return _failed(peer, got[1], "setting up the run")
 
@@ -407,8 +413,8 @@ class FolderRun(Run):
             return
         self.closed = True
         path = self.layout.run_dir(self.run) / "end.json"
-        if not path.exists():
-            write(path, "end", {"session": self.cluster.session, "run": self.run},
+        if not self.layout.exists(path):
+            self.layout.write(path, "end", {"session": self.cluster.session, "run": self.run},
                   {"state": "closed"}, self.cluster.key)
 
 

@@ -29,9 +29,6 @@ import hmac
 import io
 import json
 import math
-import os
-import secrets
-import time
 import zipfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -39,11 +36,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import registry
+from . import registry, safefs
 
 SCHEMA = 1
 #: The largest file a reader accepts (bytes), and the most a zip may expand to.
 MAX_BYTES = 256 * 2**20
+#: The largest control file (``.json``) and the largest envelope inside an ``.npz``: they
+#: are parsed before their digest can be checked, so they are kept small.
+MAX_CONTROL_BYTES = 2**20
+#: The deepest nesting of a value (a reader refuses deeper ones before recursing into them).
+MAX_DEPTH = 64
 _ARRAY_KINDS = "biufc"  # bool, signed, unsigned, float, complex: no objects, no records
 _ENVELOPE = "envelope.json"
 
@@ -274,14 +276,20 @@ def loads(data: bytes, expect: dict, *, fmt: str, key: Optional[bytes] = None,
     ``expect`` maps envelope fields (kind, session, run, site, iteration) to the values they
     must have."""
     try:
-        if fmt == "json":
-            envelope, arrays = _parse_json(data), []
-        else:
-            envelope, arrays = _parse_npz(data, max_bytes)
+        return _loads(data, expect, fmt, key, max_bytes)
     except Rejected:
         raise
-    except Exception as exc:  # zipfile, json, numpy: a partial or corrupt file
-        raise Rejected(f"unreadable ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # zipfile, json, numpy, a value too deep: a file to ignore
+        raise Rejected(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _loads(data: bytes, expect: dict, fmt: str, key: Optional[bytes], max_bytes: int):
+    if fmt == "json":
+        if len(data) > MAX_CONTROL_BYTES:
+            raise Rejected(f"a control file larger than {MAX_CONTROL_BYTES} bytes")
+        envelope, arrays = _parse_json(data), []
+    else:
+        envelope, arrays = _parse_npz(data, max_bytes)
     if not isinstance(envelope, dict) or envelope.get("aia-folder") != SCHEMA:
         raise Rejected(f"not an aia-folder file of schema {SCHEMA}")
     field = digest_field(key)
@@ -308,8 +316,37 @@ def _no_constants(name: str):
     raise ValueError(f"the JSON constant {name} is not allowed")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON says nothing of it, Python reads inf
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
 def _parse_json(data: bytes) -> Any:
-    return json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+    value = json.loads(data.decode("utf-8"), parse_constant=_no_constants,
+                       parse_float=_finite, parse_int=_bounded_int)
+    _check_depth(value)
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 30:  # Python would take quadratic time on huge literals
+        raise ValueError("an integer of more than 30 digits")
+    return int(text)
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse values nested deeper than `MAX_DEPTH` (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise Rejected(f"a value nested more than {MAX_DEPTH} deep")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
 
 
 def _parse_npz(data: bytes, max_bytes: int) -> tuple:
@@ -317,8 +354,12 @@ def _parse_npz(data: bytes, max_bytes: int) -> tuple:
         infos = {i.filename: i for i in z.infolist()}
         if _ENVELOPE not in infos or len(infos) != len(z.infolist()):
             raise Rejected("not an aia-folder npz (no envelope)")
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos.values()):
+            raise Rejected("compressed members (the writer stores them)")
         if sum(i.file_size for i in infos.values()) > max_bytes:
             raise Rejected(f"larger than {max_bytes} bytes once unpacked")
+        if infos[_ENVELOPE].file_size > MAX_CONTROL_BYTES:
+            raise Rejected(f"an envelope larger than {MAX_CONTROL_BYTES} bytes")
         envelope = _parse_json(z.read(_ENVELOPE))
         specs = envelope.get("arrays") if isinstance(envelope, dict) else None
         if not isinstance(specs, list):
@@ -349,49 +390,32 @@ def _parse_npz(data: bytes, max_bytes: int) -> tuple:
 
 
 # -- files -----------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> None:
+# Every file of the folder is read and written through `aia.folder.safefs`: never through a
+# link, only regular files, sizes checked before reading. ``root`` is the folder's root (by
+# default the file's own directory).
+def write_atomic(path: Path, data: bytes, root: Optional[Path] = None) -> None:
     """Write ``data`` under a temporary name in the same folder, then rename it into place:
     a reader sees the whole file or none. The ``.~`` prefix keeps Dropbox from syncing the
     temporary file."""
-    tmp = path.with_name(f".~{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        for attempt in range(100):
-            try:
-                os.replace(tmp, path)
-                return
-            except PermissionError:  # Windows: a reader or the sync client holds the target
-                if attempt == 99:
-                    raise
-                time.sleep(0.05)
-    finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+    path = Path(path)
+    if root is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    safefs.write_atomic(Path(root or path.parent), path, data)
 
 
-def signature(path: Path) -> Optional[tuple]:
+def signature(path: Path, root: Optional[Path] = None) -> Optional[tuple]:
     """What identifies one version of a file on this machine (None if absent). Compared only
     with itself over time, never with another machine's clock."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    path = Path(path)
+    return safefs.signature(Path(root or path.parent), path)
 
 
-def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> Optional[bytes]:
-    """The bytes of ``path`` (None if absent); `Rejected` if it is too large."""
+def read_bytes(path: Path, max_bytes: int = MAX_BYTES,
+               root: Optional[Path] = None) -> Optional[bytes]:
+    """The bytes of ``path`` (None if absent); `Rejected` if it is too large, a link or not
+    a regular file."""
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise Rejected(f"larger than {max_bytes} bytes")
-            return f.read(max_bytes + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        return safefs.read(Path(root or path.parent), path, max_bytes)
+    except safefs.UnsafePath as exc:
+        raise Rejected(str(exc)) from None

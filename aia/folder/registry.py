@@ -68,10 +68,18 @@ class Entry:
             return self.build(params)
         return self.resolve()(**params)
 
-    def load_problem(self, path: Optional[str], site: str) -> Any:
+    def load_problem(self, path: Optional[str], site: str, **options) -> Any:
+        """The site's problem from its data file; ``options`` (the site's settings, such as
+        an audit log) go to a loader that takes them by name."""
         if self.problem is None:
             raise ValueError(f"algorithm {self.name!r} has no problem loader registered")
-        return self.problem(path, site)
+        try:
+            parameters = inspect.signature(self.problem).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        takes_all = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+        given = {k: v for k, v in options.items() if takes_all or k in parameters}
+        return self.problem(path, site, **given)
 
 
 def register(name: str, cls: Union[type, str], *, params=None, build=None,

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional, Union
 from .._worker import remote_error
 from . import codec, registry
 from .central import as_key
-from .layout import QUERY, Reader, Session, check_name, sessions, write
+from .layout import QUERY, Reader, Session, check_name, sessions
 
 log = logging.getLogger("aia.folder")
 
@@ -30,18 +30,24 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
           session: Optional[str] = None, poll: float = 0.5, key: Union[None, str, bytes] = None,
           allow: Optional[Iterable[str]] = None, min_sites: int = 1,
           timeout: Optional[float] = None, max_bytes: int = codec.MAX_BYTES,
-          stop=None) -> str:
+          stop=None, peers: Optional[Iterable[str]] = None, loader_options=None) -> str:
     """Serve as ``site`` until the session ends; returns ``"finished"`` or ``"cancelled"``
     (``"timeout"`` after ``timeout`` seconds, ``"stopped"`` once the event ``stop`` is set).
 
     ``data``: the site's own data file, from which each algorithm's registered loader builds
     the problem (it never leaves the site). ``session``: serve this session only (default:
     the first open session, by name, that names this site). ``allow``: the algorithm names
-    this site runs (default: every registered one). ``min_sites``: refuse runs with fewer
-    sites. ``key``: the secret shared with the central, if the session uses one.
+    this site runs (default: every registered one). ``min_sites``: take part only in runs
+    with at least this many sites, counting only sites this site can verify: with ``peers``
+    (the names of the other sites, from the site's own operator), only those; with ``key``,
+    only sites whose own join file carries the key's signature (so a central cannot satisfy
+    ``min_sites`` with invented names); a run waits until enough of them have joined.
+    ``key``: the secret shared with the central, if the session uses one.
+    ``loader_options``: keyword arguments for the problem loaders that take them (e.g. the
+    GLM site's audit log).
     """
     return _Server(folder, site, data, session, poll, key, allow, min_sites, timeout,
-                   max_bytes, stop).loop()
+                   max_bytes, stop, peers, loader_options).loop()
 
 
 @dataclass
@@ -53,13 +59,14 @@ class _RunState:
     failed: bool = False
     answered: Optional[tuple] = None  # (seq, digest of the query)
     answered_sig: Optional[tuple] = None
+    end_sig: Optional[tuple] = None  # the signature of an end.json found not valid
     count: int = 0
     logged: float = field(default=0.0)
 
 
 class _Server:
     def __init__(self, folder, site, data, session, poll, key, allow, min_sites, timeout,
-                 max_bytes, stop):
+                 max_bytes, stop, peers=None, loader_options=None):
         self.folder = Path(folder).expanduser()
         self.site = check_name("site", site)
         self.data = None if data is None else str(Path(data).expanduser())
@@ -72,7 +79,11 @@ class _Server:
         self.min_sites = int(min_sites)
         self.timeout = timeout
         self.stop = stop
-        self.reader = Reader(f"site {self.site}", self.key, max_bytes)
+        self.reader = Reader(f"site {self.site}", self.key, max_bytes, root=self.folder)
+        self.peers = None if peers is None else sorted(
+            {check_name("peers", p) for p in peers} - {self.site})
+        self.loader_options = dict(loader_options or {})
+        self.waiting_logged: set = set()
         self.field = codec.digest_field(self.key)
         self.layout: Optional[Session] = None
         self.runs: dict = {}
@@ -109,10 +120,11 @@ class _Server:
         names = [self.session] if self.session else sessions(self.folder)
         for name in names:
             lay = Session(self.folder, name)
-            if self.session is None and lay.end.exists():
+            if self.session is None and self._end_state(lay) is not None:
                 continue  # an old model
-            got = self.reader.read(lay.description, {"kind": "session", "session": name})
-            if got is None or not isinstance(got[1], dict):
+            got = self.reader.read(lay.description, {"kind": "session", "session": name},
+                                   body=dict)
+            if got is None:
                 continue
             sites = got[1].get("sites")
             if not isinstance(sites, list) or self.site not in sites:
@@ -128,20 +140,38 @@ class _Server:
         where = self.where(site=self.site)
         got = self.reader.read(path, {"kind": "joined", **where, "run": None})
         if got is None or got[1] != body:
-            write(path, "joined", where, body, self.key)
+            self.layout.write(path, "joined", where, body, self.key)
 
     def ended(self) -> Optional[str]:
-        got = self.reader.read(self.layout.end, {"kind": "end", **self.where(), "run": None})
-        if got is None or not isinstance(got[1], dict):
-            return None
-        return str(got[1].get("state"))
+        return self._end_state(self.layout)
+
+    def _end_state(self, lay: Session) -> Optional[str]:
+        """The state of a session's end.json, if it is a valid one (signed with the key when
+        there is one): its mere existence ends nothing."""
+        got = self.reader.read(lay.end, {"kind": "end", "session": lay.name, "run": None},
+                               body=dict)
+        return None if got is None else str(got[1].get("state"))
+
+    def _run_ended(self, run: str, st: Optional[_RunState]) -> bool:
+        """Whether the run's end.json is there and valid (re-read only when it changes)."""
+        path = self.layout.run_dir(run) / "end.json"
+        sig = self.reader.signature(path)
+        if sig is None:
+            return False
+        if st is not None and st.end_sig == sig:
+            return st.ended
+        got = self.reader.read(path, {"kind": "end", **self.where(run=run), "site": None,
+                                      "iteration": None}, body=dict)
+        if st is not None:
+            st.end_sig = sig
+        return got is not None
 
     # -- one run -----------------------------------------------------------------------------
     def serve_run(self, run: str) -> None:
         st = self.runs.get(run)
         if st is not None and not st.mine:
             return
-        if (self.layout.run_dir(run) / "end.json").exists():
+        if self._run_ended(run, st):
             if st is None:
                 self.runs[run] = _RunState(ended=True)
             elif not st.ended:
@@ -165,24 +195,35 @@ class _Server:
         lay = self.layout
         got = self.reader.read(lay.run_dir(run) / "run.json",
                                {"kind": "run", **self.where(run=run), "site": None,
-                                "iteration": None})
+                                "iteration": None}, body=dict)
         if got is None:
             return None
         body = got[1]
         try:
             name, params = body["algorithm"], body["params"]
             sites = [s for _, s in body["sites"]]
+            if not isinstance(name, str) or not all(isinstance(x, str) for x in sites):
+                raise TypeError("names must be strings")
         except (KeyError, TypeError, ValueError):
             log.warning("site %s: ignoring run %s: malformed description", self.site, run)
             return _RunState(mine=False)
         if self.site not in sites:
             return _RunState(mine=False)
+        counted = self.counted_sites(sites)
+        if len(counted) < self.min_sites and self.waiting_for(sites, counted):
+            if run not in self.waiting_logged:
+                self.waiting_logged.add(run)
+                log.info("site %s: run %s waits for sites to join (%d of the %d this site "
+                         "needs have)", self.site, run, len(counted), self.min_sites)
+            return None  # look again at the next poll
         status = {"state": "ready"}
         st = _RunState()
         try:
-            if len(sites) < self.min_sites:
-                raise PermissionError(f"site {self.site} takes part only in runs with at least "
-                                      f"{self.min_sites} sites; this run has {len(sites)}")
+            if len(counted) < self.min_sites:
+                raise PermissionError(
+                    f"site {self.site} takes part only in runs with at least "
+                    f"{self.min_sites} sites it can verify; this run has {len(counted)}"
+                    + ("" if len(counted) == len(sites) else f" of the {len(sites)} it names"))
             if self.allow is not None and name not in self.allow:
                 raise PermissionError(f"algorithm {name!r} is not allowed at site {self.site} "
                                       f"(allowed: {', '.join(self.allow)})")
@@ -193,6 +234,7 @@ class _Server:
                                   f"{self.site}") from None
             st.algorithm = entry.make(params)
             st.problem = self.problem(entry)
+            self.enter_run(st.problem, run)
         except Exception as exc:
             log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
             status = {"state": "failed", "error": _error(exc)}
@@ -201,23 +243,53 @@ class _Server:
         where = self.where(run=run, site=self.site)
         old = self.reader.read(path, {"kind": "status", **where, "iteration": None})
         if old is None or old[1] != status:
-            write(path, "status", where, status, self.key)
+            lay.write(path, "status", where, status, self.key)
         if not st.failed:
             log.info("site %s: run %s (%s) ready", self.site, run, name)
         return st
 
+    def counted_sites(self, sites: list) -> list:
+        """The sites of a run this site counts toward ``min_sites``: itself, and the others
+        it can verify (see `serve`)."""
+        others = [s for s in dict.fromkeys(sites) if s != self.site]
+        if self.peers is not None:
+            others = [s for s in others if s in self.peers]
+        if self.key is not None or self.peers is not None:
+            others = [s for s in others if self.has_joined(s)]
+        return [self.site, *others]
+
+    def waiting_for(self, sites: list, counted: list) -> bool:
+        """Whether sites that would count have yet to join (so the run may still qualify)."""
+        others = [s for s in sites if s != self.site and s not in counted]
+        if self.peers is not None:
+            others = [s for s in others if s in self.peers]
+        return bool(others) and (self.key is not None or self.peers is not None)
+
+    def has_joined(self, site: str) -> bool:
+        got = self.reader.read(self.layout.joined(site),
+                               {"kind": "joined", **self.where(site=site), "run": None},
+                               body=dict)
+        return got is not None
+
     def problem(self, entry: registry.Entry) -> Any:
         loader = entry.problem
         if loader not in self.problems:
-            self.problems[loader] = entry.load_problem(self.data, self.site)
+            self.problems[loader] = entry.load_problem(self.data, self.site,
+                                                       **self.loader_options)
         return self.problems[loader]
+
+    def enter_run(self, problem: Any, run: str) -> None:
+        """Tell a problem that keeps a record (a GLM site's audit log) which run it serves."""
+        hook = getattr(problem, "enter_run", None)
+        if callable(hook):
+            hook(self.layout.name, run)
 
     def answer_latest(self, run: str, st: _RunState) -> None:
         """Answer the run's latest valid query, unless it is answered already."""
         lay = self.layout
         for seq in lay.numbered(run, self.site, QUERY):
             path = lay.query(run, self.site, seq)
-            sig = codec.signature(path)
+            sig = self.reader.signature(path)
             if st.answered is not None and st.answered[0] == seq and st.answered_sig == sig:
                 return
             where = self.where(run=run, site=self.site, iteration=seq)
@@ -253,10 +325,10 @@ class _Server:
                             where["iteration"], type(exc).__name__, exc)
                 body = {"error": _error(exc)}
         try:
-            write(path, "answer", where, body, self.key, extra={"query": digest})
+            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest})
         except TypeError as exc:  # an answer the folder cannot carry
-            write(path, "answer", where, {"error": _error(exc)}, self.key,
-                  extra={"query": digest})
+            self.layout.write(path, "answer", where, {"error": _error(exc)}, self.key,
+                              extra={"query": digest})
         st.count += 1
         now = time.monotonic()
         if now - st.logged >= 1.0:  # at most a line a second

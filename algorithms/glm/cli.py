@@ -129,13 +129,33 @@ class SiteTasks(AbstractAlgorithm):
         raise ValueError(f"unknown operation {op!r}")
 
 
-def load_site(path: Optional[str], name: str) -> Site:
-    """A site's problem: its own table (CSV or Parquet), read where it lives."""
+def load_site(path: Optional[str], name: str, audit_log: Optional[str] = None) -> Site:
+    """A site's problem: its own table (CSV or Parquet), read where it lives, with its audit
+    log (`algorithms.glm.audit`)."""
     if path is None:
         raise ValueError(f"site {name} was started without --data")
     if not Path(path).is_file():
         raise FileNotFoundError(f"site {name}: no data file {path}")
-    return Site(path, name)
+    return Site(path, name, audit_log=audit_log)
+
+
+def site_files(args) -> dict:
+    """Check ``aia-glm site``'s files before it starts: the data file exists, and neither
+    it nor the audit log (default: beside the data file) lies inside the shared folder,
+    which others read. Returns the loader's options."""
+    if not args.data:
+        raise SystemExit("aia-glm site: --data is required (the site's own CSV or Parquet)")
+    data = Path(args.data).expanduser()
+    if not data.is_file():
+        raise SystemExit(f"aia-glm site: no data file {data}")
+    audit = Path(args.audit_log).expanduser() if args.audit_log else \
+        data.with_name(data.name + ".audit.jsonl")
+    folder = Path(args.folder).expanduser().resolve()
+    for what, path in (("--data", data), ("--audit-log", audit)):
+        if path.resolve().is_relative_to(folder):
+            raise SystemExit(f"aia-glm site: {what} {path} is inside the shared folder "
+                             f"{folder}: everyone with the folder would read it")
+    return {"audit_log": str(audit)}
 
 
 def _params(alg: FisherScoring) -> dict:
@@ -331,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     site = sub.add_parser("site", help="serve as a site of a synced folder")
     add_site_arguments(site, min_sites=3)
+    site.add_argument("--audit-log", default=None, metavar="FILE",
+                      help="append every model answered to this file (default: beside the "
+                           "data file, DATA.audit.jsonl; never inside the shared folder)")
     central = sub.add_parser("central", help="fit a model over sites of a synced folder")
     central.add_argument("--folder", required=True, help="the synced folder")
     central.add_argument("--sites", required=True, help="the sites' names, comma-separated")
@@ -396,7 +419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv.insert(0, "fit")  # the original form: aia-glm FORMULA SITE...
     args = parser().parse_args(argv)
     if args.command == "site":
-        return run_site(args, allow=SITE_ALGORITHMS)
+        return run_site(args, allow=SITE_ALGORITHMS, loader_options=site_files(args))
     if args.command == "fit":
         result = fit(args.formula, args.sites, family=args.family, link=args.link,
                      weights=args.weights, offset=args.offset, exposure=args.exposure,

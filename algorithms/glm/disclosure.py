@@ -92,6 +92,10 @@ def max_leverage(X: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
         A = _weighted(X[rows], None if root is None else root[rows])
         gram += dsyrk(1.0, A, trans=1, lower=0)
     gram = np.triu(gram) + np.triu(gram, 1).T
+    finite = np.isfinite(np.diag(gram))
+    if not finite.all():  # an overflowing column: the central refuses the sums anyway; the
+        # leverage of the others is still checked
+        return max_leverage(X[:, finite], weights) if finite.any() else 0.0
     d = np.diag(gram)
     s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
     values, vectors = np.linalg.eigh(gram * s[:, None] * s[None, :])
@@ -116,6 +120,11 @@ def check_round(guards: Guards, A: np.ndarray, gram: np.ndarray) -> None:
     sites it settles the check; the exact leverages are computed only when it does not."""
     n, p = A.shape
     if n == 0 or p == 0:
+        return
+    finite = np.isfinite(np.diag(gram))
+    if not finite.all():  # as in max_leverage: the finite columns are still checked
+        if finite.any():
+            check_round(guards, A[:, finite], gram[np.ix_(finite, finite)])
         return
     d = np.diag(gram)
     s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)

@@ -4,6 +4,8 @@ real processes on a real temporary folder."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import os
 import subprocess
 import sys
@@ -29,6 +31,8 @@ class Processes:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        # Each site's own place, outside the shared folder: its audit log.
+        self.private = Path(tempfile.mkdtemp(prefix="aia-site-"))
         self.data = dict(zip("abc", v6_sites("poisson")))
         self.procs: list = []
         self.sites: dict = {}
@@ -46,7 +50,8 @@ class Processes:
         ends before it joins (a site that looks for any open model would wait for another)."""
         extra = ["--session", "awards"] if named else []
         p = self._spawn(["site", "--folder", str(self.folder), "--site", name, "--data",
-                         str(self.data[name]), "--poll", POLL, "--timeout", "80", *extra],
+                         str(self.data[name]), "--audit-log",
+                         str(self.private / f"{name}.audit.jsonl"), "--poll", POLL, "--timeout", "80", *extra],
                         self.folder / f"site-{name}.log", env)
         self.sites[name] = p
         return p
@@ -79,6 +84,7 @@ class Processes:
             if p.poll() is None:
                 p.kill()
             p.wait(10)
+        shutil.rmtree(self.private, ignore_errors=True)
 
 
 @pytest.fixture
