@@ -84,6 +84,7 @@ class _Server:
             {check_name("peers", p) for p in peers} - {self.site})
         self.loader_options = dict(loader_options or {})
         self.waiting_logged: set = set()
+        self.joined = False
         self.field = codec.digest_field(self.key)
         self.layout: Optional[Session] = None
         self.runs: dict = {}
@@ -99,22 +100,42 @@ class _Server:
         while True:
             if self.stop is not None and self.stop.is_set():
                 return "stopped"
-            if self.layout is None:
-                self.layout = self.find_session()
-                if self.layout is not None:
-                    self.join()
-            if self.layout is not None:
-                state = self.ended()
-                if state is not None:
-                    log.info("site %s: model %s %s; exiting", self.site, self.layout.name, state)
-                    return state
-                for run in self.layout.runs():
-                    self.serve_run(run)
+            state = self.poll_once()
+            if state is not None:
+                log.info("site %s: model %s %s; exiting", self.site, self.layout.name, state)
+                return state
             if self.timeout is not None and time.monotonic() - started >= self.timeout:
                 log.warning("site %s: no end of the model after %g s; exiting", self.site,
                             self.timeout)
                 return "timeout"
             time.sleep(self.poll)
+
+    def poll_once(self) -> Optional[str]:
+        """One look at the folder: join a session, serve its runs; its end state once it
+        ends. Nothing the folder holds stops the site: an error is logged (once) and the
+        next poll looks again."""
+        try:
+            if self.layout is None:
+                found = self.find_session()
+                if found is not None:
+                    self.layout = found
+                    self.joined = False
+            if self.layout is not None:
+                if not self.joined:
+                    self.join()
+                    self.joined = True
+                state = self.ended()
+                if state is not None:
+                    return state
+                for run in self.layout.runs():
+                    self.serve_run_safely(run)
+        except Exception as exc:  # noqa: BLE001 - the folder is not trusted
+            key = ("poll", type(exc).__name__, str(exc))
+            if key not in self.waiting_logged:
+                self.waiting_logged.add(key)
+                log.error("site %s: %s: %s (looking again at the next poll)", self.site,
+                          type(exc).__name__, exc)
+        return None
 
     def find_session(self) -> Optional[Session]:
         names = [self.session] if self.session else sessions(self.folder)
@@ -167,6 +188,19 @@ class _Server:
         return got is not None
 
     # -- one run -----------------------------------------------------------------------------
+    def serve_run_safely(self, run: str) -> None:
+        """`serve_run`, whatever the folder holds: a run this site cannot serve (a link
+        planted where its files go, a disk error) is logged, once, and looked at again at
+        the next poll; the site goes on serving the others."""
+        try:
+            self.serve_run(run)
+        except Exception as exc:  # noqa: BLE001 - the folder is not trusted
+            key = (run, type(exc).__name__, str(exc))
+            if key not in self.waiting_logged:
+                self.waiting_logged.add(key)
+                log.error("site %s: cannot serve run %s: %s: %s", self.site, run,
+                          type(exc).__name__, exc)
+
     def serve_run(self, run: str) -> None:
         st = self.runs.get(run)
         if st is not None and not st.mine:

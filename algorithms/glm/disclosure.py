@@ -3,11 +3,12 @@
 The central receives sums over a site's rows: X'WX, X'Wz, the score, deviances, counts. A
 sum reads out a row when the model's columns (or its weights) single that row out:
 
-- a **binary column** (an indicator such as ``I(id == 17)`` or ``I(x > t)``, a dummy of a
-  rare level, a 0/1 response) with fewer than a few rows in one of its values: its sums are
-  those rows' values (DataSHIELD's glmDS2 rule, ``nfilter.tab``). Checked on every column of
-  the design, the response, the prior weights and the offset, over the rows that enter the
-  sums (complete cases with a positive prior weight);
+- a column that is **one value but on a few rows**: a binary column (an indicator such as
+  ``I(id == 17)`` or ``I(x > t)``, a dummy of a rare level, a 0/1 response) with fewer than
+  a few rows in one of its values (DataSHIELD's glmDS2 rule, ``nfilter.tab``), or any column
+  equal on all but those rows (``I((id == 17) + 2 * (id == 18))``): its sums are those rows'
+  values. Checked on every column of the design, the response, the prior weights and the
+  offset, over the rows that enter the sums (complete cases with a positive prior weight);
 - a design whose column space holds a vector that is zero but for one row (an indicator
   hidden in a continuous column, ``I(x + (id == 17))`` beside ``x``, or a spike such as
   ``I(exp(20 * (id == 17)))``): that row's **leverage** is (close to) 1. Checked once per
@@ -28,6 +29,7 @@ model, and its audit log, bound those (`algorithms.glm.audit`).
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,38 +44,42 @@ BLOCK = 65536
 RANK_TOL = 1e-10
 
 
-def value_counts(values: np.ndarray, at_most: int = 3) -> Optional[list]:
-    """The row counts of the distinct values of ``values`` when it has at most ``at_most``
-    of them (None otherwise): cheap on continuous columns, which stop at the third value."""
-    if len(values) == 0:
-        return []
-    first = values[0]
-    other = values != first
-    if not other.any():
-        return [len(values)]
-    second = values[np.argmax(other)]
-    rest = other & (values != second)
-    if rest.any():
-        if at_most <= 2:
-            return None
-        uniques, counts = np.unique(values, return_counts=True)
-        return counts.tolist() if len(uniques) <= at_most else None
-    n_other = int(other.sum())
-    return [len(values) - n_other, n_other]
+def minority(values: np.ndarray, minimum: int) -> int:
+    """How many rows differ from the value most rows share, when it is shared by all but
+    fewer than ``minimum`` rows (else ``minimum``: nothing to fear). A column that is one
+    value everywhere but on a few rows reads those rows out of its sums, whatever their
+    values (``I(id == 17)``, ``I((id == 17) + 2 * (id == 18))``); it is a binary column's
+    smaller category. Such a dominant value is among any ``minimum`` rows, so at most
+    ``minimum`` passes over the column."""
+    n = len(values)
+    if n == 0 or minimum <= 1:
+        return minimum
+    fewest = minimum
+    for candidate in np.unique(values[:minimum]):
+        others = n - int(np.count_nonzero(values == candidate))
+        fewest = min(fewest, others)
+    return fewest
 
 
 def check_columns(guards: Guards, X: np.ndarray, names: Sequence[str], y: np.ndarray,
                   weights: np.ndarray, offset: np.ndarray) -> None:
-    """The binary-column rule on every column of the model (see the module docstring)."""
+    """The minority rule on every column of the model, the binary-column rule of DataSHIELD
+    being its simplest case (see the module docstring)."""
     used = weights > 0
     if not used.all():
         X, y, offset, weights = X[used], y[used], offset[used], weights[used]
-    columns = [(f"design column {name!r}", X[:, j]) for j, name in enumerate(names)]
+    # A design column's name may hold a level (C(g)[T.b]): the error names its term only.
+    columns = [(f"design column {_term(name)!r}", X[:, j]) for j, name in enumerate(names)]
     columns += [("the response", y), ("the prior weights", weights), ("the offset", offset)]
+    minimum = guards.min_rows_per_category_level
     for what, values in columns:
-        counts = value_counts(np.asarray(values), at_most=2)
-        if counts is not None:
-            guards.check_binary(what, counts)
+        few = minority(np.asarray(values), minimum)
+        if 0 < few < minimum:
+            guards.check_rows_apart(what, few)
+
+
+def _term(name: str) -> str:
+    return re.sub(r"\[[^\]]*\]", "[...]", str(name))
 
 
 def max_leverage(X: np.ndarray, weights: Optional[np.ndarray] = None) -> float:

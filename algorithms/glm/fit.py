@@ -317,7 +317,7 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
                      "does not exist and some coefficients diverge")
         warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=4)
         converged = False
-    elif main.withheld:
+    if main.withheld:
         notes.append(
             f"the fit stopped after {main.iterations} iterations: site(s) {main.withheld} "
             "withheld their sums at the next coefficients, whose weights would single out a "
@@ -327,7 +327,7 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
             design.family.sm, (smf.Binomial, smf.Poisson)) else ConvergenceWarning
         warnings.warn(f"glm.fit: {notes[-1]}", kind, stacklevel=4)
         converged = False
-    elif not converged:
+    elif not converged and not main.n_boundary:
         notes.append("the algorithm did not converge")
         warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
                       ConvergenceWarning, stacklevel=4)

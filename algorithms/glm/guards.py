@@ -227,16 +227,15 @@ class Guards:
                 f"categorical column {column!r} has too many levels for its rows",
             )
 
-    def check_binary(self, column: str, counts: Iterable[int]) -> None:
-        """A column with two distinct values needs enough rows in each (DataSHIELD's
-        glmDS2 rule): with fewer, its sums read out those rows."""
-        counts = [c for c in counts if c > 0]
+    def check_rows_apart(self, column: str, rows: int) -> None:
+        """A column equal on all rows but ``rows`` (0 < rows < minimum): its sums read
+        those rows out (a binary column's smaller category is the simplest case)."""
         minimum = self.min_rows_per_category_level
-        if len(counts) == 2 and min(counts) < minimum:
+        if 0 < rows < minimum:
             raise PrivacyError(
                 ENVIRONMENT["min_rows_per_category_level"], minimum,
-                f"{column} is binary and one of its two values has fewer rows than the "
-                "minimum (it would single those rows out)",
+                f"{column} takes one value on all rows but fewer than the minimum (binary, "
+                "or nearly constant): its sums would single those rows out",
             )
 
     def check_numeric_levels(self, column: str) -> None:
