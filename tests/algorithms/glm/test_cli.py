@@ -4,6 +4,7 @@ real processes on a real temporary folder."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import os
@@ -26,6 +27,17 @@ POLL = "0.02"
 pytestmark = pytest.mark.timeout(90)
 
 
+# A central that skips its own formula checks (the sites must not rely on them).
+HOSTILE_CENTRAL = """
+import sys
+import algorithms.glm.design as design
+checked = design.inspect_formula
+design.inspect_formula = lambda formula: checked("num_awards ~ math")
+from algorithms.glm import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 class Processes:
     """Site and central processes of one test, all stopped at its end."""
 
@@ -37,9 +49,10 @@ class Processes:
         self.procs: list = []
         self.sites: dict = {}
 
-    def _spawn(self, args: list, log: Path, env=None) -> subprocess.Popen:
+    def _spawn(self, args: list, log: Path, env=None, program=("-m", "algorithms.glm.cli")
+               ) -> subprocess.Popen:
         with open(log, "ab") as out:
-            p = subprocess.Popen([sys.executable, "-m", "algorithms.glm.cli", *args],
+            p = subprocess.Popen([sys.executable, *program, *args],
                                  stdout=out, stderr=subprocess.STDOUT,
                                  env={**os.environ, **(env or {})})
         self.procs.append(p)
@@ -56,12 +69,14 @@ class Processes:
         self.sites[name] = p
         return p
 
-    def central(self, *extra, poll: str = POLL, sites: str = "a,b,c") -> subprocess.Popen:
+    def central(self, *extra, poll: str = POLL, sites: str = "a,b,c",
+                formula: str = FORMULA, hostile: bool = False) -> subprocess.Popen:
+        program = ("-c", HOSTILE_CENTRAL) if hostile else ("-m", "algorithms.glm.cli")
         return self._spawn(["central", "--folder", str(self.folder), "--sites", sites,
-                            "--formula", FORMULA, "--family", "poisson", "--poll", poll,
+                            "--formula", formula, "--family", "poisson", "--poll", poll,
                             "--session", "awards", "--timeout", "60",
                             "--output", str(self.folder / "result.json"), *extra],
-                           self.folder / "central.log")
+                           self.folder / "central.log", program=program)
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text()
@@ -199,6 +214,23 @@ def test_a_site_guard_refusal_names_the_site_and_ends_the_model(procs):
         cli.fit_folder(FORMULA, procs.folder, list("abc"), "poisson", session="awards",
                        poll=float(POLL), timeout=60)
     assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]  # cancelled: they exit
+
+
+@pytest.mark.parametrize("formula", [
+    "num_awards ~ I(__import__('os').system('touch PWNED'))",   # code
+    "num_awards ~ math + I(math * (math == 57))",              # a few rows' own values
+    "num_awards ~ " + " * ".join(f"I(math ** {k})" for k in range(1, 12)),  # 2^11 columns
+])
+def test_a_hostile_formula_is_refused_and_the_sites_stay_well(procs, formula):
+    for name in "abc":
+        procs.site(name)
+    central = procs.central(formula=formula, hostile=True)
+    assert central.wait(60) != 0
+    out = procs.log("central")
+    # a site said no, and why
+    assert re.search(r"error: (site [abc] raised [\w.]+Error|[abc] refused: GLM_)", out), out[-3000:]
+    assert not list(procs.folder.rglob("PWNED")) and not Path("PWNED").exists()
+    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0], procs.log("site-a")
 
 
 def test_sites_refuse_a_model_with_fewer_sites_than_their_minimum(procs):
