@@ -68,12 +68,14 @@ CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt}
 class FormulaInfo:
     """What a whitelisted formula reads: ``response`` and ``variables`` (column names),
     ``categorical`` (columns inside ``C()``) and ``standardized`` (columns inside
-    ``center()``/``scale()``)."""
+    ``center()``/``scale()``); ``expressions``, the Python text of every computed factor
+    (``I(...)``, ``np.log(...)``), whose intermediate values a site checks too."""
 
     response: frozenset
     variables: frozenset
     categorical: frozenset
     standardized: frozenset
+    expressions: tuple = ()
 
 
 def inspect_formula(formula: str) -> FormulaInfo:
@@ -98,11 +100,14 @@ def inspect_formula(formula: str) -> FormulaInfo:
         raise FormulaError(f"formula {formula!r} has no response: write 'y ~ x1 + x2'")
     found = {"variables": set(), "categorical": set(), "standardized": set()}
     response: set = set()
+    expressions: list = []
     for side, terms in (("lhs", parsed.lhs), ("rhs", parsed.rhs)):
         for term in terms:
             for factor in term.factors:
                 before = set(found["variables"])
                 _check_factor(factor, found, side)
+                if factor.eval_method == Factor.EvalMethod.PYTHON:
+                    expressions.append(factor.expr)
                 if side == "lhs":
                     response |= found["variables"] - before
     if len(list(parsed.lhs)) != 1:
@@ -112,6 +117,7 @@ def inspect_formula(formula: str) -> FormulaInfo:
         variables=frozenset(found["variables"]),
         categorical=frozenset(found["categorical"]),
         standardized=frozenset(found["standardized"]),
+        expressions=tuple(dict.fromkeys(expressions)),
     )
 
 

@@ -21,21 +21,31 @@ sum reads out a row when the model's columns (or its weights) single that row ou
   the inverse link weighs rows by mu^4, and rests on ~3 rows' worth of weight while no row's
   leverage passes 0.5.)
 
-None of these stops differencing across fits (two fits whose designs differ by one row's
-indicator spread over a continuous column), nor what crafted coefficients can learn from
-many score-only rounds and deviances: the site's budgets of models and of queries per
-model, and its audit log, bound those (`algorithms.glm.audit`).
+- **every intermediate value of the formula**: ``I(y * (1 + (id == 17)))`` as the response, or
+  ``I(x + (id == 17))`` alone, passes the checks above, yet its sums minus those of ``y ~ 1``
+  (or ``y ~ x``) are row 17's values: differencing across fits. Each sub-expression that the
+  formula computes from the rows (``id == 17``, ``exp(-1000 * (id - 17) ** 2)``) is checked
+  as a column of its own (`check_expressions`): the minority rule, its leverage beside an
+  intercept, and the rows where it is not finite. A formula may compute, at any step, only
+  what could be a column of the model.
+
+None of these stops differencing across fits whose columns are all acceptable (the same
+model on a site's rows before and after one row was added), nor what crafted coefficients
+can learn from many score-only rounds and deviances: the site's budgets of models and of
+queries per model, and its audit log, bound those (`algorithms.glm.audit`).
 """
 
 from __future__ import annotations
 
+import ast
+import operator as _op
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
-from .guards import Guards
+from .guards import ENVIRONMENT, Guards, PrivacyError
 
 #: Rows per block when the leverage is computed (bounds the memory to a few MiB).
 BLOCK = 65536
@@ -76,6 +86,109 @@ def check_columns(guards: Guards, X: np.ndarray, names: Sequence[str], y: np.nda
         few = minority(np.asarray(values), minimum)
         if 0 < few < minimum:
             guards.check_rows_apart(what, few)
+
+
+def check_expressions(guards: Guards, frame, expressions: Sequence[str],
+                      used: Optional[np.ndarray] = None) -> None:
+    """Every sub-expression the formula computes (see the module docstring), on the rows of
+    ``frame`` that enter the sums (``used``: a mask of them), checked as a column would be.
+    The expressions have passed the formula's whitelist; what cannot be evaluated here is
+    left to the design's own build, which refuses it."""
+    minimum = guards.min_rows_per_category_level
+    for text in expressions:
+        for sub, values in _intermediates(text, frame, used):
+            what = f"the expression {sub!r} inside the formula"
+            finite = np.isfinite(values)
+            if not finite.all():
+                guards.check_rows_apart(f"{what} (where it is finite)",
+                                        minority(finite, minimum))
+                values = values[finite]
+            guards.check_rows_apart(what, minority(values, minimum))
+            if _lone_leverage(values) > guards.max_leverage:
+                raise PrivacyError(ENVIRONMENT["max_leverage"], f"{guards.max_leverage:g}",
+                                   f"{what} singles out a row (its leverage beside an "
+                                   "intercept is above the maximum)")
+
+
+def _lone_leverage(values: np.ndarray) -> float:
+    """The largest leverage of a column beside an intercept: 1/n + d_i^2 / sum d^2."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    with np.errstate(all="ignore"):
+        d = values - values.mean()
+        ss = float(d @ d)
+        if not np.isfinite(ss) or ss <= 0.0:
+            return 0.0
+        return 1.0 / n + float(np.max(d * d)) / ss
+
+
+_NUMPY = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt}  # the formula whitelist's
+_PASS_THROUGH = ("I", "center", "scale")  # identity or affine: the same checks apply
+
+
+def _intermediates(text: str, frame, used: Optional[np.ndarray]) -> list:
+    """``(sub-expression text, float values)`` for each computed node of ``text`` that
+    varies with the rows (plain columns and constants are checked elsewhere)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return []
+    n = len(frame) if used is None else int(np.count_nonzero(used))
+    found: list = []
+
+    def column(name: str):
+        if name not in frame:
+            raise KeyError(name)
+        values = frame[name].to_numpy()
+        values = values if used is None else values[used]
+        if values.dtype.kind in "biuf":
+            return values.astype(float)
+        return values  # text: only comparisons use it
+
+    def walk(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return column(node.id)
+        if isinstance(node, ast.UnaryOp):
+            value = walk(node.operand)
+            value = -value if isinstance(node.op, ast.USub) else value
+        elif isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            value = _BINARY[type(node.op)](left, right)
+        elif isinstance(node, ast.Compare):
+            value, left = True, walk(node.left)
+            for op, comparator in zip(node.ops, node.comparators):
+                right = walk(comparator)
+                value = value & _COMPARE[type(op)](left, right)
+                left = right
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name in _PASS_THROUGH and node.args:
+                return walk(node.args[0])
+            if name not in _NUMPY or not node.args:
+                raise KeyError(name)  # C(), contrasts: the level checks cover them
+            value = _NUMPY[name](walk(node.args[0]))
+        else:
+            raise KeyError(type(node).__name__)
+        if isinstance(value, np.ndarray) and value.shape == (n,) and value.dtype.kind in "biuf":
+            found.append((ast.unparse(node), value.astype(float)))
+        return value
+
+    with np.errstate(all="ignore"):
+        try:
+            walk(tree.body)
+        except Exception:  # noqa: BLE001 - what fails here fails the design's build too
+            pass
+    return found
+
+
+_BINARY = {ast.Add: _op.add, ast.Sub: _op.sub, ast.Mult: _op.mul, ast.Div: _op.truediv,
+           ast.Pow: _op.pow, ast.FloorDiv: _op.floordiv, ast.Mod: _op.mod}
+_COMPARE = {ast.Gt: _op.gt, ast.GtE: _op.ge, ast.Lt: _op.lt, ast.LtE: _op.le, ast.Eq: _op.eq,
+            ast.NotEq: _op.ne}
 
 
 def _term(name: str) -> str:

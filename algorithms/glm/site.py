@@ -271,6 +271,8 @@ class Site:
         disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
                                  data.offset)
         guards.check_leverage(disclosure.max_leverage(data.X, data.weights))
+        disclosure.check_expressions(guards, frame, design.info.expressions,
+                                     used=np.asarray(data.weights) > 0)
         self._built = (design.token, data, guards)
         self._count_query(design, guards)
         return data

@@ -83,6 +83,31 @@ def test_a_design_whose_span_isolates_a_row_is_refused(frames, formula):
     assert err.guard == "GLM_MAX_LEVERAGE"
 
 
+@pytest.mark.parametrize("formula", [
+    # each, minus the sums of y ~ 1 or y ~ x (which pass), is row 17's values
+    "I(y * (1 + (id == 17))) ~ 1",
+    "I(y + y * (id == 17)) ~ x",
+    "y ~ I(x + (id == 17))",
+    "y ~ I(x * (1 + 1e-6 * (id == 17)))",
+    "y ~ I(x + exp(-1000 * (id - 17) ** 2))",       # an indicator in all but name
+    "y ~ I(x + 1 / (1 + 1e6 * (id - 17) ** 2))",    # a spike: leverage 1 beside an intercept
+    "I(y * (1 + 1 / (1 + 1e6 * (id - 17) ** 2))) ~ 1",
+    "y ~ I(x + 0 * (id > 98.5))",                  # the rows themselves, by a threshold
+])
+def test_intermediate_values_that_single_rows_out_are_refused(frames, formula):
+    """Differencing across fits: a column or response that is acceptable on its own but
+    carries an indicator of a row; every sub-expression is checked as a column."""
+    err = refusal(formula, frames)
+    assert err.guard in ("GLM_MIN_ROWS_PER_CATEGORY_LEVEL", "GLM_MAX_LEVERAGE")
+    assert "inside the formula" in str(err)
+
+
+def test_intermediate_values_of_honest_formulas_pass(frames):
+    res = glm.fit("I(y * (x > 0) + y) ~ I(x ** 2) + I((x > 0) * x) + np.log(age) + I(age > 34)",
+                  frames, cluster="inprocess")
+    assert res.converged and len(res.params) == 5
+
+
 def test_threshold_on_the_largest_value_is_refused(frames):
     t = float(np.sort(frames[0]["x"])[-2])  # only the largest row above
     err = refusal(f"y ~ I(x > {t!r})", frames)
