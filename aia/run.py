@@ -114,6 +114,14 @@ def _call_if_defined(algorithm, name: str, *args) -> None:
         method(*args)
 
 
+#: Added to a TypeError or AttributeError raised while the central's problem is None: the
+#: usual cause, far from where it shows (``len(None)`` in the user's own code).
+_NO_CENTRAL_PROBLEM = (
+    "aia: the central's problem (pid 0) is None: make_problem(0) returned None, or the "
+    "DistributedObject's .local was never set; set problems.local = ... (what the algorithm's "
+    "initialize and central steps need), or have make_problem(0) return it")
+
+
 def _central_problem(problem) -> Any:
     return problem.local if isinstance(problem, DistributedObject) else problem(0)
 
@@ -148,6 +156,8 @@ class _Central:
             return history
         except BaseException as exc:
             attach_history(exc, self.recorder.snapshot())
+            if self.problem is None and isinstance(exc, (TypeError, AttributeError)):
+                exc.add_note(_NO_CENTRAL_PROBLEM)
             raise
         finally:
             if self.progress is not None:

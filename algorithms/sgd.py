@@ -72,6 +72,11 @@ class SGD(AbstractAlgorithm):
         self.rng = None
 
     def initialize(self, problem: LRMSE) -> np.ndarray:
+        if problem is None and self.x0 is None:
+            raise ValueError(
+                "SGD needs the size of x at the central: pass x0=... (e.g. np.zeros(n)), or "
+                "give the central a problem with .n (make_problem(0), or problems.local for a "
+                "DistributedObject); the central's problem is None")
         n = problem.n if problem is not None else len(self.x0)
         self.x = np.zeros(n) if self.x0 is None else np.array(self.x0, dtype=float)
         return self.x

@@ -33,6 +33,7 @@ from statsmodels.genmod import families as smf
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 import aia
+from aia.checks import check_cluster
 
 from .design import Design, FormulaError, merge_levels, merge_moments
 from .base import DesignMismatchError
@@ -254,10 +255,12 @@ class _InProcess:
 @contextlib.contextmanager
 def _placed(sources: list, names: list, cluster: Any):
     n = len(sources)
+    if cluster != "inprocess":
+        try:  # aia.start's check, so that the same mistake reads the same everywhere
+            check_cluster(cluster)
+        except TypeError as exc:
+            raise TypeError(f"{exc}; or 'inprocess' (every site in this process)") from None
     if isinstance(cluster, str):
-        if cluster != "inprocess":
-            raise ValueError(f"cluster: expected None, an aia cluster or 'inprocess', "
-                             f"got {cluster!r}")
         sites = [Site(src, name) for src, name in zip(sources, names)]
         yield _Placed(_InProcess(sites), list(range(1, n + 1)), names, None, SiteGroup(sites))
         return

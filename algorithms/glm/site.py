@@ -194,8 +194,7 @@ class Site:
         self.audit.admit(design.model_key, guards, {**design.describe(), "rows": len(frame),
                                                     "site": self.name})
 
-    @staticmethod
-    def _check_categories(frame: pd.DataFrame, design: Design, guards: Guards) -> None:
+    def _check_categories(self, frame: pd.DataFrame, design: Design, guards: Guards) -> None:
         """Every text (or other non-numeric) column the model reads, in the response and
         inside ``I()`` too, passes the level checks: a comparison such as
         ``I(diag == 'CODE')`` would otherwise count the rows of a rare level. ``C(x)`` of a
@@ -212,7 +211,23 @@ class Site:
                     guards.check_numeric_levels(col)
             elif numeric:
                 continue
+            else:
+                self._check_mostly_numbers(col, column)
             guards.check_levels(col, site_levels(column)[1])
+
+    def _check_mostly_numbers(self, col: str, column: pd.Series) -> None:
+        """A column of numbers but for a few values (one 'abc' in a CSV) is read as text,
+        and would then be refused as a factor with rare levels: say what it is, without
+        the value."""
+        if column.dtype != object:
+            return
+        present = column.notna()
+        numbers = pd.to_numeric(column[present], errors="coerce").notna()
+        bad = int((~numbers).sum())
+        if 0 < bad and bad * 2 < len(numbers):
+            raise SiteError(f"column {col!r} at site {self.name} is not numeric: {bad} of its "
+                            f"{len(numbers)} values are not numbers (a typing error in the "
+                            "data?); fix them, or wrap the column in C() to use it as a factor")
 
     def _count_query(self, design: Design, guards: Guards) -> None:
         key = design.model_key

@@ -210,3 +210,22 @@ def test_async_sgd_gets_near_the_solution():
     x_true = np.random.default_rng(1).normal(size=5)
     assert np.linalg.norm(sgd.x - x_true) < 0.1 * np.linalg.norm(x_true)
 
+
+
+@pytest.mark.timeout(60)
+def test_a_central_problem_that_is_none_says_how_to_set_it():
+    """The README's persistent-workers block as it was: problems.local never set."""
+    from algorithms import SGD, make_lrmse_problem
+
+    class NeedsProblem(SGD):
+        def initialize(self, problem):
+            return np.zeros(problem.n)
+
+    with aia.LocalCluster(2) as cluster:
+        problems = aia.DistributedObject(make_lrmse_problem(), cluster)
+        with pytest.raises(AttributeError) as info:
+            aia.start(NeedsProblem(0.01), problems, {"epoch": 2}, cluster=cluster, verbose=0)
+        assert "problems.local" in "".join(info.value.__notes__)
+        assert info.value.history is not None
+        with pytest.raises(ValueError, match="x0=.*problems.local"):
+            aia.start(SGD(0.01), problems, {"epoch": 2}, cluster=cluster, verbose=0)
