@@ -11,7 +11,9 @@ anything is evaluated (`inspect_formula`):
 - ``log``, ``exp``, ``sqrt`` (also as ``np.log`` etc.);
 - ``center(column)``, ``scale(column)``: standardised with the mean and standard deviation of
   *all sites' rows* (formulaic's own would use each site's rows, and every site would then
-  fit a different model).
+  fit a different model);
+- ``cbind(successes, failures)`` as the whole response of a binomial model (R's syntax: the
+  numbers of trials are the row sums; each argument a column or arithmetic on columns).
 
 Every site must build the same columns. The categorical levels are collected from every site
 and merged (the union, sorted as formulaic sorts them), and each site casts its categorical
@@ -49,7 +51,8 @@ class SiteError(ValueError):
 
 
 #: Functions a formula may call, by name.
-FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum"})
+FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum",
+                       "cbind"})
 #: numpy functions a formula may call as ``np.<name>``.
 NUMPY_FUNCTIONS = frozenset({"log", "exp", "sqrt"})
 #: Keyword arguments allowed in those calls.
@@ -60,20 +63,29 @@ _UNARYOPS = (ast.UAdd, ast.USub)
 _COMPARE = (ast.Gt, ast.GtE, ast.Lt, ast.LtE, ast.Eq, ast.NotEq)
 _CONSTANTS = (int, float, str, bool, type(None))
 
+
+
+def cbind(successes, failures) -> np.ndarray:
+    """R's ``cbind(successes, failures)`` response: the two counts side by side."""
+    return np.column_stack([np.asarray(successes, dtype=float),
+                            np.asarray(failures, dtype=float)])
+
+
 #: What formulaic may see when it evaluates a term (besides its own C, I, center, scale...).
-CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt}
+CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "cbind": cbind}
 
 
 @dataclass(frozen=True)
 class FormulaInfo:
     """What a whitelisted formula reads: ``response`` and ``variables`` (column names),
     ``categorical`` (columns inside ``C()``) and ``standardized`` (columns inside
-    ``center()``/``scale()``)."""
+    ``center()``/``scale()``); ``counts``: the response is ``cbind(successes, failures)``."""
 
     response: frozenset
     variables: frozenset
     categorical: frozenset
     standardized: frozenset
+    counts: bool = False
 
 
 def inspect_formula(formula: str) -> FormulaInfo:
@@ -112,7 +124,19 @@ def inspect_formula(formula: str) -> FormulaInfo:
         variables=frozenset(found["variables"]),
         categorical=frozenset(found["categorical"]),
         standardized=frozenset(found["standardized"]),
+        counts=_is_cbind(list(parsed.lhs)[0]),
     )
+
+
+def _is_cbind(term) -> bool:
+    """Whether the response term is ``cbind(successes, failures)`` (checked by the
+    whitelist: ``cbind`` is only allowed as the whole response)."""
+    factors = list(term.factors)
+    if len(factors) != 1 or factors[0].eval_method != Factor.EvalMethod.PYTHON:
+        return False
+    node = ast.parse(factors[0].expr, mode="eval").body
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+        and node.func.id == "cbind"
 
 
 def _check_factor(factor: Factor, found: dict, side: str) -> None:
@@ -136,7 +160,18 @@ def _check_text(expr: str, found: dict, side: str = "rhs") -> None:
         raise FormulaError(f"term {expr!r} is not a valid expression") from None
     except (BoundsError, RecursionError, MemoryError) as exc:
         raise FormulaError(f"term refused: {exc}") from None
-    _check_node(tree.body, expr, found, side)
+    body = tree.body
+    if side == "lhs" and isinstance(body, ast.Call) and isinstance(body.func, ast.Name) \
+            and body.func.id == "cbind":
+        if len(body.args) != 2 or body.keywords or any(isinstance(a, ast.Starred)
+                                                        for a in body.args):
+            raise _refuse(expr, "cbind() of anything but two counts (successes, failures)")
+        for arg in body.args:
+            if not any(isinstance(n, ast.Name) for n in ast.walk(arg)):
+                raise _refuse(expr, "a cbind() argument that reads no column")
+            _check_node(arg, expr, found, side)
+        return
+    _check_node(body, expr, found, side)
 
 
 def _refuse(expr: str, what: str) -> FormulaError:
@@ -215,6 +250,9 @@ def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
         name = func.attr
     else:
         raise _refuse(expr, f"the call {ast.unparse(func)}()")
+    if name == "cbind":  # the whole response only (see _check_text)
+        raise _refuse(expr, "cbind() anywhere but as the whole response, "
+                            "cbind(successes, failures) ~ ...")
     if any(isinstance(a, ast.Starred) for a in node.args) or any(
         k.arg is None or k.arg not in KEYWORDS for k in node.keywords
     ):
@@ -272,6 +310,9 @@ class Design:
                             ("exposure", exposure), ("expected", expected)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name}: expected a column name, got {type(value).__name__}")
+        if inspect_formula(formula).counts and not fam.binomial:
+            raise ValueError(f"formula: cbind(successes, failures) is a binomial response; "
+                             f"expected family='binomial' or 'quasibinomial', got {fam.name}")
         if fam.relative_survival and expected is None:
             raise ValueError("expected: the relative_survival family needs the column of "
                              "expected deaths d* (expected='...')")
@@ -328,6 +369,9 @@ class ModelData:
     d_star: Optional[np.ndarray]
     names: list
     built_by: str = "formulaic"
+    #: ``cbind(successes, failures)``: the numbers of trials (the prior weights are then
+    #: the weights times the trials, as R's binomial family sets them); else None.
+    trials: Optional[np.ndarray] = None
 
 
 def used_columns(design: Design) -> set:
@@ -432,6 +476,9 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     else:
         y, X, names = _formulaic_design(frame, design)
         built_by = "formulaic"
+    trials = None
+    if info.counts:
+        y, trials = _proportions(y)
     n = len(y)
     w = _column(frame, design.weights, n, 1.0)
     offset = _column(frame, design.offset, n, 0.0)
@@ -450,9 +497,25 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
                          "(e.g. the log of a non-positive value)")
     if np.any(w < 0):
         raise SiteError("prior weights must not be negative")
+    if trials is not None:
+        w = w * trials  # R's binomial()$initialize: weights <- weights * n
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
         raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
-    return ModelData(y, X, w, offset, d_star, names, built_by)
+    return ModelData(y, X, w, offset, d_star, names, built_by, trials)
+
+
+def _proportions(counts: np.ndarray) -> tuple:
+    """The proportions of successes and the numbers of trials of a ``cbind(successes,
+    failures)`` response (0 where there are no trials, as R sets them)."""
+    if not np.all(np.isfinite(counts)):
+        raise SiteError("cbind(successes, failures) has non-finite values at this site")
+    if np.any(counts < 0) or np.any(counts != np.round(counts)):
+        raise SiteError("cbind(successes, failures): expected counts (non-negative whole "
+                        "numbers) of successes and failures, got other values at this site")
+    trials = counts[:, 0] + counts[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(trials > 0, counts[:, 0] / np.where(trials > 0, trials, 1.0), 0.0)
+    return y, trials
 
 
 def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
@@ -466,9 +529,12 @@ def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
             mean, sd = design.moments[col]
             state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
         rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
-    if lhs.shape[1] != 1 or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
-        raise SiteError("the response must be one numeric column")
-    y = lhs.to_numpy(dtype=float).ravel()
+    width = 2 if design.info.counts else 1
+    if lhs.shape[1] != width or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
+        raise SiteError("the response must be one numeric column" if width == 1 else
+                        "cbind(successes, failures) must be two numeric columns")
+    y = lhs.to_numpy(dtype=float)
+    y = y if design.info.counts else y.ravel()
     # pandas hands the columns over column-major; X'WX and X @ beta are as fast that way
     # (measured), so no row-major copy of the whole matrix.
     X = rhs.to_numpy(dtype=float)

@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 from statsmodels.genmod import families as smf
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
@@ -51,7 +52,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         exposure: Optional[str] = None, expected: Optional[str] = None,
         method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-        guards: Any = None, start: Any = None, verbose: int = 0) -> GLMResults:
+        guards: Any = None, start: Any = None, verbose: int = 0,
+        scale: Optional[float] = None) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -98,6 +100,10 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         Starting coefficients (one per design column), instead of R's starting values.
     verbose : int
         0 nothing, 1 a progress bar, 2 also the deviance and the convergence criterion.
+    scale : float, optional
+        A fixed dispersion (R's ``summary(fit, dispersion=)``, statsmodels' ``scale``):
+        standard errors, z tests and intervals use it. By default it is estimated as R's
+        ``summary.glm`` does, for every family but binomial and Poisson.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -109,18 +115,28 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     design = Design.make(formula, family, link, weights=weights, offset=offset,
                          exposure=exposure, expected=expected, guards=guards)
+    options = check_options(scale=scale)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
         return fit_steps(placed, design, names, method, tol, max_iter, synchronous, verbose,
-                         start)
+                         start, **options)
+
+
+def check_options(scale: Optional[float] = None) -> dict:
+    """The result's options of `fit`, checked before any process starts."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not (np.isfinite(scale) and scale > 0)):
+        raise ValueError(f"scale: expected a positive number (a fixed dispersion) or None, "
+                         f"got {scale!r}")
+    return {"scale": None if scale is None else float(scale)}
 
 
 def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
               tol: float = 1e-8, max_iter: int = 25, synchronous: bool = True,
-              verbose: int = 0, start: Any = None) -> GLMResults:
+              verbose: int = 0, start: Any = None, **options) -> GLMResults:
     """The steps of a fit (see the module docstring) over ``sites``, wherever they live.
 
     ``sites`` offers ``call(method, design, *args)``: ``site.method(design, *args)`` at every
@@ -128,6 +144,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     `aia.start` of the algorithm over the sites; and ``prepare(design)``: the design with the
     merged levels and moments, as the sites are to see it. `fit` places sites on workers or
     in this process; ``aia-glm central`` reaches them through a synced folder.
+
+    ``options``: the result's options of `fit` (``scale``), checked by `check_options`.
     """
     stopat = {"tol": tol, "maxit": max_iter}
     log.info("describing the sites (levels and moments)")
@@ -152,17 +170,20 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
             warnings.warn("the intercept-only fit behind the null deviance did not "
                           "converge", ConvergenceWarning, stacklevel=3)
         null_deviance = null.deviance
-    scale = _scale(main, design)
-    llf_scale = _llf_scale(main, design, scale)
+    scale = _scale(main, design, options.get("scale"))
+    llf_scale = _llf_scale(main, design)
     saturated = [b.get("saturated_loglike") for b in built]
-    if method == "fisher" and llf_scale == 1.0 and None not in saturated:
+    if not design.family.has_likelihood:  # quasi families: R's logLik is NA
+        llf = float("nan")
+    elif method == "fisher" and llf_scale == 1.0 and None not in saturated:
         # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
         # estimate itself; no pass over the rows.
         llf = sum(saturated) - main.deviance / 2
     else:
         log.info("the log-likelihood")
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
-    return _results(main, design, scale, null_deviance, llf, names, synchronous)
+    return _results(main, design, scale, null_deviance, llf, names, synchronous,
+                    scale_fixed=options.get("scale") is not None)
 
 
 # -- placing the sites -------------------------------------------------------------------------
@@ -289,24 +310,36 @@ def _df_resid(main: FisherScoring) -> int:
     return main.n_ok - len(main.column_names)
 
 
-def _scale(main: FisherScoring, design: Design) -> float:
-    """Pearson chi-square / df_resid when the dispersion is estimated (R and statsmodels)."""
+def _scale(main: FisherScoring, design: Design, fixed: Optional[float] = None) -> float:
+    """The dispersion as R's ``summary.glm``: ``fixed`` when given (``dispersion=``); 1 for
+    the binomial and Poisson families; else ``sum(w_work r_work^2) / df_resid``, with the
+    working weights of the last IRLS iteration and the working residuals at the estimate
+    (the Pearson chi-square at the estimate where that iteration is not known: asynchronous
+    rounds, gradient descent)."""
+    if fixed is not None:
+        return float(fixed)
     if not design.family.scale_estimated:
         return 1.0
+    df = _df_resid(main)
+    chi2 = main.working_chi2 if np.isfinite(main.working_chi2) else main.pearson_chi2
+    return chi2 / df if df > 0 else float("nan")
+
+
+def _llf_scale(main: FisherScoring, design: Design) -> float:
+    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity,
+    else the Pearson chi-square at the estimate / df_resid (1 for binomial and Poisson)."""
+    sm = design.family.sm
+    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
+        return main.deviance / main.nobs
+    if not design.family.scale_estimated or isinstance(sm, smf.NegativeBinomial):
+        return 1.0  # statsmodels' and R's negative binomial likelihood has no dispersion
     df = _df_resid(main)
     return main.pearson_chi2 / df if df > 0 else float("nan")
 
 
-def _llf_scale(main: FisherScoring, design: Design, scale: float) -> float:
-    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity."""
-    sm = design.family.sm
-    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
-        return main.deviance / main.nobs
-    return scale
-
-
 def _results(main: FisherScoring, design: Design, scale: float, null_deviance: float,
-             llf: float, names: list, synchronous: bool) -> GLMResults:
+             llf: float, names: list, synchronous: bool,
+             scale_fixed: bool = False) -> GLMResults:
     cols = main.column_names
     converged, notes = main.converged, []
     if main.n_boundary:
@@ -342,7 +375,7 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         params=pd.Series(main.beta, index=cols),
         cov_unscaled=pd.DataFrame(main.cov_unscaled, index=cols, columns=cols),
         scale=scale,
-        scale_estimated=design.family.scale_estimated,
+        scale_estimated=design.family.scale_estimated and not scale_fixed,
         deviance=main.deviance,
         null_deviance=null_deviance,
         pearson_chi2=main.pearson_chi2,

@@ -116,6 +116,8 @@ class Site:
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._work: Optional[np.ndarray] = None  # sqrt(W) X of the latest round, reused
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
+        # (design token, subset) -> the working weights of the last valid contribution
+        self._working: dict = {}
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
@@ -245,7 +247,7 @@ class Site:
         deviance)."""
         m = self.model(design)
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights)
+            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials)
         return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
@@ -290,7 +292,7 @@ class Site:
         y, w, offset = m.y, m.weights, m.offset
         with np.errstate(all="ignore"):
             if query.beta is None:
-                mu = fam.start_mu(y, w)
+                mu = fam.start_mu(y, w, m.trials)
                 eta = fam.linkfun(mu)
                 if not fam.valid(eta, mu):
                     raise SiteError(f"cannot find valid starting values for the {fam.name} "
@@ -325,14 +327,31 @@ class Site:
                 log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
+            used = np.where(good, weights, 0.0)
+            working_chi2 = self._working_chi2(design, subset, used, (y - mu) * fam.deriv(mu))
             return Contribution(
                 query.version, True, deviance=deviance,
-                pearson_chi2=fam.pearson_chi2(y, mu, w),
+                pearson_chi2=fam.pearson_chi2(y, mu, w), working_chi2=working_chi2,
                 xtwx=xtwx, xtwz=xtwz,
                 n_boundary=fam.boundary_count(mu),
                 null_deviance=self._null_deviance(fam, m, query.null),
                 **counts,
             )
+
+    def _working_chi2(self, design: Design, subset, weights: np.ndarray,
+                      residuals: np.ndarray) -> float:
+        """R's ``sum(weights * residuals^2)`` of ``summary.glm``: the working weights of
+        the previous valid contribution (R's last iteration), the working residuals at
+        these coefficients; these weights are kept for the next one."""
+        key = (design.token, None if subset is None else tuple(subset))
+        if any(k[0] != design.token for k in self._working):
+            self._working = {}
+        previous = self._working.get(key)
+        self._working[key] = weights
+        if previous is None or len(previous) != len(residuals):
+            return float("nan")
+        used = previous > 0
+        return float(np.sum(previous[used] * residuals[used] ** 2))
 
     def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
                        keep: bool) -> tuple:
@@ -360,7 +379,7 @@ class Site:
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(X @ beta + m.offset)
-            return fam.loglike(m.y, mu, m.weights, scale)
+            return fam.loglike(m.y, mu, m.weights, scale, m.trials)
 
 
 class SiteGroup:

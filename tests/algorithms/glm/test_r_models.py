@@ -1,0 +1,176 @@
+"""R's numbers on the classic models (issue 13), on R's own data sets split over three
+sites: ``glm`` + ``summary.glm`` + ``anova.glm`` + ``MASS::glm.nb`` + ``sandwich``.
+
+Every reference is computed by R in the test (`tests.r_reference.r_values`), both sides fit
+to tight convergence (R's ``epsilon = 1e-12``) unless the test is about R's stopping rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from algorithms import glm
+from tests.r_reference import r_values
+
+from .conftest import close, r_frame, split3
+
+TIGHT = "control = glm.control(epsilon = 1e-12, maxit = 100)"
+#: What R reports of a glm fit, by the names the comparisons use.
+R_FIT = """
+out("params", coef(f)); out("bse", sqrt(diag(vcov(f)))); out("deviance", deviance(f))
+out("null_deviance", f$null.deviance); out("df_resid", df.residual(f)); out("df_null", f$df.null)
+out("llf", logLik(f)); out("aic", AIC(f)); out("scale", summary(f)$dispersion)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _small_sites(monkeypatch):
+    # R's data sets are small: a few dozen rows per site for up to a dozen coefficients.
+    monkeypatch.setenv("GLM_MAX_PCT_VARS_VS_OBS", "50")
+
+
+def r_fit(call: str, sites: list, extra: str = "", packages=("MASS",)) -> dict:
+    """R's numbers of ``f <- <call>`` on the pooled rows of ``sites`` (``d``)."""
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    script = "d <- rbind(" + ", ".join(frames) + ")\n" + f"f <- {call}\n" + R_FIT + extra
+    return r_values(script, frames=frames, packages=packages)
+
+
+def same(res, R: dict, keys=("params", "bse", "deviance", "null_deviance", "df_resid",
+                             "df_null", "llf", "aic", "scale"), rtol=1e-6):
+    for key in keys:
+        ours = getattr(res, key)
+        ours = ours.to_numpy() if isinstance(ours, pd.Series) else ours
+        expected = R[key]
+        if np.all(np.isnan(expected)):
+            assert np.all(np.isnan(ours)), key
+            continue
+        np.testing.assert_allclose(np.asarray(ours, float).ravel(), expected, rtol=rtol,
+                                   atol=1e-12, err_msg=key)
+
+
+def snails() -> pd.DataFrame:
+    return r_frame("transform(snails, RelHum = Rel.Hum)"
+                   "[c('Species', 'Exposure', 'RelHum', 'Temp', 'Deaths', 'N')]")
+
+
+def esoph() -> pd.DataFrame:
+    return r_frame("esoph")
+
+
+# -- item 1: binomial responses as R writes them ----------------------------------------------
+SNAILS = "Species + Exposure + RelHum + Temp"
+
+
+def test_cbind_response_is_r():
+    d = snails()
+    d.loc[[5, 40], ["Deaths", "N"]] = 0  # rows without trials: weight 0, out of the df
+    sites = split3(d)
+    res = glm.fit(f"cbind(Deaths, N - Deaths) ~ {SNAILS}", sites, "binomial",
+                  cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(Deaths, N - Deaths) ~ {SNAILS}, binomial, d, {TIGHT})", sites,
+              'out("bic", BIC(f))')
+    same(res, R)
+    assert res.df_resid == 89 and res.df_null == 93
+
+
+def test_proportion_with_trials_as_weights_is_r():
+    sites = split3(esoph().assign(p=lambda d: d.ncases / (d.ncases + d.ncontrols),
+                                  n=lambda d: d.ncases + d.ncontrols))
+    res = glm.fit("p ~ agegp + alcgp", sites, "binomial", weights="n", cluster="inprocess",
+                  tol=1e-12)
+    R = r_fit(f"glm(p ~ agegp + alcgp, binomial, d, weights = n, {TIGHT})", sites)
+    same(res, R)
+    both = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "binomial",
+                   cluster="inprocess", tol=1e-12)
+    same(both, R)  # the same fit, the same likelihood
+
+
+def test_cbind_with_prior_weights_is_r():
+    sites = split3(esoph().assign(w=lambda d: 1 + (np.arange(len(d)) % 4) / 2))
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + tobgp", sites, "binomial",
+                  weights="w", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(ncases, ncontrols) ~ agegp + tobgp, binomial, d, weights = w, "
+              f"{TIGHT})", sites)
+    same(res, R)
+
+
+@pytest.mark.timeout(120)
+def test_cbind_on_local_workers(tmp_path):
+    sites = split3(snails())
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    res = glm.fit(f"cbind(Deaths, N - Deaths) ~ {SNAILS}", paths, "binomial", tol=1e-12)
+    R = r_fit(f"glm(cbind(Deaths, N - Deaths) ~ {SNAILS}, binomial, d, {TIGHT})", sites)
+    same(res, R)
+
+
+def test_cbind_refusals():
+    with pytest.raises(ValueError, match="cbind.*binomial response.*got Poisson"):
+        glm.fit("cbind(a, b) ~ x", [pd.DataFrame()], "poisson", cluster="inprocess")
+    with pytest.raises(glm.FormulaError, match="two counts"):
+        glm.inspect_formula("cbind(a, b, c) ~ x")
+    with pytest.raises(glm.FormulaError, match="whole response"):
+        glm.inspect_formula("y ~ cbind(a, b)")
+    with pytest.raises(glm.FormulaError, match="whole response"):
+        glm.inspect_formula("I(cbind(a, b)) ~ x")
+    with pytest.raises(glm.FormulaError, match="not allowed"):
+        glm.inspect_formula("cbind(a, __import__('os').getpid()) ~ x")
+    d = snails().assign(half=lambda d: d.Deaths + 0.5)
+    with pytest.raises(glm.SiteError, match="expected counts"):
+        glm.fit("cbind(half, N - Deaths) ~ Temp", split3(d), "binomial", cluster="inprocess")
+
+
+# -- item 2: the dispersion as summary.glm ------------------------------------------------
+def birthwt() -> pd.DataFrame:
+    return r_frame("transform(birthwt, race = c('white', 'black', 'other')[race])")
+
+
+@pytest.mark.parametrize("family,link,r_family", [
+    ("gamma", "log", "Gamma(link = 'log')"),
+    ("gamma", None, "Gamma()"),
+    ("inverse_gaussian", "log", "inverse.gaussian(link = 'log')"),
+    ("gaussian", "log", "gaussian(link = 'log')"),
+])
+def test_dispersion_is_summary_glm_at_r_stopping_rule(family, link, r_family):
+    """At R's default rule (epsilon = 1e-8) the fit stops where R's does, and the dispersion
+    is R's: the working weights of the last iteration, not the Pearson chi-square at the
+    estimate."""
+    sites = split3(birthwt())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, family, link, cluster="inprocess")
+    R = r_fit(f"glm({formula}, {r_family}, d)", sites, 'out("iter", f$iter)')
+    assert res.iterations == R["iter"][0]
+    same(res, R, ("params", "bse", "deviance", "scale"), rtol=1e-9)
+
+
+def test_dispersion_of_negative_binomial_family_object_is_estimated():
+    """A negative binomial with theta fixed is not Poisson: summary.glm estimates its
+    dispersion (glm.nb's summary fixes it at 1, see the negative binomial tests)."""
+    import statsmodels.api as sm
+    sites = split3(r_frame("quine"))
+    res = glm.fit("Days ~ Eth + Sex + Age + Lrn", sites, sm.families.NegativeBinomial(
+        alpha=1 / 1.5), cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(Days ~ Eth + Sex + Age + Lrn, negative.binomial(1.5), d, {TIGHT})", sites)
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "scale", "llf"))
+
+
+def test_fixed_scale_is_summary_dispersion():
+    sites = split3(birthwt())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, "gamma", "log", cluster="inprocess", tol=1e-12, scale=0.05)
+    R = r_fit(f"glm({formula}, Gamma(link = 'log'), d, {TIGHT})", sites,
+              'co <- coef(summary(f, dispersion = 0.05)); out("se", co[, 2]); '
+              'out("p", co[, 4])')
+    assert not res.use_t and res.scale == 0.05
+    close(res.bse.to_numpy(), R["se"])
+    close(res.pvalues.to_numpy(), R["p"])
+    close(res.params.to_numpy(), R["params"])
+    assert "(fixed)" in str(res.summary())
+    for bad in (0, -1.0, "1", float("nan"), True):
+        with pytest.raises(ValueError, match="scale: expected a positive number"):
+            glm.fit(formula, sites, "gamma", scale=bad, cluster="inprocess")
