@@ -478,7 +478,7 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
         built_by = "formulaic"
     trials = None
     if info.counts:
-        y, trials = _proportions(y)
+        y, trials = _proportions(y, whole=design.family.has_likelihood)
     n = len(y)
     w = _column(frame, design.weights, n, 1.0)
     offset = _column(frame, design.offset, n, 0.0)
@@ -504,12 +504,16 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     return ModelData(y, X, w, offset, d_star, names, built_by, trials)
 
 
-def _proportions(counts: np.ndarray) -> tuple:
+def _proportions(counts: np.ndarray, whole: bool = True) -> tuple:
     """The proportions of successes and the numbers of trials of a ``cbind(successes,
-    failures)`` response (0 where there are no trials, as R sets them)."""
+    failures)`` response (0 where there are no trials, as R sets them). The counts are
+    whole numbers, but for the quasibinomial family (``whole=False``)."""
     if not np.all(np.isfinite(counts)):
         raise SiteError("cbind(successes, failures) has non-finite values at this site")
-    if np.any(counts < 0) or np.any(counts != np.round(counts)):
+    if np.any(counts < 0):
+        raise SiteError("cbind(successes, failures): expected non-negative counts of "
+                        "successes and failures, got negative values at this site")
+    if whole and np.any(counts != np.round(counts)):
         raise SiteError("cbind(successes, failures): expected counts (non-negative whole "
                         "numbers) of successes and failures, got other values at this site")
     trials = counts[:, 0] + counts[:, 1]

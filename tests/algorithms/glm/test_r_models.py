@@ -174,3 +174,39 @@ def test_fixed_scale_is_summary_dispersion():
     for bad in (0, -1.0, "1", float("nan"), True):
         with pytest.raises(ValueError, match="scale: expected a positive number"):
             glm.fit(formula, sites, "gamma", scale=bad, cluster="inprocess")
+
+
+# -- item 4: quasi families -------------------------------------------------------------------
+QUINE = "Days ~ Eth + Sex + Age + Lrn"
+
+
+def test_quasipoisson_is_r():
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "quasipoisson", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm({QUINE}, quasipoisson, d, {TIGHT})", sites,
+              'out("p", coef(summary(f))[, 4])')
+    same(res, R)  # llf and aic NaN as R's NA
+    assert np.isnan(res.bic) and res.use_t and res.family == "quasipoisson"
+    close(res.pvalues.to_numpy(), R["p"])
+    assert "nan" in str(res.summary())
+
+
+def test_quasibinomial_is_r():
+    d = esoph()
+    d["ncases"] = d["ncases"] + 0.25  # quasibinomial takes any non-negative numbers
+    sites = split3(d)
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "quasibinomial",
+                  cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(ncases, ncontrols) ~ agegp + alcgp, quasibinomial, d, {TIGHT})",
+              sites)
+    same(res, R)
+    with pytest.raises(glm.SiteError, match="expected counts"):
+        glm.fit("cbind(ncases, ncontrols) ~ agegp", sites, "binomial", cluster="inprocess")
+
+
+@pytest.mark.timeout(120)
+def test_quasipoisson_on_local_workers():
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "quasipoisson", tol=1e-12)
+    R = r_fit(f"glm({QUINE}, quasipoisson, d, {TIGHT})", sites)
+    same(res, R)
