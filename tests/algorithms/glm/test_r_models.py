@@ -210,3 +210,56 @@ def test_quasipoisson_on_local_workers():
     res = glm.fit(QUINE, sites, "quasipoisson", tol=1e-12)
     R = r_fit(f"glm({QUINE}, quasipoisson, d, {TIGHT})", sites)
     same(res, R)
+
+
+# -- item 8: analysis of deviance -------------------------------------------------------------
+ANOVA_R = """
+f0 <- glm({f0}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+f1 <- glm({f1}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+f2 <- glm({f2}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+a <- suppressWarnings(anova(f0, f1, f2, test = "{test}"))
+for (k in names(a)) out(k, a[[k]])
+"""
+
+
+@pytest.mark.parametrize("family,r_family,test", [
+    ("poisson", "poisson", "Chisq"),
+    ("quasipoisson", "quasipoisson", "F"),
+    ("quasipoisson", "quasipoisson", "Chisq"),
+    ("poisson", "poisson", "F"),  # R warns: F with a fixed dispersion
+])
+def test_anova_is_r(family, r_family, test):
+    sites = split3(r_frame("quine"))
+    formulas = ["Days ~ Eth", "Days ~ Eth + Sex + Age", QUINE]
+    fits = [glm.fit(f, sites, family, cluster="inprocess", tol=1e-12) for f in formulas]
+    if test == "F" and family == "poisson":
+        with pytest.warns(UserWarning, match="using F test with a 'poisson' family"):
+            table = glm.anova(*fits, test=test)
+    else:
+        table = glm.anova(*fits, test=test)
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    R = r_values("d <- rbind(s1, s2, s3)\n" + ANOVA_R.format(
+        f0=formulas[0], f1=formulas[1], f2=formulas[2], fam=r_family, test=test),
+        frames=frames)
+    assert list(table.columns) == list(R)
+    for col in table.columns:
+        np.testing.assert_allclose(table[col].to_numpy(), R[col], rtol=1e-6, atol=1e-300,
+                                   err_msg=col)
+
+
+def test_anova_refusals():
+    sites = split3(r_frame("quine"))
+    small = glm.fit("Days ~ Eth", sites, "poisson", cluster="inprocess")
+    big = glm.fit("Days ~ Eth + Sex", sites, "poisson", cluster="inprocess")
+    other = glm.fit("Days ~ Age", sites, "poisson", cluster="inprocess")
+    fewer = glm.fit("Days ~ Eth + Sex", sites[:2], "poisson", cluster="inprocess")
+    with pytest.raises(ValueError, match="not nested"):
+        glm.anova(small, other)
+    with pytest.raises(ValueError, match="not all fitted to the same size of dataset"):
+        glm.anova(small, fewer)
+    with pytest.raises(ValueError, match="expected two or more"):
+        glm.anova(small)
+    with pytest.raises(ValueError, match="test: expected"):
+        glm.anova(small, big, test="Wald")
+    with pytest.raises(TypeError, match="GLMResults"):
+        glm.anova(small, "big")
