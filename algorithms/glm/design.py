@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping, Optional
 
@@ -286,7 +286,8 @@ class Design:
     `algorithms.glm.fit` from every site's answers; with ``levels=None`` each site uses its
     own levels, and the central checks that the columns agree. ``guards`` are the analyst's
     requests (a site only takes the stricter ones). ``token`` identifies the design, so that
-    a site builds its matrices once per design.
+    a site builds its matrices once per design. ``groups``: the column of cluster ids of a
+    cluster-robust covariance (its rows must be complete too; the ids never leave the site).
     """
 
     formula: str
@@ -299,15 +300,18 @@ class Design:
     moments: Optional[Mapping[str, tuple]] = None
     guards: Optional[Guards] = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    groups: Optional[str] = None
 
     @classmethod
     def make(cls, formula: str, family: Any = "gaussian", link: Any = None, *, weights=None,
-             offset=None, exposure=None, expected=None, guards=None) -> "Design":
+             offset=None, exposure=None, expected=None, guards=None,
+             groups=None) -> "Design":
         """Check the arguments (and the formula's whitelist) and build a `Design`."""
         inspect_formula(formula)
         fam = resolve(family, link)
         for name, value in (("weights", weights), ("offset", offset),
-                            ("exposure", exposure), ("expected", expected)):
+                            ("exposure", exposure), ("expected", expected),
+                            ("groups", groups)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name}: expected a column name, got {type(value).__name__}")
         if inspect_formula(formula).counts and not fam.binomial:
@@ -319,7 +323,7 @@ class Design:
         if expected is not None and not fam.relative_survival:
             raise ValueError("expected: only the relative_survival family uses expected deaths")
         return cls(formula, fam, weights, offset, exposure, expected,
-                   guards=Guards.coerce(guards))
+                   guards=Guards.coerce(guards), groups=groups)
 
     @cached_property
     def info(self) -> FormulaInfo:
@@ -330,7 +334,8 @@ class Design:
     def extra_columns(self) -> dict:
         """The columns read besides the formula's: role -> column name."""
         roles = {"weights": self.weights, "offset": self.offset,
-                 "exposure": self.exposure, "expected": self.expected}
+                 "exposure": self.exposure, "expected": self.expected,
+                 "groups": self.groups}
         return {k: v for k, v in roles.items() if v is not None}
 
     @property
@@ -339,7 +344,8 @@ class Design:
         models by it): a digest of the formula, family, link and columns."""
         text = "\x1f".join(str(v) for v in (
             " ".join(self.formula.split()), self.family.name, self.family.link_name,
-            self.weights, self.offset, self.exposure, self.expected))
+            self.weights, self.offset, self.exposure, self.expected)
+            + ((self.groups,) if self.groups else ()))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -353,8 +359,8 @@ class Design:
 
     def with_shared(self, levels: Mapping, moments: Mapping) -> "Design":
         """This design with the merged levels and global moments (a new token)."""
-        return Design(self.formula, self.family, self.weights, self.offset, self.exposure,
-                      self.expected, dict(levels), dict(moments), self.guards)
+        return replace(self, levels=dict(levels), moments=dict(moments),
+                       token=uuid.uuid4().hex)
 
 
 @dataclass
@@ -372,6 +378,8 @@ class ModelData:
     #: ``cbind(successes, failures)``: the numbers of trials (the prior weights are then
     #: the weights times the trials, as R's binomial family sets them); else None.
     trials: Optional[np.ndarray] = None
+    #: the cluster ids of ``Design.groups`` (never sent), else None.
+    groups: Optional[np.ndarray] = None
 
 
 def used_columns(design: Design) -> set:
@@ -501,7 +509,8 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
         w = w * trials  # R's binomial()$initialize: weights <- weights * n
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
         raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
-    return ModelData(y, X, w, offset, d_star, names, built_by, trials)
+    groups = None if design.groups is None else frame[design.groups].to_numpy()
+    return ModelData(y, X, w, offset, d_star, names, built_by, trials, groups)
 
 
 def _proportions(counts: np.ndarray, whole: bool = True) -> tuple:

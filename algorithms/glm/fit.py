@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -53,7 +54,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0,
-        scale: Optional[float] = None) -> GLMResults:
+        scale: Optional[float] = None, cov_type: str = "nonrobust",
+        groups: Optional[str] = None) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -104,6 +106,15 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         A fixed dispersion (R's ``summary(fit, dispersion=)``, statsmodels' ``scale``):
         standard errors, z tests and intervals use it. By default it is estimated as R's
         ``summary.glm`` does, for every family but binomial and Poisson.
+    cov_type : str
+        ``"nonrobust"`` (R's ``vcov``), or a sandwich covariance with statsmodels' meaning
+        and small-sample corrections, as R's ``sandwich`` computes it: ``"HC0"``
+        (``vcovHC(type = "HC0")``), ``"HC1"`` (``n / (n - k)``), ``"cluster"``
+        (``vcovCL(type = "HC1")``: ``G / (G - 1) (n - 1) / (n - k)``). Each site sends a
+        p x p sum. Robust standard errors come with z tests (statsmodels, ``lmtest``).
+    groups : str, optional
+        With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
+        id seen at two sites is an error). None: each site is a cluster.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -113,9 +124,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
-                         exposure=exposure, expected=expected, guards=guards)
-    options = check_options(scale=scale)
+                         exposure=exposure, expected=expected, guards=guards, groups=groups)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
     if cluster == "inprocess" and not synchronous:
@@ -125,13 +136,26 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
                          start, **options)
 
 
-def check_options(scale: Optional[float] = None) -> dict:
+#: ``cov_type=`` values.
+COV_TYPES = ("nonrobust", "HC0", "HC1", "cluster")
+
+
+def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
+                  groups: Optional[str] = None) -> dict:
     """The result's options of `fit`, checked before any process starts."""
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not (np.isfinite(scale) and scale > 0)):
         raise ValueError(f"scale: expected a positive number (a fixed dispersion) or None, "
                          f"got {scale!r}")
-    return {"scale": None if scale is None else float(scale)}
+    if cov_type not in COV_TYPES:
+        raise ValueError(f"cov_type: expected one of {', '.join(map(repr, COV_TYPES))}, "
+                         f"got {cov_type!r}")
+    if groups is not None:
+        if not isinstance(groups, str):
+            raise TypeError(f"groups: expected a column name, got {type(groups).__name__}")
+        if cov_type != "cluster":
+            raise ValueError(f"groups: only with cov_type='cluster', got cov_type={cov_type!r}")
+    return {"scale": None if scale is None else float(scale), "cov_type": cov_type}
 
 
 def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
@@ -182,8 +206,44 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     else:
         log.info("the log-likelihood")
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
-    return _results(main, design, scale, null_deviance, llf, names, synchronous,
-                    scale_fixed=options.get("scale") is not None)
+    result = _results(main, design, scale, null_deviance, llf, names, synchronous,
+                      scale_fixed=options.get("scale") is not None)
+    cov_type = options.get("cov_type", "nonrobust")
+    if cov_type != "nonrobust":
+        log.info("the sandwich covariance (%s)", cov_type)
+        result.cov_type = cov_type
+        result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
+    return result
+
+
+def _robust_cov(sites: Any, design: Design, main: Any, names: list,
+                cov_type: str) -> pd.DataFrame:
+    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats) with
+    statsmodels' (and sandwich's) small-sample corrections."""
+    clusters = "rows" if cov_type != "cluster" else "groups" if design.groups else "site"
+    parts = sites.call("meat", design, main.beta, clusters, secrets.token_hex(16),
+                       main.accepted_version)
+    if clusters == "groups":
+        seen: dict = {}
+        for name, part in zip(names, parts):
+            for digest in part["digests"]:
+                other = seen.setdefault(digest, name)
+                if other != name:
+                    raise ValueError(
+                        f"groups: a cluster id of column {design.groups!r} is at two sites "
+                        f"({other} and {name}); clusters must lie within one site")
+    C = np.asarray(main.cov_unscaled)
+    cov = C @ sum(p["meat"] for p in parts) @ C
+    n, k = main.nobs, len(main.column_names)
+    if cov_type == "HC1":
+        cov = cov * n / (n - k)
+    elif cov_type == "cluster":
+        g = sum(p["clusters"] for p in parts)
+        if g < 2:
+            raise ValueError("cov_type='cluster' needs at least two clusters")
+        cov = cov * g / (g - 1) * (n - 1) / (n - k)
+    cols = main.column_names
+    return pd.DataFrame((cov + cov.T) / 2, index=cols, columns=cols)
 
 
 # -- placing the sites -------------------------------------------------------------------------
