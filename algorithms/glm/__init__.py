@@ -22,6 +22,7 @@ the global moments of ``center``/``scale``, the intercept-only fit behind the nu
 deviance with an offset, and the log-likelihood.)
 """
 
+from .anova import anova
 from .base import DesignMismatchError, NonFiniteError
 from .design import Design, FormulaError, inspect_formula
 from .families import Family, resolve
@@ -54,6 +55,7 @@ __all__ = sorted([
     "SiteError",
     "SiteGroup",
     "Summary",
+    "anova",
     "fit",
     "inspect_formula",
     "resolve",

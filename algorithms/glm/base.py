@@ -56,6 +56,8 @@ class SiteAlgorithm(AbstractAlgorithm):
         self.beta: Optional[np.ndarray] = None  # accepted: its deviance is known
         self.cov_unscaled: Optional[np.ndarray] = None
         self.deviance = self.pearson_chi2 = self.null_deviance = None
+        self.working_chi2 = float("nan")
+        self.accepted_version: Optional[int] = None  # the version of beta (synchronous)
         self.criterion: Optional[float] = None
         self.iterations = 0
         self.converged = False

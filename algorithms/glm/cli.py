@@ -79,7 +79,7 @@ def design_params(d: Design) -> dict:
             "offset": d.offset, "exposure": d.exposure, "expected": d.expected,
             "levels": None if d.levels is None else {k: tuple(v) for k, v in d.levels.items()},
             "moments": None if d.moments is None else {k: tuple(v) for k, v in d.moments.items()},
-            "guards": guards, "token": d.token}
+            "guards": guards, "token": d.token, "groups": d.groups}
 
 
 def design_from(p: dict) -> Design:
@@ -90,7 +90,7 @@ def design_from(p: dict) -> Design:
     levels = None if p["levels"] is None else {k: tuple(v) for k, v in p["levels"].items()}
     moments = None if p["moments"] is None else {k: tuple(v) for k, v in p["moments"].items()}
     return Design(d.formula, d.family, d.weights, d.offset, d.exposure, d.expected, levels,
-                  moments, d.guards, str(p["token"]))
+                  moments, d.guards, str(p["token"]), p.get("groups"))
 
 
 def with_token(d: Design) -> Design:
@@ -100,7 +100,7 @@ def with_token(d: Design) -> Design:
     text = json.dumps(p, sort_keys=True, default=repr)
     token = hashlib.sha256(text.encode()).hexdigest()[:32]
     return Design(d.formula, d.family, d.weights, d.offset, d.exposure, d.expected, d.levels,
-                  d.moments, d.guards, token)
+                  d.moments, d.guards, token, d.groups)
 
 
 class SiteTasks(AbstractAlgorithm):

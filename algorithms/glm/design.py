@@ -11,7 +11,9 @@ anything is evaluated (`inspect_formula`):
 - ``log``, ``exp``, ``sqrt`` (also as ``np.log`` etc.);
 - ``center(column)``, ``scale(column)``: standardised with the mean and standard deviation of
   *all sites' rows* (formulaic's own would use each site's rows, and every site would then
-  fit a different model).
+  fit a different model);
+- ``cbind(successes, failures)`` as the whole response of a binomial model (R's syntax: the
+  numbers of trials are the row sums; each argument a column or arithmetic on columns).
 
 Every site must build the same columns. The categorical levels are collected from every site
 and merged (the union, sorted as formulaic sorts them), and each site casts its categorical
@@ -24,7 +26,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping, Optional
 
@@ -49,7 +51,8 @@ class SiteError(ValueError):
 
 
 #: Functions a formula may call, by name.
-FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum"})
+FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treatment", "Sum",
+                       "cbind"})
 #: numpy functions a formula may call as ``np.<name>``.
 NUMPY_FUNCTIONS = frozenset({"log", "exp", "sqrt"})
 #: Keyword arguments allowed in those calls.
@@ -60,21 +63,31 @@ _UNARYOPS = (ast.UAdd, ast.USub)
 _COMPARE = (ast.Gt, ast.GtE, ast.Lt, ast.LtE, ast.Eq, ast.NotEq)
 _CONSTANTS = (int, float, str, bool, type(None))
 
+
+
+def cbind(successes, failures) -> np.ndarray:
+    """R's ``cbind(successes, failures)`` response: the two counts side by side."""
+    return np.column_stack([np.asarray(successes, dtype=float),
+                            np.asarray(failures, dtype=float)])
+
+
 #: What formulaic may see when it evaluates a term (besides its own C, I, center, scale...).
-CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt}
+CONTEXT = {"np": np, "numpy": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "cbind": cbind}
 
 
 @dataclass(frozen=True)
 class FormulaInfo:
     """What a whitelisted formula reads: ``response`` and ``variables`` (column names),
     ``categorical`` (columns inside ``C()``) and ``standardized`` (columns inside
-    ``center()``/``scale()``); ``expressions``, the Python text of every computed factor
-    (``I(...)``, ``np.log(...)``), whose intermediate values a site checks too."""
+    ``center()``/``scale()``); ``counts``: the response is ``cbind(successes, failures)``;
+    ``expressions``, the Python text of every computed factor (``I(...)``, ``np.log(...)``),
+    whose intermediate values a site checks too."""
 
     response: frozenset
     variables: frozenset
     categorical: frozenset
     standardized: frozenset
+    counts: bool = False
     expressions: tuple = ()
 
 
@@ -117,8 +130,20 @@ def inspect_formula(formula: str) -> FormulaInfo:
         variables=frozenset(found["variables"]),
         categorical=frozenset(found["categorical"]),
         standardized=frozenset(found["standardized"]),
+        counts=_is_cbind(list(parsed.lhs)[0]),
         expressions=tuple(dict.fromkeys(expressions)),
     )
+
+
+def _is_cbind(term) -> bool:
+    """Whether the response term is ``cbind(successes, failures)`` (checked by the
+    whitelist: ``cbind`` is only allowed as the whole response)."""
+    factors = list(term.factors)
+    if len(factors) != 1 or factors[0].eval_method != Factor.EvalMethod.PYTHON:
+        return False
+    node = ast.parse(factors[0].expr, mode="eval").body
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+        and node.func.id == "cbind"
 
 
 def _check_factor(factor: Factor, found: dict, side: str) -> None:
@@ -142,7 +167,18 @@ def _check_text(expr: str, found: dict, side: str = "rhs") -> None:
         raise FormulaError(f"term {expr!r} is not a valid expression") from None
     except (BoundsError, RecursionError, MemoryError) as exc:
         raise FormulaError(f"term refused: {exc}") from None
-    _check_node(tree.body, expr, found, side)
+    body = tree.body
+    if side == "lhs" and isinstance(body, ast.Call) and isinstance(body.func, ast.Name) \
+            and body.func.id == "cbind":
+        if len(body.args) != 2 or body.keywords or any(isinstance(a, ast.Starred)
+                                                        for a in body.args):
+            raise _refuse(expr, "cbind() of anything but two counts (successes, failures)")
+        for arg in body.args:
+            if not any(isinstance(n, ast.Name) for n in ast.walk(arg)):
+                raise _refuse(expr, "a cbind() argument that reads no column")
+            _check_node(arg, expr, found, side)
+        return
+    _check_node(body, expr, found, side)
 
 
 def _refuse(expr: str, what: str) -> FormulaError:
@@ -221,6 +257,9 @@ def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
         name = func.attr
     else:
         raise _refuse(expr, f"the call {ast.unparse(func)}()")
+    if name == "cbind":  # the whole response only (see _check_text)
+        raise _refuse(expr, "cbind() anywhere but as the whole response, "
+                            "cbind(successes, failures) ~ ...")
     if any(isinstance(a, ast.Starred) for a in node.args) or any(
         k.arg is None or k.arg not in KEYWORDS for k in node.keywords
     ):
@@ -254,7 +293,8 @@ class Design:
     `algorithms.glm.fit` from every site's answers; with ``levels=None`` each site uses its
     own levels, and the central checks that the columns agree. ``guards`` are the analyst's
     requests (a site only takes the stricter ones). ``token`` identifies the design, so that
-    a site builds its matrices once per design.
+    a site builds its matrices once per design. ``groups``: the column of cluster ids of a
+    cluster-robust covariance (its rows must be complete too; the ids never leave the site).
     """
 
     formula: str
@@ -267,24 +307,30 @@ class Design:
     moments: Optional[Mapping[str, tuple]] = None
     guards: Optional[Guards] = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    groups: Optional[str] = None
 
     @classmethod
     def make(cls, formula: str, family: Any = "gaussian", link: Any = None, *, weights=None,
-             offset=None, exposure=None, expected=None, guards=None) -> "Design":
+             offset=None, exposure=None, expected=None, guards=None,
+             groups=None) -> "Design":
         """Check the arguments (and the formula's whitelist) and build a `Design`."""
         inspect_formula(formula)
         fam = resolve(family, link)
         for name, value in (("weights", weights), ("offset", offset),
-                            ("exposure", exposure), ("expected", expected)):
+                            ("exposure", exposure), ("expected", expected),
+                            ("groups", groups)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name}: expected a column name, got {type(value).__name__}")
+        if inspect_formula(formula).counts and not fam.binomial:
+            raise ValueError(f"formula: cbind(successes, failures) is a binomial response; "
+                             f"expected family='binomial' or 'quasibinomial', got {fam.name}")
         if fam.relative_survival and expected is None:
             raise ValueError("expected: the relative_survival family needs the column of "
                              "expected deaths d* (expected='...')")
         if expected is not None and not fam.relative_survival:
             raise ValueError("expected: only the relative_survival family uses expected deaths")
         return cls(formula, fam, weights, offset, exposure, expected,
-                   guards=Guards.coerce(guards))
+                   guards=Guards.coerce(guards), groups=groups)
 
     @cached_property
     def info(self) -> FormulaInfo:
@@ -295,7 +341,8 @@ class Design:
     def extra_columns(self) -> dict:
         """The columns read besides the formula's: role -> column name."""
         roles = {"weights": self.weights, "offset": self.offset,
-                 "exposure": self.exposure, "expected": self.expected}
+                 "exposure": self.exposure, "expected": self.expected,
+                 "groups": self.groups}
         return {k: v for k, v in roles.items() if v is not None}
 
     @property
@@ -304,7 +351,8 @@ class Design:
         models by it): a digest of the formula, family, link and columns."""
         text = "\x1f".join(str(v) for v in (
             " ".join(self.formula.split()), self.family.name, self.family.link_name,
-            self.weights, self.offset, self.exposure, self.expected))
+            self.weights, self.offset, self.exposure, self.expected)
+            + ((self.groups,) if self.groups else ()))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -318,8 +366,8 @@ class Design:
 
     def with_shared(self, levels: Mapping, moments: Mapping) -> "Design":
         """This design with the merged levels and global moments (a new token)."""
-        return Design(self.formula, self.family, self.weights, self.offset, self.exposure,
-                      self.expected, dict(levels), dict(moments), self.guards)
+        return replace(self, levels=dict(levels), moments=dict(moments),
+                       token=uuid.uuid4().hex)
 
 
 @dataclass
@@ -334,6 +382,11 @@ class ModelData:
     d_star: Optional[np.ndarray]
     names: list
     built_by: str = "formulaic"
+    #: ``cbind(successes, failures)``: the numbers of trials (the prior weights are then
+    #: the weights times the trials, as R's binomial family sets them); else None.
+    trials: Optional[np.ndarray] = None
+    #: the cluster ids of ``Design.groups`` (never sent), else None.
+    groups: Optional[np.ndarray] = None
 
 
 def used_columns(design: Design) -> set:
@@ -438,6 +491,9 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     else:
         y, X, names = _formulaic_design(frame, design)
         built_by = "formulaic"
+    trials = None
+    if info.counts:
+        y, trials = _proportions(y, whole=design.family.has_likelihood)
     n = len(y)
     w = _column(frame, design.weights, n, 1.0)
     offset = _column(frame, design.offset, n, 0.0)
@@ -456,9 +512,30 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
                          "(e.g. the log of a non-positive value)")
     if np.any(w < 0):
         raise SiteError("prior weights must not be negative")
+    if trials is not None:
+        w = w * trials  # R's binomial()$initialize: weights <- weights * n
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
         raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
-    return ModelData(y, X, w, offset, d_star, names, built_by)
+    groups = None if design.groups is None else frame[design.groups].to_numpy()
+    return ModelData(y, X, w, offset, d_star, names, built_by, trials, groups)
+
+
+def _proportions(counts: np.ndarray, whole: bool = True) -> tuple:
+    """The proportions of successes and the numbers of trials of a ``cbind(successes,
+    failures)`` response (0 where there are no trials, as R sets them). The counts are
+    whole numbers, but for the quasibinomial family (``whole=False``)."""
+    if not np.all(np.isfinite(counts)):
+        raise SiteError("cbind(successes, failures) has non-finite values at this site")
+    if np.any(counts < 0):
+        raise SiteError("cbind(successes, failures): expected non-negative counts of "
+                        "successes and failures, got negative values at this site")
+    if whole and np.any(counts != np.round(counts)):
+        raise SiteError("cbind(successes, failures): expected counts (non-negative whole "
+                        "numbers) of successes and failures, got other values at this site")
+    trials = counts[:, 0] + counts[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(trials > 0, counts[:, 0] / np.where(trials > 0, trials, 1.0), 0.0)
+    return y, trials
 
 
 def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
@@ -472,9 +549,12 @@ def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
             mean, sd = design.moments[col]
             state[key] = dict(value, center=mean, scale=sd if key.startswith("scale") else None)
         rhs = rhs.model_spec.update(transform_state=state).get_model_matrix(frame, context=CONTEXT)
-    if lhs.shape[1] != 1 or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
-        raise SiteError("the response must be one numeric column")
-    y = lhs.to_numpy(dtype=float).ravel()
+    width = 2 if design.info.counts else 1
+    if lhs.shape[1] != width or not all(pd.api.types.is_numeric_dtype(t) for t in lhs.dtypes):
+        raise SiteError("the response must be one numeric column" if width == 1 else
+                        "cbind(successes, failures) must be two numeric columns")
+    y = lhs.to_numpy(dtype=float)
+    y = y if design.info.counts else y.ravel()
     # pandas hands the columns over column-major; X'WX and X @ beta are as fast that way
     # (measured), so no row-major copy of the whole matrix.
     X = rhs.to_numpy(dtype=float)

@@ -7,6 +7,9 @@ statsmodels provides all of them, so this module writes no new family. It only
 - maps R's and statsmodels' names onto statsmodels classes (``resolve``),
 - adds R's starting values (``family$initialize``) and R's validity checks
   (``validmu``/``valideta``), which statsmodels does not have, and
+- adds R's quasi families (``quasipoisson``, ``quasibinomial``: the Poisson and binomial
+  fits with the dispersion estimated and no likelihood), and R's binomial log-likelihood,
+  which takes the prior weights as numbers of trials (``binomial()$aic``), and
 - composes the relative-survival model (Dickman et al. 2004) out of statsmodels' Poisson
   family and log link: ``mu = d* + exp(eta)``, Poisson variance, where ``d*`` (the expected
   deaths) differs from row to row. That per-row shift is why it cannot be a statsmodels
@@ -38,6 +41,9 @@ FAMILIES = {
 #: The name of the relative-survival model (v6-glm-py calls it "survival").
 RELATIVE_SURVIVAL = "relative_survival"
 
+#: R's quasi families: the family whose fit they share.
+QUASI = {"quasipoisson": smf.Poisson, "quasibinomial": smf.Binomial}
+
 #: Link names (R's and statsmodels' spellings) -> statsmodels link class.
 LINKS = {
     "identity": links.Identity,
@@ -64,7 +70,8 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
     """Turn a family and a link given by name or as statsmodels objects into a `Family`.
 
     ``family``: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
-    ``"inverse_gaussian"``, ``"relative_survival"``, a statsmodels family instance, or a
+    ``"inverse_gaussian"``, ``"quasipoisson"``, ``"quasibinomial"``,
+    ``"relative_survival"``, a statsmodels family instance, or a
     `Family`. ``link``: a name from `LINKS`, a statsmodels link instance, or None for the
     family's default (canonical) link.
     """
@@ -89,14 +96,15 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
         if link_obj is not None and not isinstance(link_obj, links.Log):
             raise ValueError("link: the relative_survival family has its own link, log(mu - d*)")
         return Family(smf.Poisson(), relative_survival=True)
-    if name not in FAMILIES:
-        known = ", ".join(sorted({*FAMILIES, RELATIVE_SURVIVAL}))
+    if name not in FAMILIES and name not in QUASI:
+        known = ", ".join(sorted({*FAMILIES, *QUASI, RELATIVE_SURVIVAL}))
         raise ValueError(f"family: unknown family {family!r}; expected one of: {known}")
-    cls = FAMILIES[name]
+    cls = FAMILIES.get(name) or QUASI[name]
+    quasi = name if name in QUASI else None
     if link_obj is None:
-        return Family(cls())
+        return Family(cls(), quasi=quasi)
     try:
-        return Family(cls(link=link_obj))
+        return Family(cls(link=link_obj), quasi=quasi)
     except ValueError:
         allowed = sorted(n for n, c in LINKS.items() if c in cls.links or any(
             issubclass(c, k) for k in cls.links))
@@ -122,18 +130,34 @@ class Family:
 
     ``sm`` is the statsmodels family. For the relative-survival model, ``sm`` is Poisson
     with its log link, and the instance returned by ``bind(d_star)`` applies that link to
-    ``mu - d*``. Every method works on numpy arrays of one site's rows.
+    ``mu - d*``. ``quasi`` (``"quasipoisson"``, ``"quasibinomial"``): R's quasi family of
+    ``sm``, the same fit with the dispersion estimated and no likelihood. Every method works
+    on numpy arrays of one site's rows.
     """
 
-    def __init__(self, sm, relative_survival: bool = False, d_star=None):
+    def __init__(self, sm, relative_survival: bool = False, d_star=None,
+                 quasi: Optional[str] = None):
         self.sm = sm
         self.relative_survival = relative_survival
         self.d_star = d_star
+        self.quasi = quasi
 
     # -- description ----------------------------------------------------------------------
     @property
     def name(self) -> str:
+        if self.quasi:
+            return self.quasi
         return "Relative survival" if self.relative_survival else type(self.sm).__name__
+
+    @property
+    def binomial(self) -> bool:
+        """Binomial or quasibinomial (a response of proportions, or cbind counts)."""
+        return isinstance(self.sm, smf.Binomial)
+
+    @property
+    def has_likelihood(self) -> bool:
+        """False for the quasi families (R's logLik and AIC are NA)."""
+        return self.quasi is None
 
     @property
     def link_name(self) -> str:
@@ -141,8 +165,12 @@ class Family:
 
     @property
     def scale_estimated(self) -> bool:
-        """Whether the dispersion is estimated (statsmodels' and R's rule)."""
-        return not isinstance(self.sm, (smf.Binomial, smf.Poisson, smf.NegativeBinomial))
+        """Whether the dispersion is estimated: R's ``summary.glm`` rule, every family but
+        binomial and Poisson (a negative binomial family object with its theta fixed, a
+        Tweedie and the quasi families included)."""
+        if self.quasi:
+            return True
+        return not isinstance(self.sm, (smf.Binomial, smf.Poisson))
 
     def __repr__(self) -> str:
         return f"Family({self.name}, link={self.link_name})"
@@ -151,7 +179,7 @@ class Family:
         """This family for one site's rows: relative survival needs that site's ``d*``."""
         if not self.relative_survival:
             return self
-        return Family(self.sm, True, np.asarray(d_star, dtype=float))
+        return Family(self.sm, True, np.asarray(d_star, dtype=float), quasi=self.quasi)
 
     # -- the link -------------------------------------------------------------------------
     def linkfun(self, mu):
@@ -194,21 +222,30 @@ class Family:
     def pearson_chi2(self, y, mu, w) -> float:
         return float(np.sum(w * (y - mu) ** 2 / self.variance(mu)))
 
-    def loglike(self, y, mu, w, scale: float) -> float:
+    def loglike(self, y, mu, w, scale: float, trials=None) -> float:
+        """The log-likelihood (NaN for the quasi families): statsmodels', but R's for the
+        binomial (`binomial_loglike`)."""
+        if self.quasi:
+            return float("nan")
+        if type(self.sm) is smf.Binomial:
+            return binomial_loglike(y, mu, w, trials)
         return float(self.sm.loglike(y, mu, var_weights=w, scale=scale))
 
-    def saturated_loglike(self, y, w) -> Optional[float]:
-        """statsmodels' log-likelihood of the saturated model (mu = y), for the families
-        whose log-likelihood at scale 1 is that minus half the deviance (binomial with one
-        trial per row, Poisson, relative survival): the fit then has its log-likelihood
-        without another pass over the rows. None for the others."""
+    def saturated_loglike(self, y, w, trials=None) -> Optional[float]:
+        """The log-likelihood of the saturated model (mu = y), for the families whose
+        log-likelihood at scale 1 is that minus half the deviance (Poisson, relative
+        survival, the binomial when its numbers of successes are whole): the fit then has
+        its log-likelihood without another pass over the rows. None for the others."""
         sm = self.sm
+        if self.quasi:
+            return None
         if type(sm) is smf.Poisson:
             return float(np.sum(w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
-        if type(sm) is smf.Binomial and np.all(np.asarray(sm.n) == 1):
-            binomial = special.gammaln(2.0) - special.gammaln(y + 1) - special.gammaln(2 - y)
-            return float(np.sum(w * (binomial + special.xlogy(y, y)
-                                     + special.xlogy(1 - y, 1 - y))))
+        if type(sm) is smf.Binomial:
+            m = _binomial_trials(w, trials)
+            whole = lambda v: np.all(np.abs(v - np.round(v)) <= 1e-9 * np.maximum(1.0, v))
+            if whole(m) and whole(m * y):  # R's rounding changes nothing
+                return binomial_loglike(y, y, w, trials)
         return None
 
     # -- what R adds ----------------------------------------------------------------------
@@ -229,14 +266,16 @@ class Family:
                 return "negative values are not allowed for the Tweedie family"
         return None
 
-    def start_mu(self, y, w):
-        """R's starting values (``family$initialize``)."""
+    def start_mu(self, y, w, trials=None):
+        """R's starting values (``family$initialize``); ``trials``: the numbers of trials
+        of a ``cbind(successes, failures)`` response."""
         sm = self.sm
         if self.relative_survival:
             # Dickman's relative-survival family: pmax(y, d*) + 0.1 keeps mu - d* > 0.
             return np.maximum(y, self.d_star) + 0.1
         if isinstance(sm, smf.Binomial):
-            return (w * y + 0.5) / (w + 1.0)
+            n = w if trials is None else trials
+            return (n * y + 0.5) / (n + 1.0)
         if isinstance(sm, smf.Poisson):
             return y + 0.1
         if isinstance(sm, (smf.Gaussian, smf.Gamma, smf.InverseGaussian)):
@@ -275,3 +314,25 @@ class Family:
         if isinstance(self.sm, smf.Poisson):
             return int(np.sum(mu < _BOUNDARY_EPS))
         return 0
+
+
+def _binomial_trials(w, trials) -> np.ndarray:
+    """R's ``m`` in ``binomial()$aic``: the numbers of trials of a cbind response, else the
+    prior weights (a proportion with ``weights=`` its numbers of trials)."""
+    return np.asarray(w if trials is None else trials, dtype=float)
+
+
+def binomial_loglike(y, mu, w, trials=None) -> float:
+    """R's binomial log-likelihood, ``-binomial()$aic / 2``:
+    ``sum((w / m) dbinom(round(m y), round(m), mu, log = TRUE))`` over the rows with
+    ``m > 0``, ``m`` the numbers of trials (`_binomial_trials`). With one trial per row and
+    unit weights it is statsmodels' (which ignores the weights as numbers of trials)."""
+    m = _binomial_trials(w, trials)
+    y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    used = m > 0
+    m, y, mu, w = m[used], y[used], mu[used], w[used]
+    size = np.round(m)
+    k = np.round(m * y)
+    logpmf = (special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
+              + special.xlogy(k, mu) + special.xlog1py(size - k, -mu))
+    return float(np.sum(w / m * logpmf))

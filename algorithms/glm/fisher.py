@@ -88,7 +88,11 @@ class FisherScoring(SiteAlgorithm):
 
     def _accept(self, version: int, total: Contribution, cov: np.ndarray) -> None:
         self.beta = self._betas[version]
+        self.accepted_version = version if self._mode == "sync" else None
         self.deviance, self.pearson_chi2 = total.deviance, total.pearson_chi2
+        # R's dispersion (working weights of the last iteration): synchronous rounds only,
+        # where every site's previous contribution is that iteration's
+        self.working_chi2 = total.working_chi2 if self._mode == "sync" else float("nan")
         self.cov_unscaled = cov
         self.n_boundary = total.n_boundary
         self._coefold = self.beta

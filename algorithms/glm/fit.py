@@ -24,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 from statsmodels.genmod import families as smf
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
@@ -52,7 +54,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         exposure: Optional[str] = None, expected: Optional[str] = None,
         method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-        guards: Any = None, start: Any = None, verbose: int = 0) -> GLMResults:
+        guards: Any = None, start: Any = None, verbose: int = 0,
+        scale: Optional[float] = None, cov_type: str = "nonrobust",
+        groups: Optional[str] = None) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -99,6 +103,19 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         Starting coefficients (one per design column), instead of R's starting values.
     verbose : int
         0 nothing, 1 a progress bar, 2 also the deviance and the convergence criterion.
+    scale : float, optional
+        A fixed dispersion (R's ``summary(fit, dispersion=)``, statsmodels' ``scale``):
+        standard errors, z tests and intervals use it. By default it is estimated as R's
+        ``summary.glm`` does, for every family but binomial and Poisson.
+    cov_type : str
+        ``"nonrobust"`` (R's ``vcov``), or a sandwich covariance with statsmodels' meaning
+        and small-sample corrections, as R's ``sandwich`` computes it: ``"HC0"``
+        (``vcovHC(type = "HC0")``), ``"HC1"`` (``n / (n - k)``), ``"cluster"``
+        (``vcovCL(type = "HC1")``: ``G / (G - 1) (n - 1) / (n - k)``). Each site sends a
+        p x p sum. Robust standard errors come with z tests (statsmodels, ``lmtest``).
+    groups : str, optional
+        With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
+        id seen at two sites is an error). None: each site is a cluster.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -108,20 +125,43 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
-                         exposure=exposure, expected=expected, guards=guards)
+                         exposure=exposure, expected=expected, guards=guards, groups=groups)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
         return fit_steps(placed, design, names, method, tol, max_iter, synchronous, verbose,
-                         start)
+                         start, **options)
+
+
+#: ``cov_type=`` values.
+COV_TYPES = ("nonrobust", "HC0", "HC1", "cluster")
+
+
+def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
+                  groups: Optional[str] = None) -> dict:
+    """The result's options of `fit`, checked before any process starts."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not (np.isfinite(scale) and scale > 0)):
+        raise ValueError(f"scale: expected a positive number (a fixed dispersion) or None, "
+                         f"got {scale!r}")
+    if cov_type not in COV_TYPES:
+        raise ValueError(f"cov_type: expected one of {', '.join(map(repr, COV_TYPES))}, "
+                         f"got {cov_type!r}")
+    if groups is not None:
+        if not isinstance(groups, str):
+            raise TypeError(f"groups: expected a column name, got {type(groups).__name__}")
+        if cov_type != "cluster":
+            raise ValueError(f"groups: only with cov_type='cluster', got cov_type={cov_type!r}")
+    return {"scale": None if scale is None else float(scale), "cov_type": cov_type}
 
 
 def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
               tol: float = 1e-8, max_iter: int = 25, synchronous: bool = True,
-              verbose: int = 0, start: Any = None) -> GLMResults:
+              verbose: int = 0, start: Any = None, **options) -> GLMResults:
     """The steps of a fit (see the module docstring) over ``sites``, wherever they live.
 
     ``sites`` offers ``call(method, design, *args)``: ``site.method(design, *args)`` at every
@@ -129,6 +169,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     `aia.start` of the algorithm over the sites; and ``prepare(design)``: the design with the
     merged levels and moments, as the sites are to see it. `fit` places sites on workers or
     in this process; ``aia-glm central`` reaches them through a synced folder.
+
+    ``options``: the result's options of `fit` (``scale``), checked by `check_options`.
     """
     stopat = {"tol": tol, "maxit": max_iter}
     log.info("describing the sites (levels and moments)")
@@ -153,17 +195,56 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
             warnings.warn("the intercept-only fit behind the null deviance did not "
                           "converge", ConvergenceWarning, stacklevel=3)
         null_deviance = null.deviance
-    scale = _scale(main, design)
-    llf_scale = _llf_scale(main, design, scale)
+    scale = _scale(main, design, options.get("scale"))
+    llf_scale = _llf_scale(main, design)
     saturated = [b.get("saturated_loglike") for b in built]
-    if method == "fisher" and llf_scale == 1.0 and None not in saturated:
+    if not design.family.has_likelihood:  # quasi families: R's logLik is NA
+        llf = float("nan")
+    elif method == "fisher" and llf_scale == 1.0 and None not in saturated:
         # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
         # estimate itself; no pass over the rows.
         llf = sum(saturated) - main.deviance / 2
     else:
         log.info("the log-likelihood")
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
-    return _results(main, design, scale, null_deviance, llf, names, synchronous)
+    result = _results(main, design, scale, null_deviance, llf, names, synchronous,
+                      scale_fixed=options.get("scale") is not None)
+    cov_type = options.get("cov_type", "nonrobust")
+    if cov_type != "nonrobust":
+        log.info("the sandwich covariance (%s)", cov_type)
+        result.cov_type = cov_type
+        result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
+    return result
+
+
+def _robust_cov(sites: Any, design: Design, main: Any, names: list,
+                cov_type: str) -> pd.DataFrame:
+    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats) with
+    statsmodels' (and sandwich's) small-sample corrections."""
+    clusters = "rows" if cov_type != "cluster" else "groups" if design.groups else "site"
+    parts = sites.call("meat", design, main.beta, clusters, secrets.token_hex(16),
+                       main.accepted_version)
+    if clusters == "groups":
+        seen: dict = {}
+        for name, part in zip(names, parts):
+            for digest in part["digests"]:
+                other = seen.setdefault(digest, name)
+                if other != name:
+                    raise ValueError(
+                        f"groups: a cluster id of column {design.groups!r} is at two sites "
+                        f"({other} and {name}); clusters must lie within one site")
+    C = np.asarray(main.cov_unscaled)
+    cov = C @ sum(p["meat"] for p in parts) @ C
+    n, k = main.nobs, len(main.column_names)
+    if cov_type == "HC1":
+        cov = cov * n / (n - k)
+    elif cov_type == "cluster":
+        g = sum(p["clusters"] for p in parts)
+        if g < 2:
+            raise ValueError("cov_type='cluster' needs at least two clusters")
+        cov = cov * g / (g - 1) * (n - 1) / (n - k)
+    cols = main.column_names
+    return pd.DataFrame((cov + cov.T) / 2, index=cols, columns=cols)
 
 
 # -- placing the sites -------------------------------------------------------------------------
@@ -292,24 +373,36 @@ def _df_resid(main: FisherScoring) -> int:
     return main.n_ok - len(main.column_names)
 
 
-def _scale(main: FisherScoring, design: Design) -> float:
-    """Pearson chi-square / df_resid when the dispersion is estimated (R and statsmodels)."""
+def _scale(main: FisherScoring, design: Design, fixed: Optional[float] = None) -> float:
+    """The dispersion as R's ``summary.glm``: ``fixed`` when given (``dispersion=``); 1 for
+    the binomial and Poisson families; else ``sum(w_work r_work^2) / df_resid``, with the
+    working weights of the last IRLS iteration and the working residuals at the estimate
+    (the Pearson chi-square at the estimate where that iteration is not known: asynchronous
+    rounds, gradient descent)."""
+    if fixed is not None:
+        return float(fixed)
     if not design.family.scale_estimated:
         return 1.0
+    df = _df_resid(main)
+    chi2 = main.working_chi2 if np.isfinite(main.working_chi2) else main.pearson_chi2
+    return chi2 / df if df > 0 else float("nan")
+
+
+def _llf_scale(main: FisherScoring, design: Design) -> float:
+    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity,
+    else the Pearson chi-square at the estimate / df_resid (1 for binomial and Poisson)."""
+    sm = design.family.sm
+    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
+        return main.deviance / main.nobs
+    if not design.family.scale_estimated or isinstance(sm, smf.NegativeBinomial):
+        return 1.0  # statsmodels' and R's negative binomial likelihood has no dispersion
     df = _df_resid(main)
     return main.pearson_chi2 / df if df > 0 else float("nan")
 
 
-def _llf_scale(main: FisherScoring, design: Design, scale: float) -> float:
-    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity."""
-    sm = design.family.sm
-    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
-        return main.deviance / main.nobs
-    return scale
-
-
 def _results(main: FisherScoring, design: Design, scale: float, null_deviance: float,
-             llf: float, names: list, synchronous: bool) -> GLMResults:
+             llf: float, names: list, synchronous: bool,
+             scale_fixed: bool = False) -> GLMResults:
     cols = main.column_names
     converged, notes = main.converged, []
     if main.n_boundary:
@@ -345,7 +438,7 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         params=pd.Series(main.beta, index=cols),
         cov_unscaled=pd.DataFrame(main.cov_unscaled, index=cols, columns=cols),
         scale=scale,
-        scale_estimated=design.family.scale_estimated,
+        scale_estimated=design.family.scale_estimated and not scale_fixed,
         deviance=main.deviance,
         null_deviance=null_deviance,
         pearson_chi2=main.pearson_chi2,

@@ -43,13 +43,17 @@ class Contribution:
     ``n_boundary`` counts rows with fitted probabilities numerically 0 or 1 (or rates 0).
     ``columns`` (the design's column names) is sent with version 0 only. ``withheld``: the
     site refused to send its sums at these coefficients, whose weights would single out a
-    row (`algorithms.glm.disclosure`); ``valid`` is then False too.
+    row (`algorithms.glm.disclosure`); ``valid`` is then False too. ``working_chi2``:
+    ``sum(w_work * r_work^2)``, R's dispersion numerator (`summary.glm`), with the working
+    weights of the site's previous valid contribution (R's last IRLS iteration) and the
+    working residuals at these coefficients; NaN at the first one.
     """
 
     version: int
     valid: bool
     deviance: float = float("nan")
     pearson_chi2: float = float("nan")
+    working_chi2: float = float("nan")
     xtwx: Optional[np.ndarray] = None
     xtwz: Optional[np.ndarray] = None
     n_boundary: int = 0
@@ -77,6 +81,7 @@ def combine(parts: Sequence[Contribution]) -> Contribution:
         valid=valid,
         deviance=sum(p.deviance for p in parts) if valid else float("nan"),
         pearson_chi2=sum(p.pearson_chi2 for p in parts) if valid else float("nan"),
+        working_chi2=sum(p.working_chi2 for p in parts) if valid else float("nan"),
         xtwx=sum(p.xtwx for p in parts) if valid else None,
         xtwz=sum(p.xtwz for p in parts) if valid else None,
         n_boundary=sum(p.n_boundary for p in parts),

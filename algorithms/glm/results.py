@@ -14,6 +14,7 @@ Conventions where statsmodels and R differ:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,9 @@ class GLMResults:
     synchronous: bool = True
     notes: list = field(default_factory=list)
     method: str = "fisher"  # or "gradient"
+    #: ``"nonrobust"``, or the sandwich covariance ``cov_robust`` holds (``"HC0"``...)
+    cov_type: str = "nonrobust"
+    cov_robust: Optional[pd.DataFrame] = None
 
     # -- statsmodels' attributes ----------------------------------------------------------
     @property
@@ -58,11 +62,15 @@ class GLMResults:
 
     @property
     def use_t(self) -> bool:
-        """Whether tests use Student's t (the dispersion is estimated)."""
-        return self.scale_estimated
+        """Whether tests use Student's t (the dispersion is estimated and the covariance is
+        not robust: robust ones use the normal, as statsmodels and ``lmtest``)."""
+        return self.scale_estimated and self.cov_type == "nonrobust"
 
     def cov_params(self) -> pd.DataFrame:
-        """Covariance of the estimates: ``scale * (X'WX)^-1``."""
+        """Covariance of the estimates: ``scale * (X'WX)^-1``, or the robust one
+        (``cov_type``)."""
+        if self.cov_robust is not None:
+            return self.cov_robust
         return self.cov_unscaled * self.scale
 
     @property
@@ -127,6 +135,9 @@ class GLMResults:
 
 
 _METHODS = {"fisher": "Fisher scoring", "gradient": "gradient descent"}
+_COVARIANCES = {"HC0": "robust HC0 (sandwich, no correction)",
+                "HC1": "robust HC1 (sandwich, n / (n - k))",
+                "cluster": "cluster-robust (G / (G - 1) (n - 1) / (n - k))"}
 
 
 def _stars(p: float) -> str:
@@ -194,6 +205,8 @@ class Summary:
             lines.append(f"{lk:<11}{lv:<{half - 11}}{rk:<20}{rv:>{hw - half - 20}}")
         lines.append(f"Deviance:      {r.deviance:>12.6g} on {r.df_resid} degrees of freedom")
         lines.append(f"Null deviance: {r.null_deviance:>12.6g} on {r.df_null} degrees of freedom")
+        if r.cov_type != "nonrobust":
+            lines.append(f"Covariance:    {_COVARIANCES.get(r.cov_type, r.cov_type)}")
         lines.append("=" * w)
         stat = "t" if r.use_t else "z"
         lo, hi = f"[{self.alpha / 2:g}", f"{1 - self.alpha / 2:g}]"

@@ -14,6 +14,8 @@ is logged at the site only.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
 import os
 from pathlib import Path
@@ -31,6 +33,9 @@ from .linalg import weighted_sums
 from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
+
+#: The environment variable of a secret key the sites share for the digests of cluster ids.
+GROUPS_KEY = "GLM_GROUPS_KEY"
 
 
 def _guarded(method):
@@ -110,12 +115,15 @@ class Site:
         self.guards = Guards.from_environment(env)
         self.audit = Audit(audit_log if audit_log is not None else env.get(AUDIT_LOG))
         self.build_seconds = limits.build_seconds(env)
+        self._groups_key = env.get(GROUPS_KEY, "")
         self._queries: dict = {}  # model key -> the sums asked of it
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._work: Optional[np.ndarray] = None  # sqrt(W) X of the latest round, reused
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
+        # (design token, subset) -> the working weights of the last valid contribution
+        self._working: dict = {}
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
@@ -260,7 +268,7 @@ class Site:
         deviance)."""
         m = self.model(design)
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights)
+            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials)
         return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
@@ -307,7 +315,7 @@ class Site:
         y, w, offset = m.y, m.weights, m.offset
         with np.errstate(all="ignore"):
             if query.beta is None:
-                mu = fam.start_mu(y, w)
+                mu = fam.start_mu(y, w, m.trials)
                 eta = fam.linkfun(mu)
                 if not fam.valid(eta, mu):
                     raise SiteError(f"cannot find valid starting values for the {fam.name} "
@@ -342,14 +350,42 @@ class Site:
                 log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
+            used = np.where(good, weights, 0.0)
+            working_chi2 = self._working_chi2(design, subset, query.version, used,
+                                              (y - mu) * fam.deriv(mu))
             return Contribution(
                 query.version, True, deviance=deviance,
-                pearson_chi2=fam.pearson_chi2(y, mu, w),
+                pearson_chi2=fam.pearson_chi2(y, mu, w), working_chi2=working_chi2,
                 xtwx=xtwx, xtwz=xtwz,
                 n_boundary=fam.boundary_count(mu),
                 null_deviance=self._null_deviance(fam, m, query.null),
                 **counts,
             )
+
+    def _working_chi2(self, design: Design, subset, version: int, weights: np.ndarray,
+                      residuals: np.ndarray) -> float:
+        """R's ``sum(weights * residuals^2)`` of ``summary.glm``: the working weights of
+        the previous valid contribution (R's last iteration), the working residuals at
+        these coefficients. These weights and the previous ones are kept, with the version
+        of these coefficients: the next contribution and the sandwich's meat at these
+        coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
+        key = (design.token, None if subset is None else tuple(subset))
+        if any(k[0] != design.token for k in self._working):
+            self._working = {}
+        previous = self._working.get(key, (None, None, None))[1]
+        self._working[key] = (version, weights, previous)
+        if previous is None or len(previous) != len(residuals):
+            return float("nan")
+        used = previous > 0
+        return float(np.sum(previous[used] * residuals[used] ** 2))
+
+    def _last_weights(self, design: Design, version: Optional[int]) -> Optional[np.ndarray]:
+        """The working weights of R's last iteration for the coefficients of ``version``
+        (those of the contribution before), when this site still holds them."""
+        held = self._working.get((design.token, None))
+        if version is None or held is None or held[0] != version:
+            return None
+        return held[2]
 
     def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
                        keep: bool) -> tuple:
@@ -377,7 +413,61 @@ class Site:
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(X @ beta + m.offset)
-            return fam.loglike(m.y, mu, m.weights, scale)
+            return fam.loglike(m.y, mu, m.weights, scale, m.trials)
+
+
+    @_guarded
+    def meat(self, design: Design, beta: np.ndarray, clusters: str,
+             salt: str = "", version: Optional[int] = None) -> dict:
+        """The site's share of the sandwich's meat at ``beta`` (a p x p sum) for a robust
+        covariance: ``clusters="rows"`` (HC0/HC1) ``sum_i u_i u_i'``; ``"site"`` (the site is
+        one cluster) ``U U'`` with ``U = sum_i u_i``; ``"groups"`` ``sum_g U_g U_g'`` over the
+        clusters of the column ``design.groups``. ``u_i = x_i w_i (y_i - mu_i) g'(mu_i)``,
+        the working weight times the working residual (sandwich's ``estfun.glm``): the
+        weights of R's last iteration when ``version`` (the coefficients' version in the
+        fit) is that of this site's last contribution, else the weights at ``beta``.
+
+        With ``"groups"`` the site also sends its number of clusters and a keyed digest of
+        each cluster id (never the id), for the central to refuse an id seen at two sites:
+        keyed with ``GLM_GROUPS_KEY`` of the site's environment when set (a secret shared
+        by the sites, so that the central cannot test guesses of ids), else with ``salt``.
+        The cluster column passes the level checks of a categorical column, and the rows'
+        weights ``u_i`` the weighted-leverage check of every round."""
+        m = self.model(design)
+        guards = self.round_guards(design)
+        fam = design.family.bind(m.d_star)
+        last = self._last_weights(design, version)
+        with np.errstate(all="ignore"):
+            mu = fam.linkinv(m.X @ beta + m.offset)
+            weights = m.weights * fam.working_weights(mu) if last is None else last
+            score = weights * (m.y - mu) * fam.deriv(mu)
+        score = np.where(weights > 0, score, 0.0)
+        if not np.all(np.isfinite(score)):
+            raise SiteError(f"site {self.name}: non-finite scores at the estimate")
+        rows = m.X * score[:, None]
+        disclosure.check_round(guards, rows, rows.T @ rows)
+        if clusters == "rows":
+            return {"meat": rows.T @ rows, "clusters": len(rows)}
+        if clusters == "site":
+            total = rows.sum(axis=0)
+            return {"meat": np.outer(total, total), "clusters": 1}
+        codes, ids = pd.factorize(pd.Series(m.groups), sort=False)
+        guards.check_levels(design.groups, np.bincount(codes, minlength=len(ids)).tolist())
+        sums = np.zeros((len(ids), rows.shape[1]))
+        np.add.at(sums, codes, rows)
+        key = (self._groups_key or salt).encode("utf-8")
+        digests = sorted(hmac.new(key, _id_text(v).encode("utf-8"), hashlib.sha256).hexdigest()
+                         for v in ids)
+        return {"meat": sums.T @ sums, "clusters": len(ids), "digests": digests}
+
+
+def _id_text(value) -> str:
+    """A cluster id as text, the same at every site (2 and 2.0 read from two files agree)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{type(value).__name__ if not isinstance(value, (int, float)) else 'n'}:{value}"
 
 
 class SiteGroup:

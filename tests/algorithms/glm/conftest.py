@@ -111,3 +111,33 @@ def glm_cluster():
     (session-scoped, so set up before the per-test check for leftover processes)."""
     with aia.LocalCluster(3) as c:
         yield c
+
+
+_R_FRAMES: dict = {}
+
+
+def r_frame(expr: str, packages=("MASS",)) -> pd.DataFrame:
+    """A data set of R's (``datasets``, MASS...) exported by R itself: ``expr`` is an R
+    expression giving a data frame (factors become their labels). Cached per session."""
+    from tests.r_reference import require_r  # noqa: WPS433 (R only where a test needs it)
+    import subprocess
+    import tempfile
+    key = (expr, tuple(packages))
+    if key not in _R_FRAMES:
+        require_r()
+        with tempfile.TemporaryDirectory(prefix="aia-rdata-") as tmp:
+            path = Path(tmp) / "data.csv"
+            libs = "".join(f"suppressPackageStartupMessages(library({p}));" for p in packages)
+            script = (f'{libs} d <- as.data.frame({expr}); '
+                      f'd[] <- lapply(d, function(v) if (is.factor(v)) as.character(v) else v); '
+                      f'write.csv(d, "{path}", row.names = FALSE)')
+            subprocess.run(["Rscript", "--vanilla", "-e", script], check=True,
+                           capture_output=True, timeout=60)
+            _R_FRAMES[key] = pd.read_csv(path)
+    return _R_FRAMES[key].copy()
+
+
+def split3(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """Three sites: rows 1, 4, 7... at the first, 2, 5, 8... at the second (every level of
+    a factor sorted in R's data reaches each site)."""
+    return [frame.iloc[i::3].reset_index(drop=True) for i in range(3)]

@@ -1,5 +1,6 @@
 """The log-likelihood without a pass over the rows: saturated log-likelihood minus half the
-deviance (binomial with one trial per row, Poisson), against statsmodels."""
+deviance (binomial with whole numbers of successes, Poisson), against statsmodels and R's
+binomial likelihood."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 
 from algorithms import glm
 from algorithms.glm.families import resolve
@@ -17,18 +19,33 @@ from .conftest import close
 RNG = np.random.default_rng(11)
 
 
-@pytest.mark.parametrize("name, y", [
-    ("binomial", RNG.integers(0, 2, 500).astype(float)),
-    ("binomial", np.r_[0.0, 1.0, RNG.random(498)]),  # proportions, with both ends
-    ("poisson", RNG.poisson(3, 500).astype(float)),
+TRIALS = RNG.integers(1, 5, 500).astype(float)
+
+
+@pytest.mark.parametrize("name, y, w", [
+    ("binomial", RNG.integers(0, 2, 500).astype(float), TRIALS),
+    # proportions of whole numbers of successes, with both ends
+    ("binomial", np.r_[0.0, 1.0, RNG.integers(0, 5, 498) / 4], np.full(500, 4.0)),
+    ("poisson", RNG.poisson(3, 500).astype(float), RNG.uniform(0.5, 3, 500)),
 ])
-def test_saturated_minus_half_the_deviance_is_statsmodels_loglike(name, y):
+def test_saturated_minus_half_the_deviance_is_the_loglike(name, y, w):
+    """Poisson: statsmodels' log-likelihood; binomial: R's, the prior weights being the
+    numbers of trials (``binomial()$aic``), here a sum of scipy's binomial log-pmf."""
     family = resolve(name)
-    w = RNG.uniform(0.5, 3, y.size)
     mu = np.clip(RNG.random(y.size), 0.05, 0.95) if name == "binomial" else RNG.uniform(1, 5, y.size)
-    expected = family.sm.loglike(y, mu, var_weights=w, scale=1.0)
+    if name == "binomial":
+        expected = np.sum(stats.binom.logpmf(np.round(w * y), w, mu))
+    else:
+        expected = family.sm.loglike(y, mu, var_weights=w, scale=1.0)
     got = family.saturated_loglike(y, w) - family.deviance(y, mu, w) / 2
     close(got, expected, rtol=1e-12)
+    close(family.loglike(y, mu, w, 1.0), expected, rtol=1e-12)
+
+
+def test_binomial_with_fractional_trials_needs_a_pass():
+    """R rounds m y and m in its likelihood: no shortcut through the deviance then."""
+    assert resolve("binomial").saturated_loglike(np.array([0.0, 1.0]), np.array([1.5, 2.0])) \
+        is None
 
 
 @pytest.mark.parametrize("name", ["gaussian", "gamma", "inverse_gaussian"])
@@ -56,7 +73,10 @@ def test_fit_takes_the_loglike_of_binomial_proportions_without_a_pass(monkeypatc
                   tol=1e-12)
     ref = sm.GLM(frame["p"], sm.add_constant(frame[["x"]]), family=sm.families.Binomial(),
                  var_weights=frame["n"]).fit(tol=1e-14)
-    close(res.llf, ref.llf, rtol=1e-9)
+    # R's likelihood: the weights are numbers of trials
+    llf = np.sum(stats.binom.logpmf(np.round(frame["p"] * frame["n"]), frame["n"],
+                                    ref.fittedvalues))
+    close(res.llf, llf, rtol=1e-9)
     close(res.params.to_numpy(), ref.params.to_numpy(), rtol=1e-8)
 
 

@@ -1,0 +1,358 @@
+"""R's numbers on the classic models (issue 13), on R's own data sets split over three
+sites: ``glm`` + ``summary.glm`` + ``anova.glm`` + ``MASS::glm.nb`` + ``sandwich``.
+
+Every reference is computed by R in the test (`tests.r_reference.r_values`), both sides fit
+to tight convergence (R's ``epsilon = 1e-12``) unless the test is about R's stopping rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from algorithms import glm
+from tests.r_reference import r_values
+
+from .conftest import close, r_frame, split3
+
+TIGHT = "control = glm.control(epsilon = 1e-12, maxit = 100)"
+#: What R reports of a glm fit, by the names the comparisons use.
+R_FIT = """
+out("params", coef(f)); out("bse", sqrt(diag(vcov(f)))); out("deviance", deviance(f))
+out("null_deviance", f$null.deviance); out("df_resid", df.residual(f)); out("df_null", f$df.null)
+out("llf", logLik(f)); out("aic", AIC(f)); out("scale", summary(f)$dispersion)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _small_sites(monkeypatch):
+    # R's data sets are small: a few dozen rows per site for up to a dozen coefficients.
+    monkeypatch.setenv("GLM_MAX_PCT_VARS_VS_OBS", "50")
+
+
+def r_fit(call: str, sites: list, extra: str = "", packages=("MASS",)) -> dict:
+    """R's numbers of ``f <- <call>`` on the pooled rows of ``sites`` (``d``)."""
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    script = "d <- rbind(" + ", ".join(frames) + ")\n" + f"f <- {call}\n" + R_FIT + extra
+    return r_values(script, frames=frames, packages=packages)
+
+
+def same(res, R: dict, keys=("params", "bse", "deviance", "null_deviance", "df_resid",
+                             "df_null", "llf", "aic", "scale"), rtol=1e-6):
+    for key in keys:
+        ours = getattr(res, key)
+        ours = ours.to_numpy() if isinstance(ours, pd.Series) else ours
+        expected = R[key]
+        if np.all(np.isnan(expected)):
+            assert np.all(np.isnan(ours)), key
+            continue
+        np.testing.assert_allclose(np.asarray(ours, float).ravel(), expected, rtol=rtol,
+                                   atol=1e-12, err_msg=key)
+
+
+def snails() -> pd.DataFrame:
+    return r_frame("transform(snails, RelHum = Rel.Hum)"
+                   "[c('Species', 'Exposure', 'RelHum', 'Temp', 'Deaths', 'N')]")
+
+
+def esoph() -> pd.DataFrame:
+    return r_frame("esoph")
+
+
+# -- item 1: binomial responses as R writes them ----------------------------------------------
+SNAILS = "Species + Exposure + RelHum + Temp"
+
+
+def test_cbind_response_is_r():
+    d = snails()
+    d.loc[[5, 40], ["Deaths", "N"]] = 0  # rows without trials: weight 0, out of the df
+    sites = split3(d)
+    res = glm.fit(f"cbind(Deaths, N - Deaths) ~ {SNAILS}", sites, "binomial",
+                  cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(Deaths, N - Deaths) ~ {SNAILS}, binomial, d, {TIGHT})", sites,
+              'out("bic", BIC(f))')
+    same(res, R)
+    assert res.df_resid == 89 and res.df_null == 93
+
+
+def test_proportion_with_trials_as_weights_is_r():
+    sites = split3(esoph().assign(p=lambda d: d.ncases / (d.ncases + d.ncontrols),
+                                  n=lambda d: d.ncases + d.ncontrols))
+    res = glm.fit("p ~ agegp + alcgp", sites, "binomial", weights="n", cluster="inprocess",
+                  tol=1e-12)
+    R = r_fit(f"glm(p ~ agegp + alcgp, binomial, d, weights = n, {TIGHT})", sites)
+    same(res, R)
+    both = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "binomial",
+                   cluster="inprocess", tol=1e-12)
+    same(both, R)  # the same fit, the same likelihood
+
+
+def test_cbind_with_prior_weights_is_r():
+    sites = split3(esoph().assign(w=lambda d: 1 + (np.arange(len(d)) % 4) / 2))
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + tobgp", sites, "binomial",
+                  weights="w", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(ncases, ncontrols) ~ agegp + tobgp, binomial, d, weights = w, "
+              f"{TIGHT})", sites)
+    same(res, R)
+
+
+@pytest.mark.timeout(120)
+def test_cbind_on_local_workers(tmp_path):
+    sites = split3(snails())
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    res = glm.fit(f"cbind(Deaths, N - Deaths) ~ {SNAILS}", paths, "binomial", tol=1e-12)
+    R = r_fit(f"glm(cbind(Deaths, N - Deaths) ~ {SNAILS}, binomial, d, {TIGHT})", sites)
+    same(res, R)
+
+
+def test_cbind_refusals():
+    with pytest.raises(ValueError, match="cbind.*binomial response.*got Poisson"):
+        glm.fit("cbind(a, b) ~ x", [pd.DataFrame()], "poisson", cluster="inprocess")
+    with pytest.raises(glm.FormulaError, match="two counts"):
+        glm.inspect_formula("cbind(a, b, c) ~ x")
+    with pytest.raises(glm.FormulaError, match="whole response"):
+        glm.inspect_formula("y ~ cbind(a, b)")
+    with pytest.raises(glm.FormulaError, match="whole response"):
+        glm.inspect_formula("I(cbind(a, b)) ~ x")
+    with pytest.raises(glm.FormulaError, match="not allowed"):
+        glm.inspect_formula("cbind(a, __import__('os').getpid()) ~ x")
+    d = snails().assign(half=lambda d: d.Deaths + 0.5)
+    with pytest.raises(glm.SiteError, match="expected counts"):
+        glm.fit("cbind(half, N - Deaths) ~ Temp", split3(d), "binomial", cluster="inprocess")
+
+
+# -- item 2: the dispersion as summary.glm ------------------------------------------------
+def birthwt() -> pd.DataFrame:
+    return r_frame("transform(birthwt, race = c('white', 'black', 'other')[race])")
+
+
+@pytest.mark.parametrize("family,link,r_family", [
+    ("gamma", "log", "Gamma(link = 'log')"),
+    ("gamma", None, "Gamma()"),
+    ("inverse_gaussian", "log", "inverse.gaussian(link = 'log')"),
+    ("gaussian", "log", "gaussian(link = 'log')"),
+])
+def test_dispersion_is_summary_glm_at_r_stopping_rule(family, link, r_family):
+    """At R's default rule (epsilon = 1e-8) the fit stops where R's does, and the dispersion
+    is R's: the working weights of the last iteration, not the Pearson chi-square at the
+    estimate."""
+    sites = split3(birthwt())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, family, link, cluster="inprocess")
+    R = r_fit(f"glm({formula}, {r_family}, d)", sites, 'out("iter", f$iter)')
+    assert res.iterations == R["iter"][0]
+    same(res, R, ("params", "bse", "deviance", "scale"), rtol=1e-9)
+
+
+def test_dispersion_of_negative_binomial_family_object_is_estimated():
+    """A negative binomial with theta fixed is not Poisson: summary.glm estimates its
+    dispersion (glm.nb's summary fixes it at 1, see the negative binomial tests)."""
+    import statsmodels.api as sm
+    sites = split3(r_frame("quine"))
+    res = glm.fit("Days ~ Eth + Sex + Age + Lrn", sites, sm.families.NegativeBinomial(
+        alpha=1 / 1.5), cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(Days ~ Eth + Sex + Age + Lrn, negative.binomial(1.5), d, {TIGHT})", sites)
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "scale", "llf"))
+
+
+def test_fixed_scale_is_summary_dispersion():
+    sites = split3(birthwt())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, "gamma", "log", cluster="inprocess", tol=1e-12, scale=0.05)
+    R = r_fit(f"glm({formula}, Gamma(link = 'log'), d, {TIGHT})", sites,
+              'co <- coef(summary(f, dispersion = 0.05)); out("se", co[, 2]); '
+              'out("p", co[, 4])')
+    assert not res.use_t and res.scale == 0.05
+    close(res.bse.to_numpy(), R["se"])
+    close(res.pvalues.to_numpy(), R["p"])
+    close(res.params.to_numpy(), R["params"])
+    assert "(fixed)" in str(res.summary())
+    for bad in (0, -1.0, "1", float("nan"), True):
+        with pytest.raises(ValueError, match="scale: expected a positive number"):
+            glm.fit(formula, sites, "gamma", scale=bad, cluster="inprocess")
+
+
+# -- item 4: quasi families -------------------------------------------------------------------
+QUINE = "Days ~ Eth + Sex + Age + Lrn"
+
+
+def test_quasipoisson_is_r():
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "quasipoisson", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm({QUINE}, quasipoisson, d, {TIGHT})", sites,
+              'out("p", coef(summary(f))[, 4])')
+    same(res, R)  # llf and aic NaN as R's NA
+    assert np.isnan(res.bic) and res.use_t and res.family == "quasipoisson"
+    close(res.pvalues.to_numpy(), R["p"])
+    assert "nan" in str(res.summary())
+
+
+def test_quasibinomial_is_r():
+    d = esoph()
+    d["ncases"] = d["ncases"] + 0.25  # quasibinomial takes any non-negative numbers
+    sites = split3(d)
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "quasibinomial",
+                  cluster="inprocess", tol=1e-12)
+    R = r_fit(f"glm(cbind(ncases, ncontrols) ~ agegp + alcgp, quasibinomial, d, {TIGHT})",
+              sites)
+    same(res, R)
+    with pytest.raises(glm.SiteError, match="expected counts"):
+        glm.fit("cbind(ncases, ncontrols) ~ agegp", sites, "binomial", cluster="inprocess")
+
+
+@pytest.mark.timeout(120)
+def test_quasipoisson_on_local_workers():
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "quasipoisson", tol=1e-12)
+    R = r_fit(f"glm({QUINE}, quasipoisson, d, {TIGHT})", sites)
+    same(res, R)
+
+
+# -- item 8: analysis of deviance -------------------------------------------------------------
+ANOVA_R = """
+f0 <- glm({f0}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+f1 <- glm({f1}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+f2 <- glm({f2}, {fam}, d, control = glm.control(epsilon = 1e-12, maxit = 100))
+a <- suppressWarnings(anova(f0, f1, f2, test = "{test}"))
+for (k in names(a)) out(k, a[[k]])
+"""
+
+
+@pytest.mark.parametrize("family,r_family,test", [
+    ("poisson", "poisson", "Chisq"),
+    ("quasipoisson", "quasipoisson", "F"),
+    ("quasipoisson", "quasipoisson", "Chisq"),
+    ("poisson", "poisson", "F"),  # R warns: F with a fixed dispersion
+])
+def test_anova_is_r(family, r_family, test):
+    sites = split3(r_frame("quine"))
+    formulas = ["Days ~ Eth", "Days ~ Eth + Sex + Age", QUINE]
+    fits = [glm.fit(f, sites, family, cluster="inprocess", tol=1e-12) for f in formulas]
+    if test == "F" and family == "poisson":
+        with pytest.warns(UserWarning, match="using F test with a 'poisson' family"):
+            table = glm.anova(*fits, test=test)
+    else:
+        table = glm.anova(*fits, test=test)
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    R = r_values("d <- rbind(s1, s2, s3)\n" + ANOVA_R.format(
+        f0=formulas[0], f1=formulas[1], f2=formulas[2], fam=r_family, test=test),
+        frames=frames)
+    assert list(table.columns) == list(R)
+    for col in table.columns:
+        np.testing.assert_allclose(table[col].to_numpy(), R[col], rtol=1e-6, atol=1e-300,
+                                   err_msg=col)
+
+
+def test_anova_refusals():
+    sites = split3(r_frame("quine"))
+    small = glm.fit("Days ~ Eth", sites, "poisson", cluster="inprocess")
+    big = glm.fit("Days ~ Eth + Sex", sites, "poisson", cluster="inprocess")
+    other = glm.fit("Days ~ Age", sites, "poisson", cluster="inprocess")
+    fewer = glm.fit("Days ~ Eth + Sex", sites[:2], "poisson", cluster="inprocess")
+    with pytest.raises(ValueError, match="not nested"):
+        glm.anova(small, other)
+    with pytest.raises(ValueError, match="not all fitted to the same size of dataset"):
+        glm.anova(small, fewer)
+    with pytest.raises(ValueError, match="expected two or more"):
+        glm.anova(small)
+    with pytest.raises(ValueError, match="test: expected"):
+        glm.anova(small, big, test="Wald")
+    with pytest.raises(TypeError, match="GLMResults"):
+        glm.anova(small, "big")
+
+
+# -- item 6: robust covariances ---------------------------------------------------------------
+EPIL = "y ~ lbase * trt + lage + V4"
+SANDWICH = """
+out("HC0", vcovHC(f, type = "HC0")); out("HC1", vcovHC(f, type = "HC1"))
+out("subject", vcovCL(f, cluster = ~subject, type = "HC1"))
+out("site", vcovCL(f, cluster = ~site, type = "HC1"))
+"""
+
+
+def epil_sites() -> list:
+    """Thall and Vail's epilepsy trial (MASS::epil), each patient's four visits at one
+    site."""
+    d = r_frame("epil")
+    d["site"] = d["subject"] % 3
+    return [d[d.site == s].reset_index(drop=True) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def epil_r():
+    sites = epil_sites()
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    return r_values("d <- rbind(s1, s2, s3)\n"
+                    f"f <- glm({EPIL}, poisson, d, {TIGHT})\n" + SANDWICH, frames=frames,
+                    packages=("sandwich",))
+
+
+@pytest.mark.parametrize("cov_type,groups,key", [
+    ("HC0", None, "HC0"), ("HC1", None, "HC1"), ("cluster", "subject", "subject"),
+    ("cluster", None, "site"),
+])
+def test_robust_covariance_is_sandwich(cov_type, groups, key, epil_r):
+    res = glm.fit(EPIL, epil_sites(), "poisson", cluster="inprocess", tol=1e-12,
+                  cov_type=cov_type, groups=groups)
+    k = len(res.params)
+    close(res.cov_params().to_numpy(), epil_r[key].reshape(k, k), rtol=1e-6, atol=1e-14)
+    close(res.bse.to_numpy(), np.sqrt(np.diag(epil_r[key].reshape(k, k))))
+    assert not res.use_t and res.cov_type == cov_type
+    assert "Covariance:" in str(res.summary())
+
+
+@pytest.mark.timeout(120)
+def test_cluster_covariance_on_local_workers(epil_r):
+    res = glm.fit(EPIL, epil_sites(), "poisson", tol=1e-12, cov_type="cluster",
+                  groups="subject")
+    k = len(res.params)
+    close(res.cov_params().to_numpy(), epil_r["subject"].reshape(k, k), rtol=1e-6, atol=1e-14)
+
+
+def test_gaussian_hc1_is_sandwich():
+    sites = split3(birthwt())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, "gaussian", cluster="inprocess", tol=1e-12, cov_type="HC1")
+    R = r_fit(f"glm({formula}, gaussian, d, {TIGHT})", sites,
+              'out("HC1", sqrt(diag(vcovHC(f, type = "HC1"))))', packages=("MASS", "sandwich"))
+    close(res.bse.to_numpy(), R["HC1"])
+
+
+def test_cluster_id_at_two_sites_is_an_error_naming_the_column():
+    sites = epil_sites()
+    sites[1] = sites[1].assign(subject=sites[1].subject.where(sites[1].index > 3,
+                                                              sites[0].subject[0]))
+    with pytest.raises(ValueError, match="cluster id of column 'subject' is at two sites") \
+            as err:
+        glm.fit(EPIL, sites, "poisson", cluster="inprocess", cov_type="cluster",
+                groups="subject")
+    assert str(sites[0].subject[0]) not in str(err.value).replace("subject", "")
+
+
+def test_robust_refusals():
+    sites = epil_sites()
+    with pytest.raises(ValueError, match="cov_type: expected one of"):
+        glm.fit(EPIL, sites, "poisson", cov_type="HC3")
+    with pytest.raises(ValueError, match="groups: only with cov_type='cluster'"):
+        glm.fit(EPIL, sites, "poisson", cov_type="HC0", groups="subject")
+    with pytest.raises(TypeError, match="groups: expected a column name"):
+        glm.fit(EPIL, sites, "poisson", cov_type="cluster", groups=3)
+    with pytest.raises(glm.SiteError, match="not in the table"):
+        glm.fit(EPIL, sites, "poisson", cov_type="cluster", groups="patient",
+                cluster="inprocess")
+
+
+def test_robust_covariance_at_r_stopping_rule_uses_the_last_iteration_weights():
+    """At R's default rule the meat uses R's ``weights(fit, "working")`` (the last
+    iteration's), as sandwich does on R's fit: the same to 1e-9, not to the last step."""
+    sites = epil_sites()
+    frames = {f"s{i + 1}": s for i, s in enumerate(sites)}
+    R = r_values(f"d <- rbind(s1, s2, s3); f <- glm({EPIL}, poisson, d)\n" + SANDWICH,
+                 frames=frames, packages=("sandwich",))
+    res = glm.fit(EPIL, sites, "poisson", cluster="inprocess", cov_type="HC0")
+    k = len(res.params)
+    close(res.cov_params().to_numpy(), R["HC0"].reshape(k, k), rtol=1e-9, atol=1e-16)
