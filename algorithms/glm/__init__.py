@@ -28,6 +28,7 @@ from .design import Design, FormulaError, inspect_formula
 from .families import Family, resolve
 from .fisher import FisherScoring
 from .fit import fit
+from .glmnet import CVGlmnet, GlmnetPath, cv_glmnet, glmnet
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError
 from .linalg import SingularDesignError
@@ -36,6 +37,7 @@ from .results import GLMResults, Summary
 from .site import Site, SiteError, SiteGroup
 
 __all__ = sorted([
+    "CVGlmnet",
     "Contribution",
     "Design",
     "DesignMismatchError",
@@ -43,6 +45,7 @@ __all__ = sorted([
     "FisherScoring",
     "FormulaError",
     "GLMResults",
+    "GlmnetPath",
     "GradientDescent",
     "GradientQuery",
     "Guards",
@@ -56,7 +59,9 @@ __all__ = sorted([
     "SiteGroup",
     "Summary",
     "anova",
+    "cv_glmnet",
     "fit",
+    "glmnet",
     "inspect_formula",
     "resolve",
 ])

@@ -1,0 +1,423 @@
+"""glmnet's path at the central, from the sites' sums: three nested loops, named as in glmnet.
+
+::
+
+    for each lambda (largest first, warm starts)          the path
+        until the coefficients settle                     IRLS: one round of site sums each
+            coordinate descent on the summed X'WX, X'Wz   coordinate_descent.elastic_net
+
+`path_fit` is a generator: it yields the coefficients at which it needs the sites' IRLS sums
+(X'WX, X'Wz and the deviance over the fit's rows) and is sent them back as `Sums`; it returns
+a `PathResult`. The gaussian family needs no round at all: its sums do not depend on the
+coefficients, and come with the prior-weighted `Moments` every fit starts from.
+
+The objective is glmnet's, on the original scale of the columns:
+
+    (1 / sum w) sum_i w_i dev_i / 2 + lambda sum_j pf_j [alpha |b_j| s_j + (1 - alpha) / 2 (b_j s_j)^2]
+
+with ``s_j`` the pooled weighted standard deviation of column j (``standardize=True``; 1
+otherwise), the penalty factors ``pf`` rescaled to sum to the number of predictors, and the
+intercept unpenalised. As glmnet does, the gaussian response is scaled by its weighted
+standard deviation ``ys`` before the fit, so that its ridge term is ``(1 - alpha) / (2 ys)``
+times the above (glmnet's documented behaviour; the lasso part is unaffected).
+
+The default path is glmnet's: ``lambda_max`` (the smallest lambda at which every penalised
+coefficient is 0, at ``max(alpha, 1e-3)``) down to ``lambda_min_ratio * lambda_max`` in
+``nlambda`` geometric steps, stopped early as glmnet stops it (after 5 lambdas, when the
+fraction of deviance explained passes 0.999 or stops moving by 1e-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generator, Optional, Sequence
+
+import numpy as np
+
+from .coordinate_descent import elastic_net
+
+#: glmnet.control() defaults.
+FDEV, DEVMAX, EPS, MNLAM = 1e-5, 0.999, 1e-6, 5
+#: IRLS iterations at one lambda before giving up (glmnet has no separate cap; R's glm 25).
+IRLS_MAX = 50
+
+
+class GlmnetConvergenceError(RuntimeError):
+    """The IRLS loop at one lambda did not settle."""
+
+
+@dataclass
+class Moments:
+    """Prior-weighted sums over a fit's rows, with ``z0 = y - offset``: sum w, X'w, X'WX,
+    X'W z0, z0'W z0, sum w y, and the row counts (all rows, and rows of positive weight)."""
+
+    sum_w: float
+    xw: np.ndarray
+    xwx: np.ndarray
+    xwz: np.ndarray
+    zwz: float
+    sum_wy: float
+    nobs: int
+    n_ok: int
+
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(*(a + b for a, b in zip(self._values(), other._values())))
+
+    def __sub__(self, other: "Moments") -> "Moments":
+        return Moments(*(a - b for a, b in zip(self._values(), other._values())))
+
+    def _values(self) -> tuple:
+        return (self.sum_w, self.xw, self.xwx, self.xwz, self.zwz, self.sum_wy, self.nobs,
+                self.n_ok)
+
+
+@dataclass
+class Sums:
+    """IRLS sums at one set of coefficients over a fit's rows (``valid`` False when the
+    coefficients give fitted values outside the family's range)."""
+
+    xtwx: Optional[np.ndarray]
+    xtwz: Optional[np.ndarray]
+    deviance: float
+    valid: bool = True
+
+    def __add__(self, other: "Sums") -> "Sums":
+        valid = self.valid and other.valid
+        return Sums(self.xtwx + other.xtwx if valid else None,
+                    self.xtwz + other.xtwz if valid else None,
+                    self.deviance + other.deviance, valid)
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """What one path fit needs besides the data: see `algorithms.glm.glmnet.glmnet`."""
+
+    family: str
+    columns: tuple
+    alpha: float = 1.0
+    penalty_factor: Optional[tuple] = None  # one per column; the intercept's is ignored
+    lambdas: Optional[tuple] = None  # a user path (decreasing), or None: glmnet's default
+    nlambda: int = 100
+    lambda_min_ratio: Optional[float] = None
+    standardize: bool = True
+    intercept: bool = True
+    tol: float = 1e-7
+    max_iter: int = 100_000
+
+    @property
+    def intercept_index(self) -> Optional[int]:
+        return self.columns.index("Intercept") if self.intercept and \
+            "Intercept" in self.columns else None
+
+    @property
+    def predictors(self) -> np.ndarray:
+        return np.array([j for j, c in enumerate(self.columns) if c != "Intercept"])
+
+
+@dataclass
+class PathResult:
+    """One fitted path: ``lambdas`` (decreasing), ``betas`` (one row per lambda, one column
+    per design column, original scale), ``dev_ratio``, ``null_deviance``, ``rounds`` (IRLS
+    rounds of site sums at each lambda) and the standardisation used."""
+
+    lambdas: np.ndarray
+    betas: np.ndarray
+    dev_ratio: np.ndarray
+    null_deviance: float
+    rounds: np.ndarray
+    xs: np.ndarray = field(repr=False, default=None)
+    passes: int = 0
+
+
+class _Problem:
+    """The standardisation and penalties of one fit, and its weighted least squares."""
+
+    def __init__(self, spec: PathSpec, moments: Moments):
+        self.spec = spec
+        self.sw = moments.sum_w
+        self.ic = spec.intercept_index
+        self.pred = spec.predictors
+        m = moments
+        xm = m.xw[self.pred] / m.sum_w
+        var = np.diag(m.xwx)[self.pred] / m.sum_w - xm ** 2
+        # glmnet drops constant columns (chkvars); relative to the column's size
+        scale2 = np.diag(m.xwx)[self.pred] / m.sum_w
+        self.exclude = ~(var > 1e-13 * np.maximum(scale2, 1e-300))
+        self.xs = np.where(spec.standardize & ~self.exclude, np.sqrt(np.abs(var)), 1.0)
+        pf = np.ones(len(self.pred)) if spec.penalty_factor is None else \
+            np.asarray(spec.penalty_factor, float)[self.pred]
+        pf = np.maximum(pf, 0.0)
+        total = pf[~self.exclude].sum()
+        # glmnet rescales the penalty factors to sum to the number of predictors
+        self.pf = pf * (len(self.pred) / total) if total > 0 else pf
+        self.ridge_scale = 1.0  # gaussian: 1 / ys (set by path_fit)
+
+    def penalties(self, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        a = self.spec.alpha
+        if np.isinf(lam):  # glmnet's first point ("big"): only unpenalised columns move
+            l1 = np.where(self.pf > 0, np.inf, 0.0)
+            return l1, np.zeros_like(self.pf)
+        return lam * a * self.pf, lam * (1 - a) * self.pf * self.ridge_scale
+
+    def reduced(self, G: np.ndarray, c: np.ndarray) -> tuple:
+        """``(A, r)`` of the predictors on the standardised scale, the intercept eliminated
+        (it is unpenalised: its optimum given the others is closed form), over sum w."""
+        p, ic = self.pred, self.ic
+        d = 1.0 / self.xs
+        A = G[np.ix_(p, p)] * d[:, None] * d[None, :]
+        r = c[p] * d
+        if ic is not None:
+            g0 = G[ic, p] * d
+            A = A - np.outer(g0, g0) / G[ic, ic]
+            r = r - g0 * c[ic] / G[ic, ic]
+        return A / self.sw, r / self.sw
+
+    def gradient(self, G, c, beta) -> np.ndarray:
+        """The standardised gradient of the quadratic at ``beta`` (the score there)."""
+        A, r = self.reduced(G, c)
+        return r - A @ (beta[self.pred] * self.xs)
+
+    def solve(self, G, c, lam, beta, thr) -> tuple[np.ndarray, int]:
+        """The penalised weighted least squares at ``lam`` from warm start ``beta``."""
+        A, r = self.reduced(G, c)
+        l1, l2 = self.penalties(lam)
+        b, passes = elastic_net(A, r, l1, l2, beta[self.pred] * self.xs, thr,
+                                self.spec.max_iter, self.exclude)
+        out = np.zeros(len(self.spec.columns))
+        out[self.pred] = b / self.xs
+        if self.ic is not None:
+            p = self.pred
+            out[self.ic] = (c[self.ic] - G[self.ic, p] @ out[p]) / G[self.ic, self.ic]
+        return out, passes
+
+    def change(self, G, new, old) -> float:
+        """glmnet's IRLS criterion: the largest weighted squared change of a coordinate
+        (standardised; the intercept as the one of W-centred columns)."""
+        d = new - old
+        A, _ = self.reduced(G, np.zeros(len(d)))
+        ds = d[self.pred] * self.xs
+        largest = float(np.max(np.diag(A) * ds ** 2)) if len(ds) else 0.0
+        if self.ic is not None:
+            ic, p = self.ic, self.pred
+            centred = d[ic] + G[ic, p] @ d[p] / G[ic, ic]
+            largest = max(largest, G[ic, ic] / self.sw * centred ** 2)
+        return largest
+
+
+def default_lambda_min_ratio(nobs: int, nvars: int) -> float:
+    """glmnet: 1e-4 when there are more rows than predictors, else 0.01."""
+    return 0.01 if nobs < nvars else 1e-4
+
+
+def path_fit(spec: PathSpec, moments: Moments, start: Optional[np.ndarray] = None
+             ) -> Generator[np.ndarray, Sums, PathResult]:
+    """The path of one fit (see the module docstring): yields coefficients, is sent the
+    `Sums` at them, returns the `PathResult`. ``start`` warm-starts a user path."""
+    prob = _Problem(spec, moments)
+    if spec.family == "gaussian":
+        return _gaussian_path(spec, prob, moments, start)
+    return (yield from _irls_path(spec, prob, moments, start))
+
+
+def _lambda_sequence(spec: PathSpec, prob: _Problem, gradient: Optional[np.ndarray],
+                     nobs: int):
+    """glmnet's lambdas: user ones as given; else inf first (reported as lambda_max), then
+    lambda_max * alf^m, lambda_max from the gradient at the first point (the fit of the
+    unpenalised columns; None before it is known)."""
+    if spec.lambdas is not None:
+        return np.asarray(spec.lambdas, float), False
+    if gradient is None:
+        return np.full(max(spec.nlambda, 1), np.inf), True
+    penalised = (prob.pf > 0) & ~prob.exclude
+    top = np.max(np.abs(gradient[penalised]) / prob.pf[penalised]) if penalised.any() else 0.0
+    lam_max = top / max(spec.alpha, 1e-3)
+    ratio = spec.lambda_min_ratio if spec.lambda_min_ratio is not None else \
+        default_lambda_min_ratio(nobs, len(prob.pred))
+    if spec.nlambda == 1:
+        return np.array([np.inf]), True
+    alf = max(EPS, ratio) ** (1.0 / (spec.nlambda - 1))
+    lambdas = lam_max * alf ** np.arange(spec.nlambda, dtype=float)
+    lambdas[0] = np.inf
+    return lambdas, True
+
+
+def _stop(family: str, m: int, dev_ratio: list) -> bool:
+    """glmnet's early end of a default path (after ``MNLAM`` lambdas)."""
+    if m + 1 < MNLAM:
+        return False
+    dev = dev_ratio[m]
+    if dev > DEVMAX:
+        return True
+    if family == "gaussian":
+        change = np.inf if dev == 0 else (dev - dev_ratio[m - 1]) / dev
+    elif family == "binomial":
+        change = dev - dev_ratio[m - 1]
+    else:  # poisson: MNLAM - 1 lambdas back, and glmnetpp's threshold is 10 fdev
+        change = (dev - dev_ratio[m - MNLAM + 1]) / dev if dev != 0 else np.inf
+        return change < 10 * FDEV
+    return change < FDEV
+
+
+def _report_lambdas(lambdas: np.ndarray) -> np.ndarray:
+    """R's ``fix.lam``: the first lambda ("big") reported as the geometric extrapolation of
+    the next two."""
+    out = lambdas.copy()
+    if len(out) > 2 and np.isinf(out[0]):
+        out[0] = np.exp(2 * np.log(out[1]) - np.log(out[2]))
+    elif len(out) and np.isinf(out[0]):
+        out[0] = np.nan
+    return out
+
+
+def _gaussian_path(spec, prob: _Problem, m: Moments, start) -> PathResult:
+    G, c, zwz, sw = m.xwx, m.xwz, m.zwz, m.sum_w
+    ic = prob.ic
+    null = np.zeros(len(spec.columns))
+    if ic is not None:
+        null[ic] = c[ic] / G[ic, ic]
+    null_dev = zwz - 2 * null @ c + null @ G @ null
+    if null_dev <= 0:
+        raise ValueError("y is constant: the gaussian glmnet cannot standardize it")
+    ys = np.sqrt(null_dev / sw)
+    prob.ridge_scale = 1.0 / ys
+    thr = spec.tol * ys ** 2  # glmnet's threshold on the standardised response
+    beta = null.copy()
+    lambdas, default = _lambda_sequence(spec, prob, None, m.nobs)
+    if start is not None:
+        beta = np.asarray(start, float)
+    betas, ratios, passes = [], [], 0
+    k = -1
+    while k + 1 < len(lambdas):  # the sequence is known after its first point
+        k += 1
+        lam = lambdas[k]
+        beta, n = prob.solve(G, c, lam, beta, thr)
+        passes += n
+        dev = zwz - 2 * beta @ c + beta @ G @ beta
+        betas.append(beta)
+        ratios.append(1 - dev / null_dev)
+        if default and k == 0:
+            lambdas, _ = _lambda_sequence(spec, prob, prob.gradient(G, c, beta), m.nobs)
+        if default and _stop("gaussian", k, ratios):
+            break
+    n = len(betas)
+    return PathResult(_report_lambdas(lambdas[:n]), np.array(betas), np.array(ratios),
+                      null_dev, np.zeros(n, int), prob.xs, passes)
+
+
+def _link(family: str, mean: float) -> float:
+    return np.log(mean / (1 - mean)) if family == "binomial" else np.log(mean)
+
+
+def _irls_path(spec, prob: _Problem, m: Moments, start):
+    """Binomial and Poisson: the intercept-only fit, then the path (see module docstring)."""
+    ic = prob.ic
+    beta = np.zeros(len(spec.columns))
+    rounds_null = 0
+    if ic is not None:
+        mean = m.sum_wy / m.sum_w
+        if not 0 < mean < (1 if spec.family == "binomial" else np.inf):
+            raise ValueError(f"the {spec.family} response has a weighted mean of {mean:g}: "
+                             "nothing to fit")
+        beta[ic] = _link(spec.family, mean)
+    sums = yield beta
+    rounds_null += 1
+    # The intercept-only fit with an offset: Newton steps on the intercept (glmnet's azero).
+    while ic is not None:
+        score = sums.xtwz[ic] - sums.xtwx[ic] @ beta
+        if spec.family == "poisson":  # exact in one step: sum w exp(offset + b0) is known
+            step = np.log(m.sum_wy / (m.sum_wy - score))
+        else:
+            step = score / sums.xtwx[ic, ic]
+        if abs(step) < 1e-10 * max(1.0, abs(beta[ic])):
+            break
+        beta = beta.copy()
+        beta[ic] += step
+        sums = yield beta
+        rounds_null += 1
+    null_dev = sums.deviance
+    thr = spec.tol * null_dev / (2 * m.sum_w)
+    lambdas, default = _lambda_sequence(spec, prob, None, m.nobs)
+    if start is not None:
+        beta = np.asarray(start, float)
+        sums = yield beta
+    betas, ratios, rounds, passes = [], [], [], 0
+    at = beta  # the coefficients the sums in hand were computed at
+    k = -1
+    while k + 1 < len(lambdas):  # the sequence is known after its first point
+        k += 1
+        lam = lambdas[k]
+        n_rounds = 0
+        if k == 0 and default and default_is_null(prob):
+            new = beta  # nothing unpenalised besides the intercept: the null fit itself
+        else:
+            while True:
+                new, n = prob.solve(sums.xtwx, sums.xtwz, lam, beta, thr)
+                passes += n
+                settled = prob.change(sums.xtwx, new, beta) < thr
+                beta = new
+                if settled:
+                    break
+                n_rounds += 1
+                if n_rounds > IRLS_MAX:
+                    raise GlmnetConvergenceError(
+                        f"IRLS did not settle at lambda {lam:g} in {IRLS_MAX} rounds")
+                sums = yield beta
+                at = beta
+                while not sums.valid:  # outside the family's range: halve the step
+                    beta = (beta + betas[-1]) / 2 if betas else beta / 2
+                    sums = yield beta
+                    at = beta
+                    n_rounds += 1
+        beta = new
+        # The sums at the solution itself: its exact deviance, and the next lambda's start.
+        if new is not at:
+            sums = yield beta
+            at = beta
+            n_rounds += 1
+        dev = sums.deviance
+        betas.append(beta)
+        ratios.append(1 - dev / null_dev)
+        rounds.append(n_rounds)
+        if default and k == 0:
+            lambdas, _ = _lambda_sequence(
+                spec, prob, prob.gradient(sums.xtwx, sums.xtwz, beta), m.nobs)
+        if default and _stop(spec.family, k, ratios):
+            break
+    n = len(betas)
+    rounds[0] += rounds_null
+    return PathResult(_report_lambdas(lambdas[:n]), np.array(betas), np.array(ratios),
+                      null_dev, np.array(rounds), prob.xs, passes)
+
+
+def default_is_null(prob: _Problem) -> bool:
+    """Every kept predictor is penalised: glmnet's first point is the intercept-only fit."""
+    return bool((prob.pf[~prob.exclude] > 0).all())
+
+
+def lambda_interp(lambdas: np.ndarray, s: np.ndarray) -> tuple:
+    """R's ``lambda.interp``: for each ``s``, the neighbouring path indices and the weight of
+    the left one (coefficients at s = frac * left + (1 - frac) * right)."""
+    lambdas = np.asarray(lambdas, float)
+    s = np.atleast_1d(np.asarray(s, float))
+    k = len(lambdas)
+    if k == 1:
+        ones = np.zeros(len(s), int)
+        return ones, ones, np.ones(len(s))
+    sfrac = (lambdas[0] - s) / (lambdas[0] - lambdas[-1])
+    lam = (lambdas[0] - lambdas) / (lambdas[0] - lambdas[-1])
+    sfrac = np.clip(sfrac, lam.min(), lam.max())
+    coord = np.interp(sfrac, lam, np.arange(k, dtype=float))
+    left, right = np.floor(coord).astype(int), np.ceil(coord).astype(int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (sfrac - lam[right]) / (lam[left] - lam[right])
+    frac[left == right] = 1.0
+    frac[np.abs(lam[left] - lam[right]) < np.finfo(float).eps] = 1.0
+    return left, right, frac
+
+
+def interpolate(result: PathResult, s: Sequence[float]) -> np.ndarray:
+    """Coefficients at ``s`` by R's linear interpolation along the path (``exact=FALSE``):
+    one row per value of ``s``."""
+    left, right, frac = lambda_interp(result.lambdas, s)
+    B = result.betas
+    return B[left] * frac[:, None] + B[right] * (1 - frac)[:, None]
