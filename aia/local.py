@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import weakref
-from multiprocessing.connection import wait as mp_wait
 from typing import Any, Optional, Sequence
 
 from . import _worker, transport
@@ -71,10 +70,15 @@ class _Handle(WorkerClock):
 
     def exit_failure(self, wait: float = 1.0) -> Failed:
         """The failure of a worker whose process ended (or whose channel broke)."""
-        self.process.join(wait)
+        torn = self.channel.torn  # cut mid-message: the process may well be alive
+        self.process.join(0 if torn else wait)
         self.dead = True
-        return Failed(self.pid, describe_exit(self.process.exitcode), None, self.os_pid,
-                      self.process.exitcode)
+        code = self.process.exitcode
+        cause = describe_exit(code)
+        if code is None and torn:
+            cause = ("its channel was cut in the middle of a message (interrupted, or the "
+                     "worker stalled past the time limit); the worker is replaced")
+        return Failed(self.pid, cause, None, self.os_pid, code)
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -136,7 +140,7 @@ class LocalCluster(Cluster):
 
     def _spawn(self, pid: int, generation: int = 0) -> "_Handle":
         ctx = mp.get_context(self.start_method)
-        central, worker = transport.pipe()
+        central, worker = transport.pipe(nonblocking=True)  # the central never blocks a send
         _worker.central_sockets.add(central.sock)
         fork = self.start_method == "fork"
         inherited = list(_worker.central_sockets) if fork else []
@@ -152,12 +156,13 @@ class LocalCluster(Cluster):
         worker.close()  # the child has its own copy now
         return _Handle(pid, process, central, generation)
 
-    def _replace(self, h: "_Handle") -> "_Handle":
-        """Stop a worker that is stuck (it ignored the interrupt of an ended run) and start a
-        fresh one in its slot. Its distributed objects are lost (see `generation`)."""
-        log.warning("aia: worker %d (pid %s) is still busy with an answer of an ended run and "
-                    "ignored the interrupt; restarting it (its distributed objects are lost)",
-                    h.pid, h.os_pid)
+    def _replace(self, h: "_Handle", why: str = "is still busy with an answer of an ended "
+                 "run and ignored the interrupt") -> "_Handle":
+        """Stop a worker that is stuck (it ignored the interrupt of an ended run) or whose
+        channel is torn, and start a fresh one in its slot. Its distributed objects are lost
+        (see `generation`)."""
+        log.warning("aia: worker %d (pid %s) %s; restarting it (its distributed objects are "
+                    "lost)", h.pid, h.os_pid, why)
         _stop([h], grace=0.0)
         _worker.central_sockets.discard(h.channel.sock)
         h.channel.close()
@@ -190,7 +195,10 @@ class LocalCluster(Cluster):
         return list(self._workers)
 
     def alive(self) -> list:
-        return [pid for pid, h in self._workers.items() if not h.dead and h.process.is_alive()]
+        """The workers that can take part in a run: alive, and with a channel in step (one
+        torn by an interrupt is replaced at the next run)."""
+        return [pid for pid, h in self._workers.items()
+                if not h.dead and not h.channel.torn and h.process.is_alive()]
 
     def os_pids(self) -> dict:
         """``{worker id: operating-system process id}``."""
@@ -218,22 +226,37 @@ class LocalCluster(Cluster):
 
     # -- waiting ------------------------------------------------------------------------
     def _wait_on(self, handles, deadline: Optional[float]) -> list:
-        """``[(handle, "message" | "dead"), ...]`` ready before ``deadline``."""
+        """``[(handle, "message" | "dead"), ...]`` ready before ``deadline``. Meanwhile it
+        writes what waits in their channels' outboxes, as their sockets take it."""
         handles = [h for h in handles if not h.dead]
-        by_fd = {h.channel.sock.fileno(): h for h in handles}
-        by_sentinel = {h.process.sentinel: h for h in handles}
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = mp_wait([h.channel for h in handles] + list(by_sentinel), timeout)
-        out, seen = [], set()
-        for obj in ready:  # messages first: an answer sent just before death still counts
-            if isinstance(obj, Channel):
-                out.append((by_fd[obj.fileno()], "message"))
-                seen.add(by_fd[obj.fileno()].pid)
-        for obj in ready:
-            if not isinstance(obj, Channel) and by_sentinel[obj].pid not in seen:
-                out.append((by_sentinel[obj], "dead"))
-        return out
-
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with selectors.DefaultSelector() as selector:
+                for h in handles:
+                    events = selectors.EVENT_READ
+                    if h.channel.outbox:
+                        events |= selectors.EVENT_WRITE
+                    selector.register(h.channel.fileno(), events, (h, "message"))
+                    selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+                ready = selector.select(timeout)
+            messages, deaths = [], []
+            for key, events in ready:
+                h, what = key.data
+                if what == "dead":
+                    deaths.append(h)
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    try:
+                        h.channel.flush()
+                    except ChannelClosed:
+                        events |= selectors.EVENT_READ  # its recv reports the failure
+                if events & selectors.EVENT_READ:
+                    messages.append(h)
+            # Messages first: an answer sent just before death still counts.
+            out = [(h, "message") for h in messages]
+            out += [(h, "dead") for h in deaths if h not in messages]
+            if out or not ready or (deadline is not None and time.monotonic() >= deadline):
+                return out
     def _handle(self, pid: int) -> _Handle:
         if self._closed:
             raise RuntimeError("this LocalCluster is closed")
@@ -249,10 +272,15 @@ class LocalCluster(Cluster):
         waiting = {}
         for pid in pids:
             h = self._handle(pid)
+            if h.channel.torn and not h.channel.closed:
+                # Cut mid-message (Ctrl-C, or stalled past a time limit): its stream is out
+                # of step for good, so a fresh worker takes its place.
+                h = self._replace(h, "has a channel cut in the middle of a message")
             if h.dead:
                 results[pid] = Failed(pid, "worker process is dead", None, h.os_pid,
                                       h.process.exitcode)
                 continue
+            h.channel.deadline = deadline
             try:
                 h.channel.send(CONTROL, message, run)
                 waiting[pid] = h
@@ -271,6 +299,7 @@ class LocalCluster(Cluster):
             stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
             for h in stuck:
                 fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
+                fresh.channel.deadline = deadline
                 try:
                     fresh.channel.send(CONTROL, message, run)
                     waiting[h.pid] = fresh
@@ -368,7 +397,7 @@ def _stop(handles, grace: float) -> None:
                 h.channel.send(CONTROL, ("stop",))
             except (ChannelClosed, OSError):
                 pass
-    _join_all(handles, grace)
+    _drain_until_exit(handles, grace)
     for h in handles:
         if h.process.is_alive():
             h.process.terminate()
@@ -379,6 +408,44 @@ def _stop(handles, grace: float) -> None:
             h.process.join(5.0)
     for h in handles:
         h.dead = True
+
+
+def _drain_until_exit(handles, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the processes to exit, meanwhile reading (and
+    dropping) what they still send and writing what waits for them: a worker blocked
+    sending a large answer, or waiting for the rest of a message, gets to its stop."""
+    deadline = time.monotonic() + grace
+    watched = {h for h in handles if h.process.is_alive()}
+    readers = {h for h in watched if not h.channel.closed and not h.channel.torn}
+    while watched:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return
+        with selectors.DefaultSelector() as selector:
+            for h in watched:
+                selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+            for h in readers:
+                events = selectors.EVENT_READ
+                if h.channel.outbox:
+                    events |= selectors.EVENT_WRITE
+                selector.register(h.channel.fileno(), events, (h, "channel"))
+            ready = selector.select(timeout)
+        for key, events in ready:
+            h, what = key.data
+            if what == "dead":
+                h.process.join(0)
+                watched.discard(h)
+                continue
+            if h not in readers:
+                continue
+            try:
+                if events & selectors.EVENT_WRITE:
+                    h.channel.flush()
+                if events & selectors.EVENT_READ:
+                    h.channel.deadline = deadline
+                    h.channel.recv()
+            except (ChannelClosed, transport.Undecodable):
+                readers.discard(h)  # closed, out of step, or stalled: its exit is waited for
 
 
 def _join_all(handles, grace: float) -> None:
@@ -405,6 +472,8 @@ class LocalRun(Run):
         for h in self.live.values():
             self.poller.register(h.channel.fileno(), (h, "message"))
             self.poller.register(h.process.sentinel, (h, "dead"))
+            if h.channel.outbox:  # e.g. the rest of its set-up
+                self.poller.write_when_ready(h.channel)
 
     def send(self, pid: int, query: Any) -> None:
         self._send(pid, query)
@@ -428,6 +497,8 @@ class LocalRun(Run):
             self._lose(h)
             self.broken.append(h.exit_failure())
             return
+        if h.channel.outbox:  # the socket did not take it all: written as it can
+            self.poller.write_when_ready(h.channel)
         h.sent_at = time.monotonic()
         self.busy.add(pid)
 
@@ -514,6 +585,7 @@ class _Poller:
     def __init__(self) -> None:
         self._fast = False  # the latest wait ended within SPIN
         self._data: dict = {}
+        self._writers: dict = {}  # fd -> channel with an outbox to write when it can
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         if self._epoll is None:
             self._selector = selectors.DefaultSelector()
@@ -526,16 +598,54 @@ class _Poller:
             self._selector.register(fd, selectors.EVENT_READ, data)
 
     def unregister(self, fd: int) -> None:
+        self._writers.pop(fd, None)
         if self._epoll is not None:
             self._epoll.unregister(fd)
             del self._data[fd]
         else:
             self._selector.unregister(fd)
 
+    def write_when_ready(self, channel: Channel) -> None:
+        """Also watch ``channel`` (registered already) for writability, and write its outbox
+        then, until it is empty."""
+        fd = channel.fileno()
+        if fd in self._writers:
+            return
+        self._writers[fd] = channel
+        if self._epoll is not None:
+            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLOUT)
+        else:
+            key = self._selector.get_key(fd)
+            self._selector.modify(fd, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data)
+
+    def _written(self, fd: int) -> bool:
+        """Write more of ``fd``'s outbox; whether the descriptor still counts as readable
+        (a closed peer: its receive reports the failure)."""
+        channel = self._writers[fd]
+        try:
+            if not channel.flush():
+                return False
+        except ChannelClosed:
+            pass
+        del self._writers[fd]
+        if self._epoll is not None:
+            self._epoll.modify(fd, select.EPOLLIN)
+        else:
+            key = self._selector.get_key(fd)
+            self._selector.modify(fd, selectors.EVENT_READ, key.data)
+        return channel.closed or channel.torn
+
     def poll(self, timeout: Optional[float]) -> list:
-        """The data of the descriptors ready within ``timeout`` seconds (None: no limit)."""
+        """The data of the descriptors ready within ``timeout`` seconds (None: no limit).
+        Descriptors only writable are written (their outboxes) and not returned."""
         if self._epoll is None:
-            return [key.data for key, _ in self._selector.select(timeout)]
+            ready = self._selector.select(timeout)
+            if self._writers:
+                return [key.data for key, events in ready
+                        if not (events & selectors.EVENT_WRITE
+                                and not self._written(key.fd)
+                                and not events & selectors.EVENT_READ)]
+            return [key.data for key, _ in ready]
         data, epoll = self._data, self._epoll
         start = time.perf_counter()
         if self._fast:
@@ -543,12 +653,25 @@ class _Poller:
             while True:
                 ready = epoll.poll(0)
                 if ready:
-                    return [data[fd] for fd, _ in ready]
+                    return self._ready(ready)
                 if time.perf_counter() >= end:
                     break
         ready = epoll.poll(-1 if timeout is None else timeout)
         self._fast = time.perf_counter() - start <= SPIN
-        return [data[fd] for fd, _ in ready]
+        return self._ready(ready)
+
+    def _ready(self, ready: list) -> list:
+        data = self._data
+        if not self._writers:  # the loop's common case
+            return [data[fd] for fd, _ in ready]
+        out = []
+        for fd, events in ready:
+            if events & select.EPOLLOUT and fd in self._writers:
+                readable = self._written(fd)
+                if not (readable or events & ~select.EPOLLOUT):
+                    continue
+            out.append(data[fd])
+        return out
 
     def close(self) -> None:
         (self._epoll if self._epoll is not None else self._selector).close()

@@ -28,6 +28,16 @@ on their size:
 
 Without ``memfd_create`` (macOS, Windows) or with ``AIA_SHARED_MEMORY=0``, large buffers go in
 the frame too.
+
+The central's end of a channel is *non-blocking* (``pipe(nonblocking=True)``): a send never
+waits for the worker. What the socket does not take at once waits, copied, in the channel's
+``outbox``, and the central's waits write it (``flush``) whenever the socket is writable, while
+they read. A central that blocked in a send to a worker that is itself blocked sending (a large
+answer of a run that just ended) would deadlock; a frozen worker would hold up the others.
+A receive waits for the rest of a frame at most until the channel's ``deadline``. A channel
+whose send or receive was cut in the middle of a frame (Ctrl-C, a stalled peer) is ``torn``:
+its stream is out of step for good, every later use raises `ChannelClosed`, and the cluster
+replaces its worker.
 """
 
 from __future__ import annotations
@@ -35,9 +45,12 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import select
 import socket
 import struct
+import time
 import weakref
+from collections import deque
 from typing import Any, Optional
 
 import cloudpickle
@@ -81,10 +94,11 @@ class Undecodable(Exception):
         self.kind, self.run, self.cause = kind, run, cause
 
 
-def pipe() -> tuple["Channel", "Channel"]:
-    """Two connected channels (the central's end, the worker's end)."""
+def pipe(nonblocking: bool = False) -> tuple["Channel", "Channel"]:
+    """Two connected channels (the central's end, the worker's end); ``nonblocking``: the
+    central's end queues what it cannot send at once (see the module's docstring)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return Channel(a), Channel(b)
+    return Channel(a, nonblocking=nonblocking), Channel(b)
 
 
 def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
@@ -264,11 +278,22 @@ if hasattr(os, "register_at_fork"):
 
 # -- channels ----------------------------------------------------------------------------
 class Channel:
-    """One end of a message stream between two processes."""
+    """One end of a message stream between two processes.
 
-    def __init__(self, sock: socket.socket):
+    ``nonblocking``: sends never wait (the rest goes to ``outbox``, written by ``flush``), and
+    a receive waits for the rest of a frame until ``deadline`` (a `time.monotonic` value, None:
+    no limit). ``torn``: an operation was cut in the middle of a frame; the channel is unusable.
+    """
+
+    def __init__(self, sock: socket.socket, nonblocking: bool = False):
         self.sock = sock
         self.closed = False
+        self.nonblocking = nonblocking
+        if nonblocking:
+            sock.setblocking(False)
+        self.outbox: deque = deque()  # bytes (or ("fd", descriptor)) the socket did not take yet
+        self.deadline: Optional[float] = None
+        self.torn = False
         self._first = bytearray(_MIN_FRAME)  # the head of every frame is read into this
         self.sent = 0  # frames sent
         self.received = 0  # frames received (each sent frame acknowledges this count)
@@ -286,6 +311,10 @@ class Channel:
             self.closed = True
             _pool.forget(self)
             self.unmap_peer_arenas()
+            for item in self.outbox:
+                if type(item) is tuple:
+                    os.close(item[1])
+            self.outbox.clear()
         self.sock.close()
 
     def unmap_peer_arenas(self) -> None:
@@ -310,18 +339,30 @@ class Channel:
         if not message.buffers:
             self._send_small(kind, run, message.data)
             return
+        self._check_intact()
+        self.torn = True  # until the frame is sent or queued whole
         if message.shared():
             self._send_shared(kind, run, message)
         else:
             self._send_inline(kind, run, message)
         self.sent += 1
+        self.torn = False
 
     def _send_small(self, kind: int, run: int, data: bytes) -> None:
         """A message without out-of-band buffers: one frame, one send."""
+        if self.torn:
+            self._check_intact()
+        self.torn = True
         frame = _HEAD_AND_LENGTH.pack(kind, 0, run, 0, _LENGTH.size + len(data),
                                       self.received, len(data))
         self._send_one((frame + data).ljust(_MIN_FRAME, b"\0"))
         self.sent += 1
+        self.torn = False
+
+    def _check_intact(self) -> None:
+        if self.torn:
+            raise ChannelClosed("this channel was cut in the middle of a message (an "
+                                "interrupt, or a peer that stalled): its stream is out of step")
 
     def _send_inline(self, kind: int, run: int, message: Message) -> None:
         data, buffers = message.data, message.buffers
@@ -359,29 +400,88 @@ class Channel:
         self._send_one((frame + table + data).ljust(_MIN_FRAME, b"\0"))
         arena.pending[self] = self.sent
         if new:  # its descriptor, in a message of its own right after the frame
+            arena.known_by.add(self)
+            if self.outbox:  # behind the frame: a copy of the descriptor, closed once sent
+                self.outbox.append(("fd", os.dup(arena.fd)))
+                return
             try:
                 socket.send_fds(self.sock, [b"\0"], [arena.fd])
+            except BlockingIOError:
+                self.outbox.append(("fd", os.dup(arena.fd)))
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
-            arena.known_by.add(self)
 
     def _send_one(self, frame: bytes) -> None:
         # send, not sendmsg: for one buffer it skips building an iovec (1.5 us a message).
+        if self.outbox:  # behind what waits already
+            self.outbox.append(frame)
+            self._write_outbox()
+            return
         try:
             sent = self.sock.send(frame)
             if sent < len(frame):
-                self.sock.sendall(memoryview(frame)[sent:])
+                if self.nonblocking:
+                    self.outbox.append(memoryview(frame)[sent:])
+                else:
+                    self.sock.sendall(memoryview(frame)[sent:])
+        except BlockingIOError:
+            self.outbox.append(frame)
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 
     def _sendall(self, parts: list) -> None:
+        if self.outbox:
+            self._queue(parts)
+            self._write_outbox()
+            return
         try:
-            sent = self.sock.sendmsg(parts)
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
             total = sum(memoryview(p).nbytes for p in parts)
             while sent < total:  # a partial send: resend what is left
                 parts, total = _drop_prefix(parts, sent), total - sent
+                if self.nonblocking:
+                    # A copy: the arrays may change once send returns (the central's step).
+                    self._queue(parts)
+                    return
                 sent = self.sock.sendmsg(parts)
         except OSError as exc:  # BrokenPipeError, ConnectionResetError, ...
+            raise ChannelClosed(str(exc)) from exc
+
+    def _queue(self, parts: list) -> None:
+        self.outbox.append(b"".join(memoryview(p).cast("B") for p in parts))
+
+    def flush(self) -> bool:
+        """Write what waits in ``outbox``, as far as the socket takes it now (never blocks);
+        True once nothing waits. Raises ChannelClosed if the peer is gone."""
+        if not self.outbox:
+            return True
+        self._check_intact()
+        self.torn = True
+        self._write_outbox()
+        self.torn = False
+        return not self.outbox
+
+    def _write_outbox(self) -> None:
+        box = self.outbox
+        try:
+            while box:
+                item = box[0]
+                if type(item) is tuple:  # an arena's descriptor
+                    socket.send_fds(self.sock, [b"\0"], [item[1]], socket.MSG_DONTWAIT)
+                    box.popleft()
+                    os.close(item[1])
+                    continue
+                sent = self.sock.send(item)
+                if sent < len(item):
+                    box[0] = memoryview(item)[sent:]
+                    return
+                box.popleft()
+        except BlockingIOError:
+            pass
+        except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 
     # -- receiving ------------------------------------------------------------------------
@@ -389,17 +489,25 @@ class Channel:
         """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF,
         Undecodable if the whole message arrived but could not be unpickled."""
         first = self._first  # reused: small frames are unpickled by copy
+        if self.torn:
+            self._check_intact()
+        self.torn = True  # until the whole frame is in
         try:
             got = self.sock.recv_into(first, _MIN_FRAME)
+        except BlockingIOError:
+            got = -1  # not readable after all: wait for it below
         except OSError as exc:
+            self.torn = False
             raise ChannelClosed(str(exc)) from exc
         if got < _MIN_FRAME:
             if got == 0:
+                self.torn = False
                 raise ChannelClosed("the other end closed the channel")
-            self._recv_into(first, got)
+            self._recv_into(first, max(got, 0))
         kind, flags, run, nbuffers, size, self.peer_received = _HEADER.unpack_from(first)
         self.received += 1
         if nbuffers == 0 and size <= _MIN_FRAME - _HEADER.size:  # the common small message
+            self.torn = False
             n = _LENGTH.unpack_from(first, _HEADER.size)[0]
             start = _HEADER.size + _LENGTH.size
             return kind, run, _loads(kind, run, memoryview(first)[start : start + n], [])
@@ -417,7 +525,9 @@ class Channel:
         offset = (nbuffers + 1) * _LENGTH.size
         if flags & _SHARED:
             offset, buffers = self._recv_shared(payload, offset, lengths[1:])
+            self.torn = False
             return kind, run, _loads(kind, run, payload[offset : offset + lengths[0]], buffers)
+        self.torn = False
         data = payload[offset : offset + lengths[0]]
         offset += lengths[0]
         buffers = []
@@ -456,10 +566,14 @@ class Channel:
         return offset, buffers
 
     def _map_arena(self, ident: int, size: int) -> None:
-        try:
-            _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
-        except OSError as exc:
-            raise ChannelClosed(str(exc)) from exc
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
+                break
+            except BlockingIOError:
+                self._await_readable()
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -475,7 +589,11 @@ class Channel:
         n = len(buf)
         try:
             while got < n:
-                k = self.sock.recv_into(view[got:], n - got)
+                try:
+                    k = self.sock.recv_into(view[got:], n - got)
+                except BlockingIOError:
+                    self._await_readable()
+                    continue
                 if k == 0:
                     raise ChannelClosed("the other end closed the channel")
                 got += k
@@ -484,6 +602,20 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
         return buf
+
+    def _await_readable(self) -> None:
+        """Wait for more of a frame (non-blocking end), at most until ``deadline``; past it
+        the channel stays torn and ChannelClosed is raised."""
+        timeout = None if self.deadline is None else self.deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise ChannelClosed("the peer stalled in the middle of a message past the "
+                                "time limit")
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN)
+            poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
+        else:
+            select.select([self.sock], [], [], timeout)
 
 
 def _loads(kind: int, run: int, data: memoryview, buffers: list) -> Any:
