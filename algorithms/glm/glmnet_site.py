@@ -136,9 +136,14 @@ def _check_fold(site: Site, guards, m, rows: np.ndarray, fold: int) -> None:
         raise PrivacyError(ENVIRONMENT["minimum_rows"], minimum,
                            f"fold {fold + 1} (or the rows outside it) has fewer rows than the "
                            "minimum: ask for fewer folds")
-    disclosure.check_columns(guards, m.X[rows], m.names, m.y[rows], m.weights[rows],
-                             m.offset[rows])
-    guards.check_leverage(disclosure.max_leverage(m.X[rows], m.weights[rows]))
+    try:
+        disclosure.check_columns(guards, m.X[rows], m.names, m.y[rows], m.weights[rows],
+                                 m.offset[rows])
+        guards.check_leverage(disclosure.max_leverage(m.X[rows], m.weights[rows]))
+    except PrivacyError as exc:  # say it is a fold's, and what to do
+        raise PrivacyError(exc.guard, exc.threshold,
+                           f"in the rows of fold {fold + 1}: {exc.detail} (ask for fewer "
+                           "folds)") from None
 
 
 def _moments(X, y, w, offset) -> Moments:

@@ -13,7 +13,7 @@ from algorithms import glm
 from algorithms.glm.glmnet_site import fold_ids
 from tests.r_reference import r_values
 
-from .conftest import read, v6_sites
+from .conftest import distribglm_sites, read, v6_sites
 
 TOL = 1e-14  # as R's thresh
 
@@ -78,10 +78,11 @@ def test_paths_equal_r_glmnet(name):
     family = name
     frames = _with_columns(read(v6_sites(folder)))
     cases = [(1, False, False, None, None), (0.5, False, False, None, None),
-             (0, False, False, None, None), (0.5, True, True, zero, None)]
+             (0, False, False, None, None), (0.5, True, True, zero, None),
+             (0.5, True, False, None, (0.08, 0.02, 0.005, 0.0))]
     names, r = _r_paths(family, formula, frames, cases)
-    for i, (alpha, weighted, offset, zero_term, _) in enumerate(cases):
-        path = glm.glmnet(formula, frames, family=family, alpha=alpha, tol=TOL,
+    for i, (alpha, weighted, offset, zero_term, lambdas) in enumerate(cases):
+        path = glm.glmnet(formula, frames, family=family, alpha=alpha, tol=TOL, lambdas=lambdas,
                           weights="w" if weighted else None, offset="off" if offset else None,
                           penalty_factor={zero_term: 0} if zero_term else None,
                           cluster="inprocess")
@@ -89,3 +90,119 @@ def test_paths_equal_r_glmnet(name):
         assert len(path.lambdas) == len(r[f"lambda{i}"]), (alpha, weighted)
         _close_path(path, names, r[f"lambda{i}"], r[f"beta{i}"], r[f"dev{i}"])
         np.testing.assert_allclose(path.null_deviance, r[f"nulldev{i}"][0], rtol=1e-9)
+
+
+def _r_cv(family, formula, frames, foldid, measure, alpha):
+    pooled, y, X = _pooled(formula, frames)
+    names = [c for c in X.columns if c != "Intercept"]
+    d = pd.DataFrame(np.asarray(X[names], float), columns=[f"x{j}" for j in range(len(names))])
+    d["y"], d["foldid"] = y, foldid
+    return r_values(f"""x <- as.matrix(d[, grep('^x', names(d))])
+cv <- cv.glmnet(x, d$y, family='{family}', alpha={alpha}, thresh={TOL}, foldid=d$foldid,
+                type.measure='{measure}')
+out('lambda', cv$lambda); out('cvm', cv$cvm); out('cvsd', cv$cvsd)
+out('min', cv$lambda.min); out('se', cv$lambda.1se); out('nzero', cv$nzero)""",
+                    frames={"d": d}, packages=["glmnet"])
+
+
+@pytest.mark.parametrize("family,sites,formula,measure,folds", [
+    ("binomial", "binomial", "admit ~ gre + gpa", "deviance", 5),
+    ("binomial", "binomial", "admit ~ gre + gpa", "class", 4),
+    ("poisson", "distribglm", "pois_y ~ x1 + x2", "deviance", 4),
+    ("gaussian", "binomial", "gpa ~ gre + admit + C(rank)", "mse", "sites"),
+])
+def test_cv_equals_r_cv_glmnet_with_the_same_folds(family, sites, formula, measure, folds):
+    frames = read(distribglm_sites() if sites == "distribglm" else v6_sites(sites))
+    cv = glm.cv_glmnet(formula, frames, family=family, folds=folds, seed=7,
+                       type_measure=measure, alpha=0.5, tol=TOL, cluster="inprocess")
+    if folds == "sites":
+        foldid = np.concatenate([np.full(len(f), i + 1) for i, f in enumerate(frames)])
+    else:  # each site's folds, drawn as the sites draw them; fold k is every site's fold k
+        foldid = np.concatenate([fold_ids(len(f), folds, 7) + 1 for f in frames])
+    r = _r_cv(family, formula, frames, foldid, measure, 0.5)
+    np.testing.assert_allclose(cv.lambdas, r["lambda"], rtol=1e-10)
+    np.testing.assert_allclose(cv.cvm, r["cvm"], rtol=1e-5)
+    np.testing.assert_allclose(cv.cvsd, r["cvsd"], rtol=1e-5)
+    np.testing.assert_array_equal(cv.nzero, r["nzero"])
+    assert cv.lambda_min == pytest.approx(r["min"][0], rel=1e-10)
+    assert cv.lambda_1se == pytest.approx(r["se"][0], rel=1e-10)
+    assert cv.coef("1se").equals(cv.glmnet_fit.coefs.iloc[cv.index_1se].rename(None))
+
+
+def test_fold_ids_are_balanced_and_reproducible():
+    ids = fold_ids(103, 10, seed=5)
+    assert np.array_equal(ids, fold_ids(103, 10, seed=5))
+    assert not np.array_equal(ids, fold_ids(103, 10, seed=6))
+    counts = np.bincount(ids)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 103
+
+
+def test_a_fold_too_small_for_the_guards_is_refused_at_the_site():
+    frames = read(v6_sites("binomial"))
+    with pytest.raises(glm.PrivacyError, match="fold .*ask for fewer folds"):
+        glm.cv_glmnet("admit ~ gre + gpa + C(rank)", frames, family="binomial", folds=10,
+                      cluster="inprocess")
+
+
+def test_coef_off_the_path_is_the_exact_fit_there():
+    frames = read(v6_sites("binomial"))
+    path = glm.glmnet("admit ~ gre + gpa + C(rank)", frames, family="binomial", alpha=0.7,
+                      tol=TOL, cluster="inprocess")
+    s = float(np.sqrt(path.lambdas[10] * path.lambdas[11]))  # between two path points
+    exact = path.coef(s)
+    one = glm.glmnet("admit ~ gre + gpa + C(rank)", frames, family="binomial", alpha=0.7,
+                     tol=TOL, lambdas=[s], cluster="inprocess")
+    np.testing.assert_allclose(exact.to_numpy(), one.coefs.iloc[0].to_numpy(), rtol=1e-7,
+                               atol=1e-10)
+    between = path.coefs.iloc[[10, 11]].to_numpy()
+    assert not np.allclose(exact.to_numpy(), between.mean(axis=0), rtol=1e-6)
+    assert list(exact.index) == list(path.coefs.columns)
+    assert path.coef(path.lambdas[3]).equals(path.coefs.iloc[3].rename(None))
+
+
+def test_the_path_plot_has_one_line_per_term():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    frames = read(v6_sites("binomial"))
+    path = glm.glmnet("gpa ~ gre + admit + C(rank)", frames, cluster="inprocess")
+    ax = path.plot()
+    assert len(ax.get_lines()) == len(path.coefs.columns) - 1
+    matplotlib.pyplot.close("all")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(alpha=1.5), "alpha: expected a number in \\[0, 1\\]"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(lambdas=[0.1, 0.2]), "decreasing path"),
+    (dict(lambdas=[0.1, -0.01]), "non-negative"),
+    (dict(penalty_factor={"age": 0}), "unknown term\\(s\\) \\['age'\\]"),
+    (dict(penalty_factor={"gre": -1}), "penalty_factor\\['gre'\\]"),
+    (dict(family="gamma"), "glmnet fits"),
+    (dict(nlambda=0), "nlambda"),
+])
+def test_bad_input_is_refused_before_any_process(monkeypatch, kwargs, message):
+    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+    frames = read(v6_sites("binomial"))
+    args = dict(family="binomial")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        glm.glmnet("admit ~ gre + gpa + C(rank)", frames, **args)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(folds=500), "fewer than the 500 folds"),
+    (dict(folds=2), "folds: expected an integer >= 3"),
+    (dict(type_measure="auc"), "type_measure"),
+    (dict(type_measure="class", family="poisson"), "binomial"),
+])
+def test_bad_cv_input_is_refused_before_any_process(monkeypatch, kwargs, message):
+    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+    frames = read(v6_sites("binomial"))
+    args = dict(family="binomial")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        glm.cv_glmnet("admit ~ gre + gpa", frames, **args)
+
+
+def _no_process(*args, **kwargs):
+    raise AssertionError("a worker process was started before the input was checked")
