@@ -141,3 +141,13 @@ def split3(frame: pd.DataFrame) -> list[pd.DataFrame]:
     """Three sites: rows 1, 4, 7... at the first, 2, 5, 8... at the second (every level of
     a factor sorted in R's data reaches each site)."""
     return [frame.iloc[i::3].reset_index(drop=True) for i in range(3)]
+
+
+def separated_sites() -> list:
+    """Three sites of 40 rows whose y is completely separated by x (x > 0.1)."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        x = rng.normal(size=40)
+        frames.append(pd.DataFrame({"x": x, "y": (x > 0.1).astype(float)}))
+    return frames

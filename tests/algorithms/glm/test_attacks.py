@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 
 from algorithms import glm
+
+from .conftest import separated_sites
 from algorithms.glm import PrivacyError
 from algorithms.glm.audit import Audit
 from algorithms.glm.disclosure import max_leverage, minority
@@ -189,11 +191,7 @@ def test_a_separated_fit_stops_where_the_sums_would_single_out_rows():
     """An honest fit that diverges (complete separation) concentrates its weights too: the
     sites withhold the sums that would, and the fit ends at the last estimate before, with
     R's separation warning."""
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(3):
-        x = rng.normal(size=40)
-        frames.append(pd.DataFrame({"x": x, "y": (x > 0.1).astype(float)}))
+    frames = separated_sites()
     with pytest.warns(Warning, match="separation"):
         res = glm.fit("y ~ x", frames, family="binomial", cluster="inprocess")
     assert not res.converged and any("withheld" in n for n in res.notes)

@@ -16,7 +16,7 @@ import aia
 from algorithms import glm
 from algorithms.glm.messages import Contribution, Query
 
-from .conftest import close, r_glm_fit, read, v6_sites
+from .conftest import separated_sites, close, r_glm_fit, read, v6_sites
 
 ADMIT = "admit ~ gre + gpa + C(rank)"
 
@@ -93,11 +93,7 @@ def test_aliased_columns_are_named():
 
 
 def test_perfect_separation_warns_and_does_not_claim_convergence():
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(3):
-        x = rng.normal(size=40)
-        frames.append(pd.DataFrame({"x": x, "y": (x > 0.1).astype(float)}))
+    frames = separated_sites()
     with pytest.warns(PerfectSeparationWarning, match="separation"):
         res = glm.fit("y ~ x", frames, family="binomial", cluster="inprocess")
     assert not res.converged
