@@ -44,6 +44,12 @@ RELATIVE_SURVIVAL = "relative_survival"
 #: R's quasi families: the family whose fit they share.
 QUASI = {"quasipoisson": smf.Poisson, "quasibinomial": smf.Binomial}
 
+#: The negative binomial with theta estimated (``MASS::glm.nb``; `algorithms.glm.negbin`).
+NEGATIVE_BINOMIAL = "negative_binomial"
+_NEGBIN_NAMES = (NEGATIVE_BINOMIAL, "negative.binomial", "negativebinomial", "nb", "glm.nb")
+#: glm.nb's links (R: log, sqrt, identity).
+NEGBIN_LINKS = ("log", "sqrt", "identity")
+
 #: Link names (R's and statsmodels' spellings) -> statsmodels link class.
 LINKS = {
     "identity": links.Identity,
@@ -92,12 +98,14 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
             f"family: expected a name or a statsmodels family, got {type(family).__name__}"
         )
     name = family.strip().lower()
+    if name in _NEGBIN_NAMES:
+        return _negative_binomial(link, link_obj)
     if name in (RELATIVE_SURVIVAL, "survival"):
         if link_obj is not None and not isinstance(link_obj, links.Log):
             raise ValueError("link: the relative_survival family has its own link, log(mu - d*)")
         return Family(smf.Poisson(), relative_survival=True)
     if name not in FAMILIES and name not in QUASI:
-        known = ", ".join(sorted({*FAMILIES, *QUASI, RELATIVE_SURVIVAL}))
+        known = ", ".join(sorted({*FAMILIES, *QUASI, RELATIVE_SURVIVAL, NEGATIVE_BINOMIAL}))
         raise ValueError(f"family: unknown family {family!r}; expected one of: {known}")
     cls = FAMILIES.get(name) or QUASI[name]
     quasi = name if name in QUASI else None
@@ -112,6 +120,18 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
             f"link: {type(link_obj).__name__} is not a link of the {cls.__name__} family; "
             f"expected one of: {', '.join(allowed)}"
         ) from None
+
+
+def _negative_binomial(link: Any, link_obj) -> "Family":
+    """``family="negative_binomial"``: glm.nb's family, theta to be estimated; its first fit
+    is Poisson with the same link."""
+    if link_obj is None:
+        link_obj = links.Log()
+    allowed = tuple(LINKS[n] for n in NEGBIN_LINKS)
+    if type(link_obj) not in allowed:
+        raise ValueError(f"link: the negative_binomial family (MASS::glm.nb) takes the links "
+                         f"{', '.join(NEGBIN_LINKS)}; got {link!r}")
+    return Family(smf.Poisson(link=link_obj), theta_estimated=True)
 
 
 def _resolve_link(link: Any):
@@ -136,17 +156,32 @@ class Family:
     """
 
     def __init__(self, sm, relative_survival: bool = False, d_star=None,
-                 quasi: Optional[str] = None):
+                 quasi: Optional[str] = None, theta_estimated: bool = False,
+                 theta: Optional[float] = None):
         self.sm = sm
         self.relative_survival = relative_survival
         self.d_star = d_star
         self.quasi = quasi
+        #: glm.nb's family (`algorithms.glm.negbin`): ``sm`` is Poisson before the first
+        #: theta, then ``NegativeBinomial(alpha=1/theta)`` with the current ``theta``.
+        self.theta_estimated = theta_estimated
+        self.theta = theta
+
+    def with_theta(self, theta: Optional[float]) -> "Family":
+        """glm.nb's family at ``theta`` (None: its first, Poisson, fit); the same name, so
+        that a site counts every stage as one model."""
+        link = self.sm.link
+        sm = smf.Poisson(link=link) if theta is None else smf.NegativeBinomial(
+            link=link, alpha=1.0 / theta)
+        return Family(sm, theta_estimated=True, theta=theta)
 
     # -- description ----------------------------------------------------------------------
     @property
     def name(self) -> str:
         if self.quasi:
             return self.quasi
+        if self.theta_estimated:
+            return NEGATIVE_BINOMIAL
         return "Relative survival" if self.relative_survival else type(self.sm).__name__
 
     @property
@@ -170,6 +205,8 @@ class Family:
         Tweedie and the quasi families included)."""
         if self.quasi:
             return True
+        if self.theta_estimated:  # glm.nb's summary: dispersion 1
+            return False
         return not isinstance(self.sm, (smf.Binomial, smf.Poisson))
 
     def __repr__(self) -> str:
@@ -237,7 +274,7 @@ class Family:
         survival, the binomial when its numbers of successes are whole): the fit then has
         its log-likelihood without another pass over the rows. None for the others."""
         sm = self.sm
-        if self.quasi:
+        if self.quasi or self.theta_estimated:
             return None
         if type(sm) is smf.Poisson:
             return float(np.sum(w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
@@ -314,6 +351,27 @@ class Family:
         if isinstance(self.sm, smf.Poisson):
             return int(np.sum(mu < _BOUNDARY_EPS))
         return 0
+
+
+def negbin_sums(y, mu, w, theta: Optional[float]) -> dict:
+    """One site's sums for glm.nb's theta (``MASS::theta.ml``, ``glm.nb``'s ``loglik``) at
+    the fitted values ``mu``: ``n`` (the prior weights' sum) and ``pearson``
+    (``sum w (y / mu - 1)^2``, theta.ml's start); with ``theta``: the ``score`` and the
+    ``info`` of theta, and the log-likelihood ``loglik``. The rows enter only through these
+    sums (``sum w digamma(y + theta)``...)."""
+    y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    out = {"n": float(np.sum(w)), "pearson": float(np.sum(w * (y / mu - 1) ** 2))}
+    if theta is None:
+        return out
+    th = float(theta)
+    out["score"] = float(np.sum(w * (special.digamma(th + y) - special.digamma(th) + np.log(th)
+                                     + 1 - np.log(th + mu) - (y + th) / (mu + th))))
+    out["info"] = float(np.sum(w * (-special.polygamma(1, th + y) + special.polygamma(1, th)
+                                    - 1 / th + 2 / (mu + th) - (y + th) / (mu + th) ** 2)))
+    out["loglik"] = float(np.sum(w * (special.gammaln(th + y) - special.gammaln(th)
+                                      - special.gammaln(y + 1) + th * np.log(th)
+                                      + y * np.log(mu + (y == 0)) - (th + y) * np.log(th + mu))))
+    return out
 
 
 def _binomial_trials(w, trials) -> np.ndarray:

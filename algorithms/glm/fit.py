@@ -43,6 +43,7 @@ from .fisher import FisherScoring
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
+from .negbin import fit_theta
 from .results import GLMResults
 from .site import Site, SiteError, SiteGroup
 
@@ -130,6 +131,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
                          exposure=exposure, expected=expected, guards=guards, groups=groups)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
+    if design.family.theta_estimated and method != "fisher":
+        raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
+                         f"fitted by method='fisher'; got method={method!r}")
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
@@ -182,13 +186,18 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     _same_columns([b["columns"] for b in built], names)
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
-    main = algorithm(design, n_sites=len(names), start=start)
-    sites.run(main, stopat, synchronous, verbose)
+    nb = null_design = None
+    if design.family.theta_estimated:  # MASS::glm.nb's alternation
+        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start)
+        main, design, null_design = nb.main, nb.design, nb.theta_design
+    else:
+        main = algorithm(design, n_sites=len(names), start=start)
+        sites.run(main, stopat, synchronous, verbose)
     null_deviance = main.null_deviance
     if null_deviance is None:  # an offset: R fits the intercept-only model
         # (one coefficient: Fisher scoring sends no more than a gradient would)
         log.info("Fisher scoring of the intercept-only model (the null deviance)")
-        null = FisherScoring(design, null_model=True, n_sites=len(names))
+        null = FisherScoring(null_design or design, null_model=True, n_sites=len(names))
         sites.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
                   synchronous, 0)
         if not null.converged:
@@ -198,7 +207,9 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     scale = _scale(main, design, options.get("scale"))
     llf_scale = _llf_scale(main, design)
     saturated = [b.get("saturated_loglike") for b in built]
-    if not design.family.has_likelihood:  # quasi families: R's logLik is NA
+    if nb is not None:  # glm.nb's loglik at the newest theta
+        llf = nb.loglik
+    elif not design.family.has_likelihood:  # quasi families: R's logLik is NA
         llf = float("nan")
     elif method == "fisher" and llf_scale == 1.0 and None not in saturated:
         # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
@@ -209,6 +220,10 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
     result = _results(main, design, scale, null_deviance, llf, names, synchronous,
                       scale_fixed=options.get("scale") is not None)
+    if nb is not None:
+        result.family = f"Negative Binomial({nb.theta:.4g})"  # R's family(fit)$family
+        result.theta, result.theta_se, result.extra_params = nb.theta, nb.theta_se, 1
+        result.notes.extend(nb.notes)
     cov_type = options.get("cov_type", "nonrobust")
     if cov_type != "nonrobust":
         log.info("the sandwich covariance (%s)", cov_type)

@@ -28,6 +28,7 @@ from . import disclosure, limits
 from .audit import AUDIT_LOG, Audit
 from .design import (CONTEXT, Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
+from .families import negbin_sums
 from .guards import ENVIRONMENT, Guards, PrivacyError
 from .linalg import weighted_sums
 from .messages import Contribution, Query
@@ -415,6 +416,21 @@ class Site:
             mu = fam.linkinv(X @ beta + m.offset)
             return fam.loglike(m.y, mu, m.weights, scale, m.trials)
 
+
+    @_guarded
+    def theta_sums(self, design: Design, beta: np.ndarray,
+                   theta: Optional[float] = None) -> dict:
+        """The site's sums for glm.nb's theta at the fitted values of ``beta``
+        (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood)."""
+        m = self.model(design)
+        fam = design.family.bind(m.d_star)
+        with np.errstate(all="ignore"):
+            mu = fam.linkinv(m.X @ np.asarray(beta, dtype=float) + m.offset)
+            sums = negbin_sums(m.y, mu, m.weights, theta)
+        if not all(np.isfinite(v) for v in sums.values()):
+            raise SiteError(f"site {self.name}: non-finite sums for theta at these "
+                            "coefficients")
+        return sums
 
     @_guarded
     def meat(self, design: Design, beta: np.ndarray, clusters: str,
