@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from .base import NonFiniteError
 from .design import Design
 from .fisher import FisherScoring
 
@@ -71,6 +72,11 @@ def theta_ml(sums: Callable[[Optional[float]], dict], start: dict, limit: int) -
         t0 = abs(t0)
         s = sums(t0)
         info = s["info"]
+        if not info > 0 and not info < 0:  # R would go on with Inf and NaN
+            raise NonFiniteError(
+                f"theta.ml: the information of theta is {info!r} at theta = {t0:.6g}: the "
+                "counts show no overdispersion for theta to estimate (theta diverges); "
+                "fit family='poisson'")
         step = s["score"] / info
         t0 = t0 + step
     warn = None

@@ -274,10 +274,10 @@ out("site", vcovCL(f, cluster = ~site, type = "HC1"))
 """
 
 
-def epil_sites() -> list:
+def epil_sites(d=None) -> list:
     """Thall and Vail's epilepsy trial (MASS::epil), each patient's four visits at one
     site."""
-    d = r_frame("epil")
+    d = r_frame("epil") if d is None else d
     d["site"] = d["subject"] % 3
     return [d[d.site == s].reset_index(drop=True) for s in range(3)]
 
@@ -356,3 +356,80 @@ def test_robust_covariance_at_r_stopping_rule_uses_the_last_iteration_weights():
     res = glm.fit(EPIL, sites, "poisson", cluster="inprocess", cov_type="HC0")
     k = len(res.params)
     close(res.cov_params().to_numpy(), R["HC0"].reshape(k, k), rtol=1e-9, atol=1e-16)
+
+
+# -- item 3: negative binomial with theta estimated (MASS::glm.nb) ----------------------------
+NB_R = 'out("theta", f$theta); out("theta_se", f$SE.theta); out("bic", BIC(f)); out("iter", f$iter)'
+
+
+def _same_nb(res, R, rtol=1e-6):
+    same(res, R, rtol=rtol)
+    for key in ("theta", "theta_se", "bic"):
+        np.testing.assert_allclose(getattr(res, key), R[key], rtol=rtol, err_msg=key)
+    np.testing.assert_allclose(res.twologlik, 2 * R["llf"], rtol=rtol)
+
+
+@pytest.mark.parametrize("control,tol,maxit", [("", 1e-8, 25), (f", {TIGHT}", 1e-12, 100)])
+def test_negative_binomial_is_glm_nb(control, tol, maxit):
+    """Venables and Ripley's quine: glm.nb at its own rule and at a tight one."""
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "negative_binomial", cluster="inprocess", tol=tol,
+                  max_iter=maxit)
+    R = r_fit(f"glm.nb({QUINE}, d{control})", sites, NB_R)
+    _same_nb(res, R)
+    assert res.iterations == R["iter"][0] and not res.use_t and res.scale == 1.0
+    assert res.family.startswith("Negative Binomial(") and "Theta:" in str(res.summary())
+
+
+def test_negative_binomial_with_offset_weights_and_sqrt_link_is_glm_nb():
+    """MASS::epil (an offset, so R refits the intercept-only model for the null deviance,
+    with the newest theta), prior weights, and the sqrt link."""
+    d = r_frame("epil").assign(lperiod=lambda d: np.log(d.period),
+                               w=lambda d: 1 + (np.arange(len(d)) % 3) / 2)
+    sites = epil_sites(d)
+    res = glm.fit(EPIL, sites, "negative_binomial", offset="lperiod", cluster="inprocess",
+                  tol=1e-12, max_iter=100)
+    R = r_fit(f"glm.nb({EPIL} + offset(lperiod), d, {TIGHT})", sites, NB_R)
+    _same_nb(res, R)
+    res = glm.fit("y ~ trt + lbase", sites, "negative_binomial", "sqrt", weights="w",
+                  cluster="inprocess", tol=1e-12, max_iter=100)
+    R = r_fit(f"glm.nb(y ~ trt + lbase, d, weights = w, link = sqrt, {TIGHT})", sites, NB_R)
+    _same_nb(res, R)
+
+
+@pytest.mark.timeout(120)
+def test_negative_binomial_on_local_workers(tmp_path):
+    sites = split3(r_frame("quine"))
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    res = glm.fit(QUINE, paths, "negative_binomial", tol=1e-12, max_iter=100,
+                  cov_type="HC0")
+    R = r_fit(f"glm.nb({QUINE}, d, {TIGHT})", sites,
+              NB_R + '; out("HC0", sqrt(diag(sandwich::vcovHC(f, type = "HC0"))))',
+              packages=("MASS", "sandwich"))
+    np.testing.assert_allclose(res.bse.to_numpy(), R["HC0"], rtol=1e-6)
+    for key in ("params", "theta", "theta_se", "llf", "aic"):
+        np.testing.assert_allclose(np.asarray(getattr(res, key), float).ravel(), R[key],
+                                   rtol=1e-6, err_msg=key)
+
+
+def test_negative_binomial_site_sends_sums_only():
+    """Each pass for theta returns a handful of numbers, whatever the site's size."""
+    site = glm.Site(r_frame("quine"), "all")
+    design = glm.Design.make(QUINE, "negative_binomial")
+    site.describe(design)
+    site.build(design)
+    sums = site.theta_sums(design, np.zeros(7) + 0.1, 1.5)
+    assert set(sums) == {"n", "pearson", "score", "info", "loglik"}
+    assert all(isinstance(v, float) for v in sums.values())
+
+
+def test_negative_binomial_refusals():
+    sites = split3(r_frame("quine"))
+    with pytest.raises(ValueError, match="glm.nb.*takes the links log, sqrt, identity; "
+                                         "got 'logit'"):
+        glm.fit(QUINE, sites, "negative_binomial", "logit")
+    with pytest.raises(ValueError, match="method='fisher'; got method='gradient'"):
+        glm.fit(QUINE, sites, "negative_binomial", method="gradient")
