@@ -55,6 +55,8 @@ FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treat
                        "cbind"})
 #: numpy functions a formula may call as ``np.<name>``.
 NUMPY_FUNCTIONS = frozenset({"log", "exp", "sqrt"})
+#: ``missing=`` values (`Design.missing`).
+MISSING = ("drop", "raise")
 #: Keyword arguments allowed in those calls.
 KEYWORDS = frozenset({"reference", "levels", "contrasts"})
 
@@ -308,12 +310,19 @@ class Design:
     guards: Optional[Guards] = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     groups: Optional[str] = None
+    #: rows with a missing value in a used column: ``"drop"`` (R's ``na.omit``, counted) or
+    #: ``"raise"`` (refused, statsmodels' word)
+    missing: str = "drop"
 
     @classmethod
     def make(cls, formula: str, family: Any = "gaussian", link: Any = None, *, weights=None,
              offset=None, exposure=None, expected=None, guards=None,
-             groups=None) -> "Design":
+             groups=None, missing: str = "drop") -> "Design":
         """Check the arguments (and the formula's whitelist) and build a `Design`."""
+        if missing not in MISSING:
+            raise ValueError(f"missing: expected 'drop' (R's na.omit: rows with a missing value "
+                             f"in a used column are left out and counted) or 'raise', got "
+                             f"{missing!r}")
         inspect_formula(formula)
         fam = resolve(family, link)
         for name, value in (("weights", weights), ("offset", offset),
@@ -330,7 +339,7 @@ class Design:
         if expected is not None and not fam.relative_survival:
             raise ValueError("expected: only the relative_survival family uses expected deaths")
         return cls(formula, fam, weights, offset, exposure, expected,
-                   guards=Guards.coerce(guards), groups=groups)
+                   guards=Guards.coerce(guards), groups=groups, missing=missing)
 
     @cached_property
     def info(self) -> FormulaInfo:

@@ -57,7 +57,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0,
         scale: Optional[float] = None, cov_type: str = "nonrobust",
-        groups: Optional[str] = None) -> GLMResults:
+        groups: Optional[str] = None, missing: str = "drop") -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -117,6 +117,11 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     groups : str, optional
         With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
         id seen at two sites is an error). None: each site is a cluster.
+    missing : str
+        ``"drop"`` (R's ``na.omit``): a row with a missing value (NaN, None) in a column the
+        model uses is left out at its site, before the guards count rows, and counted
+        (``result.n_missing``, the summary's "observations deleted due to missingness");
+        a site left with no rows is an error naming it. ``"raise"``: such rows are an error.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -128,7 +133,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
-                         exposure=exposure, expected=expected, guards=guards, groups=groups)
+                         exposure=exposure, expected=expected, guards=guards, groups=groups,
+                         missing=missing)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
     if design.family.theta_estimated and method != "fisher":
@@ -179,6 +185,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     stopat = {"tol": tol, "maxit": max_iter}
     log.info("describing the sites (levels and moments)")
     described = sites.call("describe", design)
+    n_missing = sum(int(d.get("missing", 0)) for d in described)
     design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
                                               merge_moments([d["moments"] for d in described])))
     log.info("building the design at every site")
@@ -220,6 +227,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
     result = _results(main, design, scale, null_deviance, llf, names, synchronous,
                       scale_fixed=options.get("scale") is not None)
+    result.n_missing = n_missing
     if nb is not None:
         result.family = f"Negative Binomial({nb.theta:.4g})"  # R's family(fit)$family
         result.theta, result.theta_se, result.extra_params = nb.theta, nb.theta_se, 1

@@ -56,6 +56,8 @@ class GLMResults:
     #: ``family="negative_binomial"``: glm.nb's ``theta`` and ``SE.theta``
     theta: Optional[float] = None
     theta_se: Optional[float] = None
+    #: rows left out at the sites for a missing value (R's ``na.omit``)
+    n_missing: int = 0
     #: parameters estimated besides ``params`` that the AIC and BIC count (glm.nb's theta)
     extra_params: int = 0
 
@@ -216,6 +218,9 @@ class Summary:
             lines.append(f"{lk:<11}{lv:<{half - 11}}{rk:<20}{rv:>{hw - half - 20}}")
         lines.append(f"Deviance:      {r.deviance:>12.6g} on {r.df_resid} degrees of freedom")
         lines.append(f"Null deviance: {r.null_deviance:>12.6g} on {r.df_null} degrees of freedom")
+        if r.n_missing:
+            lines.append(f"  ({r.n_missing} observation{'s' if r.n_missing != 1 else ''} "
+                         "deleted due to missingness)")
         if r.theta is not None:
             lines.append(f"Theta:         {r.theta:>12.6g} (std. err. {r.theta_se:.6g}); "
                          f"2 x log-likelihood: {r.twologlik:.6g}")

@@ -125,6 +125,8 @@ class Site:
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
         # (design token, subset) -> the working weights of the last valid contribution
         self._working: dict = {}
+        #: the rows of the latest model left out for a missing value (R's na.omit)
+        self.missing_rows = 0
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
@@ -176,8 +178,9 @@ class Site:
         """
         guards = self.guards.stricter(design.guards)
         used = used_columns(design)
-        key = (tuple(sorted(used)), repr(guards))
+        key = (tuple(sorted(used)), repr(guards), design.missing)
         if self._frame_cache is not None and self._frame_cache[0] == key:
+            self.missing_rows = self._frame_cache[2]
             return self._frame_cache[1], guards
         guards.check_columns(used)
         table = self._columns(used)
@@ -187,14 +190,31 @@ class Site:
         # Selecting columns copies them all: skip it when the model uses every column.
         frame = table if set(table.columns) == used else table[sorted(used)]
         counts = {c: _non_missing(frame[c]) for c in used}
+        self.missing_rows = 0
         if all(k == len(frame) for k in counts.values()):  # every row complete: no row mask
             guards.check_rows(len(frame), counts)
         else:
             complete = frame.notna().all(axis=1).to_numpy()
+            self._refuse_missing(design, frame, counts, int(complete.sum()))
             guards.check_rows(int(complete.sum()), counts)
             frame = frame[complete]  # a take copies every column: only when needed
-        self._frame_cache = (key, frame)
+            self.missing_rows = int(len(complete) - complete.sum())
+        self._frame_cache = (key, frame, self.missing_rows)
         return frame, guards
+
+    def _refuse_missing(self, design: Design, frame: pd.DataFrame, counts: dict,
+                        complete: int) -> None:
+        """R's ``na.omit`` leaves out the rows with a missing value (before the guards
+        count rows); ``missing="raise"`` refuses them; a site left with no rows cannot take
+        part."""
+        columns = sorted(c for c, k in counts.items() if k < len(frame))
+        if design.missing == "raise":
+            raise SiteError(f"{len(frame) - complete} row(s) of this site have missing "
+                            f"values in column(s) {columns} (missing='raise'; "
+                            "missing='drop' leaves them out, as R's na.omit)")
+        if complete == 0:
+            raise SiteError(f"no rows left at this site ({self.name}): each of its "
+                            f"{len(frame)} rows has a missing value in column(s) {columns}")
 
     def _admit(self, design: Design, guards: Guards, frame: pd.DataFrame) -> None:
         """First contact with a model: its categorical columns pass their checks, and it is
@@ -260,7 +280,7 @@ class Site:
             levels[col] = lv
         moments = {col: site_moments(frame[col]) for col in sorted(design.info.standardized)}
         self.audit.levels_sent(design.model_key, levels)
-        return {"levels": levels, "moments": moments}
+        return {"levels": levels, "moments": moments, "missing": self.missing_rows}
 
     @_guarded
     def build(self, design: Design) -> dict:

@@ -433,3 +433,63 @@ def test_negative_binomial_refusals():
         glm.fit(QUINE, sites, "negative_binomial", "logit")
     with pytest.raises(ValueError, match="method='fisher'; got method='gradient'"):
         glm.fit(QUINE, sites, "negative_binomial", method="gradient")
+
+
+# -- item 7: missing values as R's na.omit ----------------------------------------------------
+#: read.csv reads an empty text field as "", not NA
+NA_RACE = 'd$race[d$race == ""] <- NA'
+
+
+def _with_missing() -> pd.DataFrame:
+    d = birthwt().astype({"age": float})
+    d.loc[[3, 10, 11], "bwt"] = np.nan      # the response
+    d.loc[[20, 41], "age"] = np.nan         # a covariate
+    d["race"] = d["race"].astype(object)
+    d.loc[[7, 50, 51], "race"] = None       # a factor
+    d.loc[[5], "lwt"] = np.nan
+    return d
+
+
+def test_missing_rows_are_dropped_as_na_omit():
+    sites = split3(_with_missing())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, "gamma", "log", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"{{{NA_RACE}; glm({formula}, Gamma(link = 'log'), d, {TIGHT})}}", sites,
+              'out("deleted", length(f$na.action)); out("nobs", nobs(f))')
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null",
+                  "scale"))  # (R's gamma likelihood has its own dispersion)
+    assert res.n_missing == R["deleted"][0] == 9 and res.nobs == R["nobs"][0]
+    assert "(9 observations deleted due to missingness)" in str(res.summary())
+    # a column the model does not use may be missing anywhere
+    sites[0].loc[0, "ftv"] = np.nan
+    assert glm.fit("bwt ~ age", sites, cluster="inprocess").n_missing == 5
+
+
+def test_missing_raise_and_a_site_without_rows():
+    sites = split3(_with_missing())
+    with pytest.raises(glm.SiteError, match=r"site site 1: 2 row\(s\) of this site have "
+                                            r"missing values in column\(s\) \['bwt', 'race'\] "
+                                            r"\(missing='raise'"):
+        glm.fit("bwt ~ age + race", sites, missing="raise", cluster="inprocess")
+    assert glm.fit("lwt ~ age + smoke", sites[:2], missing="raise", cluster="inprocess") \
+        .n_missing == 0  # no missing value in the columns used at sites 1 and 2
+    sites[2] = sites[2].assign(age=np.nan)
+    with pytest.raises(glm.SiteError, match=r"site site 3: no rows left at this site"):
+        glm.fit("bwt ~ age", sites, cluster="inprocess")
+    with pytest.raises(ValueError, match="missing: expected 'drop'.*got 'omit'"):
+        glm.fit("bwt ~ age", sites, missing="omit")
+
+
+@pytest.mark.timeout(120)
+def test_missing_on_local_workers(tmp_path):
+    sites = split3(_with_missing())
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, paths, "gaussian", tol=1e-12)
+    R = r_fit(f"{{{NA_RACE}; glm({formula}, gaussian, d, {TIGHT})}}", sites)
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null", "llf",
+                  "scale"))  # (R's gaussian AIC counts the dispersion)
+    assert res.n_missing == 9
