@@ -5,7 +5,9 @@ A formula is code: formulaic evaluates its terms as Python. A site therefore acc
 column names and a short list of transforms, checked on the parsed terms with `ast` before
 anything is evaluated (`inspect_formula`):
 
-- ``C(column)``, with an optional contrast ``Treatment(reference=...)`` / ``Sum(...)`` or
+- ``C(column)``, with an optional contrast (formulaic's: ``Treatment('b')``, ``Sum``,
+  ``Helmert``, ``Poly``, ``Diff``, ``contr.treatment('b')``, ``contr.sum``, ``contr.helmert``,
+  ``contr.poly``, ``contr.diff``, ``contr.SAS``, by name or called with constants) and
   ``levels=[...]``: a categorical column;
 - ``I(...)`` with arithmetic (``+ - * / **``, unary minus, comparisons) on columns and numbers;
 - ``log``, ``exp``, ``sqrt`` (also as ``np.log`` etc.);
@@ -55,6 +57,14 @@ FUNCTIONS = frozenset({"C", "I", "log", "exp", "sqrt", "center", "scale", "Treat
                        "cbind"})
 #: numpy functions a formula may call as ``np.<name>``.
 NUMPY_FUNCTIONS = frozenset({"log", "exp", "sqrt"})
+#: The contrasts ``C(column, contrast)`` takes, as formulaic names them: a contrast by name
+#: (``Sum``) or called with constants (``Treatment('b')``), and the keywords each accepts.
+CONTRASTS = {"Treatment": ("reference",), "Sum": (), "Helmert": ("reverse", "scale"),
+             "Poly": ("scores",), "Diff": ("backward",)}
+#: ``contr.<name>``: formulaic's R-style contrasts (``contr.treatment('General')``).
+CONTR = {"treatment": ("base",), "sum": (), "helmert": ("reverse", "scale"),
+         "poly": ("scores",), "diff": ("backward",), "SAS": ("base",)}
+
 #: ``missing=`` values (`Design.missing`).
 MISSING = ("drop", "raise")
 #: Keyword arguments allowed in those calls.
@@ -274,6 +284,15 @@ def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
         found["variables"].add(node.args[0].id)
         found["categorical" if name == "C" else "standardized"].add(node.args[0].id)
         rest = node.args[1:]
+        if name == "C":  # C(column, contrast, levels=[...]): the contrast is no expression
+            if len(rest) > 1:
+                raise _refuse(expr, "C() with more than a column and a contrast")
+            for contrast in rest + [k.value for k in node.keywords if k.arg == "contrasts"]:
+                _check_contrast(contrast, expr)
+            for kw in node.keywords:
+                if kw.arg != "contrasts":
+                    _check_node(kw.value, expr, found, side)
+            return
     elif name in ("Treatment", "Sum"):
         rest = node.args
         if any(not isinstance(a, ast.Constant) for a in rest):
@@ -284,6 +303,34 @@ def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
         _check_node(arg, expr, found, side)
     for kw in node.keywords:
         _check_node(kw.value, expr, found, side)
+
+
+def _check_contrast(node: ast.AST, expr: str) -> None:
+    """The contrast of ``C(column, contrast)``: one of formulaic's (`CONTRASTS`, `CONTR`),
+    by name or called with constants (numbers, text, True/False, a list of numbers)."""
+    target = node.func if isinstance(node, ast.Call) else node
+    if isinstance(target, ast.Name) and target.id in CONTRASTS:
+        label, allowed = target.id, CONTRASTS[target.id]
+    elif (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+          and target.value.id == "contr" and target.attr in CONTR):
+        label, allowed = f"contr.{target.attr}", CONTR[target.attr]
+    else:
+        known = ", ".join([*CONTRASTS, *(f"contr.{n}" for n in CONTR)])
+        raise _refuse(expr, f"the contrast {ast.unparse(node)} (expected one of {known}, "
+                            "by name or called with constants)")
+    if not isinstance(node, ast.Call):
+        return
+    if len(node.args) > len(allowed) or any(k.arg not in allowed for k in node.keywords):
+        what = ", ".join(allowed) if allowed else "no arguments"
+        raise _refuse(expr, f"this argument of {label}() (it takes {what})")
+    for arg in [*node.args, *(k.value for k in node.keywords)]:
+        values = arg.elts if isinstance(arg, (ast.List, ast.Tuple)) else [arg]
+        for value in values:
+            if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
+                value = value.operand
+            if not isinstance(value, ast.Constant) or not isinstance(value.value, _CONSTANTS):
+                raise _refuse(expr, f"{label}() of anything but constants")
+            _check_node(value, expr, {"variables": set()}, "rhs")  # the bounds of literals
 
 
 @dataclass(frozen=True)

@@ -493,3 +493,45 @@ def test_missing_on_local_workers(tmp_path):
     same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null", "llf",
                   "scale"))  # (R's gaussian AIC counts the dispersion)
     assert res.n_missing == 9
+
+
+# -- item 9: contrasts in C() as formulaic writes them ----------------------------------------
+def awards_sites() -> list:
+    from .conftest import v6_sites
+    return [pd.read_csv(p) for p in v6_sites("poisson")]
+
+
+@pytest.mark.parametrize("ours,r_contrast", [
+    ("contr.treatment('General')", "relevel"),  # v6-glm-py's own example
+    ("Treatment(reference='General')", "relevel"),
+    ("contr.sum", "contr.sum"), ("Sum", "contr.sum"),
+    ("contr.helmert", "contr.helmert"), ("Helmert", "contr.helmert"),
+    ("contr.poly", "contr.poly"), ("Poly", "contr.poly"),
+    ("Diff", "MASS::contr.sdif"), ("contr.diff", "MASS::contr.sdif"),
+])
+def test_contrasts_are_r(ours, r_contrast):
+    sites = awards_sites()
+    res = glm.fit(f"num_awards ~ C(prog, {ours}) + math", sites, "poisson",
+                  cluster="inprocess", tol=1e-12)
+    prep = ('d$prog <- relevel(factor(d$prog), "General")' if r_contrast == "relevel" else
+            f'd$prog <- factor(d$prog); contrasts(d$prog) <- {r_contrast}(3)')
+    R = r_fit(f"{{{prep}; glm(num_awards ~ prog + math, poisson, d, {TIGHT})}}", sites)
+    same(res, R)
+    if r_contrast == "relevel":  # 'General' is the reference level
+        assert not any("T.General" in str(n) for n in res.params.index)
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ C(g, contr.custom([[1, 0], [0, 1]]))",
+    "y ~ C(g, contr.treatment(x))",
+    "y ~ C(g, contr.treatment(base=__import__('os')))",
+    "y ~ C(g, contr.sum(1))",
+    "y ~ C(g, os.system)",
+    "y ~ C(g, Sum.__class__)",
+    "y ~ C(g, Poly(scores=[x, 1]))",
+    "y ~ C(g, Treatment('a'), 3)",
+    "y ~ C(g, np.log)",
+])
+def test_other_contrasts_are_refused(formula):
+    with pytest.raises(glm.FormulaError, match="not allowed"):
+        glm.inspect_formula(formula)
