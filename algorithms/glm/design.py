@@ -360,11 +360,14 @@ class Design:
     #: rows with a missing value in a used column: ``"drop"`` (R's ``na.omit``, counted) or
     #: ``"raise"`` (refused, statsmodels' word)
     missing: str = "drop"
+    #: the column of frequency weights (statsmodels' ``freq_weights``: a row counts as that
+    #: many rows), else None
+    freq_weights: Optional[str] = None
 
     @classmethod
     def make(cls, formula: str, family: Any = "gaussian", link: Any = None, *, weights=None,
              offset=None, exposure=None, expected=None, guards=None,
-             groups=None, missing: str = "drop") -> "Design":
+             groups=None, missing: str = "drop", freq_weights=None) -> "Design":
         """Check the arguments (and the formula's whitelist) and build a `Design`."""
         if missing not in MISSING:
             raise ValueError(f"missing: expected 'drop' (R's na.omit: rows with a missing value "
@@ -374,7 +377,7 @@ class Design:
         fam = resolve(family, link)
         for name, value in (("weights", weights), ("offset", offset),
                             ("exposure", exposure), ("expected", expected),
-                            ("groups", groups)):
+                            ("groups", groups), ("freq_weights", freq_weights)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name}: expected a column name, got {type(value).__name__}")
         if inspect_formula(formula).counts and not fam.binomial:
@@ -386,7 +389,8 @@ class Design:
         if expected is not None and not fam.relative_survival:
             raise ValueError("expected: only the relative_survival family uses expected deaths")
         return cls(formula, fam, weights, offset, exposure, expected,
-                   guards=Guards.coerce(guards), groups=groups, missing=missing)
+                   guards=Guards.coerce(guards), groups=groups, missing=missing,
+                   freq_weights=freq_weights)
 
     @cached_property
     def info(self) -> FormulaInfo:
@@ -398,7 +402,7 @@ class Design:
         """The columns read besides the formula's: role -> column name."""
         roles = {"weights": self.weights, "offset": self.offset,
                  "exposure": self.exposure, "expected": self.expected,
-                 "groups": self.groups}
+                 "groups": self.groups, "freq_weights": self.freq_weights}
         return {k: v for k, v in roles.items() if v is not None}
 
     @property
@@ -408,7 +412,8 @@ class Design:
         text = "\x1f".join(str(v) for v in (
             " ".join(self.formula.split()), self.family.name, self.family.link_name,
             self.weights, self.offset, self.exposure, self.expected)
-            + ((self.groups,) if self.groups else ()))
+            + ((self.groups,) if self.groups else ())
+            + ((f"freq={self.freq_weights}",) if self.freq_weights else ()))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -443,6 +448,25 @@ class ModelData:
     trials: Optional[np.ndarray] = None
     #: the cluster ids of ``Design.groups`` (never sent), else None.
     groups: Optional[np.ndarray] = None
+    #: the frequency weights of ``Design.freq_weights``, else None.
+    freq: Optional[np.ndarray] = None
+
+    @property
+    def fit_weights(self) -> np.ndarray:
+        """The weights of the sums: the prior weights times the frequency weights (a row
+        counts as that many rows, each with its prior weight)."""
+        return self.weights if self.freq is None else self.weights * self.freq
+
+    @property
+    def rows(self) -> int:
+        """The observations: the rows, or the sum of their frequency weights."""
+        return len(self.y) if self.freq is None else int(round(float(np.sum(self.freq))))
+
+    @property
+    def rows_ok(self) -> int:
+        """The observations with a positive prior weight (R's ``n.ok``)."""
+        ok = self.weights > 0
+        return int(np.sum(ok)) if self.freq is None else int(round(float(np.sum(self.freq[ok]))))
 
 
 def used_columns(design: Design) -> set:
@@ -573,7 +597,27 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     if d_star is not None and (np.any(d_star < 0) or not np.all(np.isfinite(d_star))):
         raise SiteError(f"expected deaths column {design.expected!r} must be finite and >= 0")
     groups = None if design.groups is None else frame[design.groups].to_numpy()
-    return ModelData(y, X, w, offset, d_star, names, built_by, trials, groups)
+    freq = None
+    if design.freq_weights is not None:
+        freq = _column(frame, design.freq_weights, n, 1.0)
+        problem = freq_problem(freq)
+        if problem:
+            raise SiteError(f"freq_weights column {design.freq_weights!r}: {problem} at this "
+                            "site")
+    return ModelData(y, X, w, offset, d_star, names, built_by, trials, groups, freq)
+
+
+def freq_problem(values) -> Optional[str]:
+    """What is wrong with frequency weights (counts of rows: finite, non-negative whole
+    numbers), in words without their values; None when nothing is."""
+    values = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(values)):
+        return "expected non-negative whole numbers (counts of rows), got non-finite values"
+    if np.any(values < 0):
+        return "expected non-negative whole numbers (counts of rows), got negative values"
+    if np.any(values != np.round(values)):
+        return "expected non-negative whole numbers (counts of rows), got non-integer values"
+    return None
 
 
 def _proportions(counts: np.ndarray, whole: bool = True) -> tuple:

@@ -259,16 +259,18 @@ class Family:
     def pearson_chi2(self, y, mu, w) -> float:
         return float(np.sum(w * (y - mu) ** 2 / self.variance(mu)))
 
-    def loglike(self, y, mu, w, scale: float, trials=None) -> float:
+    def loglike(self, y, mu, w, scale: float, trials=None, freq=None) -> float:
         """The log-likelihood (NaN for the quasi families): statsmodels', but R's for the
-        binomial (`binomial_loglike`)."""
+        binomial (`binomial_loglike`); ``freq``: frequency weights (a row counts that many
+        times)."""
         if self.quasi:
             return float("nan")
         if type(self.sm) is smf.Binomial:
-            return binomial_loglike(y, mu, w, trials)
-        return float(self.sm.loglike(y, mu, var_weights=w, scale=scale))
+            return binomial_loglike(y, mu, w, trials, freq)
+        return float(self.sm.loglike(y, mu, var_weights=w, scale=scale,
+                                     freq_weights=1.0 if freq is None else freq))
 
-    def saturated_loglike(self, y, w, trials=None) -> Optional[float]:
+    def saturated_loglike(self, y, w, trials=None, freq=None) -> Optional[float]:
         """The log-likelihood of the saturated model (mu = y), for the families whose
         log-likelihood at scale 1 is that minus half the deviance (Poisson, relative
         survival, the binomial when its numbers of successes are whole): the fit then has
@@ -276,13 +278,14 @@ class Family:
         sm = self.sm
         if self.quasi or self.theta_estimated:
             return None
+        f = 1.0 if freq is None else freq
         if type(sm) is smf.Poisson:
-            return float(np.sum(w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
+            return float(np.sum(f * w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
         if type(sm) is smf.Binomial:
             m = _binomial_trials(w, trials)
             whole = lambda v: np.all(np.abs(v - np.round(v)) <= 1e-9 * np.maximum(1.0, v))
             if whole(m) and whole(m * y):  # R's rounding changes nothing
-                return binomial_loglike(y, y, w, trials)
+                return binomial_loglike(y, y, w, trials, freq)
         return None
 
     # -- what R adds ----------------------------------------------------------------------
@@ -380,13 +383,16 @@ def _binomial_trials(w, trials) -> np.ndarray:
     return np.asarray(w if trials is None else trials, dtype=float)
 
 
-def binomial_loglike(y, mu, w, trials=None) -> float:
+def binomial_loglike(y, mu, w, trials=None, freq=None) -> float:
     """R's binomial log-likelihood, ``-binomial()$aic / 2``:
     ``sum((w / m) dbinom(round(m y), round(m), mu, log = TRUE))`` over the rows with
     ``m > 0``, ``m`` the numbers of trials (`_binomial_trials`). With one trial per row and
     unit weights it is statsmodels' (which ignores the weights as numbers of trials)."""
     m = _binomial_trials(w, trials)
     y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    if freq is not None:  # R's likelihood of the rows repeated
+        w = w * np.asarray(freq, dtype=float)
+        m = np.broadcast_to(m, w.shape)
     used = m > 0
     m, y, mu, w = m[used], y[used], mu[used], w[used]
     size = np.round(m)

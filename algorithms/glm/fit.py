@@ -37,7 +37,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 import aia
 from aia.checks import check_cluster
 
-from .design import Design, FormulaError, merge_levels, merge_moments
+from .design import Design, FormulaError, freq_problem, merge_levels, merge_moments
 from .base import DesignMismatchError
 from .fisher import FisherScoring
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
@@ -57,7 +57,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0,
         scale: Optional[float] = None, cov_type: str = "nonrobust",
-        groups: Optional[str] = None, missing: str = "drop") -> GLMResults:
+        groups: Optional[str] = None, missing: str = "drop",
+        freq_weights: Optional[str] = None) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -117,6 +118,11 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     groups : str, optional
         With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
         id seen at two sites is an error). None: each site is a cluster.
+    freq_weights : str, optional
+        A column of frequency weights (statsmodels' ``freq_weights``): a row counts as that
+        many rows, as R's fit of the rows repeated; ``nobs``, ``df_resid`` and the BIC come
+        from their sum. Non-negative whole numbers; ``weights`` stay R's prior weights.
+        Fisher scoring only.
     missing : str
         ``"drop"`` (R's ``na.omit``): a row with a missing value (NaN, None) in a column the
         model uses is left out at its site, before the guards count rows, and counted
@@ -134,8 +140,12 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
                          exposure=exposure, expected=expected, guards=guards, groups=groups,
-                         missing=missing)
+                         missing=missing, freq_weights=freq_weights)
+    if freq_weights is not None and method != "fisher":
+        raise ValueError(f"freq_weights: Fisher scoring only (method='fisher'), got "
+                         f"method={method!r}")
     names, sources = _site_list(sites)
+    _check_frames(sources, names, freq_weights)
     check_min_sites(len(sources), min_sites)
     if design.family.theta_estimated and method != "fisher":
         raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
@@ -268,6 +278,23 @@ def _robust_cov(sites: Any, design: Design, main: Any, names: list,
         cov = cov * g / (g - 1) * (n - 1) / (n - k)
     cols = main.column_names
     return pd.DataFrame((cov + cov.T) / 2, index=cols, columns=cols)
+
+
+def _check_frames(sources: list, names: list, freq_weights: Optional[str]) -> None:
+    """The frequency weights of the sites given as DataFrames, before any process starts
+    (a site read from a file checks its own)."""
+    if freq_weights is None:
+        return
+    for name, src in zip(names, sources):
+        if isinstance(src, pd.DataFrame) and freq_weights in src:
+            column = src[freq_weights]
+            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+                raise ValueError(f"freq_weights: expected a numeric column of counts, got "
+                                 f"column {freq_weights!r} of type {column.dtype} at site {name}")
+            problem = freq_problem(column.dropna().to_numpy(dtype=float))
+            if problem:
+                raise ValueError(f"freq_weights: column {freq_weights!r} at site {name}: "
+                                 f"{problem}")
 
 
 # -- placing the sites -------------------------------------------------------------------------

@@ -289,7 +289,7 @@ class Site:
         deviance)."""
         m = self.model(design)
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials)
+            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials, m.freq)
         return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
@@ -345,7 +345,8 @@ class Site:
             else:
                 eta = X @ query.beta + offset
                 mu = fam.linkinv(eta)
-        counts = dict(nobs=len(y), n_ok=int(np.sum(w > 0)), sum_wy=float(np.sum(w * y)),
+        w = m.fit_weights  # with frequency weights: a row counts as that many rows
+        counts = dict(nobs=m.rows, n_ok=m.rows_ok, sum_wy=float(np.sum(w * y)),
                       sum_w=float(np.sum(w)), site=self.name,
                       columns=tuple(m.names if subset is None else subset)
                       if query.version == 0 else None)
@@ -422,8 +423,8 @@ class Site:
         if null is None:
             return None
         if null == "offset":  # no intercept: R's null model is mu = g^{-1}(offset)
-            return fam.deviance(m.y, fam.linkinv(m.offset), m.weights)
-        return fam.deviance(m.y, np.full_like(m.y, float(null)), m.weights)
+            return fam.deviance(m.y, fam.linkinv(m.offset), m.fit_weights)
+        return fam.deviance(m.y, np.full_like(m.y, float(null)), m.fit_weights)
 
     @_guarded
     def loglike(self, design: Design, beta: np.ndarray, scale: float,
@@ -434,7 +435,7 @@ class Site:
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(X @ beta + m.offset)
-            return fam.loglike(m.y, mu, m.weights, scale, m.trials)
+            return fam.loglike(m.y, mu, m.weights, scale, m.trials, m.freq)
 
 
     @_guarded
@@ -446,7 +447,7 @@ class Site:
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(m.X @ np.asarray(beta, dtype=float) + m.offset)
-            sums = negbin_sums(m.y, mu, m.weights, theta)
+            sums = negbin_sums(m.y, mu, m.fit_weights, theta)
         if not all(np.isfinite(v) for v in sums.values()):
             raise SiteError(f"site {self.name}: non-finite sums for theta at these "
                             "coefficients")
@@ -475,15 +476,18 @@ class Site:
         last = self._last_weights(design, version)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(m.X @ beta + m.offset)
-            weights = m.weights * fam.working_weights(mu) if last is None else last
+            weights = m.fit_weights * fam.working_weights(mu) if last is None else last
             score = weights * (m.y - mu) * fam.deriv(mu)
         score = np.where(weights > 0, score, 0.0)
         if not np.all(np.isfinite(score)):
             raise SiteError(f"site {self.name}: non-finite scores at the estimate")
-        rows = m.X * score[:, None]
+        rows = m.X * score[:, None]  # with frequency weights f: f u_i, the sum of f copies
+        if clusters == "rows":  # each copy of a row is an observation: sum f u_i u_i'
+            single = rows if m.freq is None else rows / np.sqrt(np.where(
+                m.freq > 0, m.freq, 1.0))[:, None]
+            disclosure.check_round(guards, single, single.T @ single)
+            return {"meat": single.T @ single, "clusters": m.rows}
         disclosure.check_round(guards, rows, rows.T @ rows)
-        if clusters == "rows":
-            return {"meat": rows.T @ rows, "clusters": len(rows)}
         if clusters == "site":
             total = rows.sum(axis=0)
             return {"meat": np.outer(total, total), "clusters": 1}

@@ -535,3 +535,108 @@ def test_contrasts_are_r(ours, r_contrast):
 def test_other_contrasts_are_refused(formula):
     with pytest.raises(glm.FormulaError, match="not allowed"):
         glm.inspect_formula(formula)
+
+
+# -- item 5: frequency weights ----------------------------------------------------------------
+EXPANDED = "d <- d[rep(seq_len(nrow(d)), d$f), ]"
+
+
+def _sm_freq(formula, sites, family, freq, var=None):
+    """statsmodels' GLM with freq_weights (and var_weights) on the pooled rows."""
+    import statsmodels.api as sm
+    from formulaic import Formula
+    pooled = pd.concat(sites, ignore_index=True)
+    y, X = Formula(formula).get_model_matrix(pooled)
+    kw = {} if var is None else {"var_weights": pooled[var].to_numpy(float)}
+    return sm.GLM(np.asarray(y, float).ravel(), X, family=family,
+                  freq_weights=pooled[freq].to_numpy(float), **kw).fit(tol=1e-14, maxiter=200)
+
+
+@pytest.mark.parametrize("family,r_family,sm_family", [
+    ("poisson", "poisson", "Poisson"), ("negative_binomial", None, None),
+])
+def test_freq_weights_are_r_on_the_rows_repeated(family, r_family, sm_family):
+    import statsmodels.api as sm
+    d = r_frame("quine").assign(f=lambda d: np.arange(len(d)) % 4)  # 0 to 3 copies
+    sites = split3(d)
+    res = glm.fit(QUINE, sites, family, cluster="inprocess", tol=1e-12, max_iter=100,
+                  freq_weights="f", cov_type="HC1")
+    call = (f"glm({QUINE}, {r_family}, d, {TIGHT})" if r_family else
+            f"glm.nb({QUINE}, d, {TIGHT})")
+    R = r_fit(f"{{{EXPANDED}; {call}}}", sites,
+              'out("nobs", nobs(f)); out("bic", BIC(f)); '
+              'out("HC1", sqrt(diag(sandwich::vcovHC(f, type = "HC1"))))',
+              packages=("MASS", "sandwich"))
+    same(res, R, ("params", "deviance", "null_deviance", "df_resid", "df_null", "llf", "aic",
+                  "scale", "bic"))
+    np.testing.assert_allclose(res.bse.to_numpy(), R["HC1"], rtol=1e-6)
+    assert res.nobs == R["nobs"][0] == d.f.sum()
+    if sm_family:
+        ref = _sm_freq(QUINE, sites, getattr(sm.families, sm_family)(), "f")
+        close(res.params.to_numpy(), ref.params)
+        close(res.llf, ref.llf)
+        close(res.bic, ref.bic_llf)
+        assert res.df_resid == ref.df_resid
+
+
+def test_freq_weights_beside_prior_weights_are_statsmodels_and_r():
+    import statsmodels.api as sm
+    d = birthwt().assign(f=lambda d: 1 + np.arange(len(d)) % 3,
+                         w=lambda d: 1 + (np.arange(len(d)) % 5) / 4)
+    sites = split3(d)
+    formula = "bwt ~ age + lwt + race + smoke"
+    for family, r_family, sm_family in (("gaussian", "gaussian", sm.families.Gaussian()),
+                                        ("gamma", "Gamma(link = 'log')",
+                                         sm.families.Gamma(sm.families.links.Log()))):
+        res = glm.fit(formula, sites, family, "log" if family == "gamma" else None,
+                      cluster="inprocess", tol=1e-12, weights="w", freq_weights="f")
+        R = r_fit(f"{{{EXPANDED}; glm({formula}, {r_family}, d, weights = w, {TIGHT})}}",
+                  sites)
+        same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null",
+                      "scale"))
+        ref = _sm_freq(formula, sites, sm_family, "f", "w")
+        if family == "gaussian":  # (statsmodels' gamma IRLS with freq_weights stops 1e-6
+            # away from R's estimate, not converged after 200 iterations)
+            close(res.params.to_numpy(), ref.params)
+            close(res.bse.to_numpy(), ref.bse)
+        close(res.llf, ref.llf)  # R's likelihoods of these families have other dispersions
+        close(res.bic, ref.bic_llf)
+
+
+def test_cbind_with_freq_weights_is_r():
+    d = esoph().assign(f=lambda d: 1 + np.arange(len(d)) % 2)
+    sites = split3(d)
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "binomial",
+                  cluster="inprocess", tol=1e-12, freq_weights="f")
+    R = r_fit(f"{{{EXPANDED}; glm(cbind(ncases, ncontrols) ~ agegp + alcgp, binomial, d, "
+              f"{TIGHT})}}", sites)
+    same(res, R)
+
+
+def test_freq_weights_refusals():
+    sites = split3(r_frame("quine").assign(f=1.0))
+    for bad, what in ((-1.0, "negative"), (1.5, "non-integer"), (np.inf, "non-finite")):
+        frames = [s.copy() for s in sites]
+        frames[1].loc[3, "f"] = bad
+        with pytest.raises(ValueError, match=f"freq_weights: column 'f' at site site 2: "
+                                             f"expected non-negative whole numbers.*got {what}"):
+            glm.fit(QUINE, frames, "poisson", freq_weights="f")  # before any process
+    frames = [s.assign(f="x") for s in sites]
+    with pytest.raises(ValueError, match="freq_weights: expected a numeric column of counts"):
+        glm.fit(QUINE, frames, "poisson", freq_weights="f")
+    with pytest.raises(TypeError, match="freq_weights: expected a column name, got int"):
+        glm.fit(QUINE, sites, "poisson", freq_weights=3)
+    with pytest.raises(ValueError, match="freq_weights: Fisher scoring only"):
+        glm.fit(QUINE, sites, "poisson", freq_weights="f", method="gradient")
+
+
+def test_freq_weights_checked_at_a_site_read_from_a_file(tmp_path):
+    sites = split3(r_frame("quine").assign(f=1.0))
+    sites[2].loc[0, "f"] = 0.5
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"s{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    with pytest.raises(glm.SiteError, match="freq_weights column 'f': expected non-negative "
+                                            "whole numbers.*got non-integer"):
+        glm.fit(QUINE, paths, "poisson", freq_weights="f", cluster="inprocess")
