@@ -480,7 +480,11 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
     if isinstance(main, GradientDescent) and main.stalled:
         notes.append("gradient descent stalled: the line search found no step that "
                      "decreases the deviance")
-    if main.boundary:
+    if getattr(main, "rescued", False):
+        notes.append("R's glm.fit gives up here (no valid set of coefficients has been found: "
+                     "its first step leaves the family's range); the step was halved towards "
+                     "the intercept-only coefficients instead")
+    elif main.boundary:
         notes.append("the step was halved to keep the fit valid (R: algorithm stopped at "
                      "boundary value)")
     has_intercept = "Intercept" in cols

@@ -640,3 +640,63 @@ def test_freq_weights_checked_at_a_site_read_from_a_file(tmp_path):
     with pytest.raises(glm.SiteError, match="freq_weights column 'f': expected non-negative "
                                             "whole numbers.*got non-integer"):
         glm.fit(QUINE, paths, "poisson", freq_weights="f", cluster="inprocess")
+
+
+# -- item 10: an MLE where R gives up ---------------------------------------------------------
+def _sqrt_poisson() -> pd.DataFrame:
+    """Counts whose R fit with the sqrt link stops at its first step (found by search:
+    seed 1)."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3, 90)
+    return pd.DataFrame({"x": x, "y": rng.poisson((0.05 + 0.8 * x) ** 2).astype(float)})
+
+
+def _inverse_gamma() -> pd.DataFrame:
+    """Gamma responses generated with a log link, fitted with the inverse link (seed 1478:
+    R's first step gives negative fitted means)."""
+    rng = np.random.default_rng(1478)
+    x = rng.uniform(0, 3, 90)
+    return pd.DataFrame({"x": x, "y": rng.gamma(0.7, np.exp(0.3 + 0.5 * x) / 0.7)})
+
+
+R_GIVES_UP = """
+f <- try(glm(y ~ x, {family}, d), silent = TRUE)
+out("failed", inherits(f, "try-error"))
+out("no_valid", grepl("no valid set of coefficients", as.character(f)))
+"""
+
+
+@pytest.mark.parametrize("make,family,link,sm_family,r_family", [
+    (_sqrt_poisson, "poisson", "sqrt", "Poisson(sm.families.links.Sqrt())",
+     "poisson(link = 'sqrt')"),
+    (_inverse_gamma, "gamma", "inverse", "Gamma(sm.families.links.InversePower())",
+     "Gamma()"),
+])
+def test_mle_where_r_gives_up_is_statsmodels(make, family, link, sm_family, r_family):
+    import statsmodels.api as sm
+    import warnings
+    d = make()
+    sites = split3(d)
+    R = r_values("d <- rbind(s1, s2, s3)\n" + R_GIVES_UP.format(family=r_family),
+                 frames={f"s{i + 1}": s for i, s in enumerate(sites)})
+    assert R["failed"][0] == 1 and R["no_valid"][0] == 1  # R gives up on these rows
+    res = glm.fit("y ~ x", sites, family, link, cluster="inprocess", tol=1e-15, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sm.GLM(d.y, sm.add_constant(d.x), family=eval(f"sm.families.{sm_family}")) \
+            .fit(tol=1e-14, maxiter=500)
+    assert res.converged and ref.converged
+    close(res.params.to_numpy(), ref.params)
+    close(res.bse.to_numpy(), ref.bse)
+    close(res.deviance, ref.deviance)
+    close(res.scale, ref.scale)
+    assert "R's glm.fit gives up here" in str(res.summary())
+
+
+def test_r_error_stays_where_no_valid_step_is_known():
+    """With an offset the intercept-only coefficients are not known to be valid: R's error,
+    with its advice."""
+    sites = split3(_sqrt_poisson().assign(zero=0.0))
+    with pytest.raises(glm.NonFiniteError, match="no valid set of coefficients has been "
+                                                 "found.*supply starting values"):
+        glm.fit("y ~ x", sites, "poisson", "sqrt", offset="zero", cluster="inprocess")
