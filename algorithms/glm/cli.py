@@ -65,6 +65,13 @@ _LINKS = {cls: name for name, cls in reversed(list(LINKS.items()))}  # the first
 def design_params(d: Design) -> dict:
     """A `Design` as plain data (a site rebuilds it with `design_from`)."""
     fam = d.family
+    if fam.theta_estimated:  # its theta passes are not among a folder site's operations
+        raise TypeError("family='negative_binomial' (theta estimated) runs over local "
+                        "workers or Ray (glm.fit, aia-glm fit), not over a folder; a fixed "
+                        "theta needs a statsmodels family object")
+    if d.freq_weights is not None or d.missing != "drop":
+        raise TypeError("freq_weights= and missing='raise' run over local workers or Ray "
+                        "(glm.fit, aia-glm fit), not over a folder")
     if fam.relative_survival:
         family, link = "relative_survival", None
     else:
@@ -331,7 +338,8 @@ COMMANDS = ("site", "central", "fit")
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="gaussian",
                    help="gaussian (default), binomial, poisson, gamma, inverse_gaussian, "
-                        "relative_survival")
+                        "quasipoisson, quasibinomial, relative_survival; with fit also "
+                        "negative_binomial (theta estimated, as MASS::glm.nb)")
     p.add_argument("--link", default=None, help="default: the family's canonical link")
     p.add_argument("--method", default="fisher", choices=tuple(METHODS),
                    help="Fisher scoring (default) or gradient descent")
@@ -379,6 +387,11 @@ def parser() -> argparse.ArgumentParser:
     _model_arguments(local)
     local.add_argument("--min-sites", type=int, default=1)
     local.add_argument("--asynchronous", action="store_true")
+    local.add_argument("--freq-weights", default=None, metavar="COLUMN",
+                       help="frequency weights: a row counts as that many rows")
+    local.add_argument("--missing", default="drop", choices=("drop", "raise"),
+                       help="rows with a missing value in a used column: left out and "
+                            "counted (drop, R's na.omit; default) or an error (raise)")
     return p
 
 
@@ -426,7 +439,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      expected=args.expected, method=args.method, tol=args.tol,
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
-                     verbose=args.verbose)
+                     verbose=args.verbose, freq_weights=args.freq_weights,
+                     missing=args.missing)
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)
