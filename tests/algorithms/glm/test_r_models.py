@@ -700,3 +700,14 @@ def test_r_error_stays_where_no_valid_step_is_known():
     with pytest.raises(glm.NonFiniteError, match="no valid set of coefficients has been "
                                                  "found.*supply starting values"):
         glm.fit("y ~ x", sites, "poisson", "sqrt", offset="zero", cluster="inprocess")
+
+
+@pytest.mark.timeout(120)
+def test_mle_where_r_gives_up_on_asynchronous_local_workers():
+    sites = split3(_inverse_gamma())
+    here = glm.fit("y ~ x", sites, "gamma", "inverse", cluster="inprocess", tol=1e-15,
+                   max_iter=100)
+    there = glm.fit("y ~ x", sites, "gamma", "inverse", tol=1e-15, max_iter=100,
+                    synchronous=False)
+    assert there.converged
+    close(there.params.to_numpy(), here.params.to_numpy(), rtol=1e-9)
