@@ -397,6 +397,20 @@ def test_negative_binomial_with_offset_weights_and_sqrt_link_is_glm_nb():
     _same_nb(res, R)
 
 
+def test_negative_binomial_at_few_iterations_is_glm_nb_and_warns_as_it():
+    """maxit = 3: glm.nb's limits (its glm.fit's, theta.ml's and the alternation's) hit,
+    the same numbers as R's, and R's two warnings."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    sites = split3(r_frame("quine"))
+    with pytest.warns(ConvergenceWarning) as caught:
+        res = glm.fit(QUINE, sites, "negative_binomial", cluster="inprocess", max_iter=3)
+    said = {str(w.message) for w in caught}
+    assert {"theta.ml: iteration limit reached", "glm.nb: alternation limit reached"} <= said
+    assert "glm.nb: alternation limit reached" in res.notes
+    R = r_fit(f"glm.nb({QUINE}, d, control = glm.control(maxit = 3))", sites, NB_R)
+    _same_nb(res, R, rtol=1e-9)
+
+
 @pytest.mark.timeout(120)
 def test_negative_binomial_on_local_workers(tmp_path):
     sites = split3(r_frame("quine"))
