@@ -35,6 +35,8 @@ from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
 
+#: How many coefficients of one design a site remembers for `Site.theta_sums`.
+MAX_REMEMBERED = 4096
 #: The environment variable of a secret key the sites share for the digests of cluster ids.
 GROUPS_KEY = "GLM_GROUPS_KEY"
 
@@ -127,6 +129,8 @@ class Site:
         self._working: dict = {}
         #: the rows of the latest model left out for a missing value (R's na.omit)
         self.missing_rows = 0
+        # (design token, coefficients whose round passed the leverage check), for theta_sums
+        self._answered: tuple = (None, set())
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
@@ -372,6 +376,8 @@ class Site:
                 log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
+            if subset is None and query.beta is not None:
+                self._passed(design, query.beta)
             used = np.where(good, weights, 0.0)
             working_chi2 = self._working_chi2(design, subset, query.version, used,
                                               (y - mu) * fam.deriv(mu))
@@ -438,11 +444,27 @@ class Site:
             return fam.loglike(m.y, mu, m.weights, scale, m.trials, m.freq)
 
 
+    def _passed(self, design: Design, beta: np.ndarray) -> None:
+        """Remember coefficients whose round passed the leverage check (`theta_sums` answers
+        at those only)."""
+        if self._answered[0] != design.token:
+            self._answered = (design.token, set())
+        if len(self._answered[1]) < MAX_REMEMBERED:
+            self._answered[1].add(np.asarray(beta, dtype=float).tobytes())
+
     @_guarded
     def theta_sums(self, design: Design, beta: np.ndarray,
                    theta: Optional[float] = None) -> dict:
         """The site's sums for glm.nb's theta at the fitted values of ``beta``
-        (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood)."""
+        (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood).
+
+        Only at coefficients of this design whose X'WX this site has sent (their weights
+        passed the check that they single out no row, `disclosure.check_round`): the central
+        cannot choose fitted values for these sums alone."""
+        key = np.asarray(beta, dtype=float).tobytes()
+        if self._answered[0] != design.token or key not in self._answered[1]:
+            raise SiteError("theta sums are sent only at coefficients whose Fisher scoring "
+                            "round this site has answered")
         m = self.model(design)
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):

@@ -430,12 +430,18 @@ def test_negative_binomial_on_local_workers(tmp_path):
 
 
 def test_negative_binomial_site_sends_sums_only():
-    """Each pass for theta returns a handful of numbers, whatever the site's size."""
+    """Each pass for theta returns a handful of numbers, whatever the site's size, and only
+    at coefficients whose round the site has answered (their weights checked)."""
+    from algorithms.glm.messages import Query
     site = glm.Site(r_frame("quine"), "all")
     design = glm.Design.make(QUINE, "negative_binomial")
     site.describe(design)
     site.build(design)
-    sums = site.theta_sums(design, np.zeros(7) + 0.1, 1.5)
+    beta = np.zeros(7) + 0.1
+    with pytest.raises(glm.SiteError, match="only at coefficients whose Fisher scoring round"):
+        site.theta_sums(design, beta, 1.5)
+    assert site.contribution(design, Query(1, beta)).valid
+    sums = site.theta_sums(design, beta, 1.5)
     assert set(sums) == {"n", "pearson", "score", "info", "loglik"}
     assert all(isinstance(v, float) for v in sums.values())
 
