@@ -10,6 +10,9 @@ statsmodels provides all of them, so this module writes no new family. It only
 - adds R's quasi families (``quasipoisson``, ``quasibinomial``: the Poisson and binomial
   fits with the dispersion estimated and no likelihood), and R's binomial log-likelihood,
   which takes the prior weights as numbers of trials (``binomial()$aic``), and
+- adds glm.nb's family (``negative_binomial``, theta estimated by `algorithms.glm.negbin`:
+  statsmodels' Poisson, then ``NegativeBinomial(alpha=1/theta)``, under one name) and the
+  per-site sums of theta (`negbin_sums`), and
 - composes the relative-survival model (Dickman et al. 2004) out of statsmodels' Poisson
   family and log link: ``mu = d* + exp(eta)``, Poisson variance, where ``d*`` (the expected
   deaths) differs from row to row. That per-row shift is why it cannot be a statsmodels

@@ -7,7 +7,8 @@ The steps, each one a pass over the sites (only sums come back to the central)::
     2. build      with the merged levels and global moments, every site builds its design
                   matrices; the central checks that the columns agree
     3. fit        FisherScoring or GradientDescent through aia.start (synchronous or
-                  asynchronous)
+                  asynchronous); family="negative_binomial": MASS::glm.nb's alternation of
+                  Fisher scoring fits and theta.ml passes (`algorithms.glm.negbin`)
     4. null       with an offset (or relative survival), R's null deviance is the deviance
                   of the intercept-only model: a second FisherScoring run
     5. loglike    every site sends its share of the log-likelihood at the estimate (binomial

@@ -3,7 +3,9 @@
 Every method checks the privacy guards before it returns, and returns sums only: levels of
 categorical columns and their moments at first contact (`Site.describe`), the design's
 column names (`Site.build`), X'WX, X'Wz and a few scalars at each step
-(`Site.contribution`), the log-likelihood at the end (`Site.loglike`).
+(`Site.contribution`), the log-likelihood at the end (`Site.loglike`), and for glm.nb's
+theta a few sums at coefficients already answered (`Site.theta_sums`). Rows with a missing
+value in a used column are left out first and counted (R's ``na.omit``).
 
 Errors raised here travel to the analyst. Those this package raises (`PrivacyError`,
 `FormulaError`, `SiteError`) are written never to quote a data value; any other exception
