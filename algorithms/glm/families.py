@@ -80,7 +80,8 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
 
     ``family``: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
     ``"inverse_gaussian"``, ``"quasipoisson"``, ``"quasibinomial"``,
-    ``"relative_survival"``, a statsmodels family instance, or a
+    ``"relative_survival"``, ``"negative_binomial"`` (theta estimated, links log, sqrt,
+    identity), a statsmodels family instance, or a
     `Family`. ``link``: a name from `LINKS`, a statsmodels link instance, or None for the
     family's default (canonical) link.
     """

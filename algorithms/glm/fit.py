@@ -73,7 +73,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         worker that holds the site, or a pandas DataFrame. A dict names the sites.
     family, link :
         A family name (``gaussian``, ``binomial``, ``poisson``, ``gamma``,
-        ``inverse_gaussian``, ``relative_survival``) or a statsmodels family object; a link
+        ``inverse_gaussian``, ``quasipoisson``, ``quasibinomial``, ``relative_survival``,
+        ``negative_binomial``: theta estimated as ``MASS::glm.nb``, ``result.theta`` and
+        ``result.theta_se``) or a statsmodels family object; a link
         name (``logit``, ``probit``, ``cloglog``, ``log``, ``identity``, ``inverse``,
         ``sqrt``, ...) or a statsmodels link; None for the canonical link.
     weights, offset, exposure, expected :
