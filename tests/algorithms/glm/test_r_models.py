@@ -731,3 +731,18 @@ def test_mle_where_r_gives_up_on_asynchronous_local_workers():
                     synchronous=False)
     assert there.converged
     close(there.params.to_numpy(), here.params.to_numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("contrast", ["contr.sum", "Helmert", "contr.poly",
+                                      "contr.treatment('General')"])
+def test_contrasts_keep_the_level_guards(contrast):
+    """A contrast re-codes the levels, it does not hide them: a rare level is refused as it
+    is without one."""
+    sites = awards_sites()
+    sites[1].loc[:1, "prog"] = "Rare"  # two rows of a level at one site
+    with pytest.raises(glm.PrivacyError, match="a level of column 'prog' has fewer rows"):
+        glm.fit(f"num_awards ~ C(prog, {contrast}) + math", sites, "poisson",
+                cluster="inprocess")
+    with pytest.raises(glm.PrivacyError, match="a level of column 'math' has fewer rows"):
+        glm.fit("num_awards ~ C(math, contr.sum)", awards_sites(), "poisson",
+                cluster="inprocess")  # math's values as levels: most are rare
