@@ -260,6 +260,22 @@ def check_round(guards: Guards, A: np.ndarray, gram: np.ndarray) -> None:
     guards.check_leverage(max_leverage(A), weighted=True)
 
 
+def round_bound(gram: np.ndarray, peaks: np.ndarray) -> float:
+    """`check_round`'s bound from column maxima instead of rows: with ``peaks[k, j]`` the
+    largest ``a_ij^2`` over the rows i of sub-block k, every row's leverage is at most
+    ``max_k sum_j s_j^2 peaks[k, j] / lmin`` (D = diag(s) scales the gram to unit diagonal,
+    ``lmin`` the smallest eigenvalue of D A'A D). Infinite where that bound does not hold
+    (non-finite or rank-deficient grams): the exact check decides then."""
+    d = np.diag(gram)
+    if not np.all(np.isfinite(d)):
+        return float("inf")
+    s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    values = np.linalg.eigvalsh(gram * s[:, None] * s[None, :])
+    if not values[0] > RANK_TOL * values[-1]:
+        return float("inf")
+    return float((peaks @ (s * s)).max() / values[0])
+
+
 def _blocks(n: int):
     for start in range(0, n, BLOCK):
         yield slice(start, min(n, start + BLOCK))
