@@ -156,7 +156,7 @@ def site_score(site: Site, design: Design, query: GradientQuery,
     ``query.beta``: the same model, guards and family as `Site.contribution`, p numbers."""
     m = site.model(design)  # built (and guarded) once per design
     cols = None if subset is None else [m.names.index(c) for c in subset]
-    rows = rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols)
+    rows = site._rows(design, m, cols)
     with np.errstate(all="ignore"):
         found = rounds.score_round(rows, query.beta)
     if found is None:

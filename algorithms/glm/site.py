@@ -120,6 +120,7 @@ class Site:
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._work: Optional[np.ndarray] = None  # the block buffer of the rounds, reused
+        self._peaks: Optional[tuple] = None  # (design token, rounds.x_peaks of its X)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
         # (design token, subset) -> the working weights of the last valid contribution
         self._working: dict = {}
@@ -134,6 +135,7 @@ class Site:
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
         self._table, self._built, self._frame_cache, self._work = table, None, None, None
+        self._peaks = None
         self._some_columns = None
         if name is not None:
             self.name = name
@@ -310,7 +312,7 @@ class Site:
         """The site's sums at ``query.beta`` (R's starting values for version 0)."""
         m = self.model(design)
         cols = None if subset is None else [m.names.index(c) for c in subset]
-        rows = rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols)
+        rows = self._rows(design, m, cols)
         y, w = m.y, m.weights
         start = None
         if query.beta is None:
@@ -348,6 +350,17 @@ class Site:
             working_chi2=sums.working_chi2, xtwx=sums.xtwx, xtwz=sums.xtwz,
             n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
         )
+
+    def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
+        """The model's rows for a round, with the design's `rounds.x_peaks` (kept; only
+        rows of several blocks use them)."""
+        several = m.X.shape[0] > rounds.block_rows(m.X.shape[1])
+        if several and (self._peaks is None or self._peaks[0] != design.token):
+            self._peaks = (design.token, rounds.x_peaks(m.X))
+        if not several:
+            return rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols)
+        return rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols,
+                           self._peaks[1])
 
     def _previous_weights(self, design: Design, key: tuple) -> Optional[np.ndarray]:
         """The working weights of the site's previous valid contribution to this model

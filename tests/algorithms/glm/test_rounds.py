@@ -112,6 +112,11 @@ def test_the_block_bound_holds_and_settles_honest_rounds():
         peaks = np.maximum.reduceat(A ** 2, starts, axis=0)
         bound = disclosure.round_bound(gram, peaks)
         assert bound >= h.max() * (1 - 1e-12)
+        # What a round uses: the largest weight times the largest x_ij^2 of the sub-block.
+        products = np.maximum.reduceat(w, starts)[:, None] * \
+            np.maximum.reduceat(X ** 2, starts, axis=0)
+        looser = disclosure.round_bound(gram, products)
+        assert looser >= bound * (1 - 1e-12) and looser < 0.01
         if sub == 1:  # one row per sub-block: the bound of check_round itself
             d = 1 / np.sqrt(np.diag(gram))
             lmin = np.linalg.eigvalsh(gram * np.outer(d, d))[0]
