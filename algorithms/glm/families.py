@@ -333,6 +333,8 @@ def binomial_loglike(y, mu, w, trials=None) -> float:
     m, y, mu, w = m[used], y[used], mu[used], w[used]
     size = np.round(m)
     k = np.round(m * y)
-    logpmf = (special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
-              + special.xlogy(k, mu) + special.xlog1py(size - k, -mu))
+    logpmf = special.xlogy(k, mu) + special.xlog1py(size - k, -mu)
+    if not np.all(size == 1):  # one trial per row: the binomial coefficients are all 1
+        logpmf += (special.gammaln(size + 1) - special.gammaln(k + 1)
+                   - special.gammaln(size - k + 1))
     return float(np.sum(w / m * logpmf))

@@ -294,7 +294,7 @@ class Site:
             raise SiteError(problem)
         disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
                                  data.offset)
-        guards.check_leverage(disclosure.max_leverage(data.X, data.weights))
+        disclosure.check_design(guards, data.X, data.weights, self._design_peaks(design, data))
         disclosure.check_expressions(guards, frame, design.info.expressions,
                                      used=np.asarray(data.weights) > 0)
         self._built = (design.token, data, guards)
@@ -351,16 +351,19 @@ class Site:
             n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
         )
 
-    def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
-        """The model's rows for a round, with the design's `rounds.x_peaks` (kept; only
-        rows of several blocks use them)."""
-        several = m.X.shape[0] > rounds.block_rows(m.X.shape[1])
-        if several and (self._peaks is None or self._peaks[0] != design.token):
+    def _design_peaks(self, design: Design, m: ModelData) -> Optional[np.ndarray]:
+        """The design's `rounds.x_peaks` (kept), for the leverage bounds of a design of
+        several blocks of rows (None for fewer: the exact checks cost no more there)."""
+        if m.X.shape[0] <= rounds.block_rows(m.X.shape[1]):
+            return None
+        if self._peaks is None or self._peaks[0] != design.token:
             self._peaks = (design.token, rounds.x_peaks(m.X))
-        if not several:
-            return rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols)
+        return self._peaks[1]
+
+    def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
+        """The model's rows for a round."""
         return rounds.Rows(m.X, m.y, m.weights, m.offset, design.family, m.d_star, cols,
-                           self._peaks[1])
+                           self._design_peaks(design, m))
 
     def _previous_weights(self, design: Design, key: tuple) -> Optional[np.ndarray]:
         """The working weights of the site's previous valid contribution to this model

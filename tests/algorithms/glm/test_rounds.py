@@ -124,3 +124,36 @@ def test_the_block_bound_holds_and_settles_honest_rounds():
     assert bound < 0.01  # settles the check (GLM_MAX_LEVERAGE 0.99)
     # An aliased column: no bound, the exact check decides.
     assert disclosure.round_bound(np.ones((2, 2)), np.ones((1, 2))) == float("inf")
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + I(x + (id == 17))",                # an indicator hidden in a continuous column
+    "y ~ x + I(x + 0.001 * (id == 17))",        # ... however small
+])
+def test_a_design_that_isolates_a_row_is_refused_in_blocks(tiny_blocks, formula):
+    """The design's leverage check of test_attacks.py with the block bound in front of it:
+    the bound cannot settle these, the exact check refuses them."""
+    rng = np.random.default_rng(2)
+    frames = [pd.DataFrame({"id": np.arange(100) + 1000 * i, "x": rng.normal(size=100),
+                            "y": rng.normal(size=100)}) for i in range(3)]
+    with pytest.raises(PrivacyError) as info:
+        glm.fit(formula, frames, cluster="inprocess")
+    assert info.value.guard == "GLM_MAX_LEVERAGE"
+
+
+def test_honest_large_sites_pass_on_the_bound_alone(monkeypatch):
+    """On sites of many blocks the bounds settle the design's and every round's leverage
+    check: the exact (two-pass) computation is never needed."""
+    def exact(*args, **kwargs):
+        raise AssertionError("the exact leverage was computed")
+
+    monkeypatch.setattr(disclosure, "max_leverage", exact)
+    rng = np.random.default_rng(4)
+    frames = []
+    for i in range(2):
+        x = rng.normal(size=(3 * rounds.block_rows(4), 3))
+        eta = 0.3 + x @ [0.5, -0.2, 0.1]
+        frames.append(pd.DataFrame(x, columns=["a", "b", "c"]).assign(
+            y=(rng.uniform(size=len(x)) < 1 / (1 + np.exp(-eta))).astype(int)))
+    res = glm.fit("y ~ a + b + c", frames, family="binomial", cluster="inprocess")
+    assert res.converged
