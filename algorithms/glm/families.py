@@ -316,6 +316,10 @@ class Family:
         return 0
 
 
+#: Rows per block of `binomial_loglike`.
+_ROWS = 1 << 16
+
+
 def _binomial_trials(w, trials) -> np.ndarray:
     """R's ``m`` in ``binomial()$aic``: the numbers of trials of a cbind response, else the
     prior weights (a proportion with ``weights=`` its numbers of trials)."""
@@ -329,6 +333,9 @@ def binomial_loglike(y, mu, w, trials=None) -> float:
     unit weights it is statsmodels' (which ignores the weights as numbers of trials)."""
     m = _binomial_trials(w, trials)
     y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    if len(y) > _ROWS:  # by blocks: a dozen temporaries of n rows would outweigh X
+        return float(sum(binomial_loglike(y[r], mu[r], w[r], m[r])
+                         for r in (slice(i, i + _ROWS) for i in range(0, len(y), _ROWS))))
     used = m > 0
     m, y, mu, w = m[used], y[used], mu[used], w[used]
     size = np.round(m)

@@ -286,8 +286,11 @@ class Site:
             limits.check_width(cast, design.formula, design.levels, CONTEXT,
                                guards.check_parameters)
 
+        consume = self._consumable(frame, design)
         with limits.time_limit(self.build_seconds):
-            data = model_data(frame, design, width_check=width)
+            data = model_data(frame, design, width_check=width, consume=consume)
+        if consume:  # its columns went into X: read them again if another design needs them
+            self._some_columns = self._frame_cache = None
         guards.check_parameters(data.X.shape[1], len(data.y))
         problem = design.family.check_response(data.y, data.weights)
         if problem:
@@ -300,6 +303,13 @@ class Site:
         self._built = (design.token, data, guards)
         self._count_query(design, guards)
         return data
+
+    def _consumable(self, frame: pd.DataFrame, design: Design) -> bool:
+        """Whether building ``design`` may empty ``frame``: it holds the columns read from
+        a Parquet source for this site alone (which it can read again), and no expression
+        of the formula is checked on it after the build."""
+        return (_is_parquet(self.source) and self._table is None
+                and frame is self._some_columns and not design.info.expressions)
 
     def round_guards(self, design: Design) -> Guards:
         """The guards of the model built for ``design`` (after `model`)."""
