@@ -30,7 +30,9 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Mapping, Optional
+
+import sys
+from typing import Any, Collection, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -537,7 +539,7 @@ def merge_moments(per_site: list) -> dict:
 
 
 def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
-               width_check=None) -> ModelData:
+               width_check=None, consume: bool = False) -> ModelData:
     """Build y, X, prior weights, offset and d* from one site's complete rows.
 
     ``frame`` holds the complete cases of the used columns. Categorical columns are cast to
@@ -546,6 +548,7 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     (and the intercept), X is filled from those columns directly (`direct_columns`), unless
     ``direct`` is False; the matrices are the same. ``width_check(frame)``, given the frame
     with its categorical columns cast, may refuse the design before it is built.
+    ``consume``: ``frame`` is the caller's to empty (see `_direct_design`).
     """
     info = design.info
     if design.levels is not None:
@@ -566,7 +569,8 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
         width_check(frame)
     columns = direct_columns(frame, design) if direct else None
     if columns is not None:
-        y, X, names = _direct_design(frame, *columns)
+        y, X, names = _direct_design(frame, *columns, consume=consume,
+                                     keep=set(design.extra_columns.values()))
         built_by = "direct"
     else:
         y, X, names = _formulaic_design(frame, design)
@@ -719,13 +723,35 @@ def _sources(spec) -> Optional[list]:
     return sources
 
 
-def _direct_design(frame: pd.DataFrame, response: str, sources: list, names: list) -> tuple:
-    """y, X (column-major, as formulaic's would be) and the names, copied from ``frame``."""
+def _direct_design(frame: pd.DataFrame, response: str, sources: list, names: list,
+                   consume: bool = False, keep: Collection[str] = ()) -> tuple:
+    """y, X (column-major, as formulaic's would be) and the names, copied from ``frame``.
+
+    ``consume``: ``frame`` is the site's own, and each column is deleted from it once
+    copied (but those in ``keep``): the memory of X's columns (allocated as they are
+    written) replaces theirs one by one, so the site never holds its table and its design
+    at once (a Parquet site's peak memory is then about its design's)."""
     y = np.array(frame[response].to_numpy(), dtype=float)
+    last = {col: j for j, col in enumerate(sources) if col is not None}
+    gone = lambda col: consume and col not in keep and col in frame
+    if gone(response) and response not in last:
+        del frame[response]
     X = np.empty((len(frame), len(sources)), order="F")
     for j, col in enumerate(sources):
         X[:, j] = 1.0 if col is None else frame[col].to_numpy()
+        if col is not None and last[col] == j and col != response and gone(col):
+            del frame[col]
+            _return_memory()
     return y, X, list(names)
+
+
+def _return_memory() -> None:
+    """Give the memory of deleted columns back to the system: pyarrow's allocator
+    (mimalloc or jemalloc, where a Parquet table's columns live) keeps freed pages until
+    asked (measured: 2M x 20 doubles stayed resident after every column was deleted)."""
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
 
 
 def _column(frame: pd.DataFrame, name: Optional[str], n: int, default: float) -> np.ndarray:

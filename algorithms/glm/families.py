@@ -381,6 +381,10 @@ def negbin_sums(y, mu, w, theta: Optional[float]) -> dict:
     return out
 
 
+#: Rows per block of `binomial_loglike`.
+_ROWS = 1 << 16
+
+
 def _binomial_trials(w, trials) -> np.ndarray:
     """R's ``m`` in ``binomial()$aic``: the numbers of trials of a cbind response, else the
     prior weights (a proportion with ``weights=`` its numbers of trials)."""
@@ -397,10 +401,15 @@ def binomial_loglike(y, mu, w, trials=None, freq=None) -> float:
     if freq is not None:  # R's likelihood of the rows repeated
         w = w * np.asarray(freq, dtype=float)
         m = np.broadcast_to(m, w.shape)
+    if len(y) > _ROWS:  # by blocks: a dozen temporaries of n rows would outweigh X
+        return float(sum(binomial_loglike(y[r], mu[r], w[r], m[r])
+                         for r in (slice(i, i + _ROWS) for i in range(0, len(y), _ROWS))))
     used = m > 0
     m, y, mu, w = m[used], y[used], mu[used], w[used]
     size = np.round(m)
     k = np.round(m * y)
-    logpmf = (special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
-              + special.xlogy(k, mu) + special.xlog1py(size - k, -mu))
+    logpmf = special.xlogy(k, mu) + special.xlog1py(size - k, -mu)
+    if not np.all(size == 1):  # one trial per row: the binomial coefficients are all 1
+        logpmf += (special.gammaln(size + 1) - special.gammaln(k + 1)
+                   - special.gammaln(size - k + 1))
     return float(np.sum(w / m * logpmf))

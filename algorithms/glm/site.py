@@ -26,13 +26,12 @@ from typing import Any, Collection, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import disclosure, limits
+from . import disclosure, limits, rounds
 from .audit import AUDIT_LOG, Audit
 from .design import (CONTEXT, Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
 from .families import negbin_sums
 from .guards import ENVIRONMENT, Guards, PrivacyError
-from .linalg import weighted_sums
 from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,8 @@ class Site:
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
-        self._work: Optional[np.ndarray] = None  # sqrt(W) X of the latest round, reused
+        self._work: Optional[np.ndarray] = None  # the block buffer of the rounds, reused
+        self._peaks: Optional[tuple] = None  # (design token, rounds.x_peaks of its X)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
         # (design token, subset) -> the working weights of the last valid contribution
         self._working: dict = {}
@@ -144,6 +144,7 @@ class Site:
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
         self._table, self._built, self._frame_cache, self._work = table, None, None, None
+        self._peaks = None
         self._some_columns = None
         if name is not None:
             self.name = name
@@ -312,20 +313,30 @@ class Site:
             limits.check_width(cast, design.formula, design.levels, CONTEXT,
                                guards.check_parameters)
 
+        consume = self._consumable(frame, design)
         with limits.time_limit(self.build_seconds):
-            data = model_data(frame, design, width_check=width)
+            data = model_data(frame, design, width_check=width, consume=consume)
+        if consume:  # its columns went into X: read them again if another design needs them
+            self._some_columns = self._frame_cache = None
         guards.check_parameters(data.X.shape[1], len(data.y))
         problem = design.family.check_response(data.y, data.weights)
         if problem:
             raise SiteError(problem)
         disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
                                  data.offset)
-        guards.check_leverage(disclosure.max_leverage(data.X, data.weights))
+        disclosure.check_design(guards, data.X, data.weights, self._design_peaks(design, data))
         disclosure.check_expressions(guards, frame, design.info.expressions,
                                      used=np.asarray(data.weights) > 0)
         self._built = (design.token, data, guards)
         self._count_query(design, guards)
         return data
+
+    def _consumable(self, frame: pd.DataFrame, design: Design) -> bool:
+        """Whether building ``design`` may empty ``frame``: it holds the columns read from
+        a Parquet source for this site alone (which it can read again), and no expression
+        of the formula is checked on it after the build."""
+        return (_is_parquet(self.source) and self._table is None
+                and frame is self._some_columns and not design.info.expressions)
 
     def round_guards(self, design: Design) -> Guards:
         """The guards of the model built for ``design`` (after `model`)."""
@@ -337,77 +348,76 @@ class Site:
                      subset: Optional[Sequence[str]] = None) -> Contribution:
         """The site's sums at ``query.beta`` (R's starting values for version 0)."""
         m = self.model(design)
-        X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
-        fam = design.family.bind(m.d_star)
-        y, w, offset = m.y, m.weights, m.offset
-        with np.errstate(all="ignore"):
-            if query.beta is None:
+        cols = None if subset is None else [m.names.index(c) for c in subset]
+        rows = self._rows(design, m, cols)
+        y, w = m.y, m.weights
+        start = None
+        if query.beta is None:
+            fam = design.family.bind(m.d_star)
+            with np.errstate(all="ignore"):
                 mu = fam.start_mu(y, w, m.trials)
                 eta = fam.linkfun(mu)
                 if not fam.valid(eta, mu):
                     raise SiteError(f"cannot find valid starting values for the {fam.name} "
                                     f"family with the {fam.link_name} link at site "
                                     f"{self.name}: supply start=...")
-            else:
-                eta = X @ query.beta + offset
-                mu = fam.linkinv(eta)
+            start = (eta, mu)
         w = m.fit_weights  # with frequency weights: a row counts as that many rows
         counts = dict(nobs=m.rows, n_ok=m.rows_ok, sum_wy=float(np.sum(w * y)),
                       sum_w=float(np.sum(w)), site=self.name,
                       columns=tuple(m.names if subset is None else subset)
                       if query.version == 0 else None)
+        key = (design.token, None if subset is None else tuple(subset))
         with np.errstate(all="ignore"):
-            if not fam.valid(eta, mu):
+            sums, self._work = rounds.irls_round(
+                rows, query.beta, start, self._previous_weights(design, key), query.null,
+                self._work)
+            if sums is None:
                 return Contribution(query.version, False, **counts)
-            deviance = fam.deviance(y, mu, w)
-            if not np.isfinite(deviance):
-                return Contribution(query.version, False, **counts)
-            # The working response and weights of IRLS (statsmodels' and R's formulas).
-            weights = w * fam.working_weights(mu)
-            z = eta - offset + fam.deriv(mu) * (y - mu)
-            good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-            if good.all():
-                xtwx, xtwz, work = self._weighted_sums(X, weights, z, keep=X is m.X)
-            else:  # R drops these rows from the weighted least squares
-                xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
             # The coefficients choose the weights: they must not single out a row.
             try:
-                disclosure.check_round(self.round_guards(design), work[:, :X.shape[1]], xtwx)
+                rounds.check_leverage(self.round_guards(design), rows, sums)
             except PrivacyError as exc:
                 self.audit.refused(design.model_key, exc)
                 log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
-            if subset is None and query.beta is not None:
-                self._passed(design, query.beta)
-            used = np.where(good, weights, 0.0)
-            working_chi2 = self._working_chi2(design, subset, query.version, used,
-                                              (y - mu) * fam.deriv(mu))
-            return Contribution(
-                query.version, True, deviance=deviance,
-                pearson_chi2=fam.pearson_chi2(y, mu, w), working_chi2=working_chi2,
-                xtwx=xtwx, xtwz=xtwz,
-                n_boundary=fam.boundary_count(mu),
-                null_deviance=self._null_deviance(fam, m, query.null),
-                **counts,
-            )
+        if subset is None and query.beta is not None:
+            self._passed(design, query.beta)
+        self._keep_weights(key, query.version, sums.weights)
+        return Contribution(
+            query.version, True, deviance=sums.deviance, pearson_chi2=sums.pearson_chi2,
+            working_chi2=sums.working_chi2, xtwx=sums.xtwx, xtwz=sums.xtwz,
+            n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
+        )
 
-    def _working_chi2(self, design: Design, subset, version: int, weights: np.ndarray,
-                      residuals: np.ndarray) -> float:
-        """R's ``sum(weights * residuals^2)`` of ``summary.glm``: the working weights of
-        the previous valid contribution (R's last iteration), the working residuals at
-        these coefficients. These weights and the previous ones are kept, with the version
-        of these coefficients: the next contribution and the sandwich's meat at these
-        coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
-        key = (design.token, None if subset is None else tuple(subset))
+    def _design_peaks(self, design: Design, m: ModelData) -> Optional[np.ndarray]:
+        """The design's `rounds.x_peaks` (kept), for the leverage bounds of a design of
+        several blocks of rows (None for fewer: the exact checks cost no more there)."""
+        if m.X.shape[0] <= rounds.block_rows(m.X.shape[1]):
+            return None
+        if self._peaks is None or self._peaks[0] != design.token:
+            self._peaks = (design.token, rounds.x_peaks(m.X))
+        return self._peaks[1]
+
+    def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
+        """The model's rows for a round."""
+        return rounds.Rows(m.X, m.y, m.fit_weights, m.offset, design.family, m.d_star, cols,
+                           self._design_peaks(design, m))
+
+    def _previous_weights(self, design: Design, key: tuple) -> Optional[np.ndarray]:
+        """The working weights of the site's previous valid contribution to this model
+        (R's last IRLS iteration), for ``summary.glm``'s ``sum(w_work * r_work^2)``."""
         if any(k[0] != design.token for k in self._working):
             self._working = {}
+        return self._working.get(key, (None, None, None))[1]
+
+    def _keep_weights(self, key: tuple, version: int, weights: np.ndarray) -> None:
+        """Keep these coefficients' working weights and the previous ones, with the version
+        of these coefficients: the next contribution and the sandwich's meat at these
+        coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
         previous = self._working.get(key, (None, None, None))[1]
         self._working[key] = (version, weights, previous)
-        if previous is None or len(previous) != len(residuals):
-            return float("nan")
-        used = previous > 0
-        return float(np.sum(previous[used] * residuals[used] ** 2))
 
     def _last_weights(self, design: Design, version: Optional[int]) -> Optional[np.ndarray]:
         """The working weights of R's last iteration for the coefficients of ``version``
@@ -416,23 +426,6 @@ class Site:
         if version is None or held is None or held[0] != version:
             return None
         return held[2]
-
-    def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
-                       keep: bool) -> tuple:
-        """X'WX, X'Wz and sqrt(W) [X z]; the buffer for sqrt(W) X is kept for the next round when X is
-        the whole design."""
-        xtwx, xtwz, work = weighted_sums(X, weights, z, self._work if keep else None)
-        if keep:
-            self._work = work
-        return xtwx, xtwz, work
-
-    @staticmethod
-    def _null_deviance(fam, m: ModelData, null) -> Optional[float]:
-        if null is None:
-            return None
-        if null == "offset":  # no intercept: R's null model is mu = g^{-1}(offset)
-            return fam.deviance(m.y, fam.linkinv(m.offset), m.fit_weights)
-        return fam.deviance(m.y, np.full_like(m.y, float(null)), m.fit_weights)
 
     @_guarded
     def loglike(self, design: Design, beta: np.ndarray, scale: float,
