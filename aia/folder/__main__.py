@@ -39,7 +39,11 @@ def add_site_arguments(p: argparse.ArgumentParser, min_sites: int) -> None:
                         "site)")
     p.add_argument("--min-sites", type=int, default=min_sites,
                    help=f"refuse runs with fewer sites (default {min_sites})")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the folder")
+    p.add_argument("--poll", type=float, default=0.5,
+                   help="seconds between looks at the folder besides file events (default "
+                        "0.5; the fallback for folders that send no events)")
+    p.add_argument("--no-watch", dest="watch", action="store_false",
+                   help="do not wait on file events: look every --poll seconds only")
     p.add_argument("--timeout", type=float, default=None,
                    help="give up after this many seconds (default: wait for the model's end)")
     p.add_argument("--key-file", default=None,
@@ -70,7 +74,7 @@ def run_site(args, allow=None, loader_options=None) -> int:
         state = serve(args.folder, args.site, args.data, session=args.session, poll=args.poll,
                       key=read_key(args.key_file), allow=allow, min_sites=args.min_sites,
                       timeout=args.timeout, max_bytes=args.max_bytes, peers=peers,
-                      loader_options=loader_options)
+                      loader_options=loader_options, watch=args.watch)
     except KeyboardInterrupt:
         print(f"site {args.site}: interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ import cloudpickle
 from ..cluster import Answer, Cluster, Failed, Run
 from . import codec, registry
 from .layout import Reader, Session, check_name
+from .watch import Waiter
 
 log = logging.getLogger("aia.folder")
 
@@ -58,8 +59,10 @@ class FolderCluster(Cluster):
     (numbers, strings, numeric arrays, lists, dicts, registered dataclasses).
 
     ``session`` names the session (default: a fresh random name); a central that starts
-    again with the same name resumes (see the module docstring). ``poll``: seconds between
-    looks at the folder. ``timeout``: seconds from now after which waiting for a site raises
+    again with the same name resumes (see the module docstring). ``watch``: wait on file
+    events (watchdog), so that an answer is seen within milliseconds; ``poll``: seconds
+    between looks at the folder anyway (the fallback for folders that send no events, such
+    as network shares; the only way with ``watch=False``). ``timeout``: seconds from now after which waiting for a site raises
     `SitesTimeoutError` naming the sites that owe answers. ``key``: a secret shared with the
     sites out of band; files without its signature are ignored. ``report_every``: seconds
     between log lines naming the sites waited for.
@@ -72,7 +75,8 @@ class FolderCluster(Cluster):
     def __init__(self, folder: Union[str, Path], sites: Sequence[str], *,
                  session: Optional[str] = None, poll: float = 0.5,
                  timeout: Optional[float] = None, key: Union[None, str, bytes] = None,
-                 max_bytes: int = codec.MAX_BYTES, report_every: float = 10.0):
+                 max_bytes: int = codec.MAX_BYTES, report_every: float = 10.0,
+                 watch: bool = True):
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"folder: {folder} is not a directory (the synced folder "
@@ -99,6 +103,7 @@ class FolderCluster(Cluster):
         self._closed = False
         self._state: Optional[str] = None
         self._open_session()
+        self.waiter = Waiter(self.layout.dir, "central", watch)
 
     # -- the session -------------------------------------------------------------------------
     def _where(self, **kw) -> dict:
@@ -225,6 +230,7 @@ class FolderCluster(Cluster):
 
     def close(self) -> None:
         self._closed = True
+        self.waiter.close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._closed:
@@ -314,6 +320,7 @@ class FolderRun(Run):
         cluster = self.cluster
         end = None if timeout is None else time.monotonic() + timeout
         while True:
+            cluster.waiter.arm()  # a change from here on ends the wait below at once
             events = self._poll()
             if events:
                 return events
@@ -329,7 +336,7 @@ class FolderRun(Run):
             for limit in (end, cluster.deadline):
                 if limit is not None:
                     nap = min(nap, max(0.0, limit - now))
-            time.sleep(nap)
+            cluster.waiter.wait(nap)
 
     def _poll(self) -> list:
         found = []  # (recorded step or None, pid, event)

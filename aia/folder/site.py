@@ -22,6 +22,7 @@ from .._worker import remote_error
 from . import codec, registry
 from .central import as_key
 from .layout import QUERY, Reader, Session, check_name, sessions
+from .watch import Waiter
 
 log = logging.getLogger("aia.folder")
 
@@ -30,7 +31,8 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
           session: Optional[str] = None, poll: float = 0.5, key: Union[None, str, bytes] = None,
           allow: Optional[Iterable[str]] = None, min_sites: int = 1,
           timeout: Optional[float] = None, max_bytes: int = codec.MAX_BYTES,
-          stop=None, peers: Optional[Iterable[str]] = None, loader_options=None) -> str:
+          stop=None, peers: Optional[Iterable[str]] = None, loader_options=None,
+          watch: bool = True) -> str:
     """Serve as ``site`` until the session ends; returns ``"finished"`` or ``"cancelled"``
     (``"timeout"`` after ``timeout`` seconds, ``"stopped"`` once the event ``stop`` is set).
 
@@ -44,10 +46,12 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
     ``min_sites`` with invented names); a run waits until enough of them have joined.
     ``key``: the secret shared with the central, if the session uses one.
     ``loader_options``: keyword arguments for the problem loaders that take them (e.g. the
-    GLM site's audit log).
+    GLM site's audit log). ``watch``: wait on file events (watchdog), answering within
+    milliseconds; ``poll``: seconds between looks at the folder anyway (the fallback for
+    folders that send no events; the only way with ``watch=False``).
     """
     return _Server(folder, site, data, session, poll, key, allow, min_sites, timeout,
-                   max_bytes, stop, peers, loader_options).loop()
+                   max_bytes, stop, peers, loader_options, watch).loop()
 
 
 @dataclass
@@ -66,7 +70,7 @@ class _RunState:
 
 class _Server:
     def __init__(self, folder, site, data, session, poll, key, allow, min_sites, timeout,
-                 max_bytes, stop, peers=None, loader_options=None):
+                 max_bytes, stop, peers=None, loader_options=None, watch=True):
         self.folder = Path(folder).expanduser()
         self.site = check_name("site", site)
         self.data = None if data is None else str(Path(data).expanduser())
@@ -89,17 +93,25 @@ class _Server:
         self.layout: Optional[Session] = None
         self.runs: dict = {}
         self.problems: dict = {}  # loader -> the problem it built (shared between runs)
+        self.waiter = Waiter(self.folder, f"site {self.site}", watch)
 
     def where(self, **kw) -> dict:
         return {"session": self.layout.name, **kw}
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> str:
+        try:
+            return self._loop()
+        finally:
+            self.waiter.close()
+
+    def _loop(self) -> str:
         started = time.monotonic()
         log.info("site %s: waiting for a model in %s", self.site, self.folder)
         while True:
             if self.stop is not None and self.stop.is_set():
                 return "stopped"
+            self.waiter.arm()  # a change from here on ends the wait below at once
             state = self.poll_once()
             if state is not None:
                 log.info("site %s: model %s %s; exiting", self.site, self.layout.name, state)
@@ -108,7 +120,10 @@ class _Server:
                 log.warning("site %s: no end of the model after %g s; exiting", self.site,
                             self.timeout)
                 return "timeout"
-            time.sleep(self.poll)
+            nap = self.poll
+            if self.timeout is not None:
+                nap = min(nap, max(0.0, started + self.timeout - time.monotonic()))
+            self.waiter.wait(nap)
 
     def poll_once(self) -> Optional[str]:
         """One look at the folder: join a session, serve its runs; its end state once it

@@ -205,7 +205,7 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
                min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
                session: Optional[str] = None, key: Optional[bytes] = None,
-               guards: Any = None, verbose: int = 0) -> GLMResults:
+               guards: Any = None, verbose: int = 0, watch: bool = True) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
@@ -213,7 +213,8 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     answer. ``session`` defaults to a name derived from the model, so a central started again
     resumes. The session is marked finished on success and cancelled when a site refuses
     (the sites exit); after a timeout or an interruption it stays open for a new central.
-    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous).
+    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
+    ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -230,7 +231,8 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     if session is None:
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
                                max_iter=max_iter)
-    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key)
+    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
+                            watch=watch)
     try:
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
                            max_iter, True, verbose)
@@ -364,7 +366,10 @@ def parser() -> argparse.ArgumentParser:
                          help="seconds after which the fit fails, naming the sites that owe "
                               "an answer")
     central.add_argument("--poll", type=float, default=0.5,
-                         help="seconds between looks at the folder")
+                         help="seconds between looks at the folder besides file events "
+                              "(default 0.5; the fallback for folders that send no events)")
+    central.add_argument("--no-watch", dest="watch", action="store_false",
+                         help="do not wait on file events: look every --poll seconds only")
     central.add_argument("--session", "--model", dest="session", default=None,
                          help="the model's name in the folder (default: derived from the "
                               "model, so the same command resumes)")
@@ -404,7 +409,8 @@ def _central(args) -> int:
                         weights=args.weights, offset=args.offset, exposure=args.exposure,
                         expected=args.expected, method=args.method, tol=args.tol,
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
-                        poll=args.poll, session=args.session, key=key, verbose=args.verbose)
+                        poll=args.poll, session=args.session, key=key, verbose=args.verbose,
+                        watch=args.watch)
     _print(result, args.csv)
     if args.output:
         out = Path(args.output).expanduser()

@@ -1,0 +1,119 @@
+"""Waiting for the folder to change: file events, with a look every ``poll`` seconds anyway.
+
+Both sides loop: look at the folder, and if there is nothing to do, wait. `Waiter.wait`
+returns as soon as a file under the watched directory is created, replaced, deleted or
+closed after writing (watchdog: inotify on Linux, FSEvents on macOS,
+ReadDirectoryChangesW on Windows), and after ``poll`` seconds at the latest. So a local
+folder answers within milliseconds, and a folder that sends no events (a network share, a
+synced folder whose client writes without them) still works, at ``poll`` seconds a look.
+
+Events only wake the loop: it then reads the folder as it would after a sleep, through the
+same checks (`aia.folder.safefs`, `aia.folder.codec`). Nothing in an event is trusted or
+used besides "something changed". Temporary files (``.~*``, the writers' own) wake nobody;
+a flood of events (another member writing without end) wakes the loop at most once a
+millisecond. If events cannot be had (watchdog missing, the inotify watch limit reached),
+the loop logs it once and looks every ``poll`` seconds, as before events.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("aia.folder")
+
+#: The least time between two looks woken by events (a flood of events costs no more).
+MIN_GAP = 0.001
+
+
+class Waiter:
+    """``wait(seconds)``: sleep until the watched directory changes, or ``seconds`` pass.
+
+    Call `arm` before each look at the folder: a change that happens during the look then
+    ends the next `wait` at once, so no change is missed between a look and a wait.
+    ``watch=False`` (or no events to be had): plain sleeps."""
+
+    def __init__(self, root: Path, who: str, watch: bool = True):
+        self.root = Path(root)
+        self.who = who
+        self.watch = bool(watch)
+        self.changed = threading.Event()
+        self._observer = None
+        self._started = False
+        self._last = 0.0
+
+    @property
+    def watching(self) -> bool:
+        """Whether file events wake this waiter (known once it has waited)."""
+        return self._observer is not None
+
+    def arm(self) -> None:
+        self.changed.clear()
+
+    def wait(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.watch and not self._started:
+            self._started = True
+            self._observer = _start_observer(self.root, self.changed, self.who)
+        if self._observer is None:
+            time.sleep(seconds)
+            return
+        gap = MIN_GAP - (time.monotonic() - self._last)
+        if gap > 0:
+            time.sleep(min(gap, seconds))
+        self.changed.wait(max(0.0, seconds - max(gap, 0.0)))
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(2)
+            except Exception:  # noqa: BLE001 - closing never fails the caller
+                pass
+
+
+def _start_observer(root: Path, changed: threading.Event, who: str):
+    """A started watchdog observer of ``root`` (recursive) that sets ``changed``; None (and
+    a warning) if events cannot be had."""
+    try:
+        from watchdog import events  # noqa: PLC0415 - only where events are used
+        from watchdog.observers import Observer  # noqa: PLC0415
+    except ImportError:
+        log.warning("%s: watchdog is not installed: looking at the folder every poll "
+                    "instead of waiting for file events (pip install watchdog)", who)
+        return None
+
+    class Changed(events.FileSystemEventHandler):
+        def on_any_event(self, event) -> None:
+            path = getattr(event, "dest_path", "") or event.src_path
+            name = Path(path if isinstance(path, str) else path.decode(errors="replace")).name
+            if not name.startswith(".~"):  # a writer's temporary file: the rename follows
+                changed.set()
+
+    kinds = [events.FileCreatedEvent, events.DirCreatedEvent, events.FileMovedEvent,
+             events.DirMovedEvent, events.FileDeletedEvent, events.DirDeletedEvent,
+             events.FileClosedEvent]
+    if not sys.platform.startswith("linux"):  # FSEvents, ReadDirectoryChangesW: no "closed"
+        kinds.append(events.FileModifiedEvent)
+    observer = Observer()
+    try:
+        # follow_symlink stays False: a link planted in the folder is not walked into.
+        observer.schedule(Changed(), str(root), recursive=True, event_filter=kinds)
+        observer.start()
+    except Exception as exc:  # noqa: BLE001 - e.g. the inotify watch limit
+        log.warning("%s: no file events for %s (%s: %s): looking at the folder every poll "
+                    "instead", who, root, type(exc).__name__, exc)
+        try:
+            observer.stop()
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+    log.debug("%s: waiting on file events under %s", who, root)
+    return observer
