@@ -70,6 +70,11 @@ def run_site(args, allow=None, loader_options=None) -> int:
     setup_logging(args.verbose)
     peers = None if args.peers is None else [p.strip() for p in args.peers.split(",")
                                              if p.strip()]
+    if args.data is not None and not Path(args.data).expanduser().is_file():
+        # At once, not when the first model arrives (the session stays usable).
+        print(f"site {args.site}: error: no data file {args.data} (--data: this site's own "
+              f"data file)", file=sys.stderr)
+        return 2
     try:
         state = serve(args.folder, args.site, args.data, session=args.session, poll=args.poll,
                       key=read_key(args.key_file), allow=allow, min_sites=args.min_sites,

@@ -10,6 +10,16 @@ recorded answer is used without asking the site again, in the order the first ce
 consumed them (each query records how many answers the central had consumed when it was
 written). A deterministic central thus replays to the last complete iteration and goes on
 from there; a query that differs replaces the recorded one, and its site answers it anew.
+
+Errors are not replayed. A recorded answer that is an error (the site raised, or the
+algorithm's registered ``failed`` says the answer is a refusal, as a GLM site's guard) is
+asked again: the query is written anew with this central's attempt in its envelope, so its
+digest differs and the site (fixed, or not) answers it anew; the run goes on live from
+there. Each central draws an attempt token and writes it to ``central.json``; a site's
+``status.json`` says which attempt it answers (and which site process wrote it), and a failed
+status of an earlier attempt is stale: ignored, while the site sets the run up again for
+this attempt. So after a site's error, fixing the site and running the same central again
+resumes the session.
 """
 
 from __future__ import annotations
@@ -91,6 +101,7 @@ class FolderCluster(Cluster):
                 raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
         self.session = check_name("session", session) if session else \
             f"aia-{secrets.token_hex(6)}"
+        self.attempt = secrets.token_hex(8)  # this central's: a site's status names it
         self.layout = Session(folder, self.session)
         self.poll = float(poll)
         self.timeout = timeout
@@ -129,6 +140,8 @@ class FolderCluster(Cluster):
                                f"name to start afresh")
         if end == "finished":
             log.info("session %s is finished: its recorded answers are replayed", self.session)
+        # A new attempt: sites set up again the runs that failed for an earlier one.
+        lay.write(lay.central, "central", self._where(), {"attempt": self.attempt}, self.key)
         log.info("session %s in %s, sites %s", self.session, lay.folder, ", ".join(self.sites))
 
     def _end(self) -> Optional[str]:
@@ -201,7 +214,7 @@ class FolderCluster(Cluster):
             lay.unlink(lay.run_dir(run) / "end.json")
         log.info("run %s: %s on %s%s", run, entry.name, ", ".join(s for _, s in body["sites"]),
                  " (resumed)" if resumed else "")
-        return FolderRun(self, run, list(pids), resumed), []
+        return FolderRun(self, run, list(pids), resumed, entry), []
 
     def _supersede(self, run: str) -> None:
         """A new run: end the runs of an earlier central from its number on (they belong to
@@ -258,8 +271,10 @@ class _Peer:
 class FolderRun(Run):
     """One run: queries written to, answers read from, the sites' folders of the run."""
 
-    def __init__(self, cluster: FolderCluster, run: str, pids: list, resumed: bool):
+    def __init__(self, cluster: FolderCluster, run: str, pids: list, resumed: bool,
+                 entry: Optional[registry.Entry] = None):
         self.cluster = cluster
+        self.entry = entry
         self.run = run
         self.layout = cluster.layout
         self.peers = {pid: _Peer(pid, cluster.site_of(pid)) for pid in pids}
@@ -290,7 +305,16 @@ class FolderRun(Run):
         data, digest = codec.dumps("query", self._where(peer), fmt="npz", key=self.cluster.key,
                                    extra={"step": self.step}, encoded=encoded)
         path = self.layout.query(self.run, peer.site, peer.seq)
-        if not (self.resumed and self._recorded_bytes(path) == data):
+        recorded = self._recorded_bytes(path) if self.resumed else None
+        if recorded == data and self._recorded_failure(peer, digest):
+            # An error is not replayed: the same query under this attempt, answered anew.
+            data, digest = codec.dumps("query", self._where(peer), fmt="npz",
+                                       key=self.cluster.key, encoded=encoded,
+                                       extra={"step": self.step,
+                                              "retry": self.cluster.attempt})
+            log.info("run %s: %s's recorded answer to query %d is an error: asking again",
+                     self.run, peer.site, peer.seq)
+        if recorded != data:
             if self.resumed:  # past the record (or off it): from here on the run is live
                 self.resumed = False
                 self.cluster.reopen()
@@ -302,6 +326,21 @@ class FolderRun(Run):
             return codec.read_bytes(path, self.cluster.reader.max_bytes, self.layout.folder)
         except codec.Rejected:
             return None  # not a plain file: replaced by the query written now
+
+    def _recorded_failure(self, peer: _Peer, digest: str) -> bool:
+        """Whether the recorded answer to ``peer``'s latest query (``digest``) is an error:
+        the site raised, or the algorithm's ``failed`` calls the answer a refusal."""
+        got = self.cluster.reader.read(
+            self.layout.answer(self.run, peer.site, peer.seq),
+            {"kind": "answer", **self._where(peer)},
+            check=lambda envelope: _answers(envelope, digest))
+        if got is None:
+            return False  # none yet: the site answers it (nothing to replay)
+        body = got[1]
+        if not (isinstance(body, dict) and "answer" in body):
+            return True
+        failed = self.entry.failed if self.entry is not None else None
+        return bool(failed(body["answer"])) if failed is not None else False
 
     def _recorded_from(self, peer: _Peer) -> Optional[int]:
         """The step recorded in the query after ``peer``'s latest: how many answers the
@@ -367,13 +406,9 @@ class FolderRun(Run):
         return events
 
     def _answer(self, peer: _Peer):
-        def answers_latest(envelope: dict) -> None:
-            if envelope.get("query") != peer.digest:
-                raise codec.Rejected("it answers an earlier version of the query")
-
         path = self.layout.answer(self.run, peer.site, peer.seq)
         got = self.cluster.reader.read(path, {"kind": "answer", **self._where(peer)},
-                                       check=answers_latest)
+                                       check=lambda envelope: _answers(envelope, peer.digest))
         if got is None:
             return None
         body = got[1]
@@ -390,6 +425,12 @@ class FolderRun(Run):
         got = self.cluster.reader.read(path, {"kind": "status", **self._where(peer),
                                               "iteration": None}, body=dict)
         if got is None or got[1].get("state") != "failed":
+            return None
+        if got[1].get("attempt") != self.cluster.attempt:
+            # Written for an earlier central: the site sets the run up again for this one
+            # (if it is fixed, or restarted, its new status says so).
+            log.info("run %s: %s's failed status is from an earlier attempt: waiting for its "
+                     "status for this one", self.run, peer.site)
             return None
         return _failed(peer, got[1], "setting up the run")
 
@@ -423,6 +464,12 @@ class FolderRun(Run):
         if not self.layout.exists(path):
             self.layout.write(path, "end", {"session": self.cluster.session, "run": self.run},
                   {"state": "closed"}, self.cluster.key)
+
+
+def _answers(envelope: dict, digest: Optional[str]) -> None:
+    """Reject an answer to another version of the query than ``digest``."""
+    if envelope.get("query") != digest:
+        raise codec.Rejected("it answers an earlier version of the query")
 
 
 def _failed(peer: _Peer, body: Any, doing: str) -> Failed:

@@ -4,11 +4,14 @@
 
     <folder>/<session>/session.json                  central: the sites of the session
     <folder>/<session>/end.json                      central: finished | cancelled
+    <folder>/<session>/central.json                  central: its attempt (a token that
+                                                     each central process draws anew)
     <folder>/<session>/sites/<site>.json             site: joined (what it allows)
     <folder>/<session>/runs/<run>/run.json           central: the algorithm, by name, and
                                                      its parameters; the sites of the run
     <folder>/<session>/runs/<run>/end.json           central: the run is over
-    <folder>/<session>/runs/<run>/<site>/status.json site: ready | failed (why)
+    <folder>/<session>/runs/<run>/<site>/status.json site: ready | failed (why), for
+                                                     which attempt, by which process
     <folder>/<session>/runs/<run>/<site>/q-000007.npz central: the 7th query to this site
     <folder>/<session>/runs/<run>/<site>/a-000007.npz site: its answer (or its error)
 
@@ -73,6 +76,10 @@ class Session:
     @property
     def end(self) -> Path:
         return self.dir / "end.json"
+
+    @property
+    def central(self) -> Path:
+        return self.dir / "central.json"
 
     def joined(self, site: str) -> Path:
         return self.dir / "sites" / f"{site}.json"

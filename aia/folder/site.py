@@ -8,11 +8,18 @@ It returns when the central marks the session finished or cancelled.
 
 A site that starts again finds its runs again: a query whose answer is already in the folder
 (an answer records the digest of the query it answers) is not answered twice.
+
+A run whose set-up failed here (a data file of the wrong kind, an algorithm not allowed) is
+set up again when a new central starts (``central.json`` holds the central's attempt); each
+``status.json`` names the attempt it answers and this site process, so that the central
+ignores a failure of an earlier attempt. An error answer is answered anew when the central
+asks again (its new query has a new digest).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +81,9 @@ class _Server:
         self.folder = Path(folder).expanduser()
         self.site = check_name("site", site)
         self.data = None if data is None else str(Path(data).expanduser())
+        if self.data is not None and not Path(self.data).is_file():
+            raise FileNotFoundError(f"site {site}: no data file {self.data} (--data: this "
+                                    f"site's own data file)")
         self.session = None if session is None else check_name("session", session)
         if not (isinstance(poll, (int, float)) and poll > 0):
             raise ValueError(f"poll: expected a positive number of seconds, got {poll!r}")
@@ -94,6 +104,9 @@ class _Server:
         self.runs: dict = {}
         self.problems: dict = {}  # loader -> the problem it built (shared between runs)
         self.waiter = Waiter(self.folder, f"site {self.site}", watch)
+        self.process = secrets.token_hex(6)  # this site process, named in its statuses
+        self.attempt: Optional[str] = None  # the central's, from central.json
+        self.attempt_sig: Optional[tuple] = None
 
     def where(self, **kw) -> dict:
         return {"session": self.layout.name, **kw}
@@ -142,6 +155,7 @@ class _Server:
                 state = self.ended()
                 if state is not None:
                     return state
+                self.follow_attempt()
                 for run in self.layout.runs():
                     self.serve_run_safely(run)
         except Exception as exc:  # noqa: BLE001 - the folder is not trusted
@@ -177,6 +191,29 @@ class _Server:
         got = self.reader.read(path, {"kind": "joined", **where, "run": None})
         if got is None or got[1] != body:
             self.layout.write(path, "joined", where, body, self.key)
+
+    def follow_attempt(self) -> None:
+        """Read the central's attempt (when central.json changes); a new one sets up again
+        the runs whose set-up failed here."""
+        path = self.layout.central
+        sig = self.reader.signature(path)
+        if sig == self.attempt_sig:
+            return
+        self.attempt_sig = sig
+        got = self.reader.read(path, {"kind": "central", "session": self.layout.name,
+                                      "run": None, "site": None, "iteration": None},
+                               body=dict)
+        attempt = got[1].get("attempt") if got else None
+        attempt = attempt if isinstance(attempt, str) else None
+        if attempt is None or attempt == self.attempt:
+            return
+        self.attempt = attempt
+        failed = [run for run, st in self.runs.items() if st.failed]
+        for run in failed:
+            del self.runs[run]
+        if failed:
+            log.info("site %s: a new central: setting up again %s", self.site,
+                     ", ".join(failed))
 
     def ended(self) -> Optional[str]:
         return self._end_state(self.layout)
@@ -265,7 +302,7 @@ class _Server:
                 log.info("site %s: run %s waits for sites to join (%d of the %d this site "
                          "needs have)", self.site, run, len(counted), self.min_sites)
             return None  # look again at the next poll
-        status = {"state": "ready"}
+        status = {"state": "ready", "attempt": self.attempt, "process": self.process}
         st = _RunState()
         try:
             if len(counted) < self.min_sites:
@@ -286,7 +323,8 @@ class _Server:
             self.enter_run(st.problem, run)
         except Exception as exc:
             log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
-            status = {"state": "failed", "error": _error(exc)}
+            status = {"state": "failed", "error": _error(exc), "attempt": self.attempt,
+                      "process": self.process}
             st = _RunState(failed=True)
         path = lay.status(run, self.site)
         where = self.where(run=run, site=self.site)

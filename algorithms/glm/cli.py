@@ -175,8 +175,15 @@ def _builder(cls: type):
 for _name, _cls in (("glm.Query", Query), ("glm.Contribution", Contribution),
                     ("glm.GradientQuery", GradientQuery), ("glm.Score", Score)):
     register_message(_name, _cls)
+def refused(answer: Any) -> bool:
+    """Whether a `SiteTasks` answer is a site's refusal or error (a central that starts
+    again asks the site again instead of replaying it)."""
+    return isinstance(answer, dict) and "error" in answer
+
+
 register("glm.site", SiteTasks, params=lambda a: {"design": design_params(a.design)},
-         build=lambda p: SiteTasks(design_from(p["design"])), problem=load_site)
+         build=lambda p: SiteTasks(design_from(p["design"])), problem=load_site,
+         failed=refused)
 register("glm.fisher", FisherScoring, params=_params, build=_builder(FisherScoring),
          problem=load_site)
 register("glm.gradient", GradientDescent, params=_params, build=_builder(GradientDescent),
@@ -211,8 +218,10 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
     which the fit fails with `aia.folder.SitesTimeoutError` naming the sites that owe an
     answer. ``session`` defaults to a name derived from the model, so a central started again
-    resumes. The session is marked finished on success and cancelled when a site refuses
-    (the sites exit); after a timeout or an interruption it stays open for a new central.
+    resumes. The session is marked finished on success (the sites exit). After a site's
+    error or refusal, a timeout or an interruption it stays open: fix the site, call again
+    with the same arguments, and the fit resumes (the site's error is not replayed: it is
+    asked again); `aia.FolderCluster.cancel` (``aia-glm central --cancel``) ends it.
     ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
     ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
     """
@@ -234,14 +243,14 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
     try:
+        # A site's error leaves the session open (no cancel): the site can be fixed, and
+        # the same call resumes.
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
                            max_iter, True, verbose)
-    except (PrivacyError, FormulaError, SiteError, DesignMismatchError, WorkerFailedError,
-            _SiteFailed) as exc:  # the same again would fail the same way
-        cluster.cancel(f"{type(exc).__name__}: {exc}")
-        raise
-    else:
         cluster.finish()
+    except BaseException as exc:
+        exc.folder_session = cluster.session  # open: the command line says how to go on
+        raise
     finally:
         cluster.close()
     return result
@@ -444,6 +453,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         detail = f"\n{cause.message}" if isinstance(cause, RemoteError) and \
             cause.message not in str(exc) else ""
         print(f"aia-glm central: error: {exc}{detail}", file=sys.stderr)
+        session = getattr(exc, "folder_session", None)
+        if session is not None:
+            print(f"aia-glm central: the model (session {session}) stays open: fix the site "
+                  f"and run the same command again to resume, or end it with --cancel "
+                  f"--session {session}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aia-glm central: interrupted; run the same command again to resume, or with "
