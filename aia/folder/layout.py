@@ -101,9 +101,9 @@ class Session:
 
     # -- files, through safefs (never through a link planted in the folder) -------------
     def write(self, path: Path, kind: str, where: dict, body: Any, key: Optional[bytes],
-              extra: Optional[dict] = None) -> str:
+              extra: Optional[dict] = None, durable: bool = True) -> str:
         """`write` under this session's folder."""
-        return write(path, kind, where, body, key, extra, root=self.folder)
+        return write(path, kind, where, body, key, extra, root=self.folder, durable=durable)
 
     def exists(self, path: Path) -> bool:
         return safefs.exists(self.folder, path)
@@ -199,10 +199,12 @@ class Reader:
 
 
 def write(path: Path, kind: str, where: dict, body: Any, key: Optional[bytes],
-          extra: Optional[dict] = None, root: Optional[Path] = None) -> str:
+          extra: Optional[dict] = None, root: Optional[Path] = None,
+          durable: bool = True) -> str:
     """Write a checked file atomically (creating its folders, never through a link under
-    ``root``); returns its digest."""
+    ``root``); returns its digest. ``durable=False``: no fsync (see
+    `aia.folder.safefs.write_atomic`)."""
     fmt = "json" if path.suffix == ".json" else "npz"
     data, digest = codec.dumps(kind, where, body, fmt=fmt, key=key, extra=extra)
-    codec.write_atomic(path, data, root)
+    codec.write_atomic(path, data, root, durable)
     return digest

@@ -411,11 +411,15 @@ class _Server:
                 log.warning("site %s: the answer to query %s raised %s: %s", self.site,
                             where["iteration"], type(exc).__name__, exc)
                 body = {"error": _error(exc)}
+        # No fsync (durable=False): an answer lost to a power cut, or torn (its digest
+        # fails), is answered again by this site once it runs again; see the central's
+        # queries.
         try:
-            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest})
+            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest},
+                              durable=False)
         except TypeError as exc:  # an answer the folder cannot carry
             self.layout.write(path, "answer", where, {"error": _error(exc)}, self.key,
-                              extra={"query": digest})
+                              extra={"query": digest}, durable=False)
         st.count += 1
         now = time.monotonic()
         if now - st.logged >= 1.0:  # at most a line a second

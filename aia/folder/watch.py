@@ -10,8 +10,8 @@ synced folder whose client writes without them) still works, at ``poll`` seconds
 Events only wake the loop: it then reads the folder as it would after a sleep, through the
 same checks (`aia.folder.safefs`, `aia.folder.codec`). Nothing in an event is trusted or
 used besides "something changed". Temporary files (``.~*``, the writers' own) wake nobody;
-a flood of events (another member writing without end) wakes the loop at most once a
-millisecond. If events cannot be had (watchdog missing, the inotify watch limit reached),
+a flood of events (another member writing without end) wakes the loop at most about once
+a millisecond. If events cannot be had (watchdog missing, the inotify watch limit reached),
 the loop logs it once and looks every ``poll`` seconds, as before events.
 """
 
@@ -26,8 +26,9 @@ from typing import Optional
 
 log = logging.getLogger("aia.folder")
 
-#: The least time between two looks woken by events (a flood of events costs no more).
-MIN_GAP = 0.001
+#: A flood: more looks woken by events than this within `WINDOW` seconds. Past it, each
+#: look woken by an event waits `MIN_GAP` first (an exchange wakes a side a few times).
+FLOOD, WINDOW, MIN_GAP = 200, 0.1, 0.001
 
 
 class Waiter:
@@ -44,7 +45,7 @@ class Waiter:
         self.changed = threading.Event()
         self._observer = None
         self._started = False
-        self._last = 0.0
+        self._window = (0.0, 0)  # (its start, looks woken by events in it)
 
     @property
     def watching(self) -> bool:
@@ -63,11 +64,14 @@ class Waiter:
         if self._observer is None:
             time.sleep(seconds)
             return
-        gap = MIN_GAP - (time.monotonic() - self._last)
-        if gap > 0:
-            time.sleep(min(gap, seconds))
-        self.changed.wait(max(0.0, seconds - max(gap, 0.0)))
-        self._last = time.monotonic()
+        if self.changed.wait(seconds):
+            now = time.monotonic()
+            start, count = self._window
+            if now - start > WINDOW:
+                start, count = now, 0
+            self._window = (start, count + 1)
+            if count >= FLOOD:  # someone writes without end: no faster than a look a ms
+                time.sleep(MIN_GAP)
 
     def close(self) -> None:
         observer, self._observer = self._observer, None
