@@ -49,18 +49,21 @@ class Waiter:
 
     @property
     def watching(self) -> bool:
-        """Whether file events wake this waiter (known once it has waited)."""
+        """Whether file events wake this waiter (known once it has been armed)."""
         return self._observer is not None
 
     def arm(self) -> None:
+        """Before a look at the folder: changes from now on end the next `wait`. The first
+        call starts watching (its watches are in place when it returns, so the look that
+        follows and the events after it miss nothing)."""
+        if self.watch and not self._started:
+            self._started = True
+            self._observer = _start_observer(self.root, self.changed, self.who)
         self.changed.clear()
 
     def wait(self, seconds: float) -> None:
         if seconds <= 0:
             return
-        if self.watch and not self._started:
-            self._started = True
-            self._observer = _start_observer(self.root, self.changed, self.who)
         if self._observer is None:
             time.sleep(seconds)
             return
