@@ -338,3 +338,25 @@ def test_a_design_travels_as_plain_data():
         cli.design_params(glm.Design.make("y ~ x", sm.families.Tweedie()))
     with pytest.raises(glm.FormulaError):  # a site checks the formula's whitelist
         cli.design_from({**cli.design_params(d), "formula": "y ~ __import__('os').system('x')"})
+
+
+def test_glmnet_over_the_folder_is_glm_glmnet_on_local_workers(procs):
+    """``aia-glm central --method glmnet``: the sites' sums through the folder, the path of
+    glm.glmnet on local workers (the same sites' files), with a penalty factor."""
+    for name in "abc":
+        procs.site(name)
+    central = procs.central("--method", "glmnet", "--alpha", "0.5", "--nlambda", "30",
+                            "--penalty-factor", "C(prog)=0.5")
+    assert central.wait(60) == 0, procs.log("central")
+    got = procs.result()
+    ref = glm.glmnet(FORMULA, v6_sites("poisson"), family="poisson", alpha=0.5, nlambda=30,
+                     penalty_factor={"C(prog)": 0.5}, cluster=3)
+    assert got["method"] == "glmnet" and got["family"] == "poisson"
+    np.testing.assert_allclose(got["lambdas"], ref.lambdas, rtol=1e-12)
+    assert list(got["coefs"]) == list(ref.coefs.columns)
+    for term in ref.coefs.columns:
+        np.testing.assert_allclose(got["coefs"][term], ref.coefs[term], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["dev_ratio"], ref.dev_ratio, rtol=1e-9)
+    assert got["df"] == [int(v) for v in ref.df] and max(got["df"]) == 3
+    assert "glmnet path: poisson, alpha 0.5" in procs.log("central")
+    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
