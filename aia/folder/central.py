@@ -72,10 +72,11 @@ class FolderCluster(Cluster):
     again with the same name resumes (see the module docstring). ``watch``: wait on file
     events (watchdog), so that an answer is seen within milliseconds; ``poll``: seconds
     between looks at the folder anyway (the fallback for folders that send no events, such
-    as network shares; the only way with ``watch=False``). ``timeout``: seconds from now after which waiting for a site raises
-    `SitesTimeoutError` naming the sites that owe answers. ``key``: a secret shared with the
-    sites out of band; files without its signature are ignored. ``report_every``: seconds
-    between log lines naming the sites waited for.
+    as network shares; the only way with ``watch=False``). ``timeout``: seconds from now
+    after which waiting for a site raises `SitesTimeoutError` naming the sites that owe
+    answers. ``key``: a secret shared with the sites out of band; files without its
+    signature are ignored. ``report_every``: seconds between log lines naming the sites
+    waited for.
 
     Used as a context manager, the session is marked finished on a normal exit (the sites
     exit) and left open after an error (so that a new central can resume it); `cancel`
