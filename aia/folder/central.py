@@ -115,7 +115,9 @@ class FolderCluster(Cluster):
         self._closed = False
         self._state: Optional[str] = None
         self._open_session()
-        self.waiter = Waiter(self.layout.dir, "central", watch)
+        # Its own queries wake nobody (runs/<run>/<site>/q-*).
+        self.waiter = Waiter(self.layout.dir, "central", watch,
+                             ignore=lambda p: len(p) == 4 and p[3].startswith("q-"))
 
     # -- the session -------------------------------------------------------------------------
     def _where(self, **kw) -> dict:

@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-_DIR_FD = os.open in os.supports_dir_fd and os.replace in os.supports_dir_fd \
+# os.replace takes dir_fd wherever os.rename does (both are renameat), but CPython lists
+# only os.rename in supports_dir_fd: testing os.replace there turned the descriptor walk
+# off on Linux, leaving the path-based checks (and their race with a planted link).
+_DIR_FD = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd \
     and hasattr(os, "O_NOFOLLOW")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)

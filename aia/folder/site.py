@@ -103,10 +103,16 @@ class _Server:
         self.layout: Optional[Session] = None
         self.runs: dict = {}
         self.problems: dict = {}  # loader -> the problem it built (shared between runs)
-        self.waiter = Waiter(self.folder, f"site {self.site}", watch)
+        self.waiter = Waiter(self.folder, f"site {self.site}", watch, ignore=self._not_mine)
         self.process = secrets.token_hex(6)  # this site process, named in its statuses
         self.attempt: Optional[str] = None  # the central's, from central.json
         self.attempt_sig: Optional[tuple] = None
+
+    def _not_mine(self, parts: tuple) -> bool:
+        """A change that needs no look: a file of another site's folder of a run, or this
+        site's own answers and status (``<session>/runs/<run>/<site>/<file>``)."""
+        return len(parts) == 5 and parts[1] == "runs" and (
+            parts[3] != self.site or not parts[4].startswith("q-"))
 
     def where(self, **kw) -> dict:
         return {"session": self.layout.name, **kw}

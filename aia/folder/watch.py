@@ -18,11 +18,12 @@ the loop logs it once and looks every ``poll`` seconds, as before events.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 log = logging.getLogger("aia.folder")
 
@@ -36,12 +37,16 @@ class Waiter:
 
     Call `arm` before each look at the folder: a change that happens during the look then
     ends the next `wait` at once, so no change is missed between a look and a wait.
-    ``watch=False`` (or no events to be had): plain sleeps."""
+    ``watch=False`` (or no events to be had): plain sleeps. ``ignore(parts)``: the changes
+    that wake nobody, by their path's parts under ``root`` (a side's own writes, the files
+    of the other sites: each would cost a look for nothing)."""
 
-    def __init__(self, root: Path, who: str, watch: bool = True):
+    def __init__(self, root: Path, who: str, watch: bool = True,
+                 ignore: Optional[Callable[[tuple], bool]] = None):
         self.root = Path(root)
         self.who = who
         self.watch = bool(watch)
+        self.ignore = ignore
         self.changed = threading.Event()
         self._observer = None
         self._started = False
@@ -58,7 +63,7 @@ class Waiter:
         follows and the events after it miss nothing)."""
         if self.watch and not self._started:
             self._started = True
-            self._observer = _start_observer(self.root, self.changed, self.who)
+            self._observer = _start_observer(self.root, self.changed, self.who, self.ignore)
         self.changed.clear()
 
     def wait(self, seconds: float) -> None:
@@ -86,7 +91,7 @@ class Waiter:
                 pass
 
 
-def _start_observer(root: Path, changed: threading.Event, who: str):
+def _start_observer(root: Path, changed: threading.Event, who: str, ignore=None):
     """A started watchdog observer of ``root`` (recursive) that sets ``changed``; None (and
     a warning) if events cannot be had."""
     try:
@@ -97,12 +102,18 @@ def _start_observer(root: Path, changed: threading.Event, who: str):
                     "instead of waiting for file events (pip install watchdog)", who)
         return None
 
+    base = str(root).rstrip("/\\")
+
     class Changed(events.FileSystemEventHandler):
         def on_any_event(self, event) -> None:
             path = getattr(event, "dest_path", "") or event.src_path
-            name = Path(path if isinstance(path, str) else path.decode(errors="replace")).name
-            if not name.startswith(".~"):  # a writer's temporary file: the rename follows
-                changed.set()
+            path = path if isinstance(path, str) else os.fsdecode(path)
+            parts = Path(path[len(base):]).parts[1:] if path.startswith(base) else ()
+            if parts and parts[-1].startswith(".~"):  # a writer's temporary file: its
+                return  # rename follows
+            if ignore is not None and parts and ignore(parts):
+                return
+            changed.set()
 
     kinds = [events.FileCreatedEvent, events.DirCreatedEvent, events.FileMovedEvent,
              events.DirMovedEvent, events.FileDeletedEvent, events.DirDeletedEvent,
