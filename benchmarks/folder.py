@@ -163,6 +163,11 @@ def main() -> None:
         ans = "" if r["answers"] is None else str(r["answers"])
         ms = "" if r["ms_per_answer"] is None else f"{r['ms_per_answer']:.1f}"
         print(f"{r['case']:5s} {r['mode']:10s} {r['seconds']:8.2f} {ans:>8s} {ms:>10s}")
+    medians = {}
+    for r in rows:
+        medians.setdefault((r["case"], r["mode"]), []).append(r["seconds"])
+    print(f"\nmedian of {args.repeat}: " + ", ".join(
+        f"{case} {mode} {np.median(v):.2f} s" for (case, mode), v in medians.items()))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

@@ -169,10 +169,12 @@ class FolderCluster(Cluster):
     def finish(self) -> None:
         """Mark the session finished: its sites exit."""
         self._write_end("finished")
+        self.waiter.close()  # nothing to wait for (a new run starts watching again)
 
     def cancel(self, reason: str = "cancelled by the central") -> None:
         """Mark the session cancelled: its sites exit, and it cannot be resumed."""
         self._write_end("cancelled", reason)
+        self.waiter.close()
 
     def joined(self) -> list:
         """The sites that have joined the session."""

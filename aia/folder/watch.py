@@ -82,7 +82,9 @@ class Waiter:
                 time.sleep(MIN_GAP)
 
     def close(self) -> None:
+        """Stop watching (its inotify instance is freed); the next `arm` starts again."""
         observer, self._observer = self._observer, None
+        self._started = False
         if observer is not None:
             try:
                 observer.stop()
