@@ -360,3 +360,19 @@ def test_glmnet_over_the_folder_is_glm_glmnet_on_local_workers(procs):
     assert got["df"] == [int(v) for v in ref.df] and max(got["df"]) == 3
     assert "glmnet path: poisson, alpha 0.5" in procs.log("central")
     assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
+
+
+def test_glmnet_on_local_workers_from_the_command_line(capsys):
+    sites = [str(p) for p in v6_sites("poisson")]
+    assert cli.main(["fit", FORMULA, *sites, "--family", "poisson", "--method", "glmnet",
+                     "--alpha", "0.5", "--nlambda", "10", "--csv", "--verbose", "0"]) == 0
+    table = __import__("pandas").read_csv(__import__("io").StringIO(capsys.readouterr().out),
+                                          index_col=0)
+    ref = glm.glmnet(FORMULA, sites, family="poisson", alpha=0.5, nlambda=10,
+                     cluster="inprocess")
+    np.testing.assert_allclose(table.index.to_numpy(), ref.lambdas, rtol=1e-12)
+    np.testing.assert_allclose(table[list(ref.coefs.columns)].to_numpy(),
+                               ref.coefs.to_numpy(), rtol=1e-9, atol=1e-12)
+    assert list(table["df"]) == list(ref.df)
+    with pytest.raises(SystemExit, match="--exposure is not an option of --method glmnet"):
+        cli.main(["fit", FORMULA, *sites, "--method", "glmnet", "--exposure", "math"])
