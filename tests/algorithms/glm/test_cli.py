@@ -242,11 +242,9 @@ def test_a_site_guard_refusal_leaves_the_model_open_and_the_same_call_resumes(
 def test_a_site_with_the_wrong_data_file_is_fixed_and_the_same_command_resumes(
         procs, reference, tmp_path):
     # A missing --data file: the site fails at once, before any model.
-    missing = subprocess.run([sys.executable, "-m", "algorithms.glm.cli", "site", "--folder",
-                              str(procs.folder), "--site", "b", "--data",
-                              str(tmp_path / "nope.csv")],
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode != 0 and "no data file" in missing.stderr
+    with pytest.raises(SystemExit, match="no data file"):
+        cli.main(["site", "--folder", str(procs.folder), "--site", "b", "--data",
+                  str(tmp_path / "nope.csv")])
     wrong = procs.private / "b.csv"  # another study's table: no num_awards, no prog
     shutil.copy(Path(cli.__file__).parent / "data" / "admissions_b.csv", wrong)
     procs.data["b"] = wrong
