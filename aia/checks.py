@@ -13,7 +13,6 @@ from typing import Any, Optional, Sequence
 import cloudpickle
 
 from . import sources
-
 from .algorithm import AbstractAlgorithm, check_algorithm, overrides
 from .recording import BUILTIN_SAVE, BUILTIN_STOP
 
