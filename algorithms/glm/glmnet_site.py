@@ -4,8 +4,9 @@
 
     central ── GlmnetQuery("moments", folds) ─────────────────────────────▶ site
     central ◀── prior-weighted sums: sum w, X'w, X'WX, X'W(y - offset), ...   (per fold too)
-    central ── GlmnetQuery("sums", ((fit, beta), ...)) ────────────────────▶ site
-    central ◀── X'WX, X'Wz, deviance at each beta, over that fit's rows
+    central ── GlmnetQuery("sums", ((fit, Ask), ...)) ─────────────────────▶ site
+    central ◀── X'WX, X'Wz, deviance at each Ask's beta, over that fit's rows, and the
+                deviance at each of its deviance_at (earlier solutions)
     central ── GlmnetQuery("heldout", ((fold, B), ...)) ───────────────────▶ site
     central ◀── the held-out fold's summed deviance / squared error / misclassification
                 at each column of B (one per lambda)
@@ -35,7 +36,7 @@ import numpy as np
 
 from . import disclosure
 from .guards import ENVIRONMENT, PrivacyError
-from .glmnet_path import Moments, Sums
+from .glmnet_path import Ask, Moments, Sums
 from .linalg import weighted_sums
 from .site import Site, _guarded
 
@@ -153,8 +154,26 @@ def _moments(X, y, w, offset) -> Moments:
                    float(np.sum(w * y)), len(y), int(np.sum(w > 0)))
 
 
-def _irls_sums(fam, guards, X, y, w, offset, beta) -> Sums:
-    """X'WX, X'Wz and the deviance at ``beta`` (as `Site.contribution` computes them)."""
+def _deviance(fam, X, y, w, offset, beta) -> float:
+    """The deviance at ``beta`` (nan outside the family's range)."""
+    with np.errstate(all="ignore"):
+        eta = X @ beta + offset
+        mu = fam.linkinv(eta)
+        if not fam.valid(eta, mu):
+            return float("nan")
+        return float(fam.deviance(y, mu, w))
+
+
+def _irls_sums(fam, guards, X, y, w, offset, ask: Ask) -> Sums:
+    """X'WX, X'Wz and the deviance at ``ask.beta`` (as `Site.contribution` computes them),
+    and the deviance at each of ``ask.deviance_at``."""
+    deviances = tuple(_deviance(fam, X, y, w, offset, b) for b in ask.deviance_at)
+    if ask.beta is None:
+        return Sums(None, None, float("nan"), True, deviances)
+    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask.beta), deviances=deviances)
+
+
+def _irls_sums_at(fam, guards, X, y, w, offset, beta) -> Sums:
     with np.errstate(all="ignore"):
         eta = X @ beta + offset
         mu = fam.linkinv(eta)
@@ -215,14 +234,14 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
                 parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows])))
     elif q.kind == "sums":
         fam = design.family.bind(m.d_star)
-        for fit, beta in q.betas:
+        for fit, ask in q.betas:
             if fit is None:
-                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, beta)))
+                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, ask)))
                 continue
             rows = folds != fit  # the fit's training rows
             if rows.any():
                 parts.append((fit, _irls_sums(fam, guards, X[rows], y[rows], w[rows],
-                                              off[rows], beta)))
+                                              off[rows], ask)))
     elif q.kind == "heldout":
         for fit, B in q.betas:
             rows = folds == fit

@@ -1,0 +1,226 @@
+"""A 100-lambda binomial elastic-net path on 1M rows x 50 correlated predictors over 2 sites:
+glm.glmnet against R's glmnet and scikit-learn on the pooled arrays.
+
+    python benchmarks/glmnet.py [--rows N] [--predictors P] [--alpha A] [--no-sklearn]
+
+- ``glm.glmnet``, two sites of N/2 rows (DataFrames, each sent to its own worker of an
+  `aia.LocalCluster` started beforehand, its start-up listed apart), synchronous and
+  asynchronous: rounds (every round of site sums, the moments included), rounds per lambda,
+  seconds end to end (placing the rows, building the design, the path) and of the path
+  alone (from the first query of sums to the last answer);
+- R's ``glmnet`` (Rscript) on the pooled arrays, read from a binary file before the clock
+  starts: the same path (same lambdas; glmnet's default ``thresh`` 1e-7 on both sides);
+- scikit-learn's ``LogisticRegression(penalty="elasticnet", solver="saga")`` on the pooled
+  arrays, warm-started along R's lambdas (``C = 1 / (n lambda)``; saga needs standardized
+  columns, so it gets them, and its coefficients are scaled back). scikit-learn has no
+  glmnet path for the binomial family; it is optional (``pip install -e ".[bench]"``) and
+  skipped with a note when missing.
+
+Every row of the table gives the largest difference of its coefficients from R's along the
+whole path. Prints the table and writes benchmarks/results/glmnet.json (and
+glmnet_<rows>rows.json for other sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import aia
+from algorithms import glm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_data(rows: int, predictors: int, rho: float = 0.5, seed: int = 0):
+    """Correlated Gaussian predictors (corr(x_i, x_j) = rho^|i - j|), a sparse truth (10
+    nonzero coefficients), a binary response."""
+    rng = np.random.default_rng(seed)
+    X = np.empty((rows, predictors))
+    X[:, 0] = rng.standard_normal(rows)
+    scale = np.sqrt(1 - rho ** 2)
+    for j in range(1, predictors):  # AR(1) across columns: the correlation of the issue
+        X[:, j] = rho * X[:, j - 1] + scale * rng.standard_normal(rows)
+    beta = np.zeros(predictors)
+    beta[rng.choice(predictors, 10, replace=False)] = rng.choice([-1, 1], 10) * \
+        rng.uniform(0.2, 0.6, 10)
+    p = 1 / (1 + np.exp(-(-0.3 + X @ beta)))
+    y = (rng.random(rows) < p).astype(float)
+    return X, y
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# -- R's glmnet --------------------------------------------------------------------------------
+R_SCRIPT = r"""
+suppressPackageStartupMessages(library(glmnet))
+args <- commandArgs(trailingOnly = TRUE)
+n <- as.integer(args[2]); p <- as.integer(args[3]); alpha <- as.numeric(args[4])
+con <- file(args[1], "rb")
+x <- matrix(readBin(con, "double", n * p), n, p)
+y <- readBin(con, "double", n)
+close(con)
+t <- system.time(f <- glmnet(x, y, family = "binomial", alpha = alpha))[["elapsed"]]
+con <- file(args[5], "wb")
+writeBin(c(t, length(f$lambda), f$lambda, as.vector(as.matrix(coef(f)))), con)
+close(con)
+cat(as.character(packageVersion("glmnet")), "\n")
+"""
+
+
+def r_glmnet(X: np.ndarray, y: np.ndarray, alpha: float, tmp: Path):
+    """``(seconds, lambdas, coefs, version)``: R's glmnet on the pooled arrays, timed inside R
+    around the glmnet() call alone."""
+    n, p = X.shape
+    data, out, script = tmp / "xy.bin", tmp / "r_out.bin", tmp / "glmnet.R"
+    with open(data, "wb") as f:
+        f.write(np.asfortranarray(X).tobytes(order="F"))
+        f.write(y.tobytes())
+    script.write_text(R_SCRIPT)
+    done = subprocess.run(["Rscript", "--vanilla", str(script), str(data), str(n), str(p),
+                           repr(alpha), str(out)], capture_output=True, text=True, check=True)
+    values = np.fromfile(out, dtype=np.float64)
+    seconds, k = float(values[0]), int(values[1])
+    lambdas = values[2:2 + k]
+    coefs = values[2 + k:].reshape(k, p + 1)  # one row per lambda, intercept first
+    return seconds, lambdas, coefs, done.stdout.strip()
+
+
+# -- scikit-learn ------------------------------------------------------------------------------
+def sklearn_path(X: np.ndarray, y: np.ndarray, alpha: float, lambdas: np.ndarray):
+    """``(seconds, coefs, version)`` of saga's elastic net warm-started along ``lambdas``
+    (glmnet's objective: C = 1 / (n lambda), l1_ratio = alpha), on standardized columns
+    (glmnet's standardize=TRUE, population sd); None without scikit-learn."""
+    try:
+        import sklearn
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        return None
+    n = len(y)
+    mean, sd = X.mean(axis=0), X.std(axis=0)
+    Xs = (X - mean) / sd
+    model = LogisticRegression(penalty="elasticnet", solver="saga", l1_ratio=alpha,
+                               warm_start=True, tol=1e-4, max_iter=1000)
+    coefs = []
+    t0 = time.perf_counter()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # saga's ConvergenceWarning at the small lambdas
+        for lam in lambdas:
+            model.set_params(C=1.0 / (n * lam))
+            model.fit(Xs, y)
+            b = model.coef_.ravel() / sd
+            coefs.append(np.concatenate([[model.intercept_[0] - mean @ b], b]))
+    return time.perf_counter() - t0, np.array(coefs), sklearn.__version__
+
+
+# -- aia ---------------------------------------------------------------------------------------
+def aia_path(frames, formula: str, alpha: float, synchronous: bool, lambdas=None):
+    """``(seconds end to end, path, cluster start-up)`` on a fresh 2-worker cluster."""
+    startup, cluster = timed(lambda: aia.LocalCluster(len(frames)))
+    with cluster:
+        seconds, path = timed(lambda: glm.glmnet(formula, frames, family="binomial",
+                                                 alpha=alpha, lambdas=lambdas,
+                                                 cluster=cluster, synchronous=synchronous))
+    return seconds, path, startup
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--predictors", type=int, default=50)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn")
+    parser.add_argument("--no-async", action="store_true", help="only the synchronous run")
+    args = parser.parse_args(argv)
+    n, p, alpha = args.rows, args.predictors, args.alpha
+    X, y = make_data(n, p)
+    names = [f"x{j + 1}" for j in range(p)]
+    formula = "y ~ " + " + ".join(names)
+    notes = []
+    rows = []
+
+    if shutil.which("Rscript") is None:
+        sys.exit("R (Rscript) with glmnet is needed: apt-get install r-base-core r-cran-glmnet")
+    with tempfile.TemporaryDirectory(prefix="aia-glmnet-bench-") as tmp:
+        r_seconds, r_lambdas, r_coefs, r_version = r_glmnet(X, y, alpha, Path(tmp))
+    rows.append(dict(method=f"R glmnet {r_version} (pooled arrays)", seconds=r_seconds,
+                     path_seconds=r_seconds, lambdas=len(r_lambdas), rounds=None,
+                     diff=0.0))
+
+    frame = pd.DataFrame(X, columns=names).assign(y=y)
+    frames = [frame.iloc[part].reset_index(drop=True)
+              for part in np.array_split(np.arange(n), 2)]
+    del frame
+    startups = []
+    paths = {}
+    for synchronous in (True,) if args.no_async else (True, False):
+        seconds, path, startup = aia_path(frames, formula, alpha, synchronous)
+        startups.append(startup)
+        paths[synchronous] = path
+        k = min(len(path.lambdas), len(r_lambdas))
+        diff = float(np.max(np.abs(path.coefs.to_numpy()[:k] - r_coefs[:k])))
+        rows.append(dict(method=f"aia glm.glmnet, 2 sites, {'sync' if synchronous else 'async'}",
+                         seconds=seconds, path_seconds=path.seconds, lambdas=len(path.lambdas),
+                         rounds=int(path.rounds),
+                         lambda_rdiff=float(np.max(np.abs(path.lambdas[:k] / r_lambdas[:k] - 1))),
+                         diff=diff))
+
+    if args.no_sklearn:
+        notes.append("scikit-learn: skipped (--no-sklearn)")
+    else:
+        got = sklearn_path(X, y, alpha, r_lambdas)
+        if got is None:
+            notes.append("scikit-learn is not installed (pip install -e '.[bench]'): skipped")
+        else:
+            seconds, coefs, version = got
+            rows.append(dict(method=f"scikit-learn {version} saga, warm starts (pooled)",
+                             seconds=seconds, path_seconds=seconds, lambdas=len(coefs),
+                             rounds=None, diff=float(np.max(np.abs(coefs - r_coefs)))))
+    return report(args, rows, notes, startups)
+
+
+def report(args, rows, notes, startups) -> dict:
+    n, p = args.rows, args.predictors
+    print(f"\nBinomial glmnet path, {n:,} rows x {p} correlated predictors, alpha {args.alpha:g}, "
+          f"{os.cpu_count()} CPU(s); local cluster start-up {np.median(startups):.2f} s "
+          "(not included)\n")
+    head = f"{'method':<48}{'seconds':>9}{'lambdas':>9}{'rounds':>8}{'rounds/lambda':>15}" \
+           f"{'max |coef - R|':>16}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        per = "-" if r["rounds"] is None else f"{r['rounds'] / r['lambdas']:.2f}"
+        rounds = "-" if r["rounds"] is None else str(r["rounds"])
+        print(f"{r['method']:<48}{r['seconds']:>9.2f}{r['lambdas']:>9}{rounds:>8}{per:>15}"
+              f"{r['diff']:>16.2e}")
+    for note in notes:
+        print(f"note: {note}")
+    result = dict(rows=n, predictors=p, alpha=args.alpha, cpus=os.cpu_count(),
+                  python=platform.python_version(), numpy=np.__version__,
+                  cluster_startup_seconds=float(np.median(startups)), results=rows,
+                  notes=notes)
+    RESULTS.mkdir(exist_ok=True)
+    name = "glmnet.json" if (n, p) == (1_000_000, 50) else f"glmnet_{n}rows.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {RESULTS / name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
