@@ -23,6 +23,8 @@ least squares by coordinate descent on the summed Gram (`algorithms.glm.coordina
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 import re
@@ -456,22 +458,14 @@ def _check_sites_rows(sources: Sequence, names: Sequence[str], k: int) -> None:
 
 
 # -- the public functions ---------------------------------------------------------------------
-def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float = 1.0,
-           weights: Optional[str] = None, offset: Optional[str] = None,
-           penalty_factor: Optional[Mapping[str, float]] = None,
-           lambdas: Optional[Sequence[float]] = None, nlambda: int = 100,
-           lambda_min_ratio: Optional[float] = None, standardize: bool = True,
-           intercept: bool = True, tol: float = 1e-7, max_iter: int = 100_000,
-           cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-           guards: Any = None, verbose: int = 0) -> GlmnetPath:
-    """glmnet's elastic-net path across sites (R's ``glmnet``, held to its numbers).
+@dataclass(frozen=True)
+class PathOptions:
+    """The options `glmnet` and `cv_glmnet` share (keyword arguments of both).
 
     Parameters
     ----------
-    formula, sites, weights, offset, cluster, synchronous, min_sites, guards, verbose :
-        As `algorithms.glm.fit` (the formula's whitelist, one worker per site, ...).
-    family : str
-        ``"gaussian"``, ``"binomial"`` or ``"poisson"`` (canonical links, as glmnet's).
+    weights, offset, cluster, synchronous, min_sites, guards, verbose :
+        As `algorithms.glm.fit` (prior weights and offset columns, one worker per site, ...).
     alpha : float
         The elastic-net mixing in [0, 1]: 1 the lasso, 0 ridge.
     penalty_factor : mapping
@@ -491,27 +485,49 @@ def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float =
         glmnet's ``thresh`` and ``maxit``: convergence of coordinate descent and of the
         IRLS rounds; the most passes of coordinate descent.
     """
-    spec, design, names, sources, _ = _prepare(
-        formula, sites, family, alpha, weights, offset, penalty_factor, lambdas, nlambda,
-        lambda_min_ratio, standardize, intercept, tol, max_iter, cluster, synchronous,
-        min_sites, guards)
-    started = time.perf_counter()
-    from .fit import _placed
-    with _placed(sources, names, cluster) as placed:
-        run = _run(placed, design, names, spec, None, None, synchronous, verbose)
-    return _path_result(run, spec, family, alpha, time.perf_counter() - started,
-                        _refitter(run, spec, sources, names, cluster, design, synchronous))
+
+    alpha: float = 1.0
+    weights: Optional[str] = None
+    offset: Optional[str] = None
+    penalty_factor: Optional[Mapping[str, float]] = None
+    lambdas: Optional[Sequence[float]] = None
+    nlambda: int = 100
+    lambda_min_ratio: Optional[float] = None
+    standardize: bool = True
+    intercept: bool = True
+    tol: float = 1e-7
+    max_iter: int = 100_000
+    cluster: Any = None
+    synchronous: bool = True
+    min_sites: int = 1
+    guards: Any = None
+    verbose: int = 0
+
+
+def _options(function: str, options: Mapping[str, Any]) -> PathOptions:
+    unknown = sorted(set(options) - set(PathOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword argument(s) {unknown}; its "
+                        f"options are {sorted(PathOptions.__dataclass_fields__)}")
+    return PathOptions(**options)
+
+
+def glmnet(formula: str, sites: Any, family: str = "gaussian", **options) -> GlmnetPath:
+    """glmnet's elastic-net path across sites (R's ``glmnet``, held to its numbers).
+
+    ``formula`` and ``sites`` as `algorithms.glm.fit`; ``family``: ``"gaussian"``,
+    ``"binomial"`` or ``"poisson"`` (canonical links, as glmnet's); ``options``: the
+    keywords of `PathOptions` (``alpha``, ``weights``, ``offset``, ``penalty_factor``,
+    ``lambdas``, ``nlambda``, ``lambda_min_ratio``, ``standardize``, ``intercept``,
+    ``tol``, ``max_iter``, ``cluster``, ``synchronous``, ``min_sites``, ``guards``,
+    ``verbose``).
+    """
+    return _fit(formula, sites, family, _options("glmnet", options), None)[0]
 
 
 def cv_glmnet(formula: str, sites: Any, family: str = "gaussian", *,
               folds: Union[int, str] = 10, seed: int = 0, type_measure: str = "deviance",
-              alpha: float = 1.0, weights: Optional[str] = None, offset: Optional[str] = None,
-              penalty_factor: Optional[Mapping[str, float]] = None,
-              lambdas: Optional[Sequence[float]] = None, nlambda: int = 100,
-              lambda_min_ratio: Optional[float] = None, standardize: bool = True,
-              intercept: bool = True, tol: float = 1e-7, max_iter: int = 100_000,
-              cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-              guards: Any = None, verbose: int = 0) -> CVGlmnet:
+              **options) -> CVGlmnet:
     """glmnet's ``cv.glmnet`` across sites.
 
     ``folds=K`` splits every site's rows into K folds by a seeded hash of the row position
@@ -519,60 +535,78 @@ def cv_glmnet(formula: str, sites: Any, family: str = "gaussian", *,
     site's fold k); ``folds="sites"`` holds out one site at a time. Each fold's training
     fit is the total sums minus the fold's; every fold passes the guards of a site's rows.
     ``type_measure``: ``"deviance"`` (default), ``"mse"`` or ``"class"`` (binomial). The
-    other arguments are `glmnet`'s. As R's, the training fits take their own default paths
-    (the user's ``lambdas`` if given) and are interpolated at the whole data's lambdas.
+    ``options`` are `glmnet`'s (`PathOptions`). As R's, the training fits take their own
+    default paths (the user's ``lambdas`` if given) and are interpolated at the whole
+    data's lambdas.
     """
     if type_measure not in MEASURES:
         raise ValueError(f"type_measure: expected one of {list(MEASURES)}, got {type_measure!r}")
     if type_measure == "class" and family != "binomial":
         raise ValueError("type_measure='class' is for the binomial family")
-    spec, design, names, sources, _ = _prepare(
-        formula, sites, family, alpha, weights, offset, penalty_factor, lambdas, nlambda,
-        lambda_min_ratio, standardize, intercept, tol, max_iter, cluster, synchronous,
-        min_sites, guards)
-    if folds == "sites":
-        if len(names) < 3:
-            raise ValueError(f"folds='sites': cross-validation needs at least 3 sites, got "
-                             f"{len(names)}")
-        spec_folds = Folds(len(names), seed, tuple(names))
-    elif isinstance(folds, int) and not isinstance(folds, bool) and folds >= 3:
-        _check_sites_rows(sources, names, folds)
-        spec_folds = Folds(folds, int(seed))
-    else:
+    opts = _options("cv_glmnet", options)
+
+    def split(names, sources) -> Folds:
+        if folds == "sites":
+            if len(names) < 3:
+                raise ValueError(f"folds='sites': cross-validation needs at least 3 sites, "
+                                 f"got {len(names)}")
+            return Folds(len(names), seed, tuple(names))
+        if isinstance(folds, int) and not isinstance(folds, bool) and folds >= 3:
+            _check_sites_rows(sources, names, folds)
+            return Folds(folds, int(seed))
         raise ValueError(f"folds: expected an integer >= 3 or 'sites', got {folds!r}")
-    started = time.perf_counter()
-    from .fit import _placed
-    with _placed(sources, names, cluster) as placed:
-        run = _run(placed, design, names, spec, spec_folds, None, synchronous, verbose)
-    path = _path_result(run, spec, family, alpha, time.perf_counter() - started,
-                        _refitter(run, spec, sources, names, cluster, design, synchronous))
-    n_folds = spec_folds.k
-    cvm, cvsd = cv_statistics(run.heldout, type_measure, n_folds)
+
+    path, run = _fit(formula, sites, family, opts, split)
+    cvm, cvsd = cv_statistics(run.heldout, type_measure, run.folds.k)
     idmin, id1se = one_se_rule(path.lambdas, cvm, cvsd)
     return CVGlmnet(path.lambdas, cvm, cvsd, path.df, float(path.lambdas[idmin]),
                     float(path.lambdas[id1se]), idmin, id1se, type_measure, path, run.rounds)
 
 
-def _prepare(formula, sites, family, alpha, weights, offset, penalty_factor, lambdas,
-             nlambda, lambda_min_ratio, standardize, intercept, tol, max_iter, cluster,
-             synchronous, min_sites, guards):
-    """Every check that needs no process, and the design."""
-    from .fit import _site_list
+def _with_options(function) -> None:
+    """Show the `PathOptions` as keyword parameters in ``help(function)`` and
+    ``inspect.signature`` (the function takes them as ``**options``)."""
+    signature = inspect.signature(function)
+    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    hints = {f.name: f.type for f in dataclasses.fields(PathOptions)}
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                 annotation=hints[f.name])
+               for f in dataclasses.fields(PathOptions)]
+    function.__signature__ = signature.replace(parameters=params)
+
+
+_with_options(glmnet)
+_with_options(cv_glmnet)
+
+
+def _fit(formula: str, sites: Any, family: Any, opts: PathOptions, split) -> tuple:
+    """Every check that needs no process, then the run: ``(GlmnetPath, GlmnetRun)``.
+    ``split(names, sources)`` gives cross-validation's `Folds` (None: no folds)."""
+    from .fit import _placed, _site_list
     if not isinstance(family, str):
         raise TypeError(f"family: expected a name, got {type(family).__name__}")
     family = family.strip().lower()
-    user = _check_options(family, alpha, lambdas, nlambda, lambda_min_ratio, tol, max_iter)
-    factors = _check_penalty_factor(penalty_factor, formula)
-    design = Design.make(formula, family, None, weights=weights, offset=offset, guards=guards)
+    o = opts
+    user = _check_options(family, o.alpha, o.lambdas, o.nlambda, o.lambda_min_ratio, o.tol,
+                          o.max_iter)
+    factors = _check_penalty_factor(o.penalty_factor, formula)
+    design = Design.make(formula, family, None, weights=o.weights, offset=o.offset,
+                         guards=o.guards)
     names, sources = _site_list(sites)
-    check_min_sites(len(sources), min_sites)
-    if cluster == "inprocess" and not synchronous:
+    check_min_sites(len(sources), o.min_sites)
+    if o.cluster == "inprocess" and not o.synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
-    spec = PathSpec(family, (), alpha=float(alpha), penalty_factor=None, lambdas=user,
-                    nlambda=nlambda, lambda_min_ratio=lambda_min_ratio,
-                    standardize=bool(standardize), intercept=bool(intercept), tol=float(tol),
-                    max_iter=max_iter)
-    return _FactorSpec(spec, factors), design, names, sources, factors
+    folds = None if split is None else split(names, sources)
+    spec = _FactorSpec(PathSpec(family, (), alpha=float(o.alpha), penalty_factor=None,
+                                lambdas=user, nlambda=o.nlambda,
+                                lambda_min_ratio=o.lambda_min_ratio,
+                                standardize=bool(o.standardize), intercept=bool(o.intercept),
+                                tol=float(o.tol), max_iter=o.max_iter), factors)
+    started = time.perf_counter()
+    with _placed(sources, names, o.cluster) as placed:
+        run = _run(placed, design, names, spec, folds, None, o.synchronous, o.verbose)
+    refit = _refitter(run, sources, names, o.cluster, design, o.synchronous)
+    return _path_result(run, family, o.alpha, time.perf_counter() - started, refit), run
 
 
 class _FactorSpec:
@@ -608,7 +642,7 @@ def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optiona
     return run
 
 
-def _path_result(run: GlmnetRun, spec: PathSpec, family: str, alpha: float, seconds: float,
+def _path_result(run: GlmnetRun, family: str, alpha: float, seconds: float,
                  refit) -> GlmnetPath:
     res = run.result
     coefs = pd.DataFrame(res.betas, index=pd.Index(res.lambdas, name="lambda"),
@@ -619,7 +653,7 @@ def _path_result(run: GlmnetRun, spec: PathSpec, family: str, alpha: float, seco
                       res.rounds, run.rounds, family, float(alpha), seconds, refit)
 
 
-def _refitter(run: GlmnetRun, spec: PathSpec, sources, names, cluster, design, synchronous):
+def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous):
     """glmnet's ``exact = TRUE``: a fit at one lambda, warm-started. Gaussian needs no
     site: its sums are the moments already summed."""
     moments = run._moments[None]
@@ -655,4 +689,5 @@ class _FixedSpec(_FactorSpec):
         return self.spec
 
 
-__all__ = ["CVGlmnet", "GlmnetPath", "GlmnetRun", "cv_glmnet", "fold_ids", "glmnet"]
+__all__ = ["CVGlmnet", "GlmnetPath", "GlmnetRun", "PathOptions", "cv_glmnet", "fold_ids",
+           "glmnet"]

@@ -164,16 +164,18 @@ def _deviance(fam, X, y, w, offset, beta) -> float:
         return float(fam.deviance(y, mu, w))
 
 
-def _irls_sums(fam, guards, X, y, w, offset, ask: Ask) -> Sums:
+def _irls_sums(fam, guards, X, y, w, offset, ask: Ask, site: Optional[Site] = None) -> Sums:
     """X'WX, X'Wz and the deviance at ``ask.beta`` (as `Site.contribution` computes them),
-    and the deviance at each of ``ask.deviance_at``."""
+    and the deviance at each of ``ask.deviance_at``. ``site`` given: X is its whole design,
+    and its buffer of sqrt(W) X is reused from round to round."""
     deviances = tuple(_deviance(fam, X, y, w, offset, b) for b in ask.deviance_at)
     if ask.beta is None:
         return Sums(None, None, float("nan"), True, deviances)
-    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask.beta), deviances=deviances)
+    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask.beta, site),
+                   deviances=deviances)
 
 
-def _irls_sums_at(fam, guards, X, y, w, offset, beta) -> Sums:
+def _irls_sums_at(fam, guards, X, y, w, offset, beta, site) -> Sums:
     with np.errstate(all="ignore"):
         eta = X @ beta + offset
         mu = fam.linkinv(eta)
@@ -185,7 +187,10 @@ def _irls_sums_at(fam, guards, X, y, w, offset, beta) -> Sums:
         weights = w * fam.working_weights(mu)
         z = eta - offset + fam.deriv(mu) * (y - mu)
         good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-        xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
+        if site is not None and good.all():  # no copy of the rows, the buffer kept
+            xtwx, xtwz, work = site._weighted_sums(X, weights, z, keep=True)
+        else:
+            xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
     # The coefficients choose the weights: they must not single out a row.
     disclosure.check_round(guards, work[:, :X.shape[1]], xtwx)
     return Sums(xtwx, xtwz, float(deviance))
@@ -236,7 +241,7 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
         fam = design.family.bind(m.d_star)
         for fit, ask in q.betas:
             if fit is None:
-                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, ask)))
+                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, ask, site)))
                 continue
             rows = folds != fit  # the fit's training rows
             if rows.any():

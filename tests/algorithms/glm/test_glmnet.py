@@ -170,38 +170,50 @@ def test_the_path_plot_has_one_line_per_term():
     matplotlib.pyplot.close("all")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(alpha=1.5), "alpha: expected a number in \\[0, 1\\]"),
-    (dict(alpha=-0.1), "alpha"),
-    (dict(lambdas=[0.1, 0.2]), "decreasing path"),
-    (dict(lambdas=[0.1, -0.01]), "non-negative"),
-    (dict(penalty_factor={"age": 0}), "unknown term\\(s\\) \\['age'\\]"),
-    (dict(penalty_factor={"gre": -1}), "penalty_factor\\['gre'\\]"),
-    (dict(family="gamma"), "glmnet fits"),
-    (dict(nlambda=0), "nlambda"),
-])
-def test_bad_input_is_refused_before_any_process(monkeypatch, kwargs, message):
+BAD_PATH_INPUT = [
+    (dict(alpha=1.5), ValueError, "alpha: expected a number in \\[0, 1\\]"),
+    (dict(alpha=-0.1), ValueError, "alpha"),
+    (dict(alpha="0.5"), ValueError, "alpha"),
+    (dict(lambdas=[0.1, 0.2]), ValueError, "decreasing path"),
+    (dict(lambdas=[0.1, 0.1]), ValueError, "decreasing path"),
+    (dict(lambdas=[0.1, -0.01]), ValueError, "non-negative"),
+    (dict(lambdas=[]), ValueError, "non-empty"),
+    (dict(penalty_factor={"age": 0}), ValueError, "unknown term\\(s\\) \\['age'\\]"),
+    (dict(penalty_factor={"gre": -1}), ValueError, "penalty_factor\\['gre'\\]"),
+    (dict(family="gamma"), ValueError, "glmnet fits"),
+    (dict(nlambda=0), ValueError, "nlambda"),
+    (dict(alfa=0.5), TypeError, "unexpected keyword argument\\(s\\) \\['alfa'\\]"),
+]
+BAD_CV_INPUT = [
+    (dict(folds=500), ValueError, "site 1 has .* rows, fewer than the 500 folds"),
+    (dict(folds=2), ValueError, "folds: expected an integer >= 3"),
+    (dict(type_measure="auc"), ValueError, "type_measure"),
+    (dict(type_measure="class", family="poisson"), ValueError, "binomial"),
+]
+
+
+@pytest.mark.parametrize("function,kwargs,error,message",
+                         [("glmnet",) + case for case in BAD_PATH_INPUT] +
+                         [("cv_glmnet",) + case for case in BAD_PATH_INPUT + BAD_CV_INPUT])
+def test_bad_input_is_refused_before_any_process(monkeypatch, function, kwargs, error,
+                                                 message):
     monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
     frames = read(v6_sites("binomial"))
     args = dict(family="binomial")
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        glm.glmnet("admit ~ gre + gpa + C(rank)", frames, **args)
+    with pytest.raises(error, match=message):
+        getattr(glm, function)("admit ~ gre + gpa + C(rank)", frames, **args)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(folds=500), "fewer than the 500 folds"),
-    (dict(folds=2), "folds: expected an integer >= 3"),
-    (dict(type_measure="auc"), "type_measure"),
-    (dict(type_measure="class", family="poisson"), "binomial"),
-])
-def test_bad_cv_input_is_refused_before_any_process(monkeypatch, kwargs, message):
-    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+def test_a_file_site_with_fewer_rows_than_folds_is_refused_by_the_site(tmp_path):
+    """A file's rows are counted where it is read (the central never opens a site's file):
+    the site refuses before sending any sum."""
     frames = read(v6_sites("binomial"))
-    args = dict(family="binomial")
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        glm.cv_glmnet("admit ~ gre + gpa", frames, **args)
+    small = tmp_path / "small.csv"
+    frames[0].head(30).to_csv(small, index=False)
+    with pytest.raises(glm.PrivacyError, match="fewer rows than the 40 folds"):
+        glm.cv_glmnet("admit ~ gre + gpa", [small] + frames[1:], family="binomial", folds=40,
+                      cluster="inprocess")
 
 
 def _no_process(*args, **kwargs):
