@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
         k = min(len(path.lambdas), len(r_lambdas))
         diff = float(np.max(np.abs(path.coefs.to_numpy()[:k] - r_coefs[:k])))
         rows.append(dict(method=f"aia glm.glmnet, 2 sites, {'sync' if synchronous else 'async'}",
-                         seconds=seconds, path_seconds=path.seconds, lambdas=len(path.lambdas),
+                         seconds=seconds, path_seconds=path.path_seconds, lambdas=len(path.lambdas),
                          rounds=int(path.rounds),
                          lambda_rdiff=float(np.max(np.abs(path.lambdas[:k] / r_lambdas[:k] - 1))),
                          diff=diff))

@@ -89,6 +89,7 @@ class GlmnetRun(AbstractAlgorithm):
         self._gathered: dict = {}
         self._hold: dict = {}
         self._last = None
+        self._clock = [0.0, 0.0]  # when the run began (after the design), the last answer
 
     # -- worker ---------------------------------------------------------------------------
     def answer(self, q: GlmnetQuery, problem: Any):
@@ -106,12 +107,14 @@ class GlmnetRun(AbstractAlgorithm):
     # -- central --------------------------------------------------------------------------
     def initialize(self, problem: Any) -> GlmnetQuery:
         self._reset()
+        self._clock = [time.perf_counter()] * 2
         self._query = GlmnetQuery(0, "moments", folds=self.folds)
         return self._query
 
     def sync_central_step(self, answers, workers, problem) -> GlmnetQuery:
         parts = [a for x in answers for a in (x if isinstance(x, list) else [x])]
         self.rounds += 1
+        self._clock[1] = time.perf_counter()
         if self._phase == "moments":
             self._take_moments(parts)
         elif self._phase == "heldout":
@@ -211,6 +214,12 @@ class GlmnetRun(AbstractAlgorithm):
         betas = tuple((fit, beta) for fit, beta in self._pending.items())
         return GlmnetQuery(self._version, "sums", betas, self.folds)
 
+    @property
+    def path_seconds(self) -> float:
+        """Seconds from the first query (the moments) to the last answer: every round of the
+        run, without placing the rows and building the design."""
+        return self._clock[1] - self._clock[0]
+
     def stopnow(self, stopat: Mapping[str, Any]) -> bool:
         return self._done or self.rounds >= stopat.get("rounds", MAX_ROUNDS)
 
@@ -243,7 +252,9 @@ class GlmnetPath:
     term, Intercept first), ``df`` (nonzero coefficients besides the intercept),
     ``dev_ratio`` (fraction of the null deviance explained), ``null_deviance``,
     ``rounds_per_lambda`` (rounds of site sums at each lambda; 0 for gaussian) and
-    ``rounds`` (every round of the run, the moments included)."""
+    ``rounds`` (every round of the run, the moments included); ``seconds``: the whole run,
+    placing the rows and building the design included, ``path_seconds``: its rounds of
+    sums alone."""
 
     lambdas: np.ndarray
     coefs: pd.DataFrame
@@ -254,6 +265,7 @@ class GlmnetPath:
     family: str
     alpha: float
     seconds: float = 0.0
+    path_seconds: float = 0.0
     _refit: Any = field(default=None, repr=False)
 
     @property
@@ -650,7 +662,8 @@ def _path_result(run: GlmnetRun, family: str, alpha: float, seconds: float,
     order = (["Intercept"] if "Intercept" in coefs else []) + \
         [c for c in coefs.columns if c != "Intercept"]
     return GlmnetPath(res.lambdas, coefs[order], res.dev_ratio, res.null_deviance,
-                      res.rounds, run.rounds, family, float(alpha), seconds, refit)
+                      res.rounds, run.rounds, family, float(alpha), seconds, run.path_seconds,
+                      refit)
 
 
 def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous):

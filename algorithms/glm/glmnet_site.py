@@ -171,13 +171,15 @@ def _irls_sums(fam, guards, X, y, w, offset, ask: Ask, site: Optional[Site] = No
     deviances = tuple(_deviance(fam, X, y, w, offset, b) for b in ask.deviance_at)
     if ask.beta is None:
         return Sums(None, None, float("nan"), True, deviances)
-    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask.beta, site),
+    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask, site),
                    deviances=deviances)
 
 
-def _irls_sums_at(fam, guards, X, y, w, offset, beta, site) -> Sums:
+def _irls_sums_at(fam, guards, X, y, w, offset, ask: Ask, site) -> Sums:
+    """The sums at ``ask.beta``: X'WX and X'Wz over the columns ``ask.columns`` (None:
+    all; zero elsewhere) and the score X'W(z - eta) of every column."""
     with np.errstate(all="ignore"):
-        eta = X @ beta + offset
+        eta = X @ ask.beta + offset
         mu = fam.linkinv(eta)
         if not fam.valid(eta, mu):
             return Sums(None, None, float("nan"), False)
@@ -187,13 +189,26 @@ def _irls_sums_at(fam, guards, X, y, w, offset, beta, site) -> Sums:
         weights = w * fam.working_weights(mu)
         z = eta - offset + fam.deriv(mu) * (y - mu)
         good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-        if site is not None and good.all():  # no copy of the rows, the buffer kept
-            xtwx, xtwz, work = site._weighted_sums(X, weights, z, keep=True)
-        else:
-            xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
-    # The coefficients choose the weights: they must not single out a row.
-    disclosure.check_round(guards, work[:, :X.shape[1]], xtwx)
-    return Sums(xtwx, xtwz, float(deviance))
+        everything = good.all()
+        score = X.T @ np.where(good, weights * (z - eta + offset), 0.0)
+        if ask.columns is None:
+            if site is not None and everything:  # no copy of the rows, the buffer kept
+                xtwx, xtwz, work = site._weighted_sums(X, weights, z, keep=True)
+            else:
+                xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
+            sent = xtwx
+        else:  # the central's strong set: n q^2 for q columns instead of n p^2
+            cols = np.asarray(ask.columns, int)
+            part = X[:, cols] if everything else X[np.ix_(good, cols)]
+            sent, xtwz_s, work = weighted_sums(part, weights[good], z[good])
+            p = X.shape[1]
+            xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
+            xtwx[np.ix_(cols, cols)] = sent
+            xtwz[cols] = xtwz_s
+    # The coefficients choose the weights: they must not single out a row (of the columns
+    # whose gram is sent; the score of every column is a p-vector, as in Fisher scoring).
+    disclosure.check_round(guards, work[:, :sent.shape[0]], sent)
+    return Sums(xtwx, xtwz, float(deviance), score=score)
 
 
 def _heldout(family: str, X, y, w, offset, B: np.ndarray) -> Heldout:
