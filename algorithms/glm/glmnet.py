@@ -291,10 +291,7 @@ class GlmnetPath:
 
     def plot(self, ax=None, xvar: str = "lambda"):
         """The coefficient paths against log(lambda) (matplotlib needed)."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:  # the optional extra
-            raise ImportError("path.plot() needs matplotlib: pip install matplotlib") from None
+        plt = _pyplot("path.plot()")
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4))
         terms = [c for c in self.coefs.columns if c != "Intercept"]
@@ -303,10 +300,13 @@ class GlmnetPath:
             ax.plot(x, self.coefs[t].to_numpy(), label=t)
         ax.set_xlabel("log(lambda)")
         ax.set_ylabel("coefficient")
-        ax.set_title(f"glmnet {self.family}, alpha = {self.alpha:g}")
         top = ax.secondary_xaxis("top")
         top.set_xticks(x[:: max(1, len(x) // 6)])
         top.set_xticklabels(self.df[:: max(1, len(x) // 6)])
+        top.set_xlabel("nonzero coefficients", fontsize="small")
+        # above the top axis (its ticks and label), inside the figure
+        ax.set_title(f"glmnet {self.family}, alpha = {self.alpha:g}", pad=34)
+        ax.figure.tight_layout()
         if len(terms) <= 12:
             ax.legend(fontsize="small")
         return ax
@@ -350,10 +350,7 @@ class CVGlmnet:
 
     def plot(self, ax=None):
         """The cross-validated measure against log(lambda), with its error bars."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("cv.plot() needs matplotlib: pip install matplotlib") from None
+        plt = _pyplot("cv.plot()")
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4))
         x = np.log(self.lambdas)
@@ -363,6 +360,17 @@ class CVGlmnet:
         ax.set_xlabel("log(lambda)")
         ax.set_ylabel(self.type_measure)
         return ax
+
+
+def _pyplot(what: str):
+    """matplotlib.pyplot, or a clear ImportError: matplotlib is the optional ``plot``
+    extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"{what} needs matplotlib, an optional dependency: "
+                          "pip install 'aia[plot]' (or pip install matplotlib)") from None
+    return plt
 
 
 def cv_statistics(heldout: Mapping[int, Sequence[Heldout]], measure: str, n_folds: int):

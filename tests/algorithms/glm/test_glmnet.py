@@ -4,6 +4,8 @@ statistics with the same fold ids; and the checks made before any process starts
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,6 +170,14 @@ def test_the_path_plot_has_one_line_per_term():
     ax = path.plot()
     assert len(ax.get_lines()) == len(path.coefs.columns) - 1
     matplotlib.pyplot.close("all")
+
+
+def test_plot_without_matplotlib_says_which_extra(monkeypatch):
+    frames = read(v6_sites("binomial"))
+    path = glm.glmnet("gpa ~ gre + admit", frames, cluster="inprocess", nlambda=5)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"path.plot\(\) needs matplotlib.*aia\[plot\]"):
+        path.plot()
 
 
 BAD_PATH_INPUT = [
