@@ -12,8 +12,10 @@ The steps, each a pass over the sites (sums only come back)::
     1. describe, build   as `glm.fit`: merged levels and moments, the same design everywhere
     2. moments           prior-weighted sums of every site (and of every fold), for glmnet's
                          standardisation with the pooled weighted moments
-    3. the path          each round sends coefficients and reads back X'WX, X'Wz and the
-                         deviance (`algorithms.glm.glmnet_path`); none for gaussian
+    3. the path          each round sends coefficients and reads back X'WX, X'Wz (of the
+                         strong set's columns), every column's score and the deviance, and
+                         the deviance at the last solution (`algorithms.glm.glmnet_path`);
+                         none for gaussian
     4. cv (cv_glmnet)    the K training fits in lock-step (rows outside each fold), then one
                          round for the held-out folds' deviance at every lambda
 

@@ -6,11 +6,12 @@
         until the coefficients settle                     IRLS: one round of site sums each
             coordinate descent on the summed X'WX, X'Wz   coordinate_descent.elastic_net
 
-`path_fit` is a generator: it yields an `Ask`, the coefficients at which it needs the sites' IRLS
-sums (X'WX, X'Wz and the deviance over the fit's rows) and the earlier solutions whose deviance
-it still needs, and is sent them back as `Sums`; it returns
-a `PathResult`. The gaussian family needs no round at all: its sums do not depend on the
-coefficients, and come with the prior-weighted `Moments` every fit starts from.
+`path_fit` is a generator: it yields an `Ask` (the coefficients at which it needs the sites'
+IRLS sums over the fit's rows: X'WX and X'Wz of the strong set's columns, `_StrongSet`, the
+score of every column and the deviance; and the earlier solutions whose deviance it still
+needs) and is sent them back as `Sums`; it returns a `PathResult`. The gaussian family needs
+no round at all: its sums do not depend on the coefficients, and come with the
+prior-weighted `Moments` every fit starts from.
 
 The objective is glmnet's, on the original scale of the columns:
 
