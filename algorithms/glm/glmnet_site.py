@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
+from scipy.linalg.blas import daxpy, dsyrk
 
 from . import disclosure
 from .guards import ENVIRONMENT, PrivacyError
@@ -154,10 +155,22 @@ def _moments(X, y, w, offset) -> Moments:
                    float(np.sum(w * y)), len(y), int(np.sum(w > 0)))
 
 
+def _eta(X: np.ndarray, beta: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``X beta + offset`` from the columns of the nonzero coefficients only: along a lasso
+    path they are few, and reading the others would be most of a round's time."""
+    nz = np.flatnonzero(beta)
+    if 2 * len(nz) > X.shape[1] or not X.flags.f_contiguous:
+        return X @ beta + offset
+    eta = np.array(offset, dtype=float)
+    for j in nz:
+        daxpy(X[:, j], eta, a=beta[j])  # in place: no new n-vector per column
+    return eta
+
+
 def _deviance(fam, X, y, w, offset, beta) -> float:
     """The deviance at ``beta`` (nan outside the family's range)."""
     with np.errstate(all="ignore"):
-        eta = X @ beta + offset
+        eta = _eta(X, beta, offset)
         mu = fam.linkinv(eta)
         if not fam.valid(eta, mu):
             return float("nan")
@@ -167,7 +180,7 @@ def _deviance(fam, X, y, w, offset, beta) -> float:
 def _irls_sums(fam, guards, X, y, w, offset, ask: Ask, site: Optional[Site] = None) -> Sums:
     """X'WX, X'Wz and the deviance at ``ask.beta`` (as `Site.contribution` computes them),
     and the deviance at each of ``ask.deviance_at``. ``site`` given: X is its whole design,
-    and its buffer of sqrt(W) X is reused from round to round."""
+    and a buffer of sqrt(W) X is kept for it from round to round."""
     deviances = tuple(_deviance(fam, X, y, w, offset, b) for b in ask.deviance_at)
     if ask.beta is None:
         return Sums(None, None, float("nan"), True, deviances)
@@ -175,11 +188,39 @@ def _irls_sums(fam, guards, X, y, w, offset, ask: Ask, site: Optional[Site] = No
                    deviances=deviances)
 
 
+_BUFFERS: "weakref.WeakKeyDictionary[Site, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
+def _buffer(site: Optional[Site], n: int, p: int, q: int) -> np.ndarray:
+    """A column-major n x (q + 1) buffer: a slice of the site's kept n x (p + 1) one (on a
+    virtual machine, writing fresh memory costs more than the product), or a new one."""
+    if site is None:
+        return np.empty((n, q + 1), order="F")
+    held = _BUFFERS.get(site)
+    if held is None or held.shape != (n, p + 1):
+        held = np.empty((n, p + 1), order="F")
+        _BUFFERS[site] = held
+    return held[:, :q + 1]
+
+
+def _gram(X, cols: np.ndarray, weights, z, work: np.ndarray) -> tuple:
+    """``(X_c'WX_c, X_c'Wz)`` of the columns ``cols``, as `linalg.weighted_sums` (one
+    ``syrk`` of sqrt(W) [X_c z]) with the columns gathered straight into ``work``."""
+    root = np.sqrt(weights)
+    for i, j in enumerate(cols):
+        np.multiply(X[:, j], root, out=work[:, i])
+    np.multiply(z, root, out=work[:, len(cols)])
+    q = len(cols)
+    upper = dsyrk(1.0, work, trans=1)
+    return np.triu(upper[:q, :q]) + np.triu(upper[:q, :q], 1).T, upper[:q, q].copy()
+
+
 def _irls_sums_at(fam, guards, X, y, w, offset, ask: Ask, site) -> Sums:
     """The sums at ``ask.beta``: X'WX and X'Wz over the columns ``ask.columns`` (None:
     all; zero elsewhere) and the score X'W(z - eta) of every column."""
+    n, p = X.shape
     with np.errstate(all="ignore"):
-        eta = X @ ask.beta + offset
+        eta = _eta(X, ask.beta, offset)
         mu = fam.linkinv(eta)
         if not fam.valid(eta, mu):
             return Sums(None, None, float("nan"), False)
@@ -189,25 +230,22 @@ def _irls_sums_at(fam, guards, X, y, w, offset, ask: Ask, site) -> Sums:
         weights = w * fam.working_weights(mu)
         z = eta - offset + fam.deriv(mu) * (y - mu)
         good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-        everything = good.all()
         score = X.T @ np.where(good, weights * (z - eta + offset), 0.0)
-        if ask.columns is None:
-            if site is not None and everything:  # no copy of the rows, the buffer kept
-                xtwx, xtwz, work = site._weighted_sums(X, weights, z, keep=True)
-            else:
-                xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
-            sent = xtwx
-        else:  # the central's strong set: n q^2 for q columns instead of n p^2
-            cols = np.asarray(ask.columns, int)
-            part = X[:, cols] if everything else X[np.ix_(good, cols)]
-            sent, xtwz_s, work = weighted_sums(part, weights[good], z[good])
-            p = X.shape[1]
-            xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
-            xtwx[np.ix_(cols, cols)] = sent
-            xtwz[cols] = xtwz_s
+        if not good.all():  # R drops these rows from the weighted least squares
+            X, weights, z, site = X[good], weights[good], z[good], None
+        # the central's strong set: n q^2 for q columns instead of n p^2
+        cols = np.arange(p) if ask.columns is None else np.asarray(ask.columns, int)
+        work = _buffer(site, len(z), p, len(cols))
+        sent, xtwz_c = _gram(X, cols, weights, z, work)
+    if ask.columns is None:
+        xtwx, xtwz = sent, xtwz_c
+    else:
+        xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
+        xtwx[np.ix_(cols, cols)] = sent
+        xtwz[cols] = xtwz_c
     # The coefficients choose the weights: they must not single out a row (of the columns
     # whose gram is sent; the score of every column is a p-vector, as in Fisher scoring).
-    disclosure.check_round(guards, work[:, :sent.shape[0]], sent)
+    disclosure.check_round(guards, work[:, :len(cols)], sent)
     return Sums(xtwx, xtwz, float(deviance), score=score)
 
 
