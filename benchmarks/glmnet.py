@@ -3,10 +3,10 @@ glm.glmnet against R's glmnet and scikit-learn on the pooled arrays.
 
     python benchmarks/glmnet.py [--rows N] [--predictors P] [--alpha A] [--no-sklearn]
 
-- ``glm.glmnet``, two sites of N/2 rows (DataFrames, each sent to its own worker of an
+- ``glm.glmnet``, two sites of N/2 rows (Parquet files, each read by its own worker of an
   `aia.LocalCluster` started beforehand, its start-up listed apart), synchronous and
   asynchronous: rounds (every round of site sums, the moments included), rounds per lambda,
-  seconds end to end (placing the rows, building the design, the path) and of the path
+  seconds end to end (reading the files, building the design, the path) and of the path
   alone (from the first query of sums to the last answer);
 - R's ``glmnet`` (Rscript) on the pooled arrays, read from a binary file before the clock
   starts: the same path (same lambdas; glmnet's default ``thresh`` 1e-7 on both sides);
@@ -16,8 +16,9 @@ glm.glmnet against R's glmnet and scikit-learn on the pooled arrays.
   glmnet path for the binomial family; it is optional (``pip install -e ".[bench]"``) and
   skipped with a note when missing.
 
-Every row of the table gives the largest difference of its coefficients from R's along the
-whole path. Prints the table and writes benchmarks/results/glmnet.json (and
+R and aia are run ``--repeats`` times, alternating (the table gives medians; the JSON every
+run). Every row of the table gives the largest difference of its coefficients from R's along
+the whole path. Prints the table and writes benchmarks/results/glmnet.json (and
 glmnet_<rows>rows.json for other sizes).
 """
 
@@ -71,11 +72,13 @@ R_SCRIPT = r"""
 suppressPackageStartupMessages(library(glmnet))
 args <- commandArgs(trailingOnly = TRUE)
 n <- as.integer(args[2]); p <- as.integer(args[3]); alpha <- as.numeric(args[4])
+thresh <- as.numeric(args[6])
 con <- file(args[1], "rb")
 x <- matrix(readBin(con, "double", n * p), n, p)
 y <- readBin(con, "double", n)
 close(con)
-t <- system.time(f <- glmnet(x, y, family = "binomial", alpha = alpha))[["elapsed"]]
+t <- system.time(f <- glmnet(x, y, family = "binomial", alpha = alpha,
+                             thresh = thresh))[["elapsed"]]
 con <- file(args[5], "wb")
 writeBin(c(t, length(f$lambda), f$lambda, as.vector(as.matrix(coef(f)))), con)
 close(con)
@@ -83,17 +86,19 @@ cat(as.character(packageVersion("glmnet")), "\n")
 """
 
 
-def r_glmnet(X: np.ndarray, y: np.ndarray, alpha: float, tmp: Path):
+def r_glmnet(X: np.ndarray, y: np.ndarray, alpha: float, tmp: Path, thresh: float = 1e-7):
     """``(seconds, lambdas, coefs, version)``: R's glmnet on the pooled arrays, timed inside R
     around the glmnet() call alone."""
     n, p = X.shape
     data, out, script = tmp / "xy.bin", tmp / "r_out.bin", tmp / "glmnet.R"
-    with open(data, "wb") as f:
-        f.write(np.asfortranarray(X).tobytes(order="F"))
-        f.write(y.tobytes())
+    if not data.exists():
+        with open(data, "wb") as f:
+            f.write(np.asfortranarray(X).tobytes(order="F"))
+            f.write(y.tobytes())
     script.write_text(R_SCRIPT)
     done = subprocess.run(["Rscript", "--vanilla", str(script), str(data), str(n), str(p),
-                           repr(alpha), str(out)], capture_output=True, text=True, check=True)
+                           repr(alpha), str(out), repr(thresh)], capture_output=True,
+                          text=True, check=True)
     values = np.fromfile(out, dtype=np.float64)
     seconds, k = float(values[0]), int(values[1])
     lambdas = values[2:2 + k]
@@ -144,11 +149,19 @@ def aia_path(frames, formula: str, alpha: float, synchronous: bool, lambdas=None
     return seconds, path, startup
 
 
+def _error(coefs: np.ndarray, exact: np.ndarray) -> float:
+    """The largest distance from the exact path, at the lambdas both have."""
+    k = min(len(coefs), len(exact))
+    return float(np.max(np.abs(coefs[:k] - exact[:k])))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--predictors", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating runs of R and of aia (the table gives medians)")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn")
     parser.add_argument("--no-async", action="store_true", help="only the synchronous run")
     parser.add_argument("--sklearn-budget", type=float, default=300,
@@ -160,32 +173,49 @@ def main(argv=None) -> dict:
     formula = "y ~ " + " + ".join(names)
     notes = []
     rows = []
-
     if shutil.which("Rscript") is None:
         sys.exit("R (Rscript) with glmnet is needed: apt-get install r-base-core r-cran-glmnet")
+    modes = (True,) if args.no_async else (True, False)
+    times: dict = {"R": [], True: [], False: []}
+    path_times: dict = {True: [], False: []}
+    startups, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="aia-glmnet-bench-") as tmp:
-        r_seconds, r_lambdas, r_coefs, r_version = r_glmnet(X, y, alpha, Path(tmp))
-    rows.append(dict(method=f"R glmnet {r_version} (pooled arrays)", seconds=r_seconds,
-                     path_seconds=r_seconds, lambdas=len(r_lambdas), rounds=None,
-                     diff=0.0))
-
-    frame = pd.DataFrame(X, columns=names).assign(y=y)
-    frames = [frame.iloc[part].reset_index(drop=True)
-              for part in np.array_split(np.arange(n), 2)]
-    del frame
-    startups = []
-    paths = {}
-    for synchronous in (True,) if args.no_async else (True, False):
-        seconds, path, startup = aia_path(frames, formula, alpha, synchronous)
-        startups.append(startup)
-        paths[synchronous] = path
+        # Each site a Parquet file of n/2 rows, read by its own worker (as glm.py's sites)
+        frame = pd.DataFrame(X, columns=names).assign(y=y)
+        sites = []
+        for i, part in enumerate(np.array_split(np.arange(n), 2)):
+            sites.append(Path(tmp) / f"site{i + 1}.parquet")
+            frame.iloc[part].to_parquet(sites[-1])
+        del frame
+        # The exact path (R, thresh 1e-14; not timed): how far each method's is from it.
+        _, _, exact, _ = r_glmnet(X, y, alpha, Path(tmp), thresh=1e-14)
+        # Alternate R and aia: on a shared machine the load moves one run by 2x.
+        for _ in range(args.repeats):
+            r_seconds, r_lambdas, r_coefs, r_version = r_glmnet(X, y, alpha, Path(tmp))
+            times["R"].append(r_seconds)
+            for synchronous in modes:
+                seconds, path, startup = aia_path(sites, formula, alpha, synchronous)
+                startups.append(startup)
+                times[synchronous].append(seconds)
+                path_times[synchronous].append(path.path_seconds)
+                paths[synchronous] = path
+    rows.append(dict(method=f"R glmnet {r_version} (pooled arrays)",
+                     seconds=float(np.median(times["R"])),
+                     path_seconds=float(np.median(times["R"])), lambdas=len(r_lambdas),
+                     rounds=None, diff=0.0, runs=times["R"],
+                     error=_error(r_coefs, exact)))
+    for synchronous in modes:
+        path = paths[synchronous]
         k = min(len(path.lambdas), len(r_lambdas))
-        diff = float(np.max(np.abs(path.coefs.to_numpy()[:k] - r_coefs[:k])))
-        rows.append(dict(method=f"aia glm.glmnet, 2 sites, {'sync' if synchronous else 'async'}",
-                         seconds=seconds, path_seconds=path.path_seconds, lambdas=len(path.lambdas),
-                         rounds=int(path.rounds),
-                         lambda_rdiff=float(np.max(np.abs(path.lambdas[:k] / r_lambdas[:k] - 1))),
-                         diff=diff))
+        rows.append(dict(
+            method=f"aia glm.glmnet, 2 sites, {'sync' if synchronous else 'async'}",
+            seconds=float(np.median(times[synchronous])),
+            path_seconds=float(np.median(path_times[synchronous])),
+            lambdas=len(path.lambdas), rounds=int(path.rounds),
+            lambda_rdiff=float(np.max(np.abs(path.lambdas[:k] / r_lambdas[:k] - 1))),
+            diff=float(np.max(np.abs(path.coefs.to_numpy()[:k] - r_coefs[:k]))),
+            error=_error(path.coefs.to_numpy(), exact),
+            runs=times[synchronous], path_runs=path_times[synchronous]))
 
     if args.no_sklearn:
         notes.append("scikit-learn: skipped (--no-sklearn)")
@@ -202,7 +232,8 @@ def main(argv=None) -> dict:
             rows.append(dict(method=f"scikit-learn {version} saga, warm starts (pooled)",
                              seconds=seconds, path_seconds=seconds, lambdas=len(coefs),
                              rounds=None,
-                             diff=float(np.max(np.abs(coefs - r_coefs[:len(coefs)])))))
+                             diff=float(np.max(np.abs(coefs - r_coefs[:len(coefs)]))),
+                             error=_error(coefs, exact)))
     return report(args, rows, notes, startups)
 
 
@@ -210,18 +241,21 @@ def report(args, rows, notes, startups) -> dict:
     n, p = args.rows, args.predictors
     print(f"\nBinomial glmnet path, {n:,} rows x {p} correlated predictors, alpha {args.alpha:g}, "
           f"{os.cpu_count()} CPU(s); local cluster start-up {np.median(startups):.2f} s "
-          "(not included)\n")
+          f"(not included); R and aia: medians of {args.repeats} alternating runs; load "
+          f"average {os.getloadavg()[0]:.1f}\n")
     head = f"{'method':<48}{'seconds':>9}{'path s':>9}{'lambdas':>9}{'rounds':>8}" \
-           f"{'rounds/lambda':>15}{'max |coef - R|':>16}"
+           f"{'rounds/lambda':>15}{'max |coef - R|':>16}{'vs exact':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
         per = "-" if r["rounds"] is None else f"{r['rounds'] / r['lambdas']:.2f}"
         rounds = "-" if r["rounds"] is None else str(r["rounds"])
         print(f"{r['method']:<48}{r['seconds']:>9.2f}{r['path_seconds']:>9.2f}"
-              f"{r['lambdas']:>9}{rounds:>8}{per:>15}{r['diff']:>16.2e}")
-    print("\nseconds: end to end (aia: placing the rows, the design, every round; R and "
-          "scikit-learn: the fit on arrays in memory); path s: aia's rounds alone")
+              f"{r['lambdas']:>9}{rounds:>8}{per:>15}{r['diff']:>16.2e}{r['error']:>10.1e}")
+    print("\nseconds: end to end (aia: reading the sites' files, the design, every round; R "
+          "and scikit-learn: the fit on arrays in memory); path s: aia's rounds alone; "
+          "vs exact: max |coef - R's path at thresh 1e-14| (R and aia at glmnet's default "
+          "thresh 1e-7)")
     r_seconds = rows[0]["seconds"]
     for r in rows[1:]:
         if r["rounds"] is not None:
