@@ -228,3 +228,41 @@ def test_a_file_site_with_fewer_rows_than_folds_is_refused_by_the_site(tmp_path)
 
 def _no_process(*args, **kwargs):
     raise AssertionError("a worker process was started before the input was checked")
+
+
+def _wide_sites(family: str, n: int = 400, p: int = 15):
+    """Two sites of correlated predictors, a sparse truth: most columns stay out of the
+    strong set for most of the path."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((n, p))
+    X[:, 1:] = 0.6 * X[:, :-1] + 0.8 * X[:, 1:]
+    eta = 0.2 + X[:, :3] @ np.array([0.8, -0.6, 0.4])
+    y = rng.random(n) < 1 / (1 + np.exp(-eta)) if family == "binomial" else \
+        rng.poisson(np.exp(0.3 * eta))
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(p)]).assign(y=y.astype(float))
+    return [frame.iloc[: n // 2].reset_index(drop=True),
+            frame.iloc[n // 2:].reset_index(drop=True)]
+
+
+@pytest.mark.parametrize("family,alpha", [("binomial", 1.0), ("poisson", 0.6)])
+def test_strong_sets_send_fewer_columns_and_keep_r_s_path(monkeypatch, family, alpha):
+    """After the first point the sites send the gram of the strong set only; the KKT check
+    on every column's score brings the others in: the path is still R's."""
+    from algorithms.glm import glmnet_site
+    asked = []
+    real = glmnet_site._irls_sums_at
+
+    def spy(fam, guards, X, y, w, offset, ask, site):
+        asked.append(X.shape[1] if ask.columns is None else len(ask.columns))
+        return real(fam, guards, X, y, w, offset, ask, site)
+
+    monkeypatch.setattr(glmnet_site, "_irls_sums_at", spy)
+    frames = _wide_sites(family)
+    formula = "y ~ " + " + ".join(f"x{j}" for j in range(15))
+    path = glm.glmnet(formula, frames, family=family, alpha=alpha, tol=TOL,
+                      cluster="inprocess")
+    assert min(asked) < 8 < max(asked) == 16  # restricted early, every column at the start
+    names, r = _r_paths(family, formula, [f.assign(w=1.0, off=0.0) for f in frames],
+                        [(alpha, False, False, None, None)])
+    assert len(path.lambdas) == len(r["lambda0"])
+    _close_path(path, names, r["lambda0"], r["beta0"], r["dev0"])
