@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,6 @@ def sklearn_path(X: np.ndarray, y: np.ndarray, alpha: float, lambdas: np.ndarray
                                warm_start=True, tol=1e-4, max_iter=1000)
     coefs = []
     t0 = time.perf_counter()
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # saga's ConvergenceWarning at the small lambdas
         for lam in lambdas:

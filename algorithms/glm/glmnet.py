@@ -43,7 +43,7 @@ from aia.algorithm import AbstractAlgorithm
 
 from .base import _HOLD_MAX, _HOLD_START, DesignMismatchError
 from .design import Design, merge_levels, merge_moments
-from .glmnet_path import Moments, PathResult, PathSpec, Sums, interpolate, path_fit
+from .glmnet_path import PathResult, PathSpec, Sums, interpolate, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout, fold_ids, glmnet_answer
 from .guards import check_min_sites
 from .site import SiteGroup
