@@ -148,9 +148,15 @@ def _check_fold(site: Site, guards, m, rows: np.ndarray, fold: int) -> None:
                            "folds)") from None
 
 
-def _moments(X, y, w, offset) -> Moments:
+def _moments(X, y, w, offset, gram: bool) -> Moments:
+    """The prior-weighted sums; ``gram`` False (binomial, Poisson: the central only
+    standardises with them) puts the diagonal of X'WX alone in ``xwx``, without the
+    product of a whole gram."""
     z0 = y - offset
-    xwx, xwz, _ = weighted_sums(X, w, z0)
+    if gram:
+        xwx, xwz, _ = weighted_sums(X, w, z0)
+    else:
+        xwx, xwz = np.diag(np.einsum("ij,ij,i->j", X, X, w)), X.T @ (w * z0)
     return Moments(float(np.sum(w)), X.T @ w, xwx, xwz, float(np.sum(w * z0 * z0)),
                    float(np.sum(w * y)), len(y), int(np.sum(w > 0)))
 
@@ -284,12 +290,13 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
     X, y, w, off = m.X, m.y, m.weights, m.offset
     parts = []
     if q.kind == "moments":
-        parts.append((None, _moments(X, y, w, off)))
+        gram = design.family.name.lower() == "gaussian"  # its path runs on these sums
+        parts.append((None, _moments(X, y, w, off, gram)))
         if folds is not None and q.folds.sites is None:
             for k in range(q.folds.k):
                 rows = folds == k
                 _check_fold(site, guards, m, rows, k)
-                parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows])))
+                parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows], gram)))
     elif q.kind == "sums":
         fam = design.family.bind(m.d_star)
         for fit, ask in q.betas:
