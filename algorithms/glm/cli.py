@@ -52,7 +52,7 @@ from .fisher import FisherScoring
 from .glmnet import GlmnetPath, GlmnetRun, _FactorSpec, _check_penalty_factor, _path_result
 from .glmnet import _check_options as _glmnet_check_options
 from .glmnet import _run as _glmnet_run
-from .glmnet_path import Moments, PathSpec, Sums, path_fit
+from .glmnet_path import Ask, Moments, PathSpec, Sums, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
 from .fit import fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
@@ -331,7 +331,7 @@ def _ask(cluster: FolderCluster, design: Design, query: dict) -> list:
 # sites' sums as registered messages.
 for _name, _cls in (("glm.GlmnetQuery", GlmnetQuery), ("glm.GlmnetAnswer", GlmnetAnswer),
                     ("glm.Folds", Folds), ("glm.PathSpec", PathSpec), ("glm.Moments", Moments),
-                    ("glm.Sums", Sums), ("glm.Heldout", Heldout)):
+                    ("glm.Sums", Sums), ("glm.Heldout", Heldout), ("glm.Ask", Ask)):
     register_message(_name, _cls)
 
 
@@ -396,7 +396,7 @@ def glmnet_folder(formula: str, folder: Any, sites: Sequence[str], family: str =
         raise
     finally:
         cluster.close()
-    return _path_result(run, fspec, family, float(alpha), time.perf_counter() - started,
+    return _path_result(run, family, float(alpha), time.perf_counter() - started,
                         _folder_refit(run))
 
 
