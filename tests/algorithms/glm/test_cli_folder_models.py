@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,21 @@ def test_folder_central_refuses_bad_options_before_anything_starts(tmp_path, opt
     with pytest.raises(ValueError, match=message):
         cli.fit_folder(QUINE, tmp_path, ["a", "b", "c"], **options)
     assert list(tmp_path.iterdir()) == []  # nothing written to the folder
+
+
+def test_a_design_travels_to_the_sites_with_its_rows_options_and_theta():
+    d = cli.with_token(glm.Design.make(QUINE, "negative_binomial", missing="raise",
+                                       freq_weights="f"))
+    stage = cli.design_from(cli.design_params(replace(d, family=d.family.with_theta(1.5))))
+    assert (stage.missing, stage.freq_weights, stage.token) == ("raise", "f", d.token)
+    assert stage.family.theta_estimated and stage.family.theta == 1.5
+    assert stage.family.sm.alpha == pytest.approx(1 / 1.5)
+    quasi = cli.design_from(cli.design_params(glm.Design.make(QUINE, "quasipoisson")))
+    assert quasi.family.quasi == "quasipoisson"  # the site's audit names the model's family
+    # What a site refuses from a central: a theta for another family, or not positive.
+    p = cli.design_params(d)
+    for bad, message in ((dict(family="poisson", theta=2.0), "theta: only for"),
+                         (dict(theta=-1.0), "theta: expected a positive number"),
+                         (dict(theta=float("nan")), "theta: expected a positive number")):
+        with pytest.raises(ValueError, match=message):
+            cli.design_from({**p, **bad})
