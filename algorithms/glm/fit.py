@@ -46,7 +46,7 @@ from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .negbin import fit_theta
 from .results import GLMResults
-from .site import Site, SiteError, SiteGroup
+from .site import site_label, Site, SiteError, SiteGroup
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,9 @@ def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
                 raise PrivacyError(value.guard, value.threshold, value.detail, site=name)
             if isinstance(value, OSError):
                 raise value
-            raise type(value)(f"site {name}: {value}")
+            message = str(value)  # prefixed with the site unless it names it already
+            label = site_label(name)
+            raise type(value)(message if label in message else f"{label}: {message}")
         out.append(value)
     return out
 

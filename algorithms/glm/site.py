@@ -89,6 +89,12 @@ def read_parquet(path: Any, columns: Optional[Collection[str]] = None) -> pd.Dat
     return table.to_pandas(split_blocks=True)
 
 
+def site_label(name: Any) -> str:
+    """``"site NAME"``, or NAME itself when it already says it is a site ("site 2")."""
+    text = str(name)
+    return text if text.lower().startswith("site") else f"site {text}"
+
+
 def _is_parquet(source: Any) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".parquet", ".pq")
 
@@ -136,6 +142,11 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
+
+    @property
+    def label(self) -> str:
+        """How messages name this site: "site 2" (glm.fit's default names already say it)."""
+        return site_label(self.name)
 
     def enter_run(self, session: Optional[str], run: Optional[str]) -> None:
         """The folder session and run this site now answers (recorded in its audit log)."""
@@ -193,7 +204,7 @@ class Site:
         table = self._columns(used)
         missing = sorted(used - set(table.columns))
         if missing:
-            raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
+            raise SiteError(f"column(s) {missing} are not in the table of {self.label}")
         # Selecting columns copies them all: skip it when the model uses every column.
         frame = table if set(table.columns) == used else table[sorted(used)]
         counts = {c: _non_missing(frame[c]) for c in used}
@@ -261,7 +272,7 @@ class Site:
         numbers = pd.to_numeric(column[present], errors="coerce").notna()
         bad = int((~numbers).sum())
         if 0 < bad and bad * 2 < len(numbers):
-            raise SiteError(f"column {col!r} at site {self.name} is not numeric: {bad} of its "
+            raise SiteError(f"column {col!r} at {self.label} is not numeric: {bad} of its "
                             f"{len(numbers)} values are not numbers (a typing error in the "
                             "data?); fix them, or wrap the column in C() to use it as a factor")
 
@@ -466,7 +477,7 @@ class Site:
             mu = fam.linkinv(m.X @ np.asarray(beta, dtype=float) + m.offset)
             sums = negbin_sums(m.y, mu, m.fit_weights, theta)
         if not all(np.isfinite(v) for v in sums.values()):
-            raise SiteError(f"site {self.name}: non-finite sums for theta at these "
+            raise SiteError(f"{self.label}: non-finite sums for theta at these "
                             "coefficients")
         return sums
 
@@ -497,7 +508,7 @@ class Site:
             score = weights * (m.y - mu) * fam.deriv(mu)
         score = np.where(weights > 0, score, 0.0)
         if not np.all(np.isfinite(score)):
-            raise SiteError(f"site {self.name}: non-finite scores at the estimate")
+            raise SiteError(f"{self.label}: non-finite scores at the estimate")
         rows = m.X * score[:, None]  # with frequency weights f: f u_i, the sum of f copies
         if clusters == "rows":  # each copy of a row is an observation: sum f u_i u_i'
             single = rows if m.freq is None else rows / np.sqrt(np.where(

@@ -52,3 +52,12 @@ def test_cli_refuses_bad_values_before_any_process(tmp_path, capsys):
     assert "invalid choice: 'omit'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="link: the negative_binomial family"):
         cli.main(["fit", QUINE, "a.csv", "--family", "negative_binomial", "--link", "logit"])
+
+
+@pytest.mark.parametrize("command", [["fit", QUINE, "a.csv"],
+                                     ["central", "--folder", "f", "--sites", "a,b,c",
+                                      "--formula", QUINE]])
+@pytest.mark.parametrize("option", [["--freq-weights", "f"], ["--missing", "raise"]])
+def test_glmnet_refuses_the_row_options_of_the_glm_fits(command, option):
+    with pytest.raises(SystemExit, match="not options of --method glmnet"):
+        cli.main([*command, "--method", "glmnet", *option])
