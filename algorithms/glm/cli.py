@@ -54,7 +54,7 @@ from .glmnet import _check_options as _glmnet_check_options
 from .glmnet import _run as _glmnet_run
 from .glmnet_path import Moments, PathSpec, Sums, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
-from .fit import fit, fit_steps
+from .fit import check_options, fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError, check_min_sites
@@ -161,6 +161,8 @@ class SiteTasks(AbstractAlgorithm):
                                            float(q["scale"]))}
             if op == "theta_sums":
                 return {"ok": _theta_sums(site, self.design, q)}
+            if op == "meat":
+                return {"ok": _meat(site, self.design, q)}
         except PrivacyError as exc:
             return {"error": {"type": "PrivacyError", "guard": exc.guard,
                               "threshold": exc.threshold, "detail": exc.detail}}
@@ -174,6 +176,20 @@ def _theta_sums(site: Site, design: Design, q: dict) -> dict:
     theta = q.get("theta")
     return site.theta_sums(design, np.asarray(q["beta"], dtype=float),
                            None if theta is None else float(theta))
+
+
+#: The clusters of `Site.meat`: rows (HC0, HC1), the site, the groups column.
+_MEAT_CLUSTERS = ("rows", "site", "groups")
+
+
+def _meat(site: Site, design: Design, q: dict) -> dict:
+    """`Site.meat` for a folder query: the site's p x p share of a robust covariance."""
+    clusters = q.get("clusters")
+    if clusters not in _MEAT_CLUSTERS:
+        raise ValueError(f"clusters: expected one of {_MEAT_CLUSTERS}, got {clusters!r}")
+    version = q.get("version")
+    return site.meat(design, np.asarray(q["beta"], dtype=float), clusters, str(q["salt"]),
+                     None if version is None else int(version))
 
 
 def load_site(path: Optional[str], name: str, audit_log: Optional[str] = None) -> Site:
@@ -260,7 +276,9 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
                session: Optional[str] = None, key: Optional[bytes] = None,
                guards: Any = None, verbose: int = 0, watch: bool = True,
-               missing: str = "drop", freq_weights: Optional[str] = None) -> GLMResults:
+               missing: str = "drop", freq_weights: Optional[str] = None,
+               scale: Optional[float] = None, cov_type: str = "nonrobust",
+               groups: Optional[str] = None) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
@@ -272,8 +290,9 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     asked again); `aia.FolderCluster.cancel` (``aia-glm central --cancel``) ends it.
     ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
     ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
-    ``missing`` and ``freq_weights`` are as in `glm.fit`; so is
-    ``family="negative_binomial"`` (each site sends glm.nb's theta sums through the folder).
+    ``missing``, ``freq_weights``, ``scale``, ``cov_type`` and ``groups`` are as in
+    `glm.fit`; so is ``family="negative_binomial"`` (each site sends glm.nb's theta sums
+    through the folder, and a robust covariance's p x p meat).
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient' (glmnet: glmnet_folder), "
@@ -286,20 +305,23 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     sites = list(sites)
     check_min_sites(len(sites), min_sites)
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,
                                     exposure=exposure, expected=expected, guards=guards,
-                                    missing=missing, freq_weights=freq_weights))
+                                    missing=missing, freq_weights=freq_weights,
+                                    groups=groups))
     _fisher_only(design, method)
-    if session is None:
+    if session is None:  # a robust covariance or a fixed scale is another model's result
+        extra = {} if options == check_options() else {"options": options}
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
-                               max_iter=max_iter)
+                               max_iter=max_iter, **extra)
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
     try:
         # A site's error leaves the session open (no cancel): the site can be fixed, and
         # the same call resumes.
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
-                           max_iter, True, verbose)
+                           max_iter, True, verbose, **options)
         cluster.finish()
     except BaseException as exc:
         exc.folder_session = cluster.session  # open: the command line says how to go on
@@ -333,6 +355,8 @@ class _FolderSites:
             query.update(beta=args[0], scale=args[1])
         elif method == "theta_sums":
             query.update(beta=args[0], theta=args[1])
+        elif method == "meat":
+            query.update(beta=args[0], clusters=args[1], salt=args[2], version=args[3])
         elif method != "describe" and method != "build":
             raise TypeError(f"{method}: not among a folder site's operations")
         return _ask(self.cluster, design, query)
@@ -530,7 +554,8 @@ def result_dict(res: GLMResults, **extra) -> dict:
 def _model_extras(res: GLMResults) -> dict:
     """What issue 13's models add to the JSON: the rows left out for a missing value, and
     glm.nb's theta and its standard error (only for family='negative_binomial')."""
-    out = {"n_missing": int(getattr(res, "n_missing", 0) or 0)}
+    out = {"n_missing": int(getattr(res, "n_missing", 0) or 0),
+           "cov_type": getattr(res, "cov_type", "nonrobust")}
     if getattr(res, "theta", None) is not None:
         out.update(theta=_number(res.theta), theta_se=_number(res.theta_se))
     return out
@@ -652,17 +677,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _result_options(args) -> dict:
+    return {"scale": args.scale, "cov_type": args.cov_type, "groups": args.groups}
+
+
 def _check_row_options(args) -> None:
     """``--freq-weights`` and ``--missing raise`` are options of the GLM's fits, not of
     glmnet's path: refused rather than ignored."""
     if getattr(args, "method", None) == "glmnet" and (
-            args.freq_weights is not None or args.missing != "drop"):
-        raise SystemExit("aia-glm: --freq-weights and --missing raise are not options of "
-                         "--method glmnet (fisher or gradient)")
+            args.freq_weights is not None or args.missing != "drop"
+            or args.scale is not None or args.cov_type != "nonrobust" or args.groups):
+        raise SystemExit("aia-glm: --freq-weights, --missing raise, --scale, --cov-type and "
+                         "--groups are not options of --method glmnet (fisher or gradient)")
 
 
 def _row_arguments(p: argparse.ArgumentParser) -> None:
-    """Issue 13's row options, for ``fit`` and ``central`` alike."""
+    """Issue 13's row and covariance options, for ``fit`` and ``central`` alike."""
+    p.add_argument("--scale", type=float, default=None,
+                   help="a fixed dispersion (R's summary(dispersion=)); default: estimated")
+    p.add_argument("--cov-type", default="nonrobust", choices=("nonrobust", "HC0", "HC1",
+                                                               "cluster"),
+                   help="the covariance: R's (default), or sandwich's HC0, HC1, cluster")
+    p.add_argument("--groups", default=None, metavar="COLUMN",
+                   help="with --cov-type cluster: the cluster ids (default: each site)")
     p.add_argument("--freq-weights", default=None, metavar="COLUMN",
                    help="frequency weights: a row counts as that many rows")
     p.add_argument("--missing", default="drop", choices=("drop", "raise"),
@@ -702,7 +739,7 @@ def _central(args) -> int:
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
                         poll=args.poll, session=args.session, key=key, verbose=args.verbose,
                         watch=args.watch, missing=args.missing,
-                        freq_weights=args.freq_weights)
+                        freq_weights=args.freq_weights, **_result_options(args))
     _print(result, args.csv)
     _write_output(args, result_dict(result))
     return 0
@@ -741,7 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
                      verbose=args.verbose, freq_weights=args.freq_weights,
-                     missing=args.missing)
+                     missing=args.missing, **_result_options(args))
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)

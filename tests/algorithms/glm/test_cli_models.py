@@ -59,5 +59,5 @@ def test_cli_refuses_bad_values_before_any_process(tmp_path, capsys):
                                       "--formula", QUINE]])
 @pytest.mark.parametrize("option", [["--freq-weights", "f"], ["--missing", "raise"]])
 def test_glmnet_refuses_the_row_options_of_the_glm_fits(command, option):
-    with pytest.raises(SystemExit, match="not options of --method glmnet"):
+    with pytest.raises(SystemExit, match="are not options of --method glmnet"):
         cli.main([*command, "--method", "glmnet", *option])
