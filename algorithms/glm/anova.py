@@ -4,6 +4,10 @@ Every fit already holds its deviance and residual degrees of freedom, so the tab
 pass over the sites. As R's ``anova.glmlist``: the dispersion of the test is the one of the
 largest model (``summary.glm``'s, or the fixed ``dispersion``), with ``min(Resid. Df)``
 degrees of freedom when it is estimated and infinitely many when it is 1.
+
+Fits of ``family="negative_binomial"`` (theta estimated) get ``MASS::anova.negbin``'s
+likelihood-ratio table instead (`anova_negbin`): each fit has its own theta, so the test
+compares twice the log-likelihoods rather than deviances.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ def anova(*fits: GLMResults, test: Optional[str] = None,
     (R's ``dispersion=``).
 
     >>> glm.anova(small, big, test="Chisq")                          # doctest: +SKIP
+
+    Fits of ``family="negative_binomial"``: `anova_negbin` (MASS's table).
     """
+    if any(_negbin(f) for f in fits):
+        return anova_negbin(*fits, test="Chisq" if test is None else test,
+                            dispersion=dispersion)
     _check(fits, test, dispersion)
     resdf = np.array([f.df_resid for f in fits], dtype=float)
     resdev = np.array([f.deviance for f in fits], dtype=float)
@@ -69,6 +78,56 @@ def anova(*fits: GLMResults, test: Optional[str] = None,
     return table
 
 
+def anova_negbin(*fits: GLMResults, test: str = "Chisq",
+                 dispersion: Optional[float] = None) -> pd.DataFrame:
+    """``MASS::anova.negbin(m0, m1, ...)``: likelihood-ratio tests of nested negative
+    binomial fits (``family="negative_binomial"``), each with its own theta.
+
+    The fits sorted by decreasing residual df, as MASS sorts them; columns as R's:
+    ``Model`` (the right-hand side), ``theta``, ``Resid. df``, ``   2 x log-lik.``,
+    ``Test`` (``"1 vs 2"``...), ``   df``, ``LR stat.`` (the change of twice the
+    log-likelihood) and ``Pr(Chi)`` (``1 - pchisq``). Only the chi-squared test exists
+    (R warns for another and computes it; here any other test is an error)."""
+    if test not in ("Chisq", "LRT"):
+        raise ValueError(f"test: negative binomial fits have only MASS's likelihood-ratio "
+                         f"test ('Chisq'), got {test!r}")
+    if dispersion is not None:
+        raise ValueError("dispersion: negative binomial fits have none to fix (theta is "
+                         f"estimated), got {dispersion!r}")
+    plain = [type(f).__name__ if not isinstance(f, GLMResults) else f.family
+             for f in fits if not _negbin(f)]
+    if plain:
+        raise ValueError(f"anova: not all fits are family='negative_binomial' with theta "
+                         f"estimated (MASS: not all objects are of class \"negbin\"); "
+                         f"got {plain[0]!r}")
+    _check(fits, None, None)
+    order = sorted(range(len(fits)), key=lambda i: -fits[i].df_resid)  # stable, as R's
+    fits = [fits[i] for i in order]
+    dfs = np.array([f.df_resid for f in fits], dtype=float)
+    lls = np.array([f.twologlik for f in fits], dtype=float)
+    df, x2 = np.r_[np.nan, -np.diff(dfs)], np.r_[np.nan, np.diff(lls)]
+    with np.errstate(invalid="ignore"):
+        pr = np.r_[np.nan, 1 - stats.chi2.cdf(x2[1:], df[1:])]  # R: 1 - pchisq(x2, df)
+    table = pd.DataFrame({
+        "Model": [" ".join(f.formula.split("~", 1)[1].split()) for f in fits],
+        "theta": [f.theta for f in fits],
+        "Resid. df": dfs,
+        "   2 x log-lik.": lls,
+        "Test": [""] + [f"{i} vs {i + 1}" for i in range(1, len(fits))],
+        "   df": df,
+        "LR stat.": x2,
+        "Pr(Chi)": pr,
+    }, index=pd.RangeIndex(1, len(fits) + 1))
+    table.attrs["heading"] = ["Likelihood ratio tests of Negative Binomial Models",
+                              f"Response: {fits[0].formula.split('~', 1)[0].strip()}"]
+    return table
+
+
+def _negbin(fit) -> bool:
+    """A fit of ``family="negative_binomial"`` (theta estimated, as glm.nb)."""
+    return isinstance(fit, GLMResults) and getattr(fit, "theta", None) is not None
+
+
 def _check(fits, test, dispersion) -> None:
     """Nested fits of one response, family and set of rows; R's error when the numbers of
     rows differ."""
@@ -86,7 +145,7 @@ def _check(fits, test, dispersion) -> None:
     responses = [f.formula.split("~", 1)[0].strip() for f in fits]
     if len(set(responses)) > 1:
         raise ValueError(f"anova: the fits have different responses: {responses}")
-    kinds = [(f.family, f.link) for f in fits]
+    kinds = [("negative_binomial" if _negbin(f) else f.family, f.link) for f in fits]
     if len(set(kinds)) > 1:
         raise ValueError(f"anova: the fits have different families or links: {kinds}")
     if any(f.nobs != first.nobs for f in fits):

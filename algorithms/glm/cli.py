@@ -46,7 +46,7 @@ from aia.folder import FolderCluster, SitesTimeoutError, register, register_mess
 from aia.folder.__main__ import add_site_arguments, read_key, run_site, setup_logging
 
 from .design import Design, FormulaError, SiteError
-from .families import LINKS
+from .families import LINKS, NEGATIVE_BINOMIAL
 from .base import DesignMismatchError
 from .fisher import FisherScoring
 from .glmnet import GlmnetPath, GlmnetRun, _FactorSpec, _check_penalty_factor, _path_result
@@ -54,7 +54,7 @@ from .glmnet import _check_options as _glmnet_check_options
 from .glmnet import _run as _glmnet_run
 from .glmnet_path import Ask, Moments, PathSpec, Sums, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
-from .fit import fit, fit_steps
+from .fit import check_options, fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError, check_min_sites
@@ -73,17 +73,14 @@ _LINKS = {cls: name for name, cls in reversed(list(LINKS.items()))}  # the first
 def design_params(d: Design) -> dict:
     """A `Design` as plain data (a site rebuilds it with `design_from`)."""
     fam = d.family
-    if fam.theta_estimated:  # its theta passes are not among a folder site's operations
-        raise TypeError("family='negative_binomial' (theta estimated) runs over local "
-                        "workers or Ray (glm.fit, aia-glm fit), not over a folder; a fixed "
-                        "theta needs a statsmodels family object")
-    if d.freq_weights is not None or d.missing != "drop":
-        raise TypeError("freq_weights= and missing='raise' run over local workers or Ray "
-                        "(glm.fit, aia-glm fit), not over a folder")
     if fam.relative_survival:
         family, link = "relative_survival", None
+    elif fam.theta_estimated:  # glm.nb's stage: Poisson (theta None), then theta
+        family, link = NEGATIVE_BINOMIAL, _LINKS.get(type(fam.sm.link))
     else:
         family, link = _FAMILIES.get(type(fam.sm)), _LINKS.get(type(fam.sm.link))
+        if family is not None and fam.quasi:
+            family = fam.quasi
         if family is None or link is None:
             raise TypeError(f"the {fam.name} family with the {fam.link_name} link cannot be "
                             f"named to a site: use a family and a link given by name")
@@ -94,18 +91,43 @@ def design_params(d: Design) -> dict:
             "offset": d.offset, "exposure": d.exposure, "expected": d.expected,
             "levels": None if d.levels is None else {k: tuple(v) for k, v in d.levels.items()},
             "moments": None if d.moments is None else {k: tuple(v) for k, v in d.moments.items()},
-            "guards": guards, "token": d.token, "groups": d.groups}
+            "guards": guards, "token": d.token, "groups": d.groups,
+            **_row_params(d)}
+
+
+def _row_params(d: Design) -> dict:
+    """The fields of issue 13's models, sent only when used (so that every other model's
+    description, and its session name, stays as it was): the missing-value rule, the
+    frequency weights, glm.nb's current theta."""
+    out: dict = {}
+    if d.missing != "drop":
+        out["missing"] = d.missing
+    if d.freq_weights is not None:
+        out["freq_weights"] = d.freq_weights
+    if d.family.theta_estimated and d.family.theta is not None:
+        out["theta"] = float(d.family.theta)
+    return out
 
 
 def design_from(p: dict) -> Design:
     """The `Design` described by ``p``; the formula passes the site's whitelist first."""
     d = Design.make(p["formula"], p["family"], p["link"], weights=p["weights"],
                     offset=p["offset"], exposure=p["exposure"], expected=p["expected"],
-                    guards=p["guards"])
+                    guards=p["guards"], missing=p.get("missing", "drop"),
+                    freq_weights=p.get("freq_weights"))
+    family = d.family
+    if p.get("theta") is not None:
+        if not family.theta_estimated:
+            raise ValueError(f"theta: only for the {NEGATIVE_BINOMIAL} family, got "
+                             f"{p['family']!r}")
+        theta = float(p["theta"])
+        if not (math.isfinite(theta) and theta > 0):
+            raise ValueError(f"theta: expected a positive number, got {p['theta']!r}")
+        family = family.with_theta(theta)
     levels = None if p["levels"] is None else {k: tuple(v) for k, v in p["levels"].items()}
     moments = None if p["moments"] is None else {k: tuple(v) for k, v in p["moments"].items()}
-    return Design(d.formula, d.family, d.weights, d.offset, d.exposure, d.expected, levels,
-                  moments, d.guards, str(p["token"]), p.get("groups"))
+    return replace(d, family=family, levels=levels, moments=moments, token=str(p["token"]),
+                   groups=p.get("groups"))
 
 
 def with_token(d: Design) -> Design:
@@ -114,14 +136,15 @@ def with_token(d: Design) -> Design:
     p.pop("token")
     text = json.dumps(p, sort_keys=True, default=repr)
     token = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return Design(d.formula, d.family, d.weights, d.offset, d.exposure, d.expected, d.levels,
-                  d.moments, d.guards, token, d.groups)
+    return replace(d, token=token)
 
 
 class SiteTasks(AbstractAlgorithm):
     """The passes of a fit besides its iterations, one query each: ``{"op": "describe"}``,
-    ``{"op": "build"}``, ``{"op": "loglike", "beta": ..., "scale": ...}``. A site's refusal
-    comes back as data, so the central can name the site and the guard."""
+    ``{"op": "build"}``, ``{"op": "loglike", "beta": ..., "scale": ...}``,
+    ``{"op": "theta_sums", "beta": ..., "theta": ...}`` (glm.nb's theta; `Site.theta_sums`
+    answers only at coefficients whose Fisher scoring round the site has answered). A
+    site's refusal comes back as data, so the central can name the site and the guard."""
 
     def __init__(self, design: Design):
         self.design = design
@@ -136,12 +159,37 @@ class SiteTasks(AbstractAlgorithm):
             if op == "loglike":
                 return {"ok": site.loglike(self.design, np.asarray(q["beta"], dtype=float),
                                            float(q["scale"]))}
+            if op == "theta_sums":
+                return {"ok": _theta_sums(site, self.design, q)}
+            if op == "meat":
+                return {"ok": _meat(site, self.design, q)}
         except PrivacyError as exc:
             return {"error": {"type": "PrivacyError", "guard": exc.guard,
                               "threshold": exc.threshold, "detail": exc.detail}}
         except (FormulaError, SiteError, OSError) as exc:
             return {"error": {"type": type(exc).__name__, "message": str(exc)}}
         raise ValueError(f"unknown operation {op!r}")
+
+
+def _theta_sums(site: Site, design: Design, q: dict) -> dict:
+    """`Site.theta_sums` for a folder query (theta None: the sums at the Poisson fit)."""
+    theta = q.get("theta")
+    return site.theta_sums(design, np.asarray(q["beta"], dtype=float),
+                           None if theta is None else float(theta))
+
+
+#: The clusters of `Site.meat`: rows (HC0, HC1), the site, the groups column.
+_MEAT_CLUSTERS = ("rows", "site", "groups")
+
+
+def _meat(site: Site, design: Design, q: dict) -> dict:
+    """`Site.meat` for a folder query: the site's p x p share of a robust covariance."""
+    clusters = q.get("clusters")
+    if clusters not in _MEAT_CLUSTERS:
+        raise ValueError(f"clusters: expected one of {_MEAT_CLUSTERS}, got {clusters!r}")
+    version = q.get("version")
+    return site.meat(design, np.asarray(q["beta"], dtype=float), clusters, str(q["salt"]),
+                     None if version is None else int(version))
 
 
 def load_site(path: Optional[str], name: str, audit_log: Optional[str] = None) -> Site:
@@ -227,7 +275,10 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
                min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
                session: Optional[str] = None, key: Optional[bytes] = None,
-               guards: Any = None, verbose: int = 0, watch: bool = True) -> GLMResults:
+               guards: Any = None, verbose: int = 0, watch: bool = True,
+               missing: str = "drop", freq_weights: Optional[str] = None,
+               scale: Optional[float] = None, cov_type: str = "nonrobust",
+               groups: Optional[str] = None) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
@@ -239,6 +290,9 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     asked again); `aia.FolderCluster.cancel` (``aia-glm central --cancel``) ends it.
     ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
     ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
+    ``missing``, ``freq_weights``, ``scale``, ``cov_type`` and ``groups`` are as in
+    `glm.fit`; so is ``family="negative_binomial"`` (each site sends glm.nb's theta sums
+    through the folder, and a robust covariance's p x p meat).
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient' (glmnet: glmnet_folder), "
@@ -251,18 +305,23 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     sites = list(sites)
     check_min_sites(len(sites), min_sites)
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,
-                                    exposure=exposure, expected=expected, guards=guards))
-    if session is None:
+                                    exposure=exposure, expected=expected, guards=guards,
+                                    missing=missing, freq_weights=freq_weights,
+                                    groups=groups))
+    _fisher_only(design, method)
+    if session is None:  # a robust covariance or a fixed scale is another model's result
+        extra = {} if options == check_options() else {"options": options}
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
-                               max_iter=max_iter)
+                               max_iter=max_iter, **extra)
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
     try:
         # A site's error leaves the session open (no cancel): the site can be fixed, and
         # the same call resumes.
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
-                           max_iter, True, verbose)
+                           max_iter, True, verbose, **options)
         cluster.finish()
     except BaseException as exc:
         exc.folder_session = cluster.session  # open: the command line says how to go on
@@ -270,6 +329,18 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     finally:
         cluster.close()
     return result
+
+
+def _fisher_only(design: Design, method: str) -> None:
+    """`glm.fit`'s rule: frequency weights and glm.nb's theta are fitted by Fisher scoring."""
+    if method == "fisher":
+        return
+    if design.freq_weights is not None:
+        raise ValueError(f"freq_weights: Fisher scoring only (method='fisher'), got "
+                         f"method={method!r}")
+    if design.family.theta_estimated:
+        raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
+                         f"fitted by method='fisher'; got method={method!r}")
 
 
 class _FolderSites:
@@ -282,6 +353,12 @@ class _FolderSites:
         query = {"op": method}
         if method == "loglike":
             query.update(beta=args[0], scale=args[1])
+        elif method == "theta_sums":
+            query.update(beta=args[0], theta=args[1])
+        elif method == "meat":
+            query.update(beta=args[0], clusters=args[1], salt=args[2], version=args[3])
+        elif method != "describe" and method != "build":
+            raise TypeError(f"{method}: not among a folder site's operations")
         return _ask(self.cluster, design, query)
 
     @staticmethod
@@ -470,8 +547,18 @@ def result_dict(res: GLMResults, **extra) -> dict:
         "nobs": int(res.nobs), "df_resid": int(res.df_resid), "df_null": int(res.df_null),
         "df_model": int(res.df_model), "iterations": int(res.iterations),
         "converged": bool(res.converged), "method": getattr(res, "method", "fisher"),
-        "notes": list(res.notes), **extra,
+        "notes": list(res.notes), **_model_extras(res), **extra,
     }
+
+
+def _model_extras(res: GLMResults) -> dict:
+    """What issue 13's models add to the JSON: the rows left out for a missing value, and
+    glm.nb's theta and its standard error (only for family='negative_binomial')."""
+    out = {"n_missing": int(getattr(res, "n_missing", 0) or 0),
+           "cov_type": getattr(res, "cov_type", "nonrobust")}
+    if getattr(res, "theta", None) is not None:
+        out.update(theta=_number(res.theta), theta_se=_number(res.theta_se))
+    return out
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -481,7 +568,7 @@ COMMANDS = ("site", "central", "fit")
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="gaussian",
                    help="gaussian (default), binomial, poisson, gamma, inverse_gaussian, "
-                        "quasipoisson, quasibinomial, relative_survival; with fit also "
+                        "quasipoisson, quasibinomial, relative_survival, "
                         "negative_binomial (theta estimated, as MASS::glm.nb)")
     p.add_argument("--link", default=None, help="default: the family's canonical link")
     p.add_argument("--method", default="fisher", choices=tuple(METHODS),
@@ -579,18 +666,45 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("--output", default=None, help="write the result here as JSON")
     central.add_argument("--cancel", action="store_true",
                          help="cancel the model (its sites exit) instead of fitting it")
+    _row_arguments(central)
     local = sub.add_parser("fit", help="fit over sites on local worker processes")
     local.add_argument("formula", help="e.g. 'y ~ x1 + C(group)'")
     local.add_argument("sites", nargs="+", help="one CSV or Parquet file per site")
     _model_arguments(local)
     local.add_argument("--min-sites", type=int, default=1)
     local.add_argument("--asynchronous", action="store_true")
-    local.add_argument("--freq-weights", default=None, metavar="COLUMN",
-                       help="frequency weights: a row counts as that many rows")
-    local.add_argument("--missing", default="drop", choices=("drop", "raise"),
-                       help="rows with a missing value in a used column: left out and "
-                            "counted (drop, R's na.omit; default) or an error (raise)")
+    _row_arguments(local)
     return p
+
+
+def _result_options(args) -> dict:
+    return {"scale": args.scale, "cov_type": args.cov_type, "groups": args.groups}
+
+
+def _check_row_options(args) -> None:
+    """``--freq-weights`` and ``--missing raise`` are options of the GLM's fits, not of
+    glmnet's path: refused rather than ignored."""
+    if getattr(args, "method", None) == "glmnet" and (
+            args.freq_weights is not None or args.missing != "drop"
+            or args.scale is not None or args.cov_type != "nonrobust" or args.groups):
+        raise SystemExit("aia-glm: --freq-weights, --missing raise, --scale, --cov-type and "
+                         "--groups are not options of --method glmnet (fisher or gradient)")
+
+
+def _row_arguments(p: argparse.ArgumentParser) -> None:
+    """Issue 13's row and covariance options, for ``fit`` and ``central`` alike."""
+    p.add_argument("--scale", type=float, default=None,
+                   help="a fixed dispersion (R's summary(dispersion=)); default: estimated")
+    p.add_argument("--cov-type", default="nonrobust", choices=("nonrobust", "HC0", "HC1",
+                                                               "cluster"),
+                   help="the covariance: R's (default), or sandwich's HC0, HC1, cluster")
+    p.add_argument("--groups", default=None, metavar="COLUMN",
+                   help="with --cov-type cluster: the cluster ids (default: each site)")
+    p.add_argument("--freq-weights", default=None, metavar="COLUMN",
+                   help="frequency weights: a row counts as that many rows")
+    p.add_argument("--missing", default="drop", choices=("drop", "raise"),
+                   help="rows with a missing value in a used column: left out and "
+                        "counted (drop, R's na.omit; default) or an error (raise)")
 
 
 def _print(result: GLMResults, csv: bool) -> None:
@@ -624,7 +738,8 @@ def _central(args) -> int:
                         expected=args.expected, method=args.method, tol=_tol(args),
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
                         poll=args.poll, session=args.session, key=key, verbose=args.verbose,
-                        watch=args.watch)
+                        watch=args.watch, missing=args.missing,
+                        freq_weights=args.freq_weights, **_result_options(args))
     _print(result, args.csv)
     _write_output(args, result_dict(result))
     return 0
@@ -648,6 +763,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "site":
         return run_site(args, allow=SITE_ALGORITHMS, loader_options=site_files(args))
+    _check_row_options(args)
     if args.command == "fit" and args.method == "glmnet":
         from .glmnet import glmnet  # noqa: PLC0415
 
@@ -662,7 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
                      verbose=args.verbose, freq_weights=args.freq_weights,
-                     missing=args.missing)
+                     missing=args.missing, **_result_options(args))
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)

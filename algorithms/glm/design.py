@@ -203,8 +203,82 @@ def _refuse(expr: str, what: str) -> FormulaError:
     )
 
 
+class ExpressionVisitor:
+    """The grammar of a formula's Python expressions (inside ``I()``, ``np.log()``,
+    ``cbind()``...): one method per kind of node. The whitelist (`_check_node`) and a site's
+    check of every intermediate value (`algorithms.glm.disclosure.check_expressions`) walk
+    expressions with it, so that both see the same nodes: a kind of node, or a function,
+    that the whitelist admits is one the site's check evaluates (the tests hold the
+    function tables equal), and anything else is `other`."""
+
+    def visit(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.BinOp):
+            return self.binop(node)
+        if isinstance(node, ast.UnaryOp):
+            return self.unaryop(node)
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return self.sequence(node)
+        if isinstance(node, ast.Call):
+            return self.call(node, call_name(node))
+        return self.other(node)
+
+    def constant(self, node: ast.Constant) -> Any:
+        raise NotImplementedError
+
+    def name(self, node: ast.Name) -> Any:
+        raise NotImplementedError
+
+    def binop(self, node: ast.BinOp) -> Any:
+        raise NotImplementedError
+
+    def unaryop(self, node: ast.UnaryOp) -> Any:
+        raise NotImplementedError
+
+    def compare(self, node: ast.Compare) -> Any:
+        raise NotImplementedError
+
+    def sequence(self, node: ast.AST) -> Any:
+        raise NotImplementedError
+
+    def call(self, node: ast.Call, name: Optional[str]) -> Any:
+        """``name``: the whitelisted function called (``"log"`` for ``np.log``), else None."""
+        raise NotImplementedError
+
+    def other(self, node: ast.AST) -> Any:
+        raise NotImplementedError
+
+
+def call_name(node: ast.Call) -> Optional[str]:
+    """The whitelisted function a call names (`FUNCTIONS` by name, `NUMPY_FUNCTIONS` as
+    ``np.<name>``/``numpy.<name>``), else None."""
+    func = node.func
+    if isinstance(func, ast.Name) and func.id in FUNCTIONS:
+        return func.id
+    if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            and func.value.id in ("np", "numpy") and func.attr in NUMPY_FUNCTIONS):
+        return func.attr
+    return None
+
+
 def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
-    if isinstance(node, ast.Constant):
+    _Whitelist(expr, found, side).visit(node)
+
+
+class _Whitelist(ExpressionVisitor):
+    """The whitelist on the nodes of one factor's expression ``expr``: refuses what it does
+    not allow, and records the columns read in ``found``."""
+
+    def __init__(self, expr: str, found: dict, side: str):
+        self.expr, self.found, self.side = expr, found, side
+
+    def constant(self, node: ast.Constant) -> None:
+        expr = self.expr
         if not isinstance(node.value, _CONSTANTS):
             raise _refuse(expr, f"the constant {node.value!r}")
         value = node.value
@@ -213,11 +287,14 @@ def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and not abs(value) <= MAX_NUMBER:
             raise _refuse(expr, f"a number beyond {MAX_NUMBER:g}")
-    elif isinstance(node, ast.Name):
+
+    def name(self, node: ast.Name) -> None:
         if node.id in FUNCTIONS or node.id in ("np", "numpy"):
-            raise _refuse(expr, f"the name {node.id!r} outside a call")
-        found["variables"].add(node.id)
-    elif isinstance(node, ast.BinOp):
+            raise _refuse(self.expr, f"the name {node.id!r} outside a call")
+        self.found["variables"].add(node.id)
+
+    def binop(self, node: ast.BinOp) -> None:
+        expr = self.expr
         if not isinstance(node.op, _BINOPS):
             raise _refuse(expr, f"the operator {type(node.op).__name__}")
         if any(isinstance(side_, ast.Constant) and isinstance(side_.value, str)
@@ -225,25 +302,66 @@ def _check_node(node: ast.AST, expr: str, found: dict, side: str) -> None:
             raise _refuse(expr, "arithmetic on a string")
         if isinstance(node.op, ast.Pow):
             _check_power(node, expr)
-        _check_node(node.left, expr, found, side)
-        _check_node(node.right, expr, found, side)
-    elif isinstance(node, ast.UnaryOp):
+        self.visit(node.left)
+        self.visit(node.right)
+
+    def unaryop(self, node: ast.UnaryOp) -> None:
         if not isinstance(node.op, _UNARYOPS):
-            raise _refuse(expr, f"the operator {type(node.op).__name__}")
-        _check_node(node.operand, expr, found, side)
-    elif isinstance(node, ast.Compare):
+            raise _refuse(self.expr, f"the operator {type(node.op).__name__}")
+        self.visit(node.operand)
+
+    def compare(self, node: ast.Compare) -> None:
         if not all(isinstance(op, _COMPARE) for op in node.ops):
-            raise _refuse(expr, "this comparison")
+            raise _refuse(self.expr, "this comparison")
         for child in (node.left, *node.comparators):
-            _check_node(child, expr, found, side)
-    elif isinstance(node, (ast.List, ast.Tuple)):
+            self.visit(child)
+
+    def sequence(self, node: ast.AST) -> None:
         for elt in node.elts:
             if not isinstance(elt, ast.Constant) or not isinstance(elt.value, _CONSTANTS):
-                raise _refuse(expr, "a list of anything but constants")
-    elif isinstance(node, ast.Call):
-        _check_call(node, expr, found, side)
-    else:
-        raise _refuse(expr, f"a {type(node).__name__} expression")
+                raise _refuse(self.expr, "a list of anything but constants")
+
+    def call(self, node: ast.Call, name: Optional[str]) -> None:
+        expr, found, side = self.expr, self.found, self.side
+        if name is None:
+            raise _refuse(expr, f"the call {ast.unparse(node.func)}()")
+        if name == "cbind":  # the whole response only (see _check_text)
+            raise _refuse(expr, "cbind() anywhere but as the whole response, "
+                                "cbind(successes, failures) ~ ...")
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(
+            k.arg is None or k.arg not in KEYWORDS for k in node.keywords
+        ):
+            raise _refuse(expr, f"this argument of {name}()")
+        if name in ("C", "center", "scale"):
+            if not node.args or not isinstance(node.args[0], ast.Name):
+                raise _refuse(expr, f"{name}() of anything but a column name")
+            if name != "C" and (side == "lhs" or len(node.args) > 1 or node.keywords):
+                raise _refuse(expr, f"this use of {name}()")
+            found["variables"].add(node.args[0].id)
+            found["categorical" if name == "C" else "standardized"].add(node.args[0].id)
+            rest = node.args[1:]
+            if name == "C":  # C(column, contrast, levels=[...]): the contrast is no expression
+                if len(rest) > 1:
+                    raise _refuse(expr, "C() with more than a column and a contrast")
+                for contrast in rest + [k.value for k in node.keywords if k.arg == "contrasts"]:
+                    _check_contrast(contrast, expr)
+                for kw in node.keywords:
+                    if kw.arg != "contrasts":
+                        self.visit(kw.value)
+                return
+        elif name in ("Treatment", "Sum"):
+            rest = node.args
+            if any(not isinstance(a, ast.Constant) for a in rest):
+                raise _refuse(expr, f"{name}() of anything but constants")
+        else:
+            rest = node.args
+        for arg in rest:
+            self.visit(arg)
+        for kw in node.keywords:
+            self.visit(kw.value)
+
+    def other(self, node: ast.AST) -> None:
+        raise _refuse(self.expr, f"a {type(node).__name__} expression")
 
 
 def _check_power(node: ast.BinOp, expr: str) -> None:
@@ -256,55 +374,6 @@ def _check_power(node: ast.BinOp, expr: str) -> None:
         raise _refuse(expr, f"a power other than a small integer (at most {MAX_POWER})")
     if not any(isinstance(n, ast.Name) for n in ast.walk(node.left)):
         raise _refuse(expr, "a power of a number (powers apply to columns)")
-
-
-def _check_call(node: ast.Call, expr: str, found: dict, side: str) -> None:
-    func = node.func
-    if isinstance(func, ast.Name) and func.id in FUNCTIONS:
-        name = func.id
-    elif (
-        isinstance(func, ast.Attribute)
-        and isinstance(func.value, ast.Name)
-        and func.value.id in ("np", "numpy")
-        and func.attr in NUMPY_FUNCTIONS
-    ):
-        name = func.attr
-    else:
-        raise _refuse(expr, f"the call {ast.unparse(func)}()")
-    if name == "cbind":  # the whole response only (see _check_text)
-        raise _refuse(expr, "cbind() anywhere but as the whole response, "
-                            "cbind(successes, failures) ~ ...")
-    if any(isinstance(a, ast.Starred) for a in node.args) or any(
-        k.arg is None or k.arg not in KEYWORDS for k in node.keywords
-    ):
-        raise _refuse(expr, f"this argument of {name}()")
-    if name in ("C", "center", "scale"):
-        if not node.args or not isinstance(node.args[0], ast.Name):
-            raise _refuse(expr, f"{name}() of anything but a column name")
-        if name != "C" and (side == "lhs" or len(node.args) > 1 or node.keywords):
-            raise _refuse(expr, f"this use of {name}()")
-        found["variables"].add(node.args[0].id)
-        found["categorical" if name == "C" else "standardized"].add(node.args[0].id)
-        rest = node.args[1:]
-        if name == "C":  # C(column, contrast, levels=[...]): the contrast is no expression
-            if len(rest) > 1:
-                raise _refuse(expr, "C() with more than a column and a contrast")
-            for contrast in rest + [k.value for k in node.keywords if k.arg == "contrasts"]:
-                _check_contrast(contrast, expr)
-            for kw in node.keywords:
-                if kw.arg != "contrasts":
-                    _check_node(kw.value, expr, found, side)
-            return
-    elif name in ("Treatment", "Sum"):
-        rest = node.args
-        if any(not isinstance(a, ast.Constant) for a in rest):
-            raise _refuse(expr, f"{name}() of anything but constants")
-    else:
-        rest = node.args
-    for arg in rest:
-        _check_node(arg, expr, found, side)
-    for kw in node.keywords:
-        _check_node(kw.value, expr, found, side)
 
 
 def _check_contrast(node: ast.AST, expr: str) -> None:

@@ -40,11 +40,12 @@ from __future__ import annotations
 import ast
 import operator as _op
 import re
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
+from .design import ExpressionVisitor
 from .guards import ENVIRONMENT, Guards, PrivacyError
 
 #: Rows per block when the leverage is computed (bounds the memory to a few MiB).
@@ -123,8 +124,16 @@ def _lone_leverage(values: np.ndarray) -> float:
         return 1.0 / n + float(np.max(d * d)) / ss
 
 
-_NUMPY = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt}  # the formula whitelist's
-_PASS_THROUGH = ("I", "center", "scale")  # identity or affine: the same checks apply
+#: What the check of intermediate values does with each function of the formula whitelist
+#: (`design.FUNCTIONS`, `design.NUMPY_FUNCTIONS`; the tests hold the keys equal to them):
+#: a numpy function is evaluated; "same" (identity or affine) leaves the values as they
+#: are, the same checks apply; "each" checks each argument (cbind's two counts); "levels"
+#: (C(), contrasts) computes no row values (the level checks cover categorical columns).
+CALLS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "I": "same", "center": "same",
+         "scale": "same", "cbind": "each", "C": "levels", "Treatment": "levels",
+         "Sum": "levels"}
+#: The value of a node that computes no row values of its own (C(), a list, cbind()).
+_OPAQUE = object()
 
 
 def _intermediates(text: str, frame, used: Optional[np.ndarray]) -> list:
@@ -134,59 +143,90 @@ def _intermediates(text: str, frame, used: Optional[np.ndarray]) -> list:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         return []
-    n = len(frame) if used is None else int(np.count_nonzero(used))
-    found: list = []
+    evaluator = _Evaluator(frame, used)
+    with np.errstate(all="ignore"):
+        try:
+            evaluator.visit(tree.body)
+        except Exception:  # noqa: BLE001 - what fails here fails the design's build too
+            pass
+    return evaluator.found
 
-    def column(name: str):
-        if name not in frame:
-            raise KeyError(name)
-        values = frame[name].to_numpy()
-        values = values if used is None else values[used]
+
+class _Evaluator(ExpressionVisitor):
+    """The values of every node of a whitelisted expression on the rows that enter the sums
+    (the whitelist's grammar, `design.ExpressionVisitor`); ``found`` collects the computed
+    ones that vary with the rows. A node with no row values of its own (`_OPAQUE`) makes
+    its parents opaque, and its siblings are still evaluated."""
+
+    def __init__(self, frame, used: Optional[np.ndarray]):
+        self.frame, self.used = frame, used
+        self.n = len(frame) if used is None else int(np.count_nonzero(used))
+        self.found: list = []
+
+    def _computed(self, node: ast.AST, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.shape == (self.n,) \
+                and value.dtype.kind in "biuf":
+            self.found.append((ast.unparse(node), value.astype(float)))
+        return value
+
+    def constant(self, node: ast.Constant) -> Any:
+        return node.value
+
+    def name(self, node: ast.Name) -> Any:
+        if node.id not in self.frame:
+            raise KeyError(node.id)
+        values = self.frame[node.id].to_numpy()
+        values = values if self.used is None else values[self.used]
         if values.dtype.kind in "biuf":
             return values.astype(float)
         return values  # text: only comparisons use it
 
-    def walk(node):
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return column(node.id)
-        if isinstance(node, ast.UnaryOp):
-            value = walk(node.operand)
-            value = -value if isinstance(node.op, ast.USub) else value
-        elif isinstance(node, ast.BinOp):
-            left, right = walk(node.left), walk(node.right)
-            value = _BINARY[type(node.op)](left, right)
-        elif isinstance(node, ast.Compare):
-            value, left = True, walk(node.left)
-            for op, comparator in zip(node.ops, node.comparators):
-                right = walk(comparator)
-                value = value & _COMPARE[type(op)](left, right)
-                left = right
-        elif isinstance(node, ast.Call):
-            func = node.func
-            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-            if name in _PASS_THROUGH and node.args:
-                return walk(node.args[0])
-            if name not in _NUMPY or not node.args:
-                raise KeyError(name)  # C(), contrasts: the level checks cover them
-            value = _NUMPY[name](walk(node.args[0]))
-        else:
-            raise KeyError(type(node).__name__)
-        if isinstance(value, np.ndarray) and value.shape == (n,) and value.dtype.kind in "biuf":
-            found.append((ast.unparse(node), value.astype(float)))
-        return value
+    def binop(self, node: ast.BinOp) -> Any:
+        left, right = self.visit(node.left), self.visit(node.right)
+        if left is _OPAQUE or right is _OPAQUE:
+            return _OPAQUE
+        return self._computed(node, _BINARY[type(node.op)](left, right))
 
-    with np.errstate(all="ignore"):
-        try:
-            walk(tree.body)
-        except Exception:  # noqa: BLE001 - what fails here fails the design's build too
-            pass
-    return found
+    def unaryop(self, node: ast.UnaryOp) -> Any:
+        value = self.visit(node.operand)
+        if value is _OPAQUE:
+            return _OPAQUE
+        return self._computed(node, -value if isinstance(node.op, ast.USub) else value)
+
+    def compare(self, node: ast.Compare) -> Any:
+        values = [self.visit(child) for child in (node.left, *node.comparators)]
+        if any(v is _OPAQUE for v in values):
+            return _OPAQUE
+        value = True
+        for op, left, right in zip(node.ops, values, values[1:]):
+            value = value & _COMPARE[type(op)](left, right)
+        return self._computed(node, value)
+
+    def sequence(self, node: ast.AST) -> Any:
+        return _OPAQUE  # constants only (the whitelist's rule)
+
+    def call(self, node: ast.Call, name: Optional[str]) -> Any:
+        rule = CALLS[name]  # KeyError for a name the whitelist refuses
+        if rule == "levels":
+            return _OPAQUE
+        if rule == "each":
+            for arg in node.args:
+                self.visit(arg)
+            return _OPAQUE
+        if not node.args:
+            raise KeyError(name)
+        value = self.visit(node.args[0])
+        if rule == "same" or value is _OPAQUE:
+            return value
+        return self._computed(node, rule(value))
+
+    def other(self, node: ast.AST) -> Any:
+        raise KeyError(type(node).__name__)
 
 
+#: The arithmetic and comparisons of the whitelist (`design._BINOPS`, `design._COMPARE`).
 _BINARY = {ast.Add: _op.add, ast.Sub: _op.sub, ast.Mult: _op.mul, ast.Div: _op.truediv,
-           ast.Pow: _op.pow, ast.FloorDiv: _op.floordiv, ast.Mod: _op.mod}
+           ast.Pow: _op.pow}
 _COMPARE = {ast.Gt: _op.gt, ast.GtE: _op.ge, ast.Lt: _op.lt, ast.LtE: _op.le, ast.Eq: _op.eq,
             ast.NotEq: _op.ne}
 

@@ -471,6 +471,31 @@ def test_glm_fit_on_ray_actors(runtime):
     np.testing.assert_allclose(unsync.params, here.params, rtol=1e-6)
 
 
+def test_glm_negative_binomial_with_freq_weights_and_missing_rows_on_ray_actors(runtime):
+    """Issue 13's models on Ray: glm.nb's theta passes (`Site.theta_sums` on each actor),
+    frequency weights and R's na.omit, with the sites sent to the actors as DataFrames."""
+    glm = pytest.importorskip("algorithms.glm")
+    import pandas as pd  # noqa: PLC0415
+    paths = [SHARED / "v6-glm" / "poisson" / f"{s}.csv" for s in "abc"]
+    if not all(p.exists() for p in paths):
+        pytest.skip("the shared v6-glm data sets are not beside the repository")
+    sites = []
+    for p in paths:
+        frame = pd.read_csv(p).assign(f=lambda d: 1 + np.arange(len(d)) % 2)
+        frame.loc[3, "math"] = np.nan  # one row a site left out, as R's na.omit
+        sites.append(frame)
+    formula, options = "num_awards ~ C(prog) + math", {"freq_weights": "f"}
+    here = glm.fit(formula, sites, "negative_binomial", cluster="inprocess", **options)
+    with aia.RayCluster(3) as cluster:
+        there = glm.fit(formula, sites, "negative_binomial", cluster=cluster, **options)
+    np.testing.assert_allclose(there.params, here.params, rtol=1e-10)
+    np.testing.assert_allclose(there.bse, here.bse, rtol=1e-10)
+    for name in ("theta", "theta_se", "llf", "aic", "deviance", "null_deviance"):
+        assert getattr(there, name) == pytest.approx(getattr(here, name), rel=1e-10), name
+    assert there.n_missing == here.n_missing == 3
+    assert there.nobs == here.nobs == sum(s.f.sum() - s.f[3] for s in sites)
+
+
 # -- an external head --------------------------------------------------------------------------
 
 def _free_port() -> int:

@@ -1,6 +1,5 @@
 """``aia-glm fit`` with the options of issue 13's models: ``--family negative_binomial``,
-``--freq-weights``, ``--missing``; and the folder central refusing what its sites cannot do
-yet, before anything starts."""
+``--freq-weights``, ``--missing`` (over a folder: test_cli_folder_models.py)."""
 
 from __future__ import annotations
 
@@ -55,7 +54,10 @@ def test_cli_refuses_bad_values_before_any_process(tmp_path, capsys):
         cli.main(["fit", QUINE, "a.csv", "--family", "negative_binomial", "--link", "logit"])
 
 
-@pytest.mark.parametrize("kwargs", [{"family": "negative_binomial"}])
-def test_folder_central_refuses_what_its_sites_cannot_do(tmp_path, kwargs):
-    with pytest.raises(TypeError, match="not over a folder"):
-        cli.fit_folder(QUINE, tmp_path, ["a", "b", "c"], **kwargs)
+@pytest.mark.parametrize("command", [["fit", QUINE, "a.csv"],
+                                     ["central", "--folder", "f", "--sites", "a,b,c",
+                                      "--formula", QUINE]])
+@pytest.mark.parametrize("option", [["--freq-weights", "f"], ["--missing", "raise"]])
+def test_glmnet_refuses_the_row_options_of_the_glm_fits(command, option):
+    with pytest.raises(SystemExit, match="are not options of --method glmnet"):
+        cli.main([*command, "--method", "glmnet", *option])
