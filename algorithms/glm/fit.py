@@ -44,6 +44,7 @@ from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .results import GLMResults
+from .secure import SecureAggregation, check_secure
 from .site import Site, SiteError, SiteGroup
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0,
         scale: Optional[float] = None, cov_type: str = "nonrobust",
-        groups: Optional[str] = None) -> GLMResults:
+        groups: Optional[str] = None, secure: bool = False,
+        resilience: int = 0) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -116,6 +118,12 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     groups : str, optional
         With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
         id seen at two sites is an error). None: each site is a cluster.
+    secure : bool
+        Secure aggregation (`algorithms.glm.secure`): every sum of the iterations is sent
+        masked, the central learns only the pooled sums. At least 3 sites, synchronous.
+    resilience : int
+        With ``secure=True``: how many sites may fail mid-fit; a round a site fails in is
+        redone among the others, and the fit is theirs.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -130,6 +138,15 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
                          exposure=exposure, expected=expected, guards=guards, groups=groups)
     names, sources = _site_list(sites)
     check_min_sites(len(sources), min_sites)
+    if not isinstance(secure, bool):
+        raise TypeError(f"secure: expected True or False, got {secure!r}")
+    if isinstance(resilience, bool) or not isinstance(resilience, int) or resilience < 0:
+        raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
+    if resilience and not secure:
+        raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
+    if secure:
+        check_secure(len(sources), synchronous, cluster, resilience)
+        options["secure"], options["resilience"] = True, resilience
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
@@ -183,14 +200,16 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
     main = algorithm(design, n_sites=len(names), start=start)
-    sites.run(main, stopat, synchronous, verbose)
+    history = _run(sites, main, stopat, synchronous, verbose, options)
+    if getattr(history, "failures", None):  # secure, resilience: the fit of the others
+        sites, names, built = _without(sites, names, built, history.failures)
     null_deviance = main.null_deviance
     if null_deviance is None:  # an offset: R fits the intercept-only model
         # (one coefficient: Fisher scoring sends no more than a gradient would)
         log.info("Fisher scoring of the intercept-only model (the null deviance)")
         null = FisherScoring(design, null_model=True, n_sites=len(names))
-        sites.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
-                  synchronous, 0)
+        _run(sites, null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
+             synchronous, 0, options)
         if not null.converged:
             warnings.warn("the intercept-only fit behind the null deviance did not "
                           "converge", ConvergenceWarning, stacklevel=3)
@@ -215,6 +234,24 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         result.cov_type = cov_type
         result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
     return result
+
+
+def _run(sites: Any, algorithm: Any, stopat: dict, synchronous: bool, verbose: int,
+         options: Mapping) -> Any:
+    """``sites.run`` of the algorithm, wrapped in `SecureAggregation` with ``secure``."""
+    if not options.get("secure"):
+        return sites.run(algorithm, stopat, synchronous, verbose)
+    extra = {"resilience": options["resilience"]} if options.get("resilience") else {}
+    return sites.run(SecureAggregation(algorithm), stopat, synchronous, verbose, **extra)
+
+
+def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
+    """The sites, names and build answers of the sites that did not fail."""
+    failed = {f.worker for f in failures}
+    keep = [i for i, pid in enumerate(sites.pids) if pid not in failed]
+    names = [names[i] for i in keep]
+    placed = _Placed(sites.handle, [sites.pids[i] for i in keep], names, sites.cluster)
+    return placed, names, [built[i] for i in keep]
 
 
 def _robust_cov(sites: Any, design: Design, main: Any, names: list,
@@ -315,12 +352,13 @@ class _Placed:
     def prepare(design: Design) -> Design:
         return design
 
-    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int):
+    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int,
+            resilience: int = 0):
         if self.cluster is None:  # in process
             return aia.start(alg, lambda pid: self.problem, stopat, pids=[0],
                              synchronous=True, verbose=verbose)
         return aia.start(alg, self.problem, stopat, pids=self.pids, cluster=self.cluster,
-                         synchronous=synchronous, verbose=verbose)
+                         synchronous=synchronous, verbose=verbose, resilience=resilience)
 
 
 class _InProcess:
