@@ -1,0 +1,226 @@
+"""Secure aggregation (`algorithms.glm.secure`): the same fits as in clear, from masked sums.
+
+Real worker processes (the session's three workers, or a temporary cluster of four for the
+site that dies), real data (the v6-glm sites).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from algorithms import glm
+from algorithms.glm import secure
+from algorithms.glm.design import Design, SiteError
+from algorithms.glm.fisher import FisherScoring
+from algorithms.glm.messages import Query
+from algorithms.glm.site import Site
+
+from .conftest import read, v6_sites
+
+fit_module = sys.modules["algorithms.glm.fit"]  # the module (glm.fit is the function)
+
+ADMIT = "admit ~ gre + gpa + C(rank)"
+CASES = {
+    "binomial": ("binomial", ADMIT, "binomial", None),
+    "poisson": ("poisson", "num_awards ~ C(prog) + math", "poisson", None),
+    "gaussian": ("survival", "eventtime ~ age + sex", "gaussian", None),
+    "gamma": ("survival", "eventtime ~ age + sex", "gamma", "log"),
+}
+
+
+def assert_same_fit(a, b, rtol=1e-10):
+    """Two fits equal to ``rtol`` relative: coefficients, standard errors, deviances, llf."""
+    np.testing.assert_allclose(b.params, a.params, rtol=rtol, atol=0)
+    np.testing.assert_allclose(b.bse, a.bse, rtol=rtol, atol=0)
+    for key in ("deviance", "null_deviance", "llf", "scale"):
+        np.testing.assert_allclose(getattr(b, key), getattr(a, key), rtol=rtol, atol=0,
+                                   err_msg=key)
+    assert (b.nobs, b.df_resid, b.converged) == (a.nobs, a.df_resid, a.converged)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case,method", [(c, "fisher") for c in CASES]
+                         + [("binomial", "gradient"), ("poisson", "gradient")])
+def test_secure_fits_equal_the_plain_fits(case, method, glm_cluster):
+    data, formula, family, link = CASES[case]
+    sites = v6_sites(data)
+    args = dict(family=family, link=link, method=method, cluster=glm_cluster)
+    plain = glm.fit(formula, sites, **args)
+    masked = glm.fit(formula, sites, secure=True, **args)
+    assert_same_fit(plain, masked)
+
+
+class Recording(secure.SecureAggregation):
+    """Keeps, at the central, every masked answer and the query it answered."""
+
+    seen: list = []
+
+    def sync_central_step(self, answers, workers, problem):
+        if self._phase == "sums":
+            Recording.seen.append((self._inner_query, self.inner.design, list(answers)))
+        return super().sync_central_step(answers, workers, problem)
+
+
+def _plain_bytes(site: Site, design, query, n_sites: int) -> bytes:
+    """What the site would send unmasked: its true sums, encoded in the same ring."""
+    plain = site.contribution(design, query)
+    values, _, _ = secure._pack(plain, "Contribution")
+    return secure.to_bytes(secure.encode(values, n_sites, site.name))
+
+
+@pytest.mark.timeout(120)
+def test_the_central_sees_only_uniform_bytes(glm_cluster, monkeypatch):
+    Recording.seen = []
+    monkeypatch.setattr(fit_module, "SecureAggregation", Recording)
+    frames = read(v6_sites("binomial"))
+    names = ["a", "b", "c"]
+    glm.fit(ADMIT, dict(zip(names, frames)), family="binomial", secure=True,
+            cluster=glm_cluster)
+    assert len(Recording.seen) >= 4
+    masked_bytes, plain_bytes = bytearray(), bytearray()
+    for query, design, answers in Recording.seen:
+        for name, frame, a in zip(names, frames, answers):
+            assert isinstance(a, secure.MaskedAnswer) and a.site == name
+            true = _plain_bytes(Site(frame, name), design, query, 3)
+            assert len(a.payload) == len(true)
+            masked = secure.from_bytes(a.payload)
+            # No entry of the masked vector is the site's true entry.
+            assert not any(m == t for m, t in zip(masked, secure.from_bytes(true)))
+            masked_bytes += a.payload
+            plain_bytes += true
+    chi2 = stats.chisquare(np.bincount(np.frombuffer(bytes(masked_bytes), np.uint8),
+                                       minlength=256))
+    assert chi2.pvalue > 1e-6, chi2
+    # The test has power: the unmasked encodings are far from uniform.
+    chi2 = stats.chisquare(np.bincount(np.frombuffer(bytes(plain_bytes), np.uint8),
+                                       minlength=256))
+    assert chi2.pvalue < 1e-6
+
+
+class DiesInRound3(secure.SecureAggregation):
+    """Site d's process dies while it computes the masked sums of round 3."""
+
+    central: list = []
+
+    def initialize(self, problem):
+        DiesInRound3.central.append(self)
+        return super().initialize(problem)
+
+    def answer(self, q, problem):
+        if q.phase == "sums" and q.round == 3 and problem.name == "d":
+            os._exit(3)
+        return super().answer(q, problem)
+
+
+def _four_sites() -> dict:
+    a, b, c = read(v6_sites("binomial"))
+    half = len(c) // 2
+    return {"a": a, "b": b, "c": c.iloc[:half], "d": c.iloc[half:]}
+
+
+@pytest.mark.timeout(120)
+def test_a_site_dying_mid_round_leaves_the_fit_of_the_others(monkeypatch):
+    DiesInRound3.central = []
+    monkeypatch.setattr(fit_module, "SecureAggregation", DiesInRound3)
+    sites = _four_sites()
+    # R's standard errors come from X'WX at the iteration before the last: the paths differ
+    # (the first rounds count site d), so both fits go to a tolerance where that is moot.
+    res = glm.fit(ADMIT, sites, family="binomial", secure=True, resilience=1, tol=1e-13)
+    others = {k: v for k, v in sites.items() if k != "d"}
+    plain = glm.fit(ADMIT, others, family="binomial", cluster="inprocess", tol=1e-13)
+    alg = DiesInRound3.central[0]
+    assert alg.redone_rounds == 1
+    assert res.sites == ["a", "b", "c"]
+    assert_same_fit(plain, res, rtol=1e-7)
+
+
+class Truncates(secure.SecureAggregation):
+    """Site b sends a masked vector one entry short."""
+
+    def answer(self, q, problem):
+        a = super().answer(q, problem)
+        if q.phase == "sums" and problem.name == "b" and a.payload:
+            from dataclasses import replace
+            a = replace(a, payload=a.payload[:-secure.ENTRY_BYTES])
+        return a
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_masked_vector_names_the_site(glm_cluster, monkeypatch):
+    monkeypatch.setattr(fit_module, "SecureAggregation", Truncates)
+    frames = read(v6_sites("binomial"))
+    with pytest.raises(secure.SecureAggregationError, match="site b: malformed masked vector"):
+        glm.fit(ADMIT, dict(zip("abc", frames)), family="binomial", secure=True,
+                cluster=glm_cluster)
+
+
+def _no_process(*args, **kwargs):
+    raise AssertionError("a process was started")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(n=2), "at least 3 sites, got 2"),
+    (dict(resilience=1), "could fall to 2"),
+    (dict(synchronous=False), "synchronous=True"),
+    (dict(cluster="inprocess"), "one worker per site"),
+    (dict(secure=False, resilience=1), "only with secure=True"),
+])
+def test_bad_secure_input_is_refused_before_any_process(monkeypatch, kwargs, message):
+    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+    frames = read(v6_sites("binomial"))[:kwargs.pop("n", 3)]
+    args = {"family": "binomial", "secure": True, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        glm.fit(ADMIT, frames, **args)
+
+
+def _worker_site(name: str, frame: pd.DataFrame, design, roster_size: int):
+    """A site and its side of the protocol, in this process (the worker's code)."""
+    site = Site(frame, name)
+    alg = secure.SecureAggregation(FisherScoring(design))
+    session = b"s" * 16
+    key = alg.answer(secure.SecureQuery("keys", session), site).public_key
+    others = [(f"other{i}", secure._raw(secure.X25519PrivateKey.generate().public_key()))
+              for i in range(roster_size - 1)]
+    return site, alg, session, key, others
+
+
+def test_a_site_unmasks_one_set_of_sites_per_coefficients():
+    frame = read(v6_sites("binomial"))[0]
+    design = Design.make("admit ~ gre + gpa", "binomial")
+    site, alg, session, key, others = _worker_site("a", frame, design, 4)
+    query = Query(1, np.array([-3.0, 0.002, 0.7]))
+    four = tuple([("a", key)] + others)
+    alg.answer(secure.SecureQuery("sums", session, 1, four, query), site)
+    assert alg.answer(secure.SecureQuery("unmask", session, 1), site).round == 1
+    # The same coefficients again, for the same sites: nothing new, answered.
+    alg.answer(secure.SecureQuery("sums", session, 2, four, query), site)
+    alg.answer(secure.SecureQuery("unmask", session, 2), site)
+    # For three of them: the difference would be the fourth's sums. Masked sums are sent
+    # (a round may be redone when a site fails before its sums arrive), never unmasked.
+    three = four[:3]
+    alg.answer(secure.SecureQuery("sums", session, 3, three, query), site)
+    with pytest.raises(SiteError, match="refused to unmask"):
+        alg.answer(secure.SecureQuery("unmask", session, 3), site)
+    # Other coefficients for three sites: fine.
+    other = Query(2, np.array([-3.1, 0.002, 0.7]))
+    alg.answer(secure.SecureQuery("sums", session, 4, three, other), site)
+    alg.answer(secure.SecureQuery("unmask", session, 4), site)
+    with pytest.raises(SiteError, match="over 2 sites"):
+        alg.answer(secure.SecureQuery("sums", session, 5, four[:2], other), site)
+
+
+def test_out_of_range_and_non_finite_sums_are_errors_at_the_site():
+    with pytest.raises(SiteError, match="site x: a sum is out of the range"):
+        secure.encode(np.array([1.0, 2.0 ** 94]), 3, "x")
+    with pytest.raises(SiteError, match="site x: a sum is not finite"):
+        secure.encode(np.array([1.0, np.inf]), 3, "x")
+    # In range, the encoding is exact for doubles above 2^-44, and sums exactly.
+    values = np.array([0.1, -2.5e10, 3.0 ** 20, -1e-13, 2.0 ** 90])
+    ring = [sum(t) % secure.MODULUS for t in zip(*(secure.encode(values, 3, "x"),) * 3)]
+    np.testing.assert_array_equal(secure.decode(ring), 3 * values)
