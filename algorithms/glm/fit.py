@@ -44,7 +44,7 @@ from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .results import GLMResults
-from .secure import SecureAggregation, check_secure
+from .secure import SecureAggregation, SiteSum, check_secure
 from .site import Site, SiteError, SiteGroup
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     if resilience and not secure:
         raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
     if secure:
-        check_secure(len(sources), synchronous, cluster, resilience)
+        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"])
         options["secure"], options["resilience"] = True, resilience
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
@@ -225,7 +225,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         llf = sum(saturated) - main.deviance / 2
     else:
         log.info("the log-likelihood")
-        llf = sum(sites.call("loglike", design, main.beta, llf_scale))
+        llf = _loglike(sites, design, main.beta, llf_scale, options)
     result = _results(main, design, scale, null_deviance, llf, names, synchronous,
                       scale_fixed=options.get("scale") is not None)
     cov_type = options.get("cov_type", "nonrobust")
@@ -243,6 +243,16 @@ def _run(sites: Any, algorithm: Any, stopat: dict, synchronous: bool, verbose: i
         return sites.run(algorithm, stopat, synchronous, verbose)
     extra = {"resilience": options["resilience"]} if options.get("resilience") else {}
     return sites.run(SecureAggregation(algorithm), stopat, synchronous, verbose, **extra)
+
+
+def _loglike(sites: Any, design: Design, beta: np.ndarray, scale: float,
+             options: Mapping) -> float:
+    """The sum of the sites' log-likelihoods at ``beta`` (securely with ``secure``)."""
+    if not options.get("secure"):
+        return sum(sites.call("loglike", design, beta, scale))
+    total = SiteSum("loglike", design, beta, scale)
+    _run(sites, total, {"maxit": 1}, True, 0, options)
+    return total.value
 
 
 def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:

@@ -89,6 +89,7 @@ LAYOUTS = {
                      ("n_boundary", 0, True), ("null_deviance", 0, False), ("nobs", 0, True),
                      ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False)),
     "Score": (("score", 1, False), ("deviance", 0, False)),
+    "Total": (("value", 0, False),),
 }
 
 
@@ -215,8 +216,12 @@ _LEDGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 # -- checks before any process ---------------------------------------------------------------
-def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int) -> None:
+def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
+                 cov_type: str = "nonrobust") -> None:
     """``secure=True``'s requirements, checked before any process starts."""
+    if cov_type != "nonrobust":
+        raise ValueError(f"secure=True: cov_type={cov_type!r} is not yet supported (the "
+                         "sandwich's meat is sent per site), expected 'nonrobust'")
     if n_sites < MIN_SITES:
         raise ValueError(f"secure=True: expected at least {MIN_SITES} sites, got {n_sites}: "
                          "with 2, the pooled sums minus one site's own give the other's")
@@ -402,10 +407,11 @@ class SecureAggregation(AbstractAlgorithm):
 
     def _after_sums(self, answers, workers, problem) -> SecureQuery:
         if self._survivors(workers):
-            if type(self.inner).__name__ != "FisherScoring":
+            if type(self.inner).__name__ not in ("FisherScoring", "SiteSum"):
                 raise SecureAggregationError(
-                    "a site failed: with method='gradient', secure aggregation cannot yet "
-                    "redo a round among the others (its counts come with the first round)")
+                    f"a site failed: {type(self.inner).__name__} (method='gradient') cannot "
+                    "yet redo a round among the others (its counts come with the first "
+                    "round only)")
             self.redone_rounds += 1
             self._changed = True
             return self._sums_query()  # the same query, masks among the others only
@@ -504,6 +510,53 @@ class SecureAggregation(AbstractAlgorithm):
                 "redone_rounds": self.redone_rounds}
 
 
+@dataclass(frozen=True)
+class SumQuery:
+    """`SiteSum`'s query: ``site.method(design, *args)`` at every site; ``beta`` (the first
+    argument) identifies the coefficients for the differencing guard."""
+
+    version: int
+    beta: Any = None
+
+
+@dataclass(frozen=True)
+class Total:
+    """One number a site adds to the others' (`SiteSum`)."""
+
+    version: int
+    valid: bool
+    value: float = float("nan")
+
+
+class SiteSum(AbstractAlgorithm):
+    """One round: the sum over the sites of ``site.method(design, *args)`` (a number), for
+    `SecureAggregation` to sum securely (the log-likelihood at the estimate). Stop with
+    ``stopat={"maxit": 1}``; the sum is ``value``."""
+
+    def __init__(self, method: str, design: Any, *args):
+        self.method, self.design, self.args = method, design, args
+        self._subset = None
+        self.value: Optional[float] = None
+
+    def initialize(self, problem: Any) -> SumQuery:
+        self.value = None
+        return SumQuery(0, self.args[0] if self.args else None)
+
+    def answer(self, q: SumQuery, problem: Any) -> Total:
+        return Total(q.version, True, float(getattr(problem, self.method)(self.design,
+                                                                          *self.args)))
+
+    def sync_central_step(self, answers, workers, problem) -> SumQuery:
+        self.value = float(answers[0].value)
+        return SumQuery(1)
+
+    def stopnow(self, stopat: Mapping[str, Any]) -> bool:
+        return stopat["maxit"] > 0 and self.value is not None
+
+    def report(self) -> dict:
+        return {"value": self.value}
+
+
 def _pack(plain: Any, kind: str) -> tuple:
     """The sums of ``plain`` as one float vector, the absent (NaN or None) fields, p."""
     width = None
@@ -511,6 +564,7 @@ def _pack(plain: Any, kind: str) -> tuple:
     for field, dims, _ in LAYOUTS[kind]:
         if dims:
             width = np.shape(getattr(plain, field))[0]
+    width = 0 if width is None else width
     for field, dims, _ in LAYOUTS[kind]:
         value = getattr(plain, field)
         size = width ** dims
@@ -541,6 +595,8 @@ def _unpack(first: MaskedAnswer, values: np.ndarray, absent: set) -> Any:
             out[field] = int(round(chunk[0])) if integer else float(chunk[0])
     if first.kind == "Score":
         return Score(first.version, True, **out)
+    if first.kind == "Total":
+        return Total(first.version, True, **out)
     return Contribution(first.version, True, columns=first.columns, **out)
 
 
@@ -550,5 +606,7 @@ def _flags(a: MaskedAnswer) -> Any:
 
     if a.kind == "Score":
         return Score(a.version, a.valid, site=a.site)
+    if a.kind == "Total":
+        return Total(a.version, a.valid)
     return Contribution(a.version, a.valid, withheld=a.withheld, columns=a.columns,
                         site=a.site, sum_w=float("nan"), sum_wy=float("nan"))
