@@ -10,7 +10,10 @@
 - R's IRLS in numpy, in process, on the pooled arrays (the floor: the same arithmetic with
   no process, no pipe, no formula); it and glm.fit are run ``--repeats`` times, alternating,
   each fit on fresh workers, and the table gives medians;
-- dask-glm's Newton method on two chunks, when dask-glm is installed.
+- dask-glm's Newton method on two chunks, when dask-glm is installed;
+- with ``--secure``: ``glm.fit`` on three sites (N/3 rows each), in clear and with
+  ``secure=True`` (secure aggregation, `algorithms.glm.secure`), alternating, medians of
+  ``--repeats``; written to glm_secure.json (the goal: under 10% slower than in clear).
 
 Prints a table and writes benchmarks/results/glm.json and glm.png (other sizes:
 glm_<rows>rows.json and .png).
@@ -79,12 +82,42 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def frame_parts(X, y, names, k: int, tmp) -> list:
+    """``k`` Parquet files of consecutive rows."""
+    frame = pd.DataFrame(X, columns=names).assign(y=y)
+    paths = []
+    for i, part in enumerate(np.array_split(np.arange(len(y)), k)):
+        paths.append(Path(tmp) / f"secure_site{i + 1}.parquet")
+        frame.iloc[part].to_parquet(paths[-1])
+    return paths
+
+
+def _secure_runs(paths: list, formula: str, repeats: int, times: dict) -> list:
+    """glm.fit on three sites in clear and with secure=True, alternating, fresh workers."""
+    fits = {}
+    for key in ("3 plain", "3 secure"):
+        times[key] = []
+    for _ in range(repeats):
+        for key in ("3 plain", "3 secure"):
+            with aia.LocalCluster(3) as cluster:
+                seconds, res = timed(lambda: glm.fit(formula, paths, family="binomial",
+                                                     cluster=cluster,
+                                                     secure=key == "3 secure"))
+            times[key].append(seconds)
+            fits[key] = res
+    return [(f"aia glm.fit, 3 sites, sync{', secure' if key == '3 secure' else ''} "
+             "(end to end)", float(np.median(times[key])), fits[key].iterations,
+             fits[key].params.to_numpy()) for key in ("3 plain", "3 secure")]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--predictors", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the numpy floor and of glm.fit (medians)")
+    parser.add_argument("--secure", action="store_true",
+                        help="also glm.fit on 3 sites, in clear and with secure=True")
     args = parser.parse_args(argv)
     n, p = args.rows, args.predictors
     X, y = make_data(n, p)
@@ -133,6 +166,9 @@ def main(argv=None) -> dict:
                                                          synchronous=synchronous))
                 times[synchronous].append(seconds)
                 fits[synchronous] = res
+        if args.secure:
+            secure_rows = _secure_runs(frame_parts(X, y, names, 3, tmp), formula,
+                                       args.repeats, times)
         startup = float(np.median(startups))
         rows.append(("numpy IRLS in process (pooled arrays)", float(np.median(times["numpy"])),
                      its, beta))
@@ -142,6 +178,8 @@ def main(argv=None) -> dict:
             rows.append((f"aia glm.fit, 2 sites, {mode} (end to end)",
                          float(np.median(times[synchronous])), res.iterations,
                          res.params.to_numpy()))
+        if args.secure:
+            rows.extend(secure_rows)
 
     print(f"\nLogistic regression, {n:,} rows x {p} predictors, {os.cpu_count()} CPU(s); "
           f"local cluster start-up {startup:.2f} s (not included); numpy and aia: medians "
@@ -159,11 +197,18 @@ def main(argv=None) -> dict:
     print(f"\nglm.fit sync / numpy IRLS: {np.median(times[True]) / np.median(floor):.2f} "
           f"(run by run {min(ratios):.2f}-{max(ratios):.2f}); statsmodels / glm.fit sync: "
           f"{rows[0][1] / np.median(times[True]):.1f}x")
+    if args.secure:
+        plain, masked = np.median(times["3 plain"]), np.median(times["3 secure"])
+        print(f"glm.fit 3 sites, secure / in clear: {masked / plain:.3f} "
+              f"(+{100 * (masked / plain - 1):.1f}%)")
     report = {
         "benchmark": "glm", "rows": n, "predictors": p, "sites": 2, "family": "binomial",
         "repeats": args.repeats,
         "runs_seconds": {"numpy IRLS": floor, "aia sync": times[True],
-                         "aia async": times[False]},
+                         "aia async": times[False],
+                         **({"aia 3 sites sync": times["3 plain"],
+                             "aia 3 sites sync secure": times["3 secure"]}
+                            if args.secure else {})},
         "cluster_startup_seconds": round(startup, 4), "results": results,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -171,6 +216,7 @@ def main(argv=None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     # The default size writes glm.json; another size its own file (glm_600000rows.json).
     stem = "glm" if (n, p) == (1_000_000, 20) else f"glm_{n}rows" + ("" if p == 20 else f"_{p}p")
+    stem += "_secure" if args.secure else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     bars([r["method"].replace(" (", "\n(") for r in results],
          {"seconds": [r["seconds"] for r in results]}, "seconds",
