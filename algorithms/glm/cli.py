@@ -52,6 +52,7 @@ from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError, check_min_sites
 from .messages import Contribution, Query
 from .results import GLMResults
+from . import secure as secure_sums
 from .site import Site
 
 log = logging.getLogger("aia.folder")
@@ -181,8 +182,40 @@ register("glm.fisher", FisherScoring, params=_params, build=_builder(FisherScori
          problem=load_site)
 register("glm.gradient", GradientDescent, params=_params, build=_builder(GradientDescent),
          problem=load_site)
+
+
+def _secure_params(alg: secure_sums.SecureAggregation) -> dict:
+    inner = alg.inner
+    if isinstance(inner, secure_sums.SiteSum):
+        if inner.method != "loglike":
+            raise TypeError(f"a secure sum of {inner.method!r} cannot be named to a site")
+        return {"inner": "glm.loglike", "design": design_params(inner.design),
+                "beta": np.asarray(inner.args[0], dtype=float), "scale": float(inner.args[1])}
+    name = {FisherScoring: "glm.fisher", GradientDescent: "glm.gradient"}[type(inner)]
+    return {"inner": name, "params": _params(inner)}
+
+
+def _secure_build(p: dict) -> secure_sums.SecureAggregation:
+    """A site's copy of a secure run: only the GLM's own algorithms inside."""
+    if p.get("inner") == "glm.loglike":
+        inner = secure_sums.SiteSum("loglike", design_from(p["design"]),
+                                    np.asarray(p["beta"], dtype=float), float(p["scale"]))
+    else:
+        cls = {"glm.fisher": FisherScoring, "glm.gradient": GradientDescent}[p.get("inner")]
+        inner = _builder(cls)(p["params"])
+    return secure_sums.SecureAggregation(inner)
+
+
+for _name, _cls in (("glm.SecureQuery", secure_sums.SecureQuery),
+                    ("glm.KeyAnswer", secure_sums.KeyAnswer),
+                    ("glm.MaskedAnswer", secure_sums.MaskedAnswer),
+                    ("glm.Unmask", secure_sums.Unmask), ("glm.SumQuery", secure_sums.SumQuery),
+                    ("glm.Total", secure_sums.Total)):
+    register_message(_name, _cls)
+register("glm.secure", secure_sums.SecureAggregation, params=_secure_params,
+         build=_secure_build, problem=load_site)
 #: What ``aia-glm site`` runs.
-SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.site"]
+SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.site", "glm.secure"]
 #: The algorithm of each method.
 METHODS = {"fisher": FisherScoring, "gradient": GradientDescent}
 
@@ -205,7 +238,7 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
                min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
                session: Optional[str] = None, key: Optional[bytes] = None,
-               guards: Any = None, verbose: int = 0) -> GLMResults:
+               guards: Any = None, verbose: int = 0, secure: bool = False) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
@@ -213,7 +246,8 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     answer. ``session`` defaults to a name derived from the model, so a central started again
     resumes. The session is marked finished on success and cancelled when a site refuses
     (the sites exit); after a timeout or an interruption it stays open for a new central.
-    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous).
+    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous); ``secure``
+    too (`algorithms.glm.secure`: the answer files hold only masked sums).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -225,15 +259,17 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     sites = list(sites)
     check_min_sites(len(sites), min_sites)
+    if secure:
+        secure_sums.check_secure(len(sites), True, None, 0)
     design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,
                                     exposure=exposure, expected=expected, guards=guards))
     if session is None:
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
-                               max_iter=max_iter)
+                               max_iter=max_iter, **({"secure": True} if secure else {}))
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key)
     try:
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
-                           max_iter, True, verbose)
+                           max_iter, True, verbose, secure=secure, resilience=0)
     except (PrivacyError, FormulaError, SiteError, DesignMismatchError, WorkerFailedError,
             _SiteFailed) as exc:  # the same again would fail the same way
         cluster.cancel(f"{type(exc).__name__}: {exc}")
@@ -371,6 +407,9 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("--key-file", default=None,
                          help="a file holding a secret shared with the sites (optional)")
     central.add_argument("--output", default=None, help="write the result here as JSON")
+    central.add_argument("--secure", action="store_true",
+                         help="secure aggregation: the central learns only the pooled sums "
+                              "(at least 3 sites)")
     central.add_argument("--cancel", action="store_true",
                          help="cancel the model (its sites exit) instead of fitting it")
     local = sub.add_parser("fit", help="fit over sites on local worker processes")
@@ -404,7 +443,8 @@ def _central(args) -> int:
                         weights=args.weights, offset=args.offset, exposure=args.exposure,
                         expected=args.expected, method=args.method, tol=args.tol,
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
-                        poll=args.poll, session=args.session, key=key, verbose=args.verbose)
+                        poll=args.poll, session=args.session, key=key, verbose=args.verbose,
+                        secure=args.secure)
     _print(result, args.csv)
     if args.output:
         out = Path(args.output).expanduser()

@@ -251,3 +251,23 @@ def test_secure_fit_on_ray_actors():
             break
         time.sleep(0.1)
     assert not left, f"Ray processes left behind: {left}"
+
+
+@pytest.mark.timeout(120)
+def test_a_secure_fit_over_a_synced_folder(tmp_path):
+    """``aia-glm site`` processes and a central over a real folder: the same fit."""
+    from algorithms.glm import cli
+
+    from .test_cli import FORMULA, POLL, Processes
+
+    procs = Processes(tmp_path)
+    try:
+        for name in "abc":
+            procs.site(name)
+        res = cli.fit_folder(FORMULA, procs.folder, list("abc"), "poisson", session="awards",
+                             poll=float(POLL), timeout=60, secure=True)
+        assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
+    finally:
+        procs.stop()
+    plain = glm.fit(FORMULA, v6_sites("poisson"), family="poisson", cluster="inprocess")
+    assert_same_fit(plain, res)
