@@ -46,11 +46,11 @@ Threat model: an honest-but-curious central (it follows the protocol and tries t
 what it sees) and sites that do not collude with it. Not protected: the pooled sums and the
 estimates themselves (what the central is there to compute); a site colluding with the
 central when there are 3 sites (it knows its own sums: the total minus them is the sum of the
-two others, and with the central's help it can unmask pairwise masks it shares); a central
-that impersonates sites (there is no public-key infrastructure: the central relays the keys).
-Sums sent outside the iterations are in clear: the moments of ``center()``/``scale()``
-columns at first contact, the saturated log-likelihood, the log-likelihood at the estimate
-and the sandwich's meat.
+two others); a central that impersonates sites (there is no public-key infrastructure: the
+central relays the keys). The log-likelihood at the estimate is summed securely too
+(`SiteSum`); sent in clear as without secure aggregation: the category levels and the
+moments of ``center()``/``scale()`` columns at first contact, the saturated log-likelihood
+(with the design) and the sandwich's meat (refused with ``secure=True``).
 """
 
 from __future__ import annotations

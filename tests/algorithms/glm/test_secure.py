@@ -253,21 +253,62 @@ def test_secure_fit_on_ray_actors():
     assert not left, f"Ray processes left behind: {left}"
 
 
-@pytest.mark.timeout(120)
+def _start_sums(path, name: str, formula: str, family: str) -> np.ndarray:
+    """Site ``name``'s true X'WX at R's starting values (version 0), as a fit computes it."""
+    from algorithms.glm.design import merge_levels, merge_moments
+
+    paths = v6_sites("poisson")
+    design = Design.make(formula, family)
+    described = [Site(p, n).describe(design) for p, n in zip(paths, "abc")]
+    design = design.with_shared(merge_levels([d["levels"] for d in described]),
+                                merge_moments([d["moments"] for d in described]))
+    return Site(path, name).contribution(design, Query(0)).xtwx
+
+
+def _blobs(folder: Path) -> list:
+    """The bytes of every file under ``folder``, and of every base64 text inside them."""
+    import base64
+    import re
+
+    out = []
+    for f in folder.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            out.append(data)
+            out += [base64.b64decode(m) for m in re.findall(rb'"(?:\$bytes|base64)": ?"([^"]+)"',
+                                                            data)]
+    return out
+
+
+@pytest.mark.timeout(150)
 def test_a_secure_fit_over_a_synced_folder(tmp_path):
-    """``aia-glm site`` processes and a central over a real folder: the same fit."""
+    """``aia-glm site`` processes and a central over a real folder: the same fit, and the
+    answer files hold no site's true X'WX (found in those of a plain run)."""
     from algorithms.glm import cli
 
     from .test_cli import FORMULA, POLL, Processes
 
-    procs = Processes(tmp_path)
-    try:
-        for name in "abc":
-            procs.site(name)
-        res = cli.fit_folder(FORMULA, procs.folder, list("abc"), "poisson", session="awards",
-                             poll=float(POLL), timeout=60, secure=True)
-        assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
-    finally:
-        procs.stop()
+    needle = _start_sums(v6_sites("poisson")[0], "a", FORMULA, "poisson").tobytes()
+    plain_folder, secure_folder = tmp_path / "plain", tmp_path / "secure"
+    for folder in (plain_folder, secure_folder):
+        folder.mkdir()
+        procs = Processes(folder)
+        try:
+            for name in "abc":
+                procs.site(name)
+            if folder is plain_folder:  # one iteration is enough to hold the sums
+                with pytest.warns(Warning):
+                    cli.fit_folder(FORMULA, folder, list("abc"), "poisson", session="awards",
+                                   poll=float(POLL), timeout=60, max_iter=1)
+            else:
+                res = cli.fit_folder(FORMULA, folder, list("abc"), "poisson",
+                                     session="awards", poll=float(POLL), timeout=60,
+                                     secure=True)
+            assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
+        finally:
+            procs.stop()
+    assert any(needle in blob for blob in _blobs(plain_folder / "awards"))
+    assert not any(needle in blob for blob in _blobs(secure_folder / "awards"))
+    assert not any(needle[:64] in blob for blob in _blobs(secure_folder / "awards"))
     plain = glm.fit(FORMULA, v6_sites("poisson"), family="poisson", cluster="inprocess")
     assert_same_fit(plain, res)
