@@ -289,26 +289,28 @@ def test_a_secure_fit_over_a_synced_folder(tmp_path):
     from .test_cli import FORMULA, POLL, Processes
 
     needle = _start_sums(v6_sites("poisson")[0], "a", FORMULA, "poisson").tobytes()
-    plain_folder, secure_folder = tmp_path / "plain", tmp_path / "secure"
-    for folder in (plain_folder, secure_folder):
-        folder.mkdir()
-        procs = Processes(folder)
-        try:
+    procs = Processes(tmp_path)
+    sites = {}
+    try:
+        for session in ("plain", "secure"):  # all six sites start at once
             for name in "abc":
-                procs.site(name)
-            if folder is plain_folder:  # one iteration is enough to hold the sums
-                with pytest.warns(Warning):
-                    cli.fit_folder(FORMULA, folder, list("abc"), "poisson", session="awards",
-                                   poll=float(POLL), timeout=60, max_iter=1)
-            else:
-                res = cli.fit_folder(FORMULA, folder, list("abc"), "poisson",
-                                     session="awards", poll=float(POLL), timeout=60,
-                                     secure=True)
-            assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
-        finally:
-            procs.stop()
-    assert any(needle in blob for blob in _blobs(plain_folder / "awards"))
-    assert not any(needle in blob for blob in _blobs(secure_folder / "awards"))
-    assert not any(needle[:64] in blob for blob in _blobs(secure_folder / "awards"))
+                sites[session, name] = procs._spawn(
+                    ["site", "--folder", str(tmp_path), "--site", name, "--data",
+                     str(procs.data[name]), "--audit-log",
+                     str(procs.private / f"{session}-{name}.audit.jsonl"), "--poll", POLL,
+                     "--timeout", "80", "--session", session],
+                    tmp_path / f"site-{session}-{name}.log")
+        args = dict(poll=float(POLL), timeout=60)
+        with pytest.warns(Warning, match="converge"):  # one iteration holds the sums
+            cli.fit_folder(FORMULA, tmp_path, list("abc"), "poisson", session="plain",
+                           max_iter=1, **args)
+        res = cli.fit_folder(FORMULA, tmp_path, list("abc"), "poisson", session="secure",
+                             secure=True, **args)
+        assert [p.wait(20) for p in sites.values()] == [0] * 6
+    finally:
+        procs.stop()
+    assert any(needle in blob for blob in _blobs(tmp_path / "plain"))
+    secure_blobs = _blobs(tmp_path / "secure")
+    assert not any(needle[:64] in blob for blob in secure_blobs)  # not even its first row
     plain = glm.fit(FORMULA, v6_sites("poisson"), family="poisson", cluster="inprocess")
     assert_same_fit(plain, res)
