@@ -38,8 +38,8 @@ will not do so again for another set of sites (below).
 *Differencing.* A site reveals its self mask for given coefficients for one set of sites
 only: the sums of two sets at the same coefficients would give, by difference, the sums of
 the sites in one and not the other (the sums of a site that "failed", or was left out).
-Each site keeps the set it unmasked for each coefficients it answered (for the lifetime of
-the site, across runs) and refuses another. It also refuses a roster of fewer than 3 sites:
+Each site keeps the set it unmasked for each coefficients it answered (across runs, for as
+long as its process lives; see `_ledger`) and refuses another. It also refuses a roster of fewer than 3 sites:
 with 2, the total minus its own sums is the other site's.
 
 Threat model: an honest-but-curious central (it follows the protocol and tries to learn from
@@ -60,6 +60,7 @@ import logging
 import secrets
 import weakref
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -211,8 +212,18 @@ def _query_key(design: Any, subset: Any, inner: Any) -> bytes:
     return h.digest()
 
 
-#: Per site object: query key -> the set of site names it revealed its self mask for.
+#: Per site: query key -> the set of site names it revealed its self mask for. A site read
+#: from a file keeps its ledger for the life of the process that holds it (a worker serves
+#: many fits); a site given as a DataFrame, for the life of the `Site` object.
 _LEDGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LEDGERS_BY_FILE: dict = {}
+
+
+def _ledger(site: Any) -> dict:
+    source = getattr(site, "source", None)
+    if isinstance(source, (str, Path)):
+        return _LEDGERS_BY_FILE.setdefault((site.name, str(Path(source).resolve())), {})
+    return _LEDGERS.setdefault(site, {})
 
 
 # -- checks before any process ---------------------------------------------------------------
@@ -334,7 +345,7 @@ class SecureAggregation(AbstractAlgorithm):
             raise SiteError(f"site {site.name}: refused to unmask a sum over {len(names)} sites")
         # The differencing guard (see the module docstring): the self mask is revealed for
         # one set of sites per coefficients, ever.
-        ledger = _LEDGERS.setdefault(site, {})
+        ledger = _ledger(site)
         before = ledger.get(key)
         if before is not None and before != names:
             raise SiteError(

@@ -106,13 +106,26 @@ def test_the_central_sees_only_uniform_bytes(glm_cluster, monkeypatch):
 
 
 class DiesInRound3(secure.SecureAggregation):
-    """Site d's process dies while it computes the masked sums of round 3."""
+    """Site d's process dies while it computes the masked sums of round 3. The central
+    keeps the queries it sends: (phase, round, number of sites)."""
 
     central: list = []
+    queries: list = []
 
     def initialize(self, problem):
         DiesInRound3.central.append(self)
         return super().initialize(problem)
+
+    def _sums_query(self):
+        q = super()._sums_query()
+        DiesInRound3.queries.append((q.phase, q.round, len(q.roster)))
+        return q
+
+    def _after_sums(self, answers, workers, problem):
+        q = super()._after_sums(answers, workers, problem)
+        if q.phase == "unmask":
+            DiesInRound3.queries.append((q.phase, q.round, len(self._roster)))
+        return q
 
     def answer(self, q, problem):
         if q.phase == "sums" and q.round == 3 and problem.name == "d":
@@ -128,7 +141,7 @@ def _four_sites() -> dict:
 
 @pytest.mark.timeout(120)
 def test_a_site_dying_mid_round_leaves_the_fit_of_the_others(monkeypatch):
-    DiesInRound3.central = []
+    DiesInRound3.central, DiesInRound3.queries = [], []
     monkeypatch.setattr(fit_module, "SecureAggregation", DiesInRound3)
     sites = _four_sites()
     # R's standard errors come from X'WX at the iteration before the last: the paths differ
@@ -138,6 +151,11 @@ def test_a_site_dying_mid_round_leaves_the_fit_of_the_others(monkeypatch):
     plain = glm.fit(ADMIT, others, family="binomial", cluster="inprocess", tol=1e-13)
     alg = DiesInRound3.central[0]
     assert alg.redone_rounds == 1
+    # Round 3 (the sums of four sites, one missing) was never unmasked: no round's sum
+    # short of one site was ever decodable; round 4 asked the same query of the other three.
+    sent = DiesInRound3.queries[:DiesInRound3.queries.index(("sums", 4, 3)) + 2]
+    assert sent[-4:] == [("unmask", 2, 4), ("sums", 3, 4), ("sums", 4, 3), ("unmask", 4, 3)]
+    assert ("unmask", 3, 4) not in DiesInRound3.queries
     assert res.sites == ["a", "b", "c"]
     assert_same_fit(plain, res, rtol=1e-7)
 
@@ -314,3 +332,12 @@ def test_a_secure_fit_over_a_synced_folder(tmp_path):
     assert not any(needle[:64] in blob for blob in secure_blobs)  # not even its first row
     plain = glm.fit(FORMULA, v6_sites("poisson"), family="poisson", cluster="inprocess")
     assert_same_fit(plain, res)
+
+
+def test_the_command_line_central_takes_secure():
+    from algorithms.glm import cli
+
+    args = cli.parser().parse_args(["central", "--folder", "f", "--sites", "a,b,c",
+                                    "--formula", "y ~ x", "--secure"])
+    assert args.secure is True
+    assert "glm.secure" in cli.SITE_ALGORITHMS
