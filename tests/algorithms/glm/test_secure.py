@@ -1,14 +1,14 @@
 """Secure aggregation (`algorithms.glm.secure`): the same fits as in clear, from masked sums.
 
 Real worker processes (the session's three workers, or a temporary cluster of four for the
-site that dies), real data (the v6-glm sites).
+site that dies), real data (the v6-glm sites), a real synced folder with ``aia-glm site``
+processes. Over Ray: tests/aia/test_ray.py (its module's runtime).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -245,30 +245,6 @@ def test_out_of_range_and_non_finite_sums_are_errors_at_the_site():
     values = np.array([0.1, -2.5e10, 3.0 ** 20, -1e-13, 2.0 ** 90])
     ring = [sum(t) % secure.MODULUS for t in zip(*(secure.encode(values, 3, "x"),) * 3)]
     np.testing.assert_array_equal(secure.decode(ring), 3 * values)
-
-
-@pytest.mark.timeout(180)
-def test_secure_fit_on_ray_actors():
-    """The same masked messages over Ray (a runtime on 127.0.0.1 for this test)."""
-    pytest.importorskip("ray")
-    import aia
-    import psutil
-
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    sites = v6_sites("binomial")
-    plain = glm.fit(ADMIT, sites, family="binomial", cluster="inprocess")
-    repo = str(Path(__file__).resolve().parents[3])
-    with aia.RayCluster(3, num_cpus=2, log_to_driver=False,
-                        runtime_env={"env_vars": {"PYTHONPATH": repo}}) as cluster:
-        there = glm.fit(ADMIT, sites, family="binomial", cluster=cluster, secure=True)
-    assert_same_fit(plain, there)
-    for _ in range(150):  # Ray's processes exit within seconds of the runtime's stop
-        left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"Ray processes left behind: {left}"
 
 
 def _start_sums(path, name: str, formula: str, family: str) -> np.ndarray:
