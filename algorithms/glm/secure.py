@@ -91,7 +91,13 @@ LAYOUTS = {
                      ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False)),
     "Score": (("score", 1, False), ("deviance", 0, False)),
     "Total": (("value", 0, False),),
+    # the parts of a glmnet answer (`algorithms.glm.glmnet_path`)
+    "Moments": (("sum_w", 0, False), ("xw", 1, False), ("xwx", 2, False), ("xwz", 1, False),
+                ("zwz", 0, False), ("sum_wy", 0, False), ("nobs", 0, True), ("n_ok", 0, True)),
+    "Sums": (("xtwx", 2, False), ("xtwz", 1, False), ("deviance", 0, False)),
 }
+#: Answers made of several parts, each of a kind of `LAYOUTS`: ``parts`` of (fit, part).
+MULTIPART = ("GlmnetAnswer",)
 
 
 class SecureAggregationError(RuntimeError):
@@ -123,9 +129,10 @@ class KeyAnswer:
 
 @dataclass(frozen=True)
 class MaskedAnswer:
-    """A site's masked sums: ``payload`` holds the entries of `LAYOUTS` [kind] (those not in
-    ``absent``, the NaN or None ones, are encoded as 0), 24 bytes each, masked. ``valid``,
-    ``withheld``, ``columns`` and ``width`` (p) are sent in clear: they are not data."""
+    """A site's masked sums: ``payload`` holds the entries of the ``parts`` ((fit, kind of
+    `LAYOUTS`) pairs) one after the other (the fields in ``absent``, (part, field) pairs of
+    NaN or None values, encoded as 0), 24 bytes each, masked. ``valid``, ``withheld``,
+    ``columns``, ``parts`` and ``width`` (p) are sent in clear: they are not data."""
 
     kind: str
     site: str
@@ -137,6 +144,7 @@ class MaskedAnswer:
     columns: Optional[tuple] = None
     absent: tuple = ()
     payload: bytes = b""
+    parts: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -149,9 +157,10 @@ class Unmask:
 
 
 # -- encoding and masks ------------------------------------------------------------------------
-def entries(kind: str, width: int) -> int:
-    """How many ring entries an answer of ``kind`` with ``width`` columns holds."""
-    return sum(width ** dims for _, dims, _ in LAYOUTS[kind])
+def entries(parts: Sequence, width: int) -> int:
+    """How many ring entries an answer of ``parts`` ((fit, kind) pairs) with ``width``
+    columns holds."""
+    return sum(width ** dims for _, kind in parts for _, dims, _ in LAYOUTS[kind])
 
 
 def encode(values: np.ndarray, n_sites: int, site: str) -> list:
@@ -204,11 +213,17 @@ def _raw(public: X25519PublicKey) -> bytes:
 
 def _query_key(design: Any, subset: Any, inner: Any) -> bytes:
     """What identifies the coefficients of a query for the differencing guard: the model,
-    the subset of columns and the coefficients (None: R's starting values). Not the kind
-    of sums asked: a score at beta is X'Wz - X'WX beta at beta."""
-    beta = getattr(inner, "beta", None)
+    the subset of columns and the coefficients (None: R's starting values; glmnet's
+    ``betas``: every fit's). Not the kind of sums asked: a score at beta is
+    X'Wz - X'WX beta at beta."""
     h = hashlib.sha256(repr((design.token, subset)).encode())
-    h.update(b"start" if beta is None else np.ascontiguousarray(beta, dtype=float).tobytes())
+    betas = getattr(inner, "betas", None)
+    pairs = [(None, getattr(inner, "beta", None))] if betas is None else list(betas)
+    if not pairs:
+        h.update(b"moments:" + repr(getattr(inner, "kind", None)).encode())
+    for fit, beta in pairs:
+        h.update(repr(fit).encode())
+        h.update(b"start" if beta is None else np.ascontiguousarray(beta, dtype=float).tobytes())
     return h.digest()
 
 
@@ -308,14 +323,18 @@ class SecureAggregation(AbstractAlgorithm):
         me = self._own_index(q.roster, site)
         plain = self.inner.answer(q.inner, site)
         kind = type(plain).__name__
-        if kind not in LAYOUTS:
+        parts = _parts_of(plain)
+        if kind not in LAYOUTS and kind not in MULTIPART or \
+                any(type(part).__name__ not in LAYOUTS for _, part in parts):
             raise SiteError(f"site {site.name}: cannot mask a {kind}")
+        valid = all(getattr(part, "valid", True) for _, part in parts)
         base = dict(kind=kind, site=site.name, round=q.round, version=plain.version,
-                    valid=plain.valid, withheld=getattr(plain, "withheld", False),
-                    columns=getattr(plain, "columns", None))
-        if not plain.valid:
+                    valid=valid, withheld=getattr(plain, "withheld", False),
+                    columns=getattr(plain, "columns", None),
+                    parts=tuple((fit, type(part).__name__) for fit, part in parts))
+        if not valid:
             return MaskedAnswer(**base)
-        values, absent, width = _pack(plain, kind)
+        values, absent, width = _pack(plain)
         ring = encode(values, len(q.roster), site.name)
         label = _label(q.session, q.round, b"pair")
         for j, (_, key) in enumerate(q.roster):
@@ -330,7 +349,8 @@ class SecureAggregation(AbstractAlgorithm):
         own = stream(self._self_key(q.round), b"self", len(ring))
         ring = [(v + m) % MODULUS for v, m in zip(ring, own)]
         names = frozenset(name for name, _ in q.roster)
-        self._rounds[q.round] = (names, _query_key(self.inner.design, self.inner._subset,
+        self._rounds[q.round] = (names, _query_key(self.inner.design,
+                                                    getattr(self.inner, "_subset", None),
                                                     q.inner))
         return MaskedAnswer(**base, width=width, absent=absent, payload=to_bytes(ring))
 
@@ -431,16 +451,19 @@ class SecureAggregation(AbstractAlgorithm):
         if not all(a.valid for a in answers):
             return self._inner_step([_flags(a) for a in answers], workers, problem)
         self._check_columns(answers)
-        widths = {a.width for a in answers}
+        width = self._width if self._width is not None else answers[0].width
         for w, a in zip(workers, answers):
-            need = entries(a.kind, a.width) * ENTRY_BYTES
-            if len(widths) > 1 or (self._width is not None and a.width != self._width) \
-                    or len(a.payload) != need:
+            need = entries(answers[0].parts, width) * ENTRY_BYTES
+            if a.width != width or a.parts != answers[0].parts or len(a.payload) != need:
                 raise SecureAggregationError(
-                    f"site {a.site}: malformed masked vector: expected "
-                    f"{entries(a.kind, self._width or a.width) * ENTRY_BYTES} bytes for "
-                    f"{self._width or a.width} columns, got {len(a.payload)} bytes for "
-                    f"{a.width}")
+                    f"site {a.site}: malformed masked vector: expected {need} bytes for "
+                    f"{width} columns, got {len(a.payload)} bytes for {a.width}")
+            # Decoding a field some site left out would give the sum of the others only.
+            if set(a.absent) != set(answers[0].absent):
+                raise SecureAggregationError(
+                    f"site {a.site}: its absent sums {sorted(a.absent)} differ from site "
+                    f"{answers[0].site}'s {sorted(answers[0].absent)}: the round is not "
+                    "unmasked")
         self._width = answers[0].width
         self._masked = list(answers)
         self._phase = "unmask"
@@ -448,10 +471,15 @@ class SecureAggregation(AbstractAlgorithm):
 
     def _check_answer(self, worker, a) -> None:
         name = self._name(worker)
-        fields = {f for f, _, _ in LAYOUTS.get(getattr(a, "kind", None), ())}
+        parts = getattr(a, "parts", None)
         ok = (isinstance(a, MaskedAnswer) and a.site == name and a.round == self._round
               and isinstance(a.payload, bytes) and isinstance(a.width, int) and a.width >= 0
-              and set(a.absent) <= fields and fields)
+              and isinstance(parts, tuple) and parts
+              and all(isinstance(p, tuple) and len(p) == 2 and p[1] in LAYOUTS
+                      for p in parts))
+        if ok:
+            fields = {(i, f) for i, (_, kind) in enumerate(parts) for f, _, _ in LAYOUTS[kind]}
+            ok = all(isinstance(x, tuple) and tuple(x) in fields for x in a.absent)
         if not ok:
             raise SecureAggregationError(
                 f"site {name}: malformed masked answer in round {self._round} (expected a "
@@ -478,8 +506,7 @@ class SecureAggregation(AbstractAlgorithm):
             own = stream(a.key, b"self", len(total))
             total = [(t + v - s) % MODULUS for t, v, s in zip(total, from_bytes(m.payload), own)]
         first = self._masked[0]
-        absent = set().union(*(set(m.absent) for m in self._masked))
-        combined = _unpack(first, decode(total), absent)
+        combined = _unpack(first, decode(total), {tuple(x) for x in first.absent})
         return self._inner_step([combined], [workers[0]], problem)
 
     def _inner_step(self, contribs, workers, problem) -> SecureQuery:
@@ -568,42 +595,64 @@ class SiteSum(AbstractAlgorithm):
         return {"value": self.value}
 
 
-def _pack(plain: Any, kind: str) -> tuple:
-    """The sums of ``plain`` as one float vector, the absent (NaN or None) fields, p."""
-    width = None
-    parts, absent = [], []
-    for field, dims, _ in LAYOUTS[kind]:
-        if dims:
-            width = np.shape(getattr(plain, field))[0]
-    width = 0 if width is None else width
-    for field, dims, _ in LAYOUTS[kind]:
-        value = getattr(plain, field)
-        size = width ** dims
-        if value is None or (dims == 0 and np.isnan(float(value))):
-            absent.append(field)
-            parts.append(np.zeros(size))
-        else:
-            parts.append(np.asarray(value, dtype=float).reshape(size))
-    return np.concatenate(parts), tuple(absent), width
+def _parts_of(plain: Any) -> list:
+    """An answer as its (fit, part) pairs: glmnet's are several, the others one."""
+    if type(plain).__name__ in MULTIPART:
+        return list(plain.parts)
+    return [(None, plain)]
+
+
+def _pack(plain: Any) -> tuple:
+    """The sums of ``plain`` as one float vector; the absent (NaN or None) fields, as
+    (part, field) pairs; p."""
+    parts = _parts_of(plain)
+    width = 0
+    for _, part in parts:
+        for field, dims, _ in LAYOUTS[type(part).__name__]:
+            if dims and getattr(part, field) is not None:
+                width = np.shape(getattr(part, field))[0]
+    values, absent = [], []
+    for i, (_, part) in enumerate(parts):
+        for field, dims, _ in LAYOUTS[type(part).__name__]:
+            value = getattr(part, field)
+            size = width ** dims
+            if value is None or (dims == 0 and np.isnan(float(value))):
+                absent.append((i, field))
+                values.append(np.zeros(size))
+            else:
+                values.append(np.asarray(value, dtype=float).reshape(size))
+    return np.concatenate(values), tuple(absent), width
 
 
 def _unpack(first: MaskedAnswer, values: np.ndarray, absent: set) -> Any:
     """The decoded total as the answer of one site."""
     from .gradient import Score  # gradient imports this package's site module
 
-    out, at, p = {}, 0, first.width
-    for field, dims, integer in LAYOUTS[first.kind]:
-        size = p ** dims
-        chunk = values[at:at + size]
-        at += size
-        if field in absent:
-            out[field] = None if field == "null_deviance" else float("nan")
-        elif dims == 2:
-            out[field] = chunk.reshape(p, p)
-        elif dims == 1:
-            out[field] = chunk
-        else:
-            out[field] = int(round(chunk[0])) if integer else float(chunk[0])
+    at, p, rebuilt = 0, first.width, []
+    for i, (fit, kind) in enumerate(first.parts):
+        out = {}
+        for field, dims, integer in LAYOUTS[kind]:
+            size = p ** dims
+            chunk = values[at:at + size]
+            at += size
+            if (i, field) in absent:
+                out[field] = None if field == "null_deviance" else float("nan")
+            elif dims == 2:
+                out[field] = chunk.reshape(p, p)
+            elif dims == 1:
+                out[field] = chunk
+            else:
+                out[field] = int(round(chunk[0])) if integer else float(chunk[0])
+        rebuilt.append((fit, kind, out))
+    if first.kind in MULTIPART:
+        from .glmnet_path import Moments, Sums
+        from .glmnet_site import GlmnetAnswer
+
+        classes = {"Moments": Moments, "Sums": Sums}
+        return GlmnetAnswer(first.version, tuple((fit, classes[kind](**out))
+                                                 for fit, kind, out in rebuilt),
+                            columns=first.columns)
+    out = rebuilt[0][2]
     if first.kind == "Score":
         return Score(first.version, True, **out)
     if first.kind == "Total":
@@ -615,6 +664,13 @@ def _flags(a: MaskedAnswer) -> Any:
     """A site's answer without sums (a round in which some site's answer is invalid)."""
     from .gradient import Score
 
+    if a.kind in MULTIPART:
+        from .glmnet_path import Sums
+        from .glmnet_site import GlmnetAnswer
+
+        return GlmnetAnswer(a.version, tuple((fit, Sums(None, None, float("nan"), False))
+                                             for fit, _ in a.parts), site=a.site,
+                            columns=a.columns)
     if a.kind == "Score":
         return Score(a.version, a.valid, site=a.site)
     if a.kind == "Total":

@@ -72,7 +72,7 @@ class Recording(secure.SecureAggregation):
 def _plain_bytes(site: Site, design, query, n_sites: int) -> bytes:
     """What the site would send unmasked: its true sums, encoded in the same ring."""
     plain = site.contribution(design, query)
-    values, _, _ = secure._pack(plain, "Contribution")
+    values, _, _ = secure._pack(plain)
     return secure.to_bytes(secure.encode(values, n_sites, site.name))
 
 
