@@ -463,7 +463,7 @@ def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float =
            lambda_min_ratio: Optional[float] = None, standardize: bool = True,
            intercept: bool = True, tol: float = 1e-7, max_iter: int = 100_000,
            cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-           guards: Any = None, verbose: int = 0) -> GlmnetPath:
+           guards: Any = None, verbose: int = 0, secure: bool = False) -> GlmnetPath:
     """glmnet's elastic-net path across sites (R's ``glmnet``, held to its numbers).
 
     Parameters
@@ -490,17 +490,26 @@ def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float =
     tol, max_iter :
         glmnet's ``thresh`` and ``maxit``: convergence of coordinate descent and of the
         IRLS rounds; the most passes of coordinate descent.
+    secure : bool
+        Secure aggregation (`algorithms.glm.secure`): the moments and every round's sums
+        are sent masked; at least 3 sites, synchronous.
     """
     spec, design, names, sources, _ = _prepare(
         formula, sites, family, alpha, weights, offset, penalty_factor, lambdas, nlambda,
         lambda_min_ratio, standardize, intercept, tol, max_iter, cluster, synchronous,
         min_sites, guards)
+    if not isinstance(secure, bool):
+        raise TypeError(f"secure: expected True or False, got {secure!r}")
+    if secure:
+        from .secure import check_secure
+        check_secure(len(sources), synchronous, cluster, 0)
     started = time.perf_counter()
     from .fit import _placed
     with _placed(sources, names, cluster) as placed:
-        run = _run(placed, design, names, spec, None, None, synchronous, verbose)
+        run = _run(placed, design, names, spec, None, None, synchronous, verbose, secure)
     return _path_result(run, spec, family, alpha, time.perf_counter() - started,
-                        _refitter(run, spec, sources, names, cluster, design, synchronous))
+                        _refitter(run, spec, sources, names, cluster, design, synchronous,
+                                  secure))
 
 
 def cv_glmnet(formula: str, sites: Any, family: str = "gaussian", *,
@@ -587,7 +596,7 @@ class _FactorSpec:
 
 
 def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optional[Folds],
-         start, synchronous: bool, verbose: int) -> GlmnetRun:
+         start, synchronous: bool, verbose: int, secure: bool = False) -> GlmnetRun:
     """describe, build, then the path (and the folds) as in `fit_steps`."""
     log.info("describing the sites (levels and moments)")
     described = placed.call("describe", design)
@@ -604,7 +613,11 @@ def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optiona
         raise ValueError("intercept=True needs the formula's intercept (drop '0 +' or "
                          "'- 1'), or pass intercept=False")
     run = GlmnetRun(design, spec, len(names), folds, start)
-    placed.run(run, {"rounds": MAX_ROUNDS}, synchronous, verbose)
+    if secure:  # the same run, its sums masked (algorithms.glm.secure)
+        from .secure import SecureAggregation
+        placed.run(SecureAggregation(run), {"rounds": MAX_ROUNDS}, synchronous, verbose)
+    else:
+        placed.run(run, {"rounds": MAX_ROUNDS}, synchronous, verbose)
     return run
 
 
@@ -619,7 +632,8 @@ def _path_result(run: GlmnetRun, spec: PathSpec, family: str, alpha: float, seco
                       res.rounds, run.rounds, family, float(alpha), seconds, refit)
 
 
-def _refitter(run: GlmnetRun, spec: PathSpec, sources, names, cluster, design, synchronous):
+def _refitter(run: GlmnetRun, spec: PathSpec, sources, names, cluster, design, synchronous,
+              secure: bool = False):
     """glmnet's ``exact = TRUE``: a fit at one lambda, warm-started. Gaussian needs no
     site: its sums are the moments already summed."""
     moments = run._moments[None]
@@ -641,7 +655,8 @@ def _refitter(run: GlmnetRun, spec: PathSpec, sources, names, cluster, design, s
                 return stop.value.betas[0][index]
         from .fit import _placed
         with _placed(sources, names, cluster) as placed:
-            again = _run(placed, design, names, _FixedSpec(one), None, start, synchronous, 0)
+            again = _run(placed, design, names, _FixedSpec(one), None, start, synchronous, 0,
+                         secure)
         return again.result.betas[0][index]
 
     return refit

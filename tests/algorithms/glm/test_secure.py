@@ -317,3 +317,17 @@ def test_the_command_line_central_takes_secure():
                                     "--formula", "y ~ x", "--secure"])
     assert args.secure is True
     assert "glm.secure" in cli.SITE_ALGORITHMS
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", ["binomial", "gaussian"])
+def test_secure_glmnet_path_equals_the_plain_one(family, glm_cluster):
+    frames = read(v6_sites("binomial"))
+    formula = "admit ~ gre + gpa + C(rank)" if family == "binomial" else \
+        "gpa ~ gre + admit + C(rank)"
+    args = dict(family=family, alpha=0.7, nlambda=20, cluster=glm_cluster)
+    plain = glm.glmnet(formula, frames, **args)
+    masked = glm.glmnet(formula, frames, secure=True, **args)
+    np.testing.assert_allclose(masked.lambdas, plain.lambdas, rtol=1e-10)
+    np.testing.assert_allclose(masked.coefs, plain.coefs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(masked.dev_ratio, plain.dev_ratio, rtol=1e-10)
