@@ -266,8 +266,10 @@ def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
 
 # -- the algorithm -----------------------------------------------------------------------------
 class SecureAggregation(AbstractAlgorithm):
-    """``inner`` (a `FisherScoring` or `GradientDescent`), its sums aggregated securely (see
-    the module docstring); synchronous mode, one site per worker. The fit is on ``inner``."""
+    """``inner`` (a `FisherScoring`, `GradientDescent`, `SiteSum` or glmnet's `GlmnetRun`),
+    its sums aggregated securely (see the module docstring); synchronous mode, one site per
+    worker. The fit is on ``inner``; ``redone_rounds`` counts the rounds redone after a
+    site failed."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -315,8 +317,9 @@ class SecureAggregation(AbstractAlgorithm):
         found = [i for i, (_, key) in enumerate(roster) if key == mine]
         if len(found) != 1 or roster[found[0]][0] != site.name:
             raise SiteError(f"site {site.name}: the roster does not list this site once")
-        if len({key for _, key in roster}) != len(roster):
-            raise SiteError(f"site {site.name}: the roster lists a public key twice")
+        if len({key for _, key in roster}) != len(roster) or \
+                len({name for name, _ in roster}) != len(roster):
+            raise SiteError(f"site {site.name}: the roster lists a site or a key twice")
         return found[0]
 
     def _masked_answer(self, q: SecureQuery, site: Any) -> MaskedAnswer:

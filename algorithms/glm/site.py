@@ -372,7 +372,10 @@ class Site:
         key = (design.token, None if subset is None else tuple(subset))
         if any(k[0] != design.token for k in self._working):
             self._working = {}
-        previous = self._working.get(key, (None, None, None))[1]
+        held = self._working.get(key, (None, None, None))
+        # The same coefficients again (a secure round redone among fewer sites): the weights
+        # of the iteration before stay the previous ones.
+        previous = held[2] if held[0] == version else held[1]
         self._working[key] = (version, weights, previous)
         if previous is None or len(previous) != len(residuals):
             return float("nan")
