@@ -418,6 +418,8 @@ def parser() -> argparse.ArgumentParser:
     _model_arguments(local)
     local.add_argument("--min-sites", type=int, default=1)
     local.add_argument("--asynchronous", action="store_true")
+    local.add_argument("--secure", action="store_true",
+                       help="secure aggregation: the central learns only the pooled sums")
     return p
 
 
@@ -466,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      expected=args.expected, method=args.method, tol=args.tol,
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
-                     verbose=args.verbose)
+                     verbose=args.verbose, secure=args.secure)
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)

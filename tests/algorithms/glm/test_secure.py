@@ -314,13 +314,24 @@ def test_a_secure_fit_over_a_synced_folder(tmp_path):
     assert_same_fit(plain, res)
 
 
-def test_the_command_line_central_takes_secure():
+def test_the_command_line_takes_secure(capsys):
     from algorithms.glm import cli
 
     args = cli.parser().parse_args(["central", "--folder", "f", "--sites", "a,b,c",
                                     "--formula", "y ~ x", "--secure"])
     assert args.secure is True
     assert "glm.secure" in cli.SITE_ALGORITHMS
+    two = [str(p) for p in v6_sites("binomial")[:2]]
+    with pytest.raises(ValueError, match="at least 3 sites, got 2"):
+        cli.main(["fit", "admit ~ gre", *two, "--family", "binomial", "--secure"])
+
+
+@pytest.mark.timeout(60)
+def test_a_sum_out_of_range_is_an_error_at_its_site(glm_cluster):
+    frames = read(v6_sites("binomial"))
+    frames[1] = frames[1].assign(gpa=frames[1]["gpa"] * 1e30)  # X'Wz beyond 2^95 / 3
+    with pytest.raises(Exception, match="site b: a sum is out of the range"):
+        glm.fit("gpa ~ gre", dict(zip("abc", frames)), secure=True, cluster=glm_cluster)
 
 
 @pytest.mark.timeout(120)
