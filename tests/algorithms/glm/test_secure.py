@@ -23,7 +23,7 @@ from algorithms.glm.fisher import FisherScoring
 from algorithms.glm.messages import Query
 from algorithms.glm.site import Site
 
-from .conftest import read, v6_sites
+from .conftest import read, survival_frames, v6_sites
 
 fit_module = sys.modules["algorithms.glm.fit"]  # the module (glm.fit is the function)
 
@@ -55,6 +55,17 @@ def test_secure_fits_equal_the_plain_fits(case, method, glm_cluster):
     args = dict(family=family, link=link, method=method, cluster=glm_cluster)
     plain = glm.fit(formula, sites, **args)
     masked = glm.fit(formula, sites, secure=True, **args)
+    assert_same_fit(plain, masked)
+
+
+@pytest.mark.timeout(120)
+def test_secure_relative_survival_with_its_null_model_fit(glm_cluster):
+    """Relative survival: R's null deviance comes from a second (intercept-only) fit, and
+    the log-likelihood from a pass over the sites: both run securely too."""
+    frames = survival_frames()
+    args = dict(family="relative_survival", expected="dstar", cluster=glm_cluster)
+    plain = glm.fit("status ~ sex + age", frames, **args)
+    masked = glm.fit("status ~ sex + age", frames, secure=True, **args)
     assert_same_fit(plain, masked)
 
 
