@@ -118,7 +118,7 @@ class SiteTasks(AbstractAlgorithm):
             if op == "describe":
                 return {"ok": site.describe(self.design)}
             if op == "build":
-                return {"ok": site.build(self.design)}
+                return {"ok": site.build(self.design, q.get("saturated", True) is not False)}
             if op == "loglike":
                 return {"ok": site.loglike(self.design, np.asarray(q["beta"], dtype=float),
                                            float(q["scale"]))}
@@ -291,6 +291,8 @@ class _FolderSites:
         query = {"op": method}
         if method == "loglike":
             query.update(beta=args[0], scale=args[1])
+        if method == "build" and args:
+            query.update(saturated=bool(args[0]))
         return _ask(self.cluster, design, query)
 
     @staticmethod

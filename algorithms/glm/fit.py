@@ -195,7 +195,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
                                               merge_moments([d["moments"] for d in described])))
     log.info("building the design at every site")
-    built = sites.call("build", design)
+    # secure: no saturated log-likelihood (a site's own sum); llf by a secure pass instead
+    built = sites.call("build", design, *((False,) if options.get("secure") else ()))
     _same_columns([b["columns"] for b in built], names)
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent

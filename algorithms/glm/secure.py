@@ -48,9 +48,9 @@ estimates themselves (what the central is there to compute); a site colluding wi
 central when there are 3 sites (it knows its own sums: the total minus them is the sum of the
 two others); a central that impersonates sites (there is no public-key infrastructure: the
 central relays the keys). The log-likelihood at the estimate is summed securely too
-(`SiteSum`); sent in clear as without secure aggregation: the category levels and the
-moments of ``center()``/``scale()`` columns at first contact, the saturated log-likelihood
-(with the design) and the sandwich's meat (refused with ``secure=True``).
+(`SiteSum`), and the sites send no saturated log-likelihood; sent in clear as without
+secure aggregation: the category levels and the moments of ``center()``/``scale()``
+columns at first contact, and the sandwich's meat (refused with ``secure=True``).
 """
 
 from __future__ import annotations

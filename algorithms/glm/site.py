@@ -262,14 +262,17 @@ class Site:
         return {"levels": levels, "moments": moments}
 
     @_guarded
-    def build(self, design: Design) -> dict:
+    def build(self, design: Design, saturated: bool = True) -> dict:
         """Build (once per design) and check the design matrices; return the column names
-        and, for the families that have one, the saturated log-likelihood (a sum, like the
-        deviance)."""
+        and, for the families that have one and unless ``saturated`` is False (secure
+        aggregation: it is a sum of the site's own), the saturated log-likelihood (a sum,
+        like the deviance)."""
         m = self.model(design)
+        if not saturated:
+            return {"columns": tuple(m.names), "saturated_loglike": None}
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials)
-        return {"columns": tuple(m.names), "saturated_loglike": saturated}
+            value = design.family.saturated_loglike(m.y, m.weights, m.trials)
+        return {"columns": tuple(m.names), "saturated_loglike": value}
 
     def model(self, design: Design) -> ModelData:
         """The design matrices of ``design`` (built and checked once per design); each call

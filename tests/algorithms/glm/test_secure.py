@@ -75,7 +75,7 @@ class Recording(secure.SecureAggregation):
     seen: list = []
 
     def sync_central_step(self, answers, workers, problem):
-        if self._phase == "sums":
+        if self._phase == "sums" and isinstance(self._inner_query, Query):
             Recording.seen.append((self._inner_query, self.inner.design, list(answers)))
         return super().sync_central_step(answers, workers, problem)
 
@@ -95,7 +95,7 @@ def test_the_central_sees_only_uniform_bytes(glm_cluster, monkeypatch):
     names = ["a", "b", "c"]
     glm.fit(ADMIT, dict(zip(names, frames)), family="binomial", secure=True,
             cluster=glm_cluster)
-    assert len(Recording.seen) >= 4
+    assert len(Recording.seen) >= 4  # the Fisher rounds (the log-likelihood's pass too)
     masked_bytes, plain_bytes = bytearray(), bytearray()
     for query, design, answers in Recording.seen:
         for name, frame, a in zip(names, frames, answers):
