@@ -13,7 +13,12 @@
 - dask-glm's Newton method on two chunks, when dask-glm is installed;
 - the machine's own limits (``glm_floor.py``): one site's round against the BLAS gram of
   its rows, a gradient round against one pass over X, the fit against rounds x gram + one
-  read of a site's file, and a site's peak private memory against its design.
+  read of a site's file, and a site's peak private memory against its design;
+- with ``--secure``: ``glm.fit`` on three sites (N/3 rows each), in clear and with
+  ``secure=True`` (secure aggregation, `algorithms.glm.secure`), alternating, medians of
+  ``--repeats``, and the CPU time of the secure steps in one fit (keys, masks, decoding:
+  what secure aggregation adds, measured apart from the sums themselves); written to
+  glm_secure.json (the goal: under 10% slower than in clear).
 
 Prints a table and writes benchmarks/results/glm.json and glm.png (other sizes:
 glm_<rows>rows.json and .png).
@@ -37,6 +42,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 import aia
 from algorithms import glm
+from algorithms.glm import secure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import bars  # noqa: E402
@@ -83,12 +89,96 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def frame_parts(X, y, names, k: int, tmp) -> list:
+    """``k`` Parquet files of consecutive rows."""
+    frame = pd.DataFrame(X, columns=names).assign(y=y)
+    paths = []
+    for i, part in enumerate(np.array_split(np.arange(len(y)), k)):
+        paths.append(Path(tmp) / f"secure_site{i + 1}.parquet")
+        frame.iloc[part].to_parquet(paths[-1])
+    return paths
+
+
+def _secure_runs(paths: list, formula: str, repeats: int, times: dict) -> list:
+    """glm.fit on three sites in clear and with secure=True, alternating, fresh workers."""
+    fits = {}
+    for key in ("3 plain", "3 secure"):
+        times[key] = []
+    for _ in range(repeats):
+        for key in ("3 plain", "3 secure"):
+            with aia.LocalCluster(3) as cluster:
+                seconds, res = timed(lambda: glm.fit(formula, paths, family="binomial",
+                                                     cluster=cluster,
+                                                     secure=key == "3 secure"))
+            times[key].append(seconds)
+            fits[key] = res
+    return [(f"aia glm.fit, 3 sites, sync{', secure' if key == '3 secure' else ''} "
+             "(end to end)", float(np.median(times[key])), fits[key].iterations,
+             fits[key].params.to_numpy()) for key in ("3 plain", "3 secure")]
+
+
+class _TimedSecure(secure.SecureAggregation):
+    """Secure aggregation that adds up the CPU time of its own work (not the GLM's sums):
+    on each site (written to ``folder``) and at the central. CPU time, not wall time: on a
+    loaded machine the wall time of two fits varies more than the whole cost measured."""
+
+    folder = ""
+    central_cpu = 0.0
+
+    def answer(self, q, problem):
+        inner, spent = self.inner.answer, [0.0]
+
+        def timed(query, site):
+            t = time.process_time()
+            try:
+                return inner(query, site)
+            finally:
+                spent[0] += time.process_time() - t
+
+        self.inner.answer = timed
+        t = time.process_time()
+        try:
+            return super().answer(q, problem)
+        finally:
+            self.inner.answer = inner
+            own = time.process_time() - t - spent[0]
+            with open(Path(self.folder) / f"{problem.name}.cpu", "a") as f:
+                f.write(f"{own} {spent[0]}\n")
+
+    def sync_central_step(self, answers, workers, problem):
+        t = time.process_time()
+        try:
+            return super().sync_central_step(answers, workers, problem)
+        finally:
+            _TimedSecure.central_cpu += time.process_time() - t
+
+
+def _secure_cpu(paths: list, formula: str, tmp: str) -> dict:
+    """The CPU seconds of the secure steps in one fit, against those of the sites' sums."""
+    fit_module = sys.modules["algorithms.glm.fit"]
+    folder = Path(tmp) / "cpu"
+    folder.mkdir()
+    _TimedSecure.folder, _TimedSecure.central_cpu = str(folder), 0.0
+    plain_class, fit_module.SecureAggregation = fit_module.SecureAggregation, _TimedSecure
+    try:
+        with aia.LocalCluster(len(paths)) as cluster:
+            glm.fit(formula, paths, family="binomial", cluster=cluster, secure=True)
+    finally:
+        fit_module.SecureAggregation = plain_class
+    sites = [np.loadtxt(f, ndmin=2) for f in sorted(folder.glob("*.cpu"))]
+    return {"site_secure_cpu_seconds": max(float(s[:, 0].sum()) for s in sites),
+            "site_sums_cpu_seconds": max(float(s[:, 1].sum()) for s in sites),
+            "central_secure_cpu_seconds": _TimedSecure.central_cpu}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--predictors", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the numpy floor and of glm.fit (medians)")
+    parser.add_argument("--secure", action="store_true",
+                        help="also glm.fit on 3 sites, in clear and with secure=True")
     args = parser.parse_args(argv)
     n, p = args.rows, args.predictors
     X, y = make_data(n, p)
@@ -139,6 +229,10 @@ def main(argv=None) -> dict:
                 if synchronous:
                     peaks.append(memory.peak)
                 fits[synchronous] = res
+        if args.secure:
+            three = frame_parts(X, y, names, 3, tmp)
+            secure_rows = _secure_runs(three, formula, args.repeats, times)
+            cpu = _secure_cpu(three, formula, tmp)
         startup = float(np.median(startups))
         # The machine's own limits, measured in this run: one site's BLAS gram, one pass
         # over its X, its round, its file read (issue 19).
@@ -153,6 +247,8 @@ def main(argv=None) -> dict:
             rows.append((f"aia glm.fit, 2 sites, {mode} (end to end)",
                          float(np.median(times[synchronous])), res.iterations,
                          res.params.to_numpy()))
+        if args.secure:
+            rows.extend(secure_rows)
 
     print(f"\nLogistic regression, {n:,} rows x {p} predictors, {os.cpu_count()} CPU(s); "
           f"local cluster start-up {startup:.2f} s (not included); numpy and aia: medians "
@@ -172,11 +268,23 @@ def main(argv=None) -> dict:
           f"{rows[0][1] / np.median(times[True]):.1f}x")
     print_ratios(site)
     print_fit(hardware, 2)
+    if args.secure:
+        plain, masked = np.median(times["3 plain"]), np.median(times["3 secure"])
+        print(f"glm.fit 3 sites, secure / in clear (wall time): {masked / plain:.3f} "
+              f"({100 * (masked / plain - 1):+.1f}%)")
+        print(f"CPU seconds of one secure fit: secure steps {cpu['site_secure_cpu_seconds']:.3f} "
+              f"at the busiest site (its sums: {cpu['site_sums_cpu_seconds']:.3f}), "
+              f"{cpu['central_secure_cpu_seconds']:.3f} at the central; "
+              f"{100 * (cpu['site_secure_cpu_seconds'] + cpu['central_secure_cpu_seconds']) / plain:.1f}% "
+              "of the fit in clear")
     report = {
         "benchmark": "glm", "rows": n, "predictors": p, "sites": 2, "family": "binomial",
         "repeats": args.repeats,
         "runs_seconds": {"numpy IRLS": floor, "aia sync": times[True],
-                         "aia async": times[False]},
+                         "aia async": times[False],
+                         **({"aia 3 sites sync": times["3 plain"],
+                             "aia 3 sites sync secure": times["3 secure"]}
+                            if args.secure else {})},
         "cluster_startup_seconds": round(startup, 4), "results": results,
         "hardware": {**{k: round(v, 5) if isinstance(v, float) else v
                         for k, v in {**site, **hardware}.items()},
@@ -186,12 +294,14 @@ def main(argv=None) -> dict:
                      "fit_over_floor": round(hardware["fit"] / hardware["floor"], 3),
                      "peak_private_over_design": round(hardware["peak_private"]
                                                        / hardware["design_bytes"], 3)},
+        **({"secure_cpu": cpu} if args.secure else {}),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }
     RESULTS.mkdir(exist_ok=True)
     # The default size writes glm.json; another size its own file (glm_600000rows.json).
     stem = "glm" if (n, p) == (1_000_000, 20) else f"glm_{n}rows" + ("" if p == 20 else f"_{p}p")
+    stem += "_secure" if args.secure else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     bars([r["method"].replace(" (", "\n(") for r in results],
          {"seconds": [r["seconds"] for r in results]}, "seconds",

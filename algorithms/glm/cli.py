@@ -60,6 +60,7 @@ from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards, PrivacyError, check_min_sites
 from .messages import Contribution, Query
 from .results import GLMResults
+from . import secure as secure_sums
 from .site import Site
 
 log = logging.getLogger("aia.folder")
@@ -155,7 +156,7 @@ class SiteTasks(AbstractAlgorithm):
             if op == "describe":
                 return {"ok": site.describe(self.design)}
             if op == "build":
-                return {"ok": site.build(self.design)}
+                return {"ok": site.build(self.design, q.get("saturated", True) is not False)}
             if op == "loglike":
                 return {"ok": site.loglike(self.design, np.asarray(q["beta"], dtype=float),
                                            float(q["scale"]))}
@@ -251,8 +252,40 @@ register("glm.fisher", FisherScoring, params=_params, build=_builder(FisherScori
          problem=load_site)
 register("glm.gradient", GradientDescent, params=_params, build=_builder(GradientDescent),
          problem=load_site)
+
+
+def _secure_params(alg: secure_sums.SecureAggregation) -> dict:
+    inner = alg.inner
+    if isinstance(inner, secure_sums.SiteSum):
+        if inner.method != "loglike":
+            raise TypeError(f"a secure sum of {inner.method!r} cannot be named to a site")
+        return {"inner": "glm.loglike", "design": design_params(inner.design),
+                "beta": np.asarray(inner.args[0], dtype=float), "scale": float(inner.args[1])}
+    name = {FisherScoring: "glm.fisher", GradientDescent: "glm.gradient"}[type(inner)]
+    return {"inner": name, "params": _params(inner)}
+
+
+def _secure_build(p: dict) -> secure_sums.SecureAggregation:
+    """A site's copy of a secure run: only the GLM's own algorithms inside."""
+    if p.get("inner") == "glm.loglike":
+        inner = secure_sums.SiteSum("loglike", design_from(p["design"]),
+                                    np.asarray(p["beta"], dtype=float), float(p["scale"]))
+    else:
+        cls = {"glm.fisher": FisherScoring, "glm.gradient": GradientDescent}[p.get("inner")]
+        inner = _builder(cls)(p["params"])
+    return secure_sums.SecureAggregation(inner)
+
+
+for _name, _cls in (("glm.SecureQuery", secure_sums.SecureQuery),
+                    ("glm.KeyAnswer", secure_sums.KeyAnswer),
+                    ("glm.MaskedAnswer", secure_sums.MaskedAnswer),
+                    ("glm.Unmask", secure_sums.Unmask), ("glm.SumQuery", secure_sums.SumQuery),
+                    ("glm.Total", secure_sums.Total)):
+    register_message(_name, _cls)
+register("glm.secure", secure_sums.SecureAggregation, params=_secure_params,
+         build=_secure_build, problem=load_site)
 #: What ``aia-glm site`` runs.
-SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.glmnet", "glm.site"]
+SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.glmnet", "glm.site", "glm.secure"]
 #: The algorithm of each method (glmnet: `glmnet_folder`, `glm.glmnet`).
 METHODS = {"fisher": FisherScoring, "gradient": GradientDescent, "glmnet": GlmnetRun}
 
@@ -278,7 +311,7 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                guards: Any = None, verbose: int = 0, watch: bool = True,
                missing: str = "drop", freq_weights: Optional[str] = None,
                scale: Optional[float] = None, cov_type: str = "nonrobust",
-               groups: Optional[str] = None) -> GLMResults:
+               groups: Optional[str] = None, secure: bool = False) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
@@ -293,6 +326,7 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     ``missing``, ``freq_weights``, ``scale``, ``cov_type`` and ``groups`` are as in
     `glm.fit`; so is ``family="negative_binomial"`` (each site sends glm.nb's theta sums
     through the folder, and a robust covariance's p x p meat).
+    ``secure`` too (`algorithms.glm.secure`: the answer files hold only masked sums).
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient' (glmnet: glmnet_folder), "
@@ -306,22 +340,29 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     sites = list(sites)
     check_min_sites(len(sites), min_sites)
     options = check_options(scale=scale, cov_type=cov_type, groups=groups)
+    if secure:
+        secure_sums.check_secure(len(sites), True, None, 0, options["cov_type"])
     design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,
                                     exposure=exposure, expected=expected, guards=guards,
                                     missing=missing, freq_weights=freq_weights,
                                     groups=groups))
     _fisher_only(design, method)
+    if secure and (design.family.theta_estimated or design.freq_weights is not None):
+        raise ValueError("secure=True: not with family='negative_binomial' or freq_weights "
+                         "(their extra sums are not masked yet); fit without --secure")
     if session is None:  # a robust covariance or a fixed scale is another model's result
         extra = {} if options == check_options() else {"options": options}
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
-                               max_iter=max_iter, **extra)
+                               max_iter=max_iter, **extra,
+                               **({"secure": True} if secure else {}))
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
     try:
         # A site's error leaves the session open (no cancel): the site can be fixed, and
         # the same call resumes.
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
-                           max_iter, True, verbose, **options)
+                           max_iter, True, verbose, **options,
+                           **({"secure": True, "resilience": 0} if secure else {}))
         cluster.finish()
     except BaseException as exc:
         exc.folder_session = cluster.session  # open: the command line says how to go on
@@ -357,7 +398,10 @@ class _FolderSites:
             query.update(beta=args[0], theta=args[1])
         elif method == "meat":
             query.update(beta=args[0], clusters=args[1], salt=args[2], version=args[3])
-        elif method != "describe" and method != "build":
+        elif method == "build":
+            if args:
+                query.update(saturated=bool(args[0]))
+        elif method != "describe":
             raise TypeError(f"{method}: not among a folder site's operations")
         return _ask(self.cluster, design, query)
 
@@ -664,6 +708,9 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("--key-file", default=None,
                          help="a file holding a secret shared with the sites (optional)")
     central.add_argument("--output", default=None, help="write the result here as JSON")
+    central.add_argument("--secure", action="store_true",
+                         help="secure aggregation: the central learns only the pooled sums "
+                              "(at least 3 sites)")
     central.add_argument("--cancel", action="store_true",
                          help="cancel the model (its sites exit) instead of fitting it")
     _row_arguments(central)
@@ -674,6 +721,8 @@ def parser() -> argparse.ArgumentParser:
     local.add_argument("--min-sites", type=int, default=1)
     local.add_argument("--asynchronous", action="store_true")
     _row_arguments(local)
+    local.add_argument("--secure", action="store_true",
+                       help="secure aggregation: the central learns only the pooled sums")
     return p
 
 
@@ -739,7 +788,8 @@ def _central(args) -> int:
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
                         poll=args.poll, session=args.session, key=key, verbose=args.verbose,
                         watch=args.watch, missing=args.missing,
-                        freq_weights=args.freq_weights, **_result_options(args))
+                        freq_weights=args.freq_weights, secure=args.secure,
+                        **_result_options(args))
     _print(result, args.csv)
     _write_output(args, result_dict(result))
     return 0
@@ -778,7 +828,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
                      verbose=args.verbose, freq_weights=args.freq_weights,
-                     missing=args.missing, **_result_options(args))
+                     missing=args.missing, secure=args.secure, **_result_options(args))
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)

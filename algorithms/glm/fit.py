@@ -46,6 +46,7 @@ from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
 from .negbin import fit_theta
 from .results import GLMResults
+from .secure import SecureAggregation, SiteSum, check_secure
 from .site import site_label, Site, SiteError, SiteGroup
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         guards: Any = None, start: Any = None, verbose: int = 0,
         scale: Optional[float] = None, cov_type: str = "nonrobust",
         groups: Optional[str] = None, missing: str = "drop",
-        freq_weights: Optional[str] = None) -> GLMResults:
+        freq_weights: Optional[str] = None, secure: bool = False,
+        resilience: int = 0) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -131,6 +133,12 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         model uses is left out at its site, before the guards count rows, and counted
         (``result.n_missing``, the summary's "observations deleted due to missingness");
         a site left with no rows is an error naming it. ``"raise"``: such rows are an error.
+    secure : bool
+        Secure aggregation (`algorithms.glm.secure`): every sum of the iterations is sent
+        masked, the central learns only the pooled sums. At least 3 sites, synchronous.
+    resilience : int
+        With ``secure=True``: how many sites may fail mid-fit; a round a site fails in is
+        redone among the others, and the fit is theirs.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -153,6 +161,18 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     if design.family.theta_estimated and method != "fisher":
         raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
                          f"fitted by method='fisher'; got method={method!r}")
+    if not isinstance(secure, bool):
+        raise TypeError(f"secure: expected True or False, got {secure!r}")
+    if isinstance(resilience, bool) or not isinstance(resilience, int) or resilience < 0:
+        raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
+    if resilience and not secure:
+        raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
+    if secure and (design.family.theta_estimated or freq_weights is not None):
+        raise ValueError("secure=True: not with family='negative_binomial' or freq_weights "
+                         "(their extra sums are not masked yet); fit without secure=True")
+    if secure:
+        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"])
+        options["secure"], options["resilience"] = True, resilience
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
@@ -202,24 +222,27 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
                                               merge_moments([d["moments"] for d in described])))
     log.info("building the design at every site")
-    built = sites.call("build", design)
+    # secure: no saturated log-likelihood (a site's own sum); llf by a secure pass instead
+    built = sites.call("build", design, *((False,) if options.get("secure") else ()))
     _same_columns([b["columns"] for b in built], names)
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
     nb = null_design = None
-    if design.family.theta_estimated:  # MASS::glm.nb's alternation
+    if design.family.theta_estimated:  # MASS::glm.nb's alternation (never secure: refused)
         nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start)
         main, design, null_design = nb.main, nb.design, nb.theta_design
     else:
         main = algorithm(design, n_sites=len(names), start=start)
-        sites.run(main, stopat, synchronous, verbose)
+        history = _run(sites, main, stopat, synchronous, verbose, options)
+        if getattr(history, "failures", None):  # secure, resilience: the fit of the others
+            sites, names, built = _without(sites, names, built, history.failures)
     null_deviance = main.null_deviance
     if null_deviance is None:  # an offset: R fits the intercept-only model
         # (one coefficient: Fisher scoring sends no more than a gradient would)
         log.info("Fisher scoring of the intercept-only model (the null deviance)")
         null = FisherScoring(null_design or design, null_model=True, n_sites=len(names))
-        sites.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
-                  synchronous, 0)
+        _run(sites, null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
+             synchronous, 0, options)
         if not null.converged:
             warnings.warn("the intercept-only fit behind the null deviance did not "
                           "converge", ConvergenceWarning, stacklevel=3)
@@ -237,7 +260,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         llf = sum(saturated) - main.deviance / 2
     else:
         log.info("the log-likelihood")
-        llf = sum(sites.call("loglike", design, main.beta, llf_scale))
+        llf = _loglike(sites, design, main.beta, llf_scale, options)
     result = _results(main, design, scale, null_deviance, llf, names, synchronous,
                       scale_fixed=options.get("scale") is not None)
     result.n_missing = n_missing
@@ -251,6 +274,34 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         result.cov_type = cov_type
         result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
     return result
+
+
+def _run(sites: Any, algorithm: Any, stopat: dict, synchronous: bool, verbose: int,
+         options: Mapping) -> Any:
+    """``sites.run`` of the algorithm, wrapped in `SecureAggregation` with ``secure``."""
+    if not options.get("secure"):
+        return sites.run(algorithm, stopat, synchronous, verbose)
+    extra = {"resilience": options["resilience"]} if options.get("resilience") else {}
+    return sites.run(SecureAggregation(algorithm), stopat, synchronous, verbose, **extra)
+
+
+def _loglike(sites: Any, design: Design, beta: np.ndarray, scale: float,
+             options: Mapping) -> float:
+    """The sum of the sites' log-likelihoods at ``beta`` (securely with ``secure``)."""
+    if not options.get("secure"):
+        return sum(sites.call("loglike", design, beta, scale))
+    total = SiteSum("loglike", design, beta, scale)
+    _run(sites, total, {"maxit": 1}, True, 0, options)
+    return total.value
+
+
+def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
+    """The sites, names and build answers of the sites that did not fail."""
+    failed = {f.worker for f in failures}
+    keep = [i for i, pid in enumerate(sites.pids) if pid not in failed]
+    names = [names[i] for i in keep]
+    placed = _Placed(sites.handle, [sites.pids[i] for i in keep], names, sites.cluster)
+    return placed, names, [built[i] for i in keep]
 
 
 def _robust_cov(sites: Any, design: Design, main: Any, names: list,
@@ -293,10 +344,10 @@ def _check_frames(sources: list, names: list, freq_weights: Optional[str]) -> No
             column = src[freq_weights]
             if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
                 raise ValueError(f"freq_weights: expected a numeric column of counts, got "
-                                 f"column {freq_weights!r} of type {column.dtype} at site {name}")
+                                 f"column {freq_weights!r} of type {column.dtype} at {site_label(name)}")
             problem = freq_problem(column.dropna().to_numpy(dtype=float))
             if problem:
-                raise ValueError(f"freq_weights: column {freq_weights!r} at site {name}: "
+                raise ValueError(f"freq_weights: column {freq_weights!r} at {site_label(name)}: "
                                  f"{problem}")
 
 
@@ -370,12 +421,13 @@ class _Placed:
     def prepare(design: Design) -> Design:
         return design
 
-    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int):
+    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int,
+            resilience: int = 0):
         if self.cluster is None:  # in process
             return aia.start(alg, lambda pid: self.problem, stopat, pids=[0],
                              synchronous=True, verbose=verbose)
         return aia.start(alg, self.problem, stopat, pids=self.pids, cluster=self.cluster,
-                         synchronous=synchronous, verbose=verbose)
+                         synchronous=synchronous, verbose=verbose, resilience=resilience)
 
 
 class _InProcess:

@@ -524,6 +524,9 @@ class PathOptions:
     min_sites: int = 1
     guards: Any = None
     verbose: int = 0
+    #: secure aggregation (`algorithms.glm.secure`): the moments and every round's sums
+    #: sent masked; at least 3 sites, synchronous (glmnet only, not cv_glmnet)
+    secure: bool = False
 
 
 def _options(function: str, options: Mapping[str, Any]) -> PathOptions:
@@ -618,6 +621,18 @@ def _fit(formula: str, sites: Any, family: Any, opts: PathOptions, split) -> tup
     check_min_sites(len(sources), o.min_sites)
     if o.cluster == "inprocess" and not o.synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
+    if not isinstance(o.secure, bool):
+        raise TypeError(f"secure: expected True or False, got {o.secure!r}")
+    if o.secure:
+        if split is not None:
+            raise ValueError("secure=True: cv_glmnet's folds need per-fold sums of each "
+                             "site; secure aggregation covers glm.glmnet only")
+        if family != "gaussian":  # its rounds' sums change shape with the strong set
+            raise ValueError(f"secure=True: glm.glmnet masks gaussian paths only (one round "
+                             f"of moments); family={family!r} asks for strong-set sums whose "
+                             "masking is not written yet; fit it without secure=True")
+        from .secure import check_secure
+        check_secure(len(sources), o.synchronous, o.cluster, 0)
     folds = None if split is None else split(names, sources)
     spec = _FactorSpec(PathSpec(family, (), alpha=float(o.alpha), penalty_factor=None,
                                 lambdas=user, nlambda=o.nlambda,
@@ -626,8 +641,9 @@ def _fit(formula: str, sites: Any, family: Any, opts: PathOptions, split) -> tup
                                 tol=float(o.tol), max_iter=o.max_iter), factors)
     started = time.perf_counter()
     with _placed(sources, names, o.cluster) as placed:
-        run = _run(placed, design, names, spec, folds, None, o.synchronous, o.verbose)
-    refit = _refitter(run, sources, names, o.cluster, design, o.synchronous)
+        run = _run(placed, design, names, spec, folds, None, o.synchronous, o.verbose,
+                   o.secure)
+    refit = _refitter(run, sources, names, o.cluster, design, o.synchronous, o.secure)
     return _path_result(run, family, o.alpha, time.perf_counter() - started, refit), run
 
 
@@ -643,7 +659,7 @@ class _FactorSpec:
 
 
 def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optional[Folds],
-         start, synchronous: bool, verbose: int) -> GlmnetRun:
+         start, synchronous: bool, verbose: int, secure: bool = False) -> GlmnetRun:
     """describe, build, then the path (and the folds) as in `fit_steps`."""
     log.info("describing the sites (levels and moments)")
     described = placed.call("describe", design)
@@ -660,7 +676,11 @@ def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optiona
         raise ValueError("intercept=True needs the formula's intercept (drop '0 +' or "
                          "'- 1'), or pass intercept=False")
     run = GlmnetRun(design, spec, len(names), folds, start)
-    placed.run(run, {"rounds": MAX_ROUNDS}, synchronous, verbose)
+    if secure:  # the same run, its sums masked (algorithms.glm.secure)
+        from .secure import SecureAggregation
+        placed.run(SecureAggregation(run), {"rounds": MAX_ROUNDS}, synchronous, verbose)
+    else:
+        placed.run(run, {"rounds": MAX_ROUNDS}, synchronous, verbose)
     return run
 
 
@@ -676,7 +696,8 @@ def _path_result(run: GlmnetRun, family: str, alpha: float, seconds: float,
                       refit)
 
 
-def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous):
+def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous,
+              secure: bool = False):
     """glmnet's ``exact = TRUE``: a fit at one lambda, warm-started. Gaussian needs no
     site: its sums are the moments already summed."""
     moments = run._moments[None]
@@ -698,7 +719,8 @@ def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous):
                 return stop.value.betas[0][index]
         from .fit import _placed
         with _placed(sources, names, cluster) as placed:
-            again = _run(placed, design, names, _FixedSpec(one), None, start, synchronous, 0)
+            again = _run(placed, design, names, _FixedSpec(one), None, start, synchronous, 0,
+                         secure)
         return again.result.betas[0][index]
 
     return refit

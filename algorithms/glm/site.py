@@ -231,7 +231,7 @@ class Site:
                             f"values in column(s) {columns} (missing='raise'; "
                             "missing='drop' leaves them out, as R's na.omit)")
         if complete == 0:
-            raise SiteError(f"no rows left at this site ({self.name}): each of its "
+            raise SiteError(f"no rows left at {self.label}: each of its "
                             f"{len(frame)} rows has a missing value in column(s) {columns}")
 
     def _admit(self, design: Design, guards: Guards, frame: pd.DataFrame) -> None:
@@ -301,14 +301,17 @@ class Site:
         return {"levels": levels, "moments": moments, "missing": self.missing_rows}
 
     @_guarded
-    def build(self, design: Design) -> dict:
+    def build(self, design: Design, saturated: bool = True) -> dict:
         """Build (once per design) and check the design matrices; return the column names
-        and, for the families that have one, the saturated log-likelihood (a sum, like the
-        deviance)."""
+        and, for the families that have one and unless ``saturated`` is False (secure
+        aggregation: it is a sum of the site's own), the saturated log-likelihood (a sum,
+        like the deviance)."""
         m = self.model(design)
+        if not saturated:
+            return {"columns": tuple(m.names), "saturated_loglike": None}
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials, m.freq)
-        return {"columns": tuple(m.names), "saturated_loglike": saturated}
+            value = design.family.saturated_loglike(m.y, m.weights, m.trials, m.freq)
+        return {"columns": tuple(m.names), "saturated_loglike": value}
 
     def model(self, design: Design) -> ModelData:
         """The design matrices of ``design`` (built and checked once per design); each call
@@ -381,8 +384,8 @@ class Site:
         key = (design.token, None if subset is None else tuple(subset))
         with np.errstate(all="ignore"):
             sums, self._work = rounds.irls_round(
-                rows, query.beta, start, self._previous_weights(design, key), query.null,
-                self._work)
+                rows, query.beta, start, self._previous_weights(design, key, query.version),
+                query.null, self._work)
             if sums is None:
                 return Contribution(query.version, False, **counts)
             # The coefficients choose the weights: they must not single out a row.
@@ -416,18 +419,25 @@ class Site:
         return rounds.Rows(m.X, m.y, m.fit_weights, m.offset, design.family, m.d_star, cols,
                            self._design_peaks(design, m))
 
-    def _previous_weights(self, design: Design, key: tuple) -> Optional[np.ndarray]:
+    def _previous_weights(self, design: Design, key: tuple,
+                          version: int) -> Optional[np.ndarray]:
         """The working weights of the site's previous valid contribution to this model
         (R's last IRLS iteration), for ``summary.glm``'s ``sum(w_work * r_work^2)``."""
         if any(k[0] != design.token for k in self._working):
             self._working = {}
-        return self._working.get(key, (None, None, None))[1]
+        return self._held_previous(key, version)
+
+    def _held_previous(self, key: tuple, version: int) -> Optional[np.ndarray]:
+        held = self._working.get(key, (None, None, None))
+        # The same coefficients again (a secure round redone among fewer sites): the weights
+        # of the iteration before stay the previous ones.
+        return held[2] if held[0] == version else held[1]
 
     def _keep_weights(self, key: tuple, version: int, weights: np.ndarray) -> None:
         """Keep these coefficients' working weights and the previous ones, with the version
         of these coefficients: the next contribution and the sandwich's meat at these
         coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
-        previous = self._working.get(key, (None, None, None))[1]
+        previous = self._held_previous(key, version)
         self._working[key] = (version, weights, previous)
 
     def _last_weights(self, design: Design, version: Optional[int]) -> Optional[np.ndarray]:

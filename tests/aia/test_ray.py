@@ -465,10 +465,16 @@ def test_glm_fit_on_ray_actors(runtime):
         there = glm.fit(formula, sites, family="binomial", cluster=cluster)
         unsync = glm.fit(formula, sites, family="binomial", cluster=cluster,
                          synchronous=False)
+        # Secure aggregation lives in the GLM's messages: the same fit over Ray actors.
+        secure = glm.fit(formula, sites, family="binomial", cluster=cluster, secure=True)
     np.testing.assert_allclose(there.params, here.params, rtol=1e-12)
     np.testing.assert_allclose(there.bse, here.bse, rtol=1e-12)
     assert there.iterations == here.iterations
     np.testing.assert_allclose(unsync.params, here.params, rtol=1e-6)
+    for key in ("params", "bse"):
+        np.testing.assert_allclose(getattr(secure, key), getattr(here, key), rtol=1e-10)
+    for key in ("deviance", "null_deviance", "llf"):
+        assert getattr(secure, key) == pytest.approx(getattr(here, key), rel=1e-10)
 
 
 def test_glm_negative_binomial_with_freq_weights_and_missing_rows_on_ray_actors(runtime):
