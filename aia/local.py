@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours
 import os
 import select
 import selectors
@@ -186,9 +187,14 @@ class LocalCluster(Cluster):
                 if what == "dead":
                     failed = handle.exit_failure()
                     raise RuntimeError(f"worker {handle.pid} failed to start: {failed.cause}")
-                _, _, os_pid = handle.channel.recv()
-                handle.os_pid = os_pid
-                del waiting[handle.pid]
+                try:
+                    hello = handle.channel.poll()
+                except ChannelClosed:
+                    failed = handle.exit_failure()
+                    raise RuntimeError(f"worker {handle.pid} failed to start: {failed.cause}")
+                if hello is not None:  # else: the rest of it is still to come
+                    handle.os_pid = hello[2]
+                    del waiting[handle.pid]
 
     @property
     def pids(self) -> list:
@@ -204,21 +210,28 @@ class LocalCluster(Cluster):
         """``{worker id: operating-system process id}``."""
         return {pid: h.os_pid for pid, h in self._workers.items()}
 
-    def close(self) -> None:
-        """Stop every worker: a stop message, then terminate, then kill. Idempotent."""
+    def close(self, grace: float = STOP_GRACE) -> None:
+        """Stop every worker: a stop message, then terminate, then kill. Idempotent.
+
+        ``grace``: the seconds workers get to exit on the stop message before they are
+        terminated (a temporary cluster of `aia.start` gives none: nothing of theirs is kept).
+        It finishes even if interrupted: a Ctrl-C meanwhile kills the workers at once and is
+        raised once they are gone, so no process is left behind.
+        """
         if self._closed:
             return
-        self._closed = True
         handles = list(self._workers.values())
-        _stop(handles, STOP_GRACE)
-        for h in handles:
-            _worker.central_sockets.discard(h.channel.sock)
-            h.channel.close()
-            h.dead = True
-            try:
-                h.process.close()
-            except ValueError:
-                pass
+        with _SHIELD:
+            _stop(handles, grace)
+            for h in handles:
+                _worker.central_sockets.discard(h.channel.sock)
+                h.channel.close()
+                h.dead = True
+                try:
+                    h.process.close()
+                except ValueError:
+                    pass
+            self._closed = True  # only now: an atexit handler after an interrupt retries
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.alive())} alive"
@@ -322,9 +335,13 @@ class LocalCluster(Cluster):
         return min(limits) if limits else None
 
     def _receive(self, h: _Handle, run: int):
-        """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped)."""
+        """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped, or
+        one not all in yet: never waits for the rest)."""
         try:
-            kind, msg_run, value = h.channel.recv()
+            message = h.channel.poll()
+            if message is None:
+                return None
+            kind, msg_run, value = message
         except ChannelClosed:
             return h.exit_failure()
         except transport.Undecodable as exc:
@@ -389,25 +406,84 @@ def _raise_failures(results: dict, doing: str) -> None:
                 from result.remote_error()
 
 
+class _Shield:
+    """Clean-up that finishes even when interrupted.
+
+    While one is active (in the main thread, where Python delivers SIGINT), a Ctrl-C does not
+    stop the clean-up where it stands, which would leave workers running and the interpreter
+    waiting for them at exit: it is remembered, the waits are cut short (``hit``: workers are
+    killed at once) and KeyboardInterrupt is raised when the outermost clean-up is done. A
+    second Ctrl-C changes nothing. Nested uses share one state.
+    """
+
+    SLICE = 0.05  # seconds: a wait checks ``hit`` at least this often
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.hit = False
+        self.previous: Any = None
+        self.installed = False
+
+    def __enter__(self) -> "_Shield":
+        if self.depth == 0:
+            self.hit = False
+            self.installed = False
+            if threading.current_thread() is threading.main_thread():
+                try:
+                    self.previous = signal.signal(signal.SIGINT, self._interrupted)
+                    self.installed = True
+                except ValueError:  # e.g. an interpreter being torn down
+                    pass
+        self.depth += 1
+        return self
+
+    def _interrupted(self, signum, frame) -> None:
+        self.hit = True
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous, self.installed = None, False
+        if self.hit and kind is None:
+            self.hit = False
+            raise KeyboardInterrupt("interrupted while stopping the workers (they are gone)")
+
+
+_SHIELD = _Shield()
+
+
 def _stop(handles, grace: float) -> None:
-    """Stop workers: a stop message, then terminate, then kill; each step bounded."""
-    for h in handles:
-        if not h.dead:
-            try:
-                h.channel.send(CONTROL, ("stop",))
-            except (ChannelClosed, OSError):
-                pass
-    _drain_until_exit(handles, grace)
-    for h in handles:
-        if h.process.is_alive():
-            h.process.terminate()
-    _join_all(handles, STOP_GRACE)
-    for h in handles:
-        if h.process.is_alive():
-            h.process.kill()
-            h.process.join(5.0)
-    for h in handles:
-        h.dead = True
+    """Stop workers: a stop message, then terminate, then kill; each step bounded, and the
+    whole of it carried through a Ctrl-C (see `_Shield`)."""
+    with _SHIELD:
+        for h in handles:
+            if not h.dead:
+                try:
+                    h.channel.send(CONTROL, ("stop",))
+                except (ChannelClosed, OSError):
+                    pass
+        _drain_until_exit(handles, grace)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.terminate()
+                _continue(h.process)  # a stopped (SIGSTOP) process gets its SIGTERM now
+        _join_all(handles, STOP_GRACE)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.kill()
+                h.process.join(5.0)
+        for h in handles:
+            h.dead = True
+
+
+def _continue(process) -> None:
+    try:
+        os.kill(process.pid, signal.SIGCONT)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
 
 
 def _drain_until_exit(handles, grace: float) -> None:
@@ -418,8 +494,8 @@ def _drain_until_exit(handles, grace: float) -> None:
     watched = {h for h in handles if h.process.is_alive()}
     readers = {h for h in watched if not h.channel.closed and not h.channel.torn}
     while watched:
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
+        timeout = min(deadline - time.monotonic(), _SHIELD.SLICE)
+        if timeout <= 0 or _SHIELD.hit:
             return
         with selectors.DefaultSelector() as selector:
             for h in watched:
@@ -442,16 +518,20 @@ def _drain_until_exit(handles, grace: float) -> None:
                 if events & selectors.EVENT_WRITE:
                     h.channel.flush()
                 if events & selectors.EVENT_READ:
-                    h.channel.deadline = deadline
-                    h.channel.recv()
+                    h.channel.poll()  # what is there, never waiting for more
             except (ChannelClosed, transport.Undecodable):
                 readers.discard(h)  # closed, out of step, or stalled: its exit is waited for
 
 
 def _join_all(handles, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the processes to end (less after a Ctrl-C)."""
     deadline = time.monotonic() + grace
     for h in handles:
-        h.process.join(max(0.0, deadline - time.monotonic()))
+        while not _SHIELD.hit:
+            left = deadline - time.monotonic()
+            h.process.join(max(0.0, min(left, _SHIELD.SLICE)))
+            if left <= 0 or h.process.exitcode is not None:
+                break
 
 
 class LocalRun(Run):
@@ -547,21 +627,22 @@ class LocalRun(Run):
         events.append(event)
 
     def close(self) -> None:
-        for h in list(self.live.values()):
-            if h.pid in self.busy and h.os_pid is not None:
-                # Its answer is of no use any more: interrupt it so the worker is ready for
-                # the next run (see _worker.Worker._interrupt).
+        with _SHIELD:  # every worker hears of the end, even through a Ctrl-C
+            for h in list(self.live.values()):
+                if h.pid in self.busy and h.os_pid is not None:
+                    # Its answer is of no use any more: interrupt it so the worker is ready
+                    # for the next run (see _worker.Worker._interrupt).
+                    try:
+                        os.kill(h.os_pid, signal.SIGUSR1)
+                        h.abandoned = (self.run, time.monotonic())
+                    except (ProcessLookupError, PermissionError):
+                        pass
                 try:
-                    os.kill(h.os_pid, signal.SIGUSR1)
-                    h.abandoned = (self.run, time.monotonic())
-                except (ProcessLookupError, PermissionError):
+                    h.channel.send(CONTROL, ("end",), self.run)
+                except ChannelClosed:
                     pass
-            try:
-                h.channel.send(CONTROL, ("end",), self.run)
-            except ChannelClosed:
-                pass
-            self._lose(h)
-        self.poller.close()
+                self._lose(h)
+            self.poller.close()
 
 
 #: Seconds a fast loop polls before it sleeps (see `_Poller.poll`).
@@ -681,4 +762,7 @@ class _Poller:
 def _close_all() -> None:
     """Stop the workers of clusters the user forgot to close."""
     for cluster in list(_clusters):
-        cluster.close()
+        try:
+            cluster.close()
+        except KeyboardInterrupt:  # its workers are gone all the same; on to the next
+            pass
