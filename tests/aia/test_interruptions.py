@@ -7,13 +7,19 @@ session (`Script`), waited for with a bound, and every test checks that no proce
 
 from __future__ import annotations
 
+import io
 import os
+import signal
+import subprocess
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
-from .failure_helpers import Script, descendants, kill_all
+import aia
+
+from .failure_helpers import Script, descendants, kill_all, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,3 +99,302 @@ def test_persistent_cluster_does_not_deadlock_on_large_answers_of_an_ended_run(
     the socket takes and reads meanwhile, so neither side waits for the other."""
     out = run_script(tmp_path, PERSISTENT_SCRIPT, how, env={"AIA_SHARED_MEMORY": shared})
     assert out[-1].startswith("DONE")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def python_path() -> str:
+    """PYTHONPATH for a script that imports this file's helpers (``tests.aia...``)."""
+    return os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)
+
+
+def start_script(tmp_path, text: str, *args, env=None) -> Script:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(text))
+    return Script(path, *args, env=None if env is None else {**os.environ, **env})
+
+
+def finish(script: Script, timeout: float, workers=()) -> tuple:
+    """Wait up to ``timeout`` s for the script to exit; (exit code, stdout lines). Checks that
+    none of ``workers`` outlive it."""
+    try:
+        rc = script.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        script.cleanup(workers)
+        raise AssertionError(f"the script still runs {timeout} s on (a hang); stdout "
+                             f"{script.rest()}; stderr:\n{script.stderr}") from None
+    out = script.rest()
+    left = wait_gone(workers, 1.0)
+    kill_all(left)
+    assert not left, f"processes {left} outlived the script; stderr:\n{script.stderr}"
+    return rc, out
+
+
+# -- 9. the history on every error path ----------------------------------------------------
+
+class ProgressError(RuntimeError):
+    pass
+
+
+class FailsToShow(aia.AbstractAlgorithm):
+    """``progress`` (``where="progress"``) or ``showvalues`` raises from its 2nd call on,
+    naming the call: the first error must be the one that arrives, with the history."""
+
+    def __init__(self, where):
+        self.where = where
+        self.calls = 0
+        self.steps = 0
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        time.sleep(0.002)
+        return q + 1
+
+    def central_step(self, a, worker, problem):
+        self.steps += 1
+        time.sleep(0.06)  # so that the bar (updated every 0.1 s) updates mid-run
+        return a
+
+    def sync_central_step(self, answers, workers, problem):
+        return self.central_step(answers[0], workers[0], problem)
+
+    def stopnow(self, stopat):
+        return self.steps >= stopat["steps"]
+
+    def _maybe_fail(self, name):
+        if self.where == name:
+            self.calls += 1
+            if self.calls >= 2:
+                raise ProgressError(f"{name} call {self.calls}")
+
+    def progress(self, stopat):
+        self._maybe_fail("progress")
+        return self.steps / stopat["steps"]
+
+    def showvalues(self):
+        self._maybe_fail("showvalues")
+        return [("steps", self.steps)]
+
+
+@pytest.mark.parametrize("where", ["progress", "showvalues"])
+def test_a_failing_progress_or_showvalues_arrives_once_with_the_history(where, no_leftover):
+    out = io.StringIO()
+    with pytest.raises(ProgressError) as info:
+        aia.start(FailsToShow(where), lambda pid: pid, {"steps": 40, "time": 10}, cluster=2,
+                  verbose=2, progress_file=out)
+    exc = info.value
+    # The bar's close calls them once more: that second error must not replace the first.
+    assert str(exc) == f"{where} call 2"
+    assert exc.history is not None and exc.history.iterations, "no history attached"
+
+
+def failing_central_problem(pid):
+    if pid == 0:
+        raise LookupError("no data for the central")
+    return pid
+
+
+@pytest.mark.parametrize("pids", [None, [0]])
+def test_make_problem_0_error_carries_a_history(pids, no_leftover):
+    with pytest.raises(LookupError) as info:
+        aia.start(FailsToShow(None), failing_central_problem, {"steps": 3}, cluster=2,
+                  pids=pids, verbose=0)
+    history = info.value.history  # AttributeError on the old code
+    assert history is not None and history.iterations == []
+
+
+# -- 3. the clean-up, interrupted ------------------------------------------------------------
+
+STUBBORN = """
+    import os, signal, sys, time
+    import aia
+
+    class Stubborn(aia.AbstractAlgorithm):
+        \"\"\"Worker 1 ignores SIGTERM and every interrupt in its first answer (only SIGKILL
+        ends it); worker 2 answers.\"\"\"
+        steps = 0
+
+        def initialize(self, problem):
+            return 0
+
+        def answer(self, q, problem):
+            if problem == 1:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                os.write(1, f"WORKER {os.getpid()}\\n".encode())
+                while True:
+                    try:
+                        time.sleep(100)
+                    except BaseException:
+                        pass
+            time.sleep(0.005)
+            return q + 1
+
+        def central_step(self, a, worker, problem):
+            self.steps += 1
+            return a
+
+        def stopnow(self, stopat):
+            if self.steps >= stopat["steps"]:
+                print("STOPPED", flush=True)  # the clean-up starts right after
+                return True
+            return False
+"""
+
+PERSISTENT_CLOSE_SCRIPT = STUBBORN + """
+    cluster = aia.LocalCluster(2)
+    print("WORKERS", *cluster.os_pids().values(), flush=True)
+    aia.start(Stubborn(), lambda pid: pid, {"steps": 5}, cluster=cluster, verbose=0)
+    try:
+        cluster.close()  # takes 2 s: the stop message and SIGTERM are both ignored
+    except KeyboardInterrupt:
+        print("INTERRUPTED", cluster.alive(), flush=True)
+        sys.exit(42)
+    print("CLOSED", flush=True)
+"""
+
+
+def test_ctrl_c_during_close_kills_every_worker_and_the_interpreter_exits(tmp_path):
+    """Old code: close() marked the cluster closed, the interrupt skipped terminate and kill,
+    the atexit handler did nothing, and the interpreter waited forever for the worker."""
+    script = start_script(tmp_path, PERSISTENT_CLOSE_SCRIPT)
+    workers = [int(p) for p in script.expect("WORKERS")[0].split()[1:]]
+    try:
+        script.expect("STOPPED")
+        time.sleep(0.3)  # in the close's 1 s grace now
+        t0 = time.monotonic()
+        os.kill(script.proc.pid, signal.SIGINT)
+        os.kill(script.proc.pid, signal.SIGINT)  # a second, impatient Ctrl-C
+        rc, out = finish(script, 5.0, workers)
+        elapsed = time.monotonic() - t0
+    finally:
+        script.cleanup(workers)
+    assert rc == 42, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    assert "INTERRUPTED []" in out
+    assert elapsed < 1.0, f"{elapsed:.2f} s from Ctrl-C to exit: the interrupt must hurry"
+
+
+TEMPORARY_CLOSE_SCRIPT = STUBBORN + """
+    try:
+        aia.start(Stubborn(), lambda pid: pid, {"steps": 5}, cluster=2, verbose=0)
+    except KeyboardInterrupt as exc:
+        h = getattr(exc, "history", None)
+        print("INTERRUPTED", "none" if h is None else h.iterations[-1], flush=True)
+        sys.exit(42)
+    print("COMPLETED", flush=True)
+"""
+
+
+def test_ctrl_c_during_the_clean_up_of_start_leaves_no_process_and_keeps_the_history(
+        tmp_path):
+    script = start_script(tmp_path, TEMPORARY_CLOSE_SCRIPT)
+    workers = []
+    try:
+        workers = [int(script.expect("WORKER")[0].split()[1])]
+        script.expect("STOPPED")
+        time.sleep(0.2)  # worker 1 ignores SIGTERM: the clean-up waits 1 s before SIGKILL
+        workers = list(script.descendants() | set(workers))
+        t0 = time.monotonic()
+        os.kill(script.proc.pid, signal.SIGINT)
+        rc, out = finish(script, 5.0, workers)
+        elapsed = time.monotonic() - t0
+    finally:
+        script.cleanup(workers)
+    assert rc == 42, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    assert "INTERRUPTED 5" in out, out  # the history of the 5 steps, not "none"
+    assert elapsed < 1.0, f"{elapsed:.2f} s from Ctrl-C to exit"
+
+
+class BigListAnswer(aia.AbstractAlgorithm):
+    """Answers with a large list: pickled in-band, it takes its worker a while to send."""
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        return list(range(5_000_000))
+
+    def central_step(self, a, worker, problem):
+        return 0
+
+
+def test_temporary_cluster_does_not_wait_a_second_for_workers_sending_answers(no_leftover):
+    """Old code: the close gave the workers 1 s to finish sending an answer nobody needs
+    (start with time=0.5 returned after 1.5 s, inviting a second Ctrl-C)."""
+    t0 = time.monotonic()
+    aia.start(BigListAnswer(), lambda pid: None, {"time": 0.5}, cluster=2, verbose=0)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 0.9, f"start with time=0.5 took {elapsed:.2f} s"
+
+
+# -- 4. one worker frozen in the middle of a frame ----------------------------------------------
+
+class FreezesMidAnswer(aia.AbstractAlgorithm):
+    """Worker 1 stops itself (SIGSTOP) while it sends its 2nd answer, a 64 MB array: the
+    frame is cut in the middle. Worker 2 answers small arrays quickly."""
+
+    def __init__(self, freeze=True):
+        self.freeze = freeze
+        self.answers = 0
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        self.answers += 1
+        if self.freeze and problem == 1 and self.answers == 2:
+            import threading
+            big = np.ones(8_000_000)  # 64 MB: tens of ms to send
+            os.write(1, f"FROZEN {os.getpid()}\n".encode())
+            threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+            return big
+        time.sleep(0.002)
+        return np.zeros(10)
+
+    def central_step(self, a, worker, problem):
+        return 0
+
+
+def test_a_worker_frozen_mid_answer_stalls_no_one_and_the_time_limit_holds(tmp_path):
+    """Old code: the central waited in the middle of the frame (the others starved) until
+    the time limit, then counted the worker as failed (WorkerFailedError at resilience 0).
+    The channel stays in step: once continued, the worker serves the next run."""
+    text = """
+        import os, signal, sys, time
+        import numpy as np
+        import aia
+        from tests.aia.test_interruptions import FreezesMidAnswer
+
+        with aia.LocalCluster(2) as cluster:
+            t0 = time.monotonic()
+            h = aia.start(FreezesMidAnswer(), lambda pid: pid, {"time": 1.5}, cluster=cluster,
+                          verbose=0)
+            print("RUN1", round(time.monotonic() - t0, 2), h.answer_count[1],
+                  h.answer_count[2], len(h.failures), flush=True)
+            os.kill(cluster.os_pids()[1], signal.SIGCONT)
+            h = aia.start(FreezesMidAnswer(False), lambda pid: pid,
+                          {"iteration": 20, "time": 5},
+                          cluster=cluster, verbose=0)
+            print("RUN2", h.iterations[-1], len(h.failures), cluster.generation(1), flush=True)
+    """
+    script = start_script(tmp_path, text, env={"AIA_SHARED_MEMORY": "0",
+                                                "PYTHONPATH": python_path()})
+    workers = []
+    try:
+        workers = [int(script.expect("FROZEN")[0].split()[1])]
+        workers = list(script.descendants() | set(workers))
+        rc, out = finish(script, 10.0, workers)
+    finally:
+        script.cleanup(workers)
+    assert rc == 0, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    run1 = next(line for line in out if line.startswith("RUN1")).split()
+    elapsed, ones, twos, failures = float(run1[1]), int(run1[2]), int(run1[3]), int(run1[4])
+    assert elapsed < 2.0, f"start with time=1.5 took {elapsed} s"
+    assert failures == 0
+    assert twos > 50, f"worker 2 starved: {twos} answers"
+    run2 = next(line for line in out if line.startswith("RUN2")).split()
+    assert run2[1:] == ["20", "0", "0"], run2  # no failure, worker 1 not replaced
