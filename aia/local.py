@@ -177,6 +177,10 @@ class LocalCluster(Cluster):
         return self._workers[pid].generation
 
     def _await_ready(self, handles: dict, deadline: float) -> None:
+        with transport.interrupts.held():
+            self._await_each(handles, deadline)
+
+    def _await_each(self, handles: dict, deadline: float) -> None:
         waiting = dict(handles)
         while waiting:
             ready = self._wait_on(waiting.values(), deadline)
@@ -279,6 +283,11 @@ class LocalCluster(Cluster):
     def _request(self, pids: Sequence[int], message: tuple,
                  deadline: Optional[float] = None, run: Optional[int] = None) -> dict:
         """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+        with transport.interrupts.held():  # a Ctrl-C leaves every channel in step
+            return self._request_all(pids, message, deadline, run)
+
+    def _request_all(self, pids: Sequence[int], message: tuple, deadline: Optional[float],
+                     run: Optional[int]) -> dict:
         if run is None:
             run = self._new_id()
         results: dict[int, Any] = {}
@@ -549,6 +558,8 @@ class LocalRun(Run):
         self.broken: list[Failed] = []  # failures found while sending, reported by wait
         self.busy: set[int] = set()  # workers with a query outstanding
         self.poller = _Poller()
+        # Until close: a Ctrl-C never lands in the middle of a channel operation.
+        self.guarded = transport.interrupts.install()
         for h in self.live.values():
             self.poller.register(h.channel.fileno(), (h, "message"))
             self.poller.register(h.process.sentinel, (h, "dead"))
@@ -627,6 +638,9 @@ class LocalRun(Run):
         events.append(event)
 
     def close(self) -> None:
+        if self.guarded:
+            self.guarded = False
+            transport.interrupts.uninstall()
         with _SHIELD:  # every worker hears of the end, even through a Ctrl-C
             for h in list(self.live.values()):
                 if h.pid in self.busy and h.os_pid is not None:

@@ -42,12 +42,16 @@ replaces its worker.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import os
 import pickle
 import select
+import signal
 import socket
 import struct
+import threading
 import time
 import weakref
 from collections import deque
@@ -276,6 +280,100 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_pool_in_child)
 
 
+# -- Ctrl-C ------------------------------------------------------------------------------
+class _Interrupts:
+    """Holds a Ctrl-C off while a channel operation runs, so that it never lands between a
+    read (or a write) and the accounting of what it moved: the stream stays in step.
+
+    It works only while ``installed`` (the central, during a run or a request: see `held`):
+    then its SIGINT handler, if the interrupt lands inside an operation, only remembers it,
+    and the operation delivers it (to the handler it replaced, normally raising
+    KeyboardInterrupt) as it returns. The central's operations never block (its end of each
+    channel is non-blocking), so the interrupt waits microseconds, at most the unpickling of
+    one message. Elsewhere (a worker, another thread) ``torn`` is the fallback.
+    """
+
+    def __init__(self) -> None:
+        self.inside = False  # a channel operation is running
+        self.pending: Optional[tuple] = None  # (signum, frame) of an interrupt held off
+        self.depth = 0
+        self.previous: Any = None
+
+    def install(self) -> bool:
+        """Take over SIGINT (main thread only; nested calls count). Whether it did."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self.depth == 0:
+            try:
+                previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:
+                return False
+            # Ours still there (replaced over by someone who did not restore it): the default.
+            self.previous = signal.default_int_handler if previous == self._handler else previous
+        self.depth += 1
+        return True
+
+    def uninstall(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            previous = self.previous
+            if signal.getsignal(signal.SIGINT) == self._handler:  # a bound method: ==, not is
+                signal.signal(signal.SIGINT, previous)
+            self.deliver()  # one held off at the very end still arrives
+            self.previous = None
+
+    @contextlib.contextmanager
+    def held(self):
+        """Channel operations within are not cut by a Ctrl-C (delivered right after each)."""
+        installed = self.install()
+        try:
+            yield
+        finally:
+            if installed:
+                self.uninstall()
+
+    def _handler(self, signum, frame) -> None:
+        if self.inside:
+            self.pending = (signum, frame)
+        else:
+            self._call(signum, frame)
+
+    def deliver(self) -> None:
+        if self.pending is not None:
+            signum, frame = self.pending
+            self.pending = None
+            self._call(signum, frame)
+
+    def _call(self, signum, frame) -> None:
+        previous = self.previous
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # SIG_DFL, or None once uninstalled
+            raise KeyboardInterrupt
+
+
+interrupts = _Interrupts()
+
+
+def _whole(operation):
+    """A channel operation that a Ctrl-C does not cut in the middle (see `_Interrupts`)."""
+
+    @functools.wraps(operation)
+    def whole(*args, **kwargs):
+        guard = interrupts
+        if guard.inside:  # nested
+            return operation(*args, **kwargs)
+        guard.inside = True
+        try:
+            return operation(*args, **kwargs)
+        finally:
+            guard.inside = False
+            if guard.pending is not None:
+                guard.deliver()
+
+    return whole
+
+
 # -- channels ----------------------------------------------------------------------------
 class Channel:
     """One end of a message stream between two processes.
@@ -335,6 +433,7 @@ class Channel:
         else:  # the loop's common case, kept short
             self._send_small(kind, run, data)
 
+    @_whole
     def send_message(self, kind: int, run: int, message: Message) -> None:
         """Send an encoded message (so one query is pickled, and written, once for all)."""
         if not message.buffers:
@@ -349,6 +448,7 @@ class Channel:
         self.sent += 1
         self.torn = False
 
+    @_whole
     def _send_small(self, kind: int, run: int, data: bytes) -> None:
         """A message without out-of-band buffers: one frame, one send."""
         if self.torn:
@@ -454,6 +554,7 @@ class Channel:
     def _queue(self, parts: list) -> None:
         self.outbox.append(b"".join(memoryview(p).cast("B") for p in parts))
 
+    @_whole
     def flush(self) -> bool:
         """Write what waits in ``outbox``, as far as the socket takes it now (never blocks);
         True once nothing waits. Raises ChannelClosed if the peer is gone."""
@@ -496,6 +597,7 @@ class Channel:
                 return message
             self._await_readable()
 
+    @_whole
     def poll(self) -> Optional[tuple[int, int, Any]]:
         """The next message, ``(kind, run, obj)``, if its last byte is in; else None, and what
         came of it is kept for the next call (a non-blocking end never waits: one peer that

@@ -398,3 +398,72 @@ def test_a_worker_frozen_mid_answer_stalls_no_one_and_the_time_limit_holds(tmp_p
     assert twos > 50, f"worker 2 starved: {twos} answers"
     run2 = next(line for line in out if line.startswith("RUN2")).split()
     assert run2[1:] == ["20", "0", "0"], run2  # no failure, worker 1 not replaced
+
+
+# -- 2. Ctrl-C in the middle of a frame ------------------------------------------------------
+
+MID_FRAME_SCRIPT = """
+    import sys, time
+    import numpy as np
+    import aia
+
+    class Big(aia.AbstractAlgorithm):
+        \"\"\"Every answer is a 20 MB array in the frame (AIA_SHARED_MEMORY=0): the central
+        spends its time in the middle of frames.\"\"\"
+        steps = 0
+
+        def initialize(self, problem):
+            return 0
+
+        def answer(self, q, problem):
+            return problem
+
+        def central_step(self, a, worker, problem):
+            assert a.shape == (2_500_000,) and a[-1] == worker
+            self.steps += 1
+            if self.steps == 3:
+                print("RUNNING", flush=True)
+            return 0
+
+    def make(pid):
+        return np.full(2_500_000, float(pid))
+
+    with aia.LocalCluster(2) as cluster:
+        for i in range(int(sys.argv[1])):
+            try:
+                aia.start(Big(), make, {"time": 30}, cluster=cluster, verbose=0)
+            except KeyboardInterrupt:
+                pass
+            alive = cluster.alive()
+            h = aia.start(Big(), make, {"iteration": 10, "time": 10}, cluster=cluster,
+                          verbose=0)
+            print("ROUND", i, alive, h.iterations[-1], len(h.failures),
+                  sum(cluster.generation(p) for p in cluster.pids), flush=True)
+"""
+
+
+def test_ctrl_c_mid_frame_keeps_a_persistent_cluster_in_step(tmp_path):
+    """Old code: an interrupt in the middle of receiving an answer tore the channel, and its
+    worker was replaced at the next run (its distributed objects lost). Now the frame is
+    taken up where it stopped: nothing is replaced, and the next run is whole."""
+    rounds = 4
+    script = start_script(tmp_path, MID_FRAME_SCRIPT, rounds, env={"AIA_SHARED_MEMORY": "0"})
+    rng = np.random.default_rng(0)
+    workers = []
+    try:
+        for i in range(rounds):
+            script.expect("RUNNING")
+            workers = list(script.descendants() | set(workers))
+            time.sleep(rng.uniform(0.05, 0.2))
+            os.kill(script.proc.pid, signal.SIGINT)
+            script.expect("ROUND")
+        rc, out = finish(script, 10.0, workers)
+    finally:
+        script.cleanup(workers)
+    assert rc == 0, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    rounds_out = [line.split(maxsplit=1)[1] for line in out if line.startswith("ROUND")]
+    for line in rounds_out:
+        # alive() was truthful: the workers it named served the next run, whole
+        assert "[1, 2] 10 0" in line, rounds_out
+    replaced = int(rounds_out[-1].split()[-1])
+    assert replaced <= 1, f"{replaced} workers replaced in {rounds} interrupts: {rounds_out}"
