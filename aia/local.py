@@ -38,6 +38,9 @@ log = logging.getLogger("aia")
 
 START_TIMEOUT = 60.0  # seconds for a worker to come up (spawn imports numpy afresh)
 STOP_GRACE = 1.0  # seconds for a worker to exit on a stop message before it is terminated
+#: Seconds (at least) a worker's set-up may outlast the others' before it counts as failed,
+#: when the run tolerates failures (`aia.start`'s ``resilience``).
+SETUP_PATIENCE = 1.0
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
 
@@ -281,17 +284,25 @@ class LocalCluster(Cluster):
 
     # -- requests (set-up and distributed objects) -------------------------------------
     def _request(self, pids: Sequence[int], message: tuple,
-                 deadline: Optional[float] = None, run: Optional[int] = None) -> dict:
-        """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+                 deadline: Optional[float] = None, run: Optional[int] = None,
+                 tolerate: Optional[int] = None) -> dict:
+        """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``.
+
+        ``tolerate``: how many may fail (None: every reply is needed). Once the others have
+        replied, those still working get `SETUP_PATIENCE` (at least; twice the time taken
+        so far) and are then failed: one frozen worker does not hold the run up.
+        """
         with transport.interrupts.held():  # a Ctrl-C leaves every channel in step
-            return self._request_all(pids, message, deadline, run)
+            return self._request_all(pids, message, deadline, run, tolerate)
 
     def _request_all(self, pids: Sequence[int], message: tuple, deadline: Optional[float],
-                     run: Optional[int]) -> dict:
+                     run: Optional[int], tolerate: Optional[int]) -> dict:
         if run is None:
             run = self._new_id()
         results: dict[int, Any] = {}
         waiting = {}
+        began = time.monotonic()
+        bound = None  # when the last workers of a tolerant request are given up
         for pid in pids:
             h = self._handle(pid)
             if h.channel.torn and not h.channel.closed:
@@ -309,7 +320,13 @@ class LocalCluster(Cluster):
             except ChannelClosed:
                 results[pid] = h.exit_failure()
         while waiting:
-            ready = self._wait_on(waiting.values(), self._patience_limit(waiting, deadline))
+            if bound is None and tolerate is not None:
+                failed = sum(isinstance(r, Failed) for r in results.values())
+                if len(waiting) <= tolerate - failed:  # the run can go on without them
+                    now = time.monotonic()
+                    bound = now + max(SETUP_PATIENCE, 2 * (now - began))
+            limit = deadline if bound is None else min(bound, deadline or bound)
+            ready = self._wait_on(waiting.values(), self._patience_limit(waiting, limit))
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
                 if event is not None:
@@ -318,6 +335,14 @@ class LocalCluster(Cluster):
             if ready:
                 continue
             now = time.monotonic()
+            if bound is not None and now >= bound:
+                for pid, h in waiting.items():
+                    h.abandoned = (run, now)  # replaced at the next request if still stuck
+                    results[pid] = Failed(
+                        pid, f"did not finish its set-up within {bound - began:.1f} s, while "
+                        "the other workers were ready (frozen, or far slower than they)",
+                        None, h.os_pid)
+                break
             stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
             for h in stuck:
                 fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
@@ -330,6 +355,7 @@ class LocalCluster(Cluster):
                     waiting.pop(h.pid)
             if deadline is not None and now >= deadline:
                 for pid, h in waiting.items():
+                    h.abandoned = (run, now)  # replaced at the next request if still stuck
                     results[pid] = Failed(pid, "did not reply before the time limit", None,
                                           h.os_pid)
                 break
@@ -379,8 +405,12 @@ class LocalCluster(Cluster):
 
     def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
                  deadline: Optional[float]) -> tuple:
+        return self.open_run_tolerating(algorithm, problem, pids, deadline, None)
+
+    def open_run_tolerating(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                            deadline: Optional[float], tolerate: Optional[int]) -> tuple:
         run = self._new_id()
-        results = self._request(pids, ("setup", algorithm, problem), deadline, run)
+        results = self._request(pids, ("setup", algorithm, problem), deadline, run, tolerate)
         failed = [r for r in results.values() if isinstance(r, Failed)]
         live = [pid for pid in pids if not isinstance(results[pid], Failed)]
         return LocalRun(self, run, live), failed

@@ -110,7 +110,8 @@ def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, s
     try:
         remaining = central.recorder.remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        run, failed = workers.open_run(algorithm_bytes, spec, pids, deadline)
+        run, failed = workers.open_run_tolerating(algorithm_bytes, spec, pids, deadline,
+                                                  central.resilience)
         central.run = run
         for event in failed:  # a constructor that raised, or a worker that died
             central.fail(event)

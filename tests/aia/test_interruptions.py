@@ -467,3 +467,55 @@ def test_ctrl_c_mid_frame_keeps_a_persistent_cluster_in_step(tmp_path):
         assert "[1, 2] 10 0" in line, rounds_out
     replaced = int(rounds_out[-1].split()[-1])
     assert replaced <= 1, f"{replaced} workers replaced in {rounds} interrupts: {rounds_out}"
+
+
+# -- 8. a worker frozen at set-up ---------------------------------------------------------------
+
+class Steps(aia.AbstractAlgorithm):
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        time.sleep(0.002)
+        return q + 1
+
+    def central_step(self, a, worker, problem):
+        return a
+
+    def sync_central_step(self, answers, workers, problem):
+        return max(answers)
+
+
+def freezes_on_worker_1(pid):
+    if pid == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen in its constructor
+    return pid
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_a_worker_frozen_at_set_up_counts_as_failed_under_resilience(synchronous, no_leftover):
+    """Old code: the set-up waited for the frozen worker until the time limit: 0 iterations
+    in 3 s while two healthy workers idled (then 2 s more to stop the frozen one)."""
+    t0 = time.monotonic()
+    h = aia.start(Steps(), freezes_on_worker_1, {"iteration": 50, "time": 3}, cluster=3,
+                  resilience=1, synchronous=synchronous, verbose=0)
+    elapsed = time.monotonic() - t0
+    assert h.iterations[-1] == 50
+    assert [f.worker for f in h.failures] == [1]
+    assert "set-up" in h.failures[0].cause and h.failures[0].iteration == 0
+    assert elapsed < 2.5, f"start took {elapsed:.2f} s"
+
+
+def test_a_worker_frozen_at_set_up_is_replaced_by_the_next_run(no_leftover):
+    with aia.LocalCluster(3) as cluster:
+        frozen = cluster.os_pids()[1]
+        h = aia.start(Steps(), freezes_on_worker_1, {"iteration": 20, "time": 5},
+                      cluster=cluster, resilience=1, verbose=0)
+        assert h.iterations[-1] == 20 and len(h.failures) == 1
+        t0 = time.monotonic()
+        h = aia.start(Steps(), lambda pid: pid, {"iteration": 20}, cluster=cluster,
+                      verbose=0)  # no time limit, no resilience: it must not wait forever
+        elapsed = time.monotonic() - t0
+        assert h.iterations[-1] == 20 and h.failures == []
+        assert cluster.generation(1) == 1 and cluster.os_pids()[1] != frozen
+        assert elapsed < 3.0, f"the next run took {elapsed:.2f} s"
