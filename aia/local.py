@@ -78,6 +78,8 @@ class _Handle(WorkerClock):
         self.process.join(0 if torn else wait)
         self.dead = True
         code = self.process.exitcode
+        if code is not None:  # gone for good: its shared memory with it
+            self.channel.release_shared()
         cause = describe_exit(code)
         if code is None and torn:
             cause = ("its channel was cut in the middle of a message (interrupted, or the "

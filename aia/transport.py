@@ -416,6 +416,12 @@ class Channel:
             self.outbox.clear()
         self.sock.close()
 
+    def release_shared(self) -> None:
+        """The peer is dead: unmap its arenas here and stop holding ours for it (their memory
+        goes back to the system now, not when the cluster closes)."""
+        _pool.forget(self)
+        self.unmap_peer_arenas()
+
     def unmap_peer_arenas(self) -> None:
         for mapped in self._arenas.values():
             _unmap(mapped)

@@ -519,3 +519,74 @@ def test_a_worker_frozen_at_set_up_is_replaced_by_the_next_run(no_leftover):
         assert h.iterations[-1] == 20 and h.failures == []
         assert cluster.generation(1) == 1 and cluster.os_pids()[1] != frozen
         assert elapsed < 3.0, f"the next run took {elapsed:.2f} s"
+
+
+# -- 10. smaller: shared memory of the dead, frozen workers of a temporary cluster -------------
+
+def arena_bytes() -> int:
+    """Bytes of shared-memory arenas mapped in this process (`aia.transport`)."""
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "aia-arena" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                total += end - start
+    return total
+
+
+class BigThenDie(aia.AbstractAlgorithm):
+    """Worker 1 answers 40 MB arrays (through shared memory), then dies on its 4th answer;
+    worker 2 answers small ones."""
+
+    def __init__(self):
+        self.answers = 0
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        self.answers += 1
+        if problem == 1:
+            if self.answers == 4:
+                os._exit(7)
+            return np.ones(5_000_000)
+        time.sleep(0.01)
+        return np.zeros(3)
+
+    def central_step(self, a, worker, problem):
+        return 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or aia.transport.SHARED_MIN is None,
+                    reason="shared memory arenas: Linux")
+def test_a_dead_workers_shared_memory_is_freed_at_its_death(no_leftover):
+    """Old code: its 64 MB arena stayed mapped in the central until the cluster closed."""
+    with aia.LocalCluster(2) as cluster:
+        before = arena_bytes()
+        h = aia.start(BigThenDie(), lambda pid: pid, {"epoch": 50, "time": 10},
+                      cluster=cluster, resilience=1, verbose=0)
+        assert [f.exitcode for f in h.failures] == [7]
+        assert h.answer_count[1] == 3
+        left = arena_bytes() - before
+        assert left == 0, f"{left / 2**20:.0f} MiB of the dead worker's arena still mapped"
+
+
+class FreezesAfterOne(Steps):
+    def __init__(self):
+        self.answers = 0
+
+    def answer(self, q, problem):
+        self.answers += 1
+        if problem == 1 and self.answers == 2:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return super().answer(q, problem)
+
+
+def test_a_temporary_cluster_with_a_frozen_worker_returns_at_the_time_limit(no_leftover):
+    """Old code: 2 s past the limit (a stop message and a SIGTERM that a stopped process
+    does not act on, 1 s each, before SIGKILL)."""
+    t0 = time.monotonic()
+    h = aia.start(FreezesAfterOne(), lambda pid: pid, {"time": 1.0}, cluster=2, verbose=0)
+    elapsed = time.monotonic() - t0
+    assert h.answer_count[2] > 10 and h.failures == []
+    assert elapsed < 1.4, f"start with time=1 took {elapsed:.2f} s"
