@@ -80,17 +80,23 @@ class Worker:
         self.algorithm = None
         self.problem = None
         self.answering = False
+        # An interrupt that came while we were not answering (the query still arriving, or
+        # being unpickled): the answer it was meant for is abandoned as soon as it starts.
+        # Cleared by the end of the run and by a set-up, which always follow it.
+        self.interrupt_pending = False
         signal.signal(signal.SIGUSR1, self._interrupt)
 
     def _interrupt(self, signum, frame) -> None:
         """The central ended the run while we were answering: abandon the answer.
 
         Only ``answer`` itself is interrupted (the flag is cleared before any send, so a frame
-        is never cut in half); a C call that holds the GIL finishes first.
+        is never cut in half); a C call that holds the GIL finishes first. Outside ``answer``
+        the interrupt is kept for the answer about to start.
         """
         if self.answering:
             self.answering = False
             raise Interrupted("the run this answer was for has ended")
+        self.interrupt_pending = True
 
     def serve(self) -> None:
         while True:
@@ -116,9 +122,11 @@ class Worker:
         command = message[0]
         if command == "setup":
             self.run, self.algorithm, self.problem = run, None, None
+            self.interrupt_pending = False
             self.reply(run, lambda: self.setup(*message[1:]))
         elif command == "end":
             self.run, self.algorithm, self.problem = 0, None, None
+            self.interrupt_pending = False
         elif command == "store":
             obj_id, make = message[1], message[2]
             self.reply(run, lambda: self.store(obj_id, cloudpickle.loads(make)))
@@ -133,6 +141,9 @@ class Worker:
     def answer(self, q: Any) -> Any:
         self.answering = True
         try:
+            if self.interrupt_pending:  # the run ended before this answer began
+                self.interrupt_pending = False
+                raise Interrupted("the run this answer was for had ended before it began")
             return self.algorithm.answer(q, self.problem)
         finally:
             self.answering = False

@@ -320,7 +320,13 @@ class LocalCluster(Cluster):
                 h.channel.send(CONTROL, message, run)
                 waiting[pid] = h
             except ChannelClosed:
-                results[pid] = h.exit_failure()
+                failed = h.exit_failure()
+                if h.abandoned is not None and _builds_its_problem(message):
+                    # Died in an ended run's answer: a fresh worker in its place.
+                    self._resend(self._replace(h, "died in an answer of an ended run"),
+                                 message, run, deadline, waiting, results)
+                else:
+                    results[pid] = failed
         while waiting:
             if bound is None and tolerate is not None:
                 failed = sum(isinstance(r, Failed) for r in results.values())
@@ -331,6 +337,13 @@ class LocalCluster(Cluster):
             ready = self._wait_on(waiting.values(), self._patience_limit(waiting, limit))
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
+                if (isinstance(event, Failed) and h.abandoned is not None
+                        and h.abandoned[0] != run and _builds_its_problem(message)):
+                    # It died finishing the answer of an ended run: that run's failure, not
+                    # this one's. A fresh worker builds the problem in its place.
+                    self._resend(self._replace(h, "died in an answer of an ended run"),
+                                 message, run, deadline, waiting, results)
+                    continue
                 if event is not None:
                     results[h.pid] = event
                     waiting.pop(h.pid, None)
@@ -346,15 +359,8 @@ class LocalCluster(Cluster):
                         None, h.os_pid)
                 break
             stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
-            for h in stuck:
-                fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
-                fresh.channel.deadline = deadline
-                try:
-                    fresh.channel.send(CONTROL, message, run)
-                    waiting[h.pid] = fresh
-                except ChannelClosed:
-                    results[h.pid] = fresh.exit_failure()
-                    waiting.pop(h.pid)
+            for h in stuck:  # stuck in an ended run's answer: a new worker
+                self._resend(self._replace(h), message, run, deadline, waiting, results)
             if deadline is not None and now >= deadline:
                 for pid, h in waiting.items():
                     h.abandoned = (run, now)  # replaced at the next request if still stuck
@@ -362,6 +368,18 @@ class LocalCluster(Cluster):
                                           h.os_pid)
                 break
         return results
+
+    @staticmethod
+    def _resend(fresh: _Handle, message: tuple, run: int, deadline: Optional[float],
+                waiting: dict, results: dict) -> None:
+        """Send ``message`` again, to the worker that took another's place."""
+        fresh.channel.deadline = deadline
+        try:
+            fresh.channel.send(CONTROL, message, run)
+            waiting[fresh.pid] = fresh
+        except ChannelClosed:
+            results[fresh.pid] = fresh.exit_failure()
+            waiting.pop(fresh.pid, None)
 
     @staticmethod
     def _patience_limit(waiting: dict, deadline: Optional[float]) -> Optional[float]:
@@ -438,6 +456,12 @@ class LocalCluster(Cluster):
                     h.channel.send(CONTROL, ("free", obj_id))
                 except ChannelClosed:
                     pass
+
+
+def _builds_its_problem(message: tuple) -> bool:
+    """A set-up whose problem the worker builds (a fresh worker can do it as well), not one
+    on the object of a DistributedObject (which dies with its worker)."""
+    return message[0] == "setup" and message[2][0] == "call"
 
 
 def _raise_failures(results: dict, doing: str) -> None:

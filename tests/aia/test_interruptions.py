@@ -590,3 +590,81 @@ def test_a_temporary_cluster_with_a_frozen_worker_returns_at_the_time_limit(no_l
     elapsed = time.monotonic() - t0
     assert h.answer_count[2] > 10 and h.failures == []
     assert elapsed < 1.4, f"start with time=1 took {elapsed:.2f} s"
+
+
+# -- 7. the end-of-run interrupt, arriving before the answer begins -----------------------------
+
+_CENTRAL = os.getpid()
+
+
+def _rebuild_slowly(seconds):
+    if os.getpid() != _CENTRAL:  # (the central copies the query for the history)
+        time.sleep(seconds)  # the worker is still unpickling the query when the run ends
+    return 0
+
+
+class SlowToUnpickle:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return _rebuild_slowly, (self.seconds,)
+
+
+class LongAnswer(aia.AbstractAlgorithm):
+    """The first query takes 0.4 s to unpickle on the workers; every answer takes 5 s."""
+
+    def initialize(self, problem):
+        return SlowToUnpickle(0.4)
+
+    def answer(self, q, problem):
+        time.sleep(5)
+        return 1
+
+    def central_step(self, a, worker, problem):
+        return a
+
+
+def test_the_end_of_run_interrupt_is_not_lost_while_the_query_is_unpickled(no_leftover):
+    """Old code: the SIGUSR1 that ends the run came before ``answer`` began and was lost; the
+    worker spent 5 s on an answer for nobody, the next run replaced it after 1 s and its
+    distributed object was gone (LookupError)."""
+    with aia.LocalCluster(2) as cluster:
+        objects = aia.DistributedObject(lambda pid: pid, cluster)
+        h = aia.start(LongAnswer(), objects, {"time": 0.2}, cluster=cluster, verbose=0)
+        assert h.iterations == [0]
+        t0 = time.monotonic()
+        h = aia.start(Steps(), objects, {"iteration": 10}, cluster=cluster, verbose=0)
+        elapsed = time.monotonic() - t0
+        assert h.iterations[-1] == 10 and h.failures == []
+        assert [cluster.generation(p) for p in (1, 2)] == [0, 0]
+        assert elapsed < 0.9, f"the next run took {elapsed:.2f} s"
+
+
+class CrashesLate(LongAnswer):
+    """Worker 1 dies 0.5 s into its answer, which the end of the run did not interrupt (it
+    swallows the interrupt): a crash of an ended run."""
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        if problem == 1:
+            t = time.monotonic()
+            while time.monotonic() - t < 0.5:
+                try:
+                    time.sleep(0.01)
+                except BaseException:
+                    pass
+            os._exit(9)
+        return 1
+
+
+def test_a_crash_in_an_ended_runs_answer_is_not_a_failure_of_the_next_run(no_leftover):
+    """Old code: counted as a failure at iteration 0 of the next run (WorkerFailedError)."""
+    with aia.LocalCluster(2) as cluster:
+        aia.start(CrashesLate(), lambda pid: pid, {"time": 0.2}, cluster=cluster, verbose=0)
+        time.sleep(0.5)  # it dies meanwhile
+        h = aia.start(Steps(), lambda pid: pid, {"iteration": 10}, cluster=cluster, verbose=0)
+        assert h.iterations[-1] == 10 and h.failures == []
+        assert cluster.generation(1) == 1
