@@ -49,6 +49,12 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
     parent); ``kernel_guard`` asks the kernel to kill us when that parent dies.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of our own: what we fork (a process pool in answer) is in it, and the
+    # central kills the group once we are gone, so that nothing we started is orphaned.
+    try:
+        os.setpgid(0, 0)
+    except (AttributeError, OSError):
+        pass
     for sock in inherited:  # fork only: other workers' and the central's ends
         try:
             sock.close()

@@ -68,6 +68,11 @@ class _Handle(WorkerClock):
         self.generation = generation
         self.os_pid: Optional[int] = None
         self.dead = False
+        # Readable once the process has ended. A pidfd (Linux) watches the process itself:
+        # the sentinel is a pipe that a child the worker forked (a process pool in answer)
+        # inherits, and then its end never comes while that child lives.
+        self.pidfd = _pidfd(process.pid)
+        self.death_fd = process.sentinel if self.pidfd is None else self.pidfd
         # abandoned: (run, when) of an ended run whose answer it was interrupted in; cleared
         # by any message of that run (the answer, or the Interrupted error).
         WorkerClock.__init__(self)
@@ -75,16 +80,55 @@ class _Handle(WorkerClock):
     def exit_failure(self, wait: float = 1.0) -> Failed:
         """The failure of a worker whose process ended (or whose channel broke)."""
         torn = self.channel.torn  # cut mid-message: the process may well be alive
-        self.process.join(0 if torn else wait)
+        code = self.reap(0 if torn else wait)
         self.dead = True
-        code = self.process.exitcode
-        if code is not None:  # gone for good: its shared memory with it
+        if code is not None:  # gone for good: its shared memory and its children with it
             self.channel.release_shared()
+            self.kill_children()
         cause = describe_exit(code)
         if code is None and torn:
             cause = ("its channel was cut in the middle of a message (interrupted, or the "
                      "worker stalled past the time limit); the worker is replaced")
         return Failed(self.pid, cause, None, self.os_pid, code)
+
+
+    def reap(self, wait: float) -> Optional[int]:
+        """The exit code, waiting up to ``wait`` seconds for the process to end (None: it
+        still runs)."""
+        if self.pidfd is None:
+            self.process.join(wait)
+        elif select.select([self.pidfd], [], [], wait)[0]:
+            # Ended: reap it (its sentinel, which join waits for, may be held by a child).
+            for _ in range(100):
+                code = self.process.exitcode
+                if code is not None:
+                    return code
+                time.sleep(0.001)
+        return self.process.exitcode
+
+    def kill_children(self) -> None:
+        """Kill what the worker forked and left behind (its process group: see
+        `_worker.main`), which would live on as orphans."""
+        if self.os_pid is not None and sys.platform != "win32":
+            try:
+                os.killpg(self.os_pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
+    def close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _pidfd(pid: Optional[int]) -> Optional[int]:
+    """A descriptor readable when process ``pid`` ends, where the system has them."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # an older kernel, or already reaped
+        return None
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -172,6 +216,7 @@ class LocalCluster(Cluster):
         _stop([h], grace=0.0)
         _worker.central_sockets.discard(h.channel.sock)
         h.channel.close()
+        h.close_pidfd()
         fresh = self._spawn(h.pid, h.generation + 1)
         self._workers[h.pid] = fresh
         self._await_ready({h.pid: fresh}, time.monotonic() + START_TIMEOUT)
@@ -235,6 +280,7 @@ class LocalCluster(Cluster):
             for h in handles:
                 _worker.central_sockets.discard(h.channel.sock)
                 h.channel.close()
+                h.close_pidfd()
                 h.dead = True
                 try:
                     h.process.close()
@@ -259,7 +305,7 @@ class LocalCluster(Cluster):
                     if h.channel.outbox:
                         events |= selectors.EVENT_WRITE
                     selector.register(h.channel.fileno(), events, (h, "message"))
-                    selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+                    selector.register(h.death_fd, selectors.EVENT_READ, (h, "dead"))
                 ready = selector.select(timeout)
             messages, deaths = [], []
             for key, events in ready:
@@ -539,8 +585,9 @@ def _stop(handles, grace: float) -> None:
         for h in handles:
             if h.process.is_alive():
                 h.process.kill()
-                h.process.join(5.0)
+                h.reap(5.0)
         for h in handles:
+            h.kill_children()  # nothing the workers forked outlives them
             h.dead = True
 
 
@@ -564,7 +611,7 @@ def _drain_until_exit(handles, grace: float) -> None:
             return
         with selectors.DefaultSelector() as selector:
             for h in watched:
-                selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+                selector.register(h.death_fd, selectors.EVENT_READ, (h, "dead"))
             for h in readers:
                 events = selectors.EVENT_READ
                 if h.channel.outbox:
@@ -618,7 +665,7 @@ class LocalRun(Run):
         self.guarded = transport.interrupts.install()
         for h in self.live.values():
             self.poller.register(h.channel.fileno(), (h, "message"))
-            self.poller.register(h.process.sentinel, (h, "dead"))
+            self.poller.register(h.death_fd, (h, "dead"))
             if h.channel.outbox:  # e.g. the rest of its set-up
                 self.poller.write_when_ready(h.channel)
 
@@ -657,7 +704,7 @@ class LocalRun(Run):
         self.busy.discard(h.pid)
         if self.live.pop(h.pid, None) is not None:
             self.poller.unregister(h.channel.fileno())
-            self.poller.unregister(h.process.sentinel)
+            self.poller.unregister(h.death_fd)
 
     def wait(self, timeout: Optional[float]) -> list:
         if self.broken:

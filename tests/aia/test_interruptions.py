@@ -668,3 +668,45 @@ def test_a_crash_in_an_ended_runs_answer_is_not_a_failure_of_the_next_run(no_lef
         h = aia.start(Steps(), lambda pid: pid, {"iteration": 10}, cluster=cluster, verbose=0)
         assert h.iterations[-1] == 10 and h.failures == []
         assert cluster.generation(1) == 1
+
+
+# -- 5. a worker that forked a helper, then died ---------------------------------------------
+
+class ForksThenDies(Steps):
+    """Worker 1, in its 2nd answer, forks a helper that sleeps (it inherits the worker's
+    socket and sentinel, as a process pool's workers do), writes its pid to ``path``, and is
+    killed."""
+
+    def __init__(self, path):
+        self.path = path
+        self.answers = 0
+
+    def answer(self, q, problem):
+        self.answers += 1
+        if problem == 1 and self.answers == 2:
+            helper = os.fork()
+            if helper == 0:
+                time.sleep(30)
+                os._exit(0)
+            with open(self.path, "w") as f:
+                f.write(str(helper))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().answer(q, problem)
+
+
+def test_the_death_of_a_worker_that_forked_a_helper_is_seen_and_the_helper_killed(
+        tmp_path, no_leftover):
+    """Old code: the helper held the worker's sentinel and socket open, so its death went
+    unseen: the synchronous round waited until the time limit, and the helper lived on."""
+    path = tmp_path / "helper.pid"
+    t0 = time.monotonic()
+    h = aia.start(ForksThenDies(str(path)), lambda pid: pid, {"iteration": 20, "time": 6},
+                  cluster=2, synchronous=True, resilience=1, verbose=0)
+    elapsed = time.monotonic() - t0
+    helper = int(path.read_text())
+    left = wait_gone([helper], 1.0)
+    kill_all(left)
+    assert [f.worker for f in h.failures] == [1] and "SIGKILL" in h.failures[0].cause
+    assert h.iterations[-1] == 20
+    assert elapsed < 2.0, f"start took {elapsed:.2f} s: the death was not seen"
+    assert left == [], "the helper the dead worker forked was orphaned"
