@@ -60,6 +60,7 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
             sock.close()
         except OSError:
             pass
+    _release_forkserver()
     if kernel_guard:
         _die_with_parent()
     if parent is not None and os.getppid() != parent:
@@ -211,6 +212,23 @@ def _limit_blas(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
+
+
+def _release_forkserver() -> None:
+    """Close our copy of the forkserver's "alive" pipe (forkserver hands one to every child,
+    fork copies the central's). The forkserver exits when every copy is closed; while a
+    worker held one, the central's death left the forkserver, hence the parent-death signal
+    and the parent check of its busy workers, waiting for ever."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    server._forkserver_alive_fd = None
 
 
 def _die_with_parent() -> None:

@@ -710,3 +710,49 @@ def test_the_death_of_a_worker_that_forked_a_helper_is_seen_and_the_helper_kille
     assert h.iterations[-1] == 20
     assert elapsed < 2.0, f"start took {elapsed:.2f} s: the death was not seen"
     assert left == [], "the helper the dead worker forked was orphaned"
+
+
+# -- 6. forkserver workers, busy when the central is killed -------------------------------------
+
+FORKSERVER_SCRIPT = """
+    import os, sys
+    import aia
+
+    class Busy(aia.AbstractAlgorithm):
+        def initialize(self, problem):
+            return 0
+
+        def answer(self, q, problem):
+            os.write(1, f"BUSY {os.getpid()}\\n".encode())  # one atomic write
+            if sys.argv[1] == "python":
+                x = 0
+                while True:
+                    x += 1
+            sum(range(10**13))  # one long C call that never releases the GIL
+            return q
+
+        def central_step(self, a, worker, problem):
+            return a
+
+    if __name__ == "__main__":
+        with aia.LocalCluster(2, start_method="forkserver") as cluster:
+            aia.start(Busy(), lambda pid: pid, {"iteration": 10}, cluster=cluster, verbose=0)
+"""
+
+
+@pytest.mark.parametrize("how", ["python", "gil"])
+def test_forkserver_workers_exit_when_the_central_is_killed_while_busy(how, tmp_path):
+    """Old code: each worker held the forkserver's "alive" pipe, so the forkserver outlived
+    the central, and with it the workers (neither the parent-death signal nor the parent
+    check fired)."""
+    script = start_script(tmp_path, FORKSERVER_SCRIPT, how)
+    workers, everyone = [], []
+    try:
+        workers = [int(line.split()[1]) for line in script.expect("BUSY", 2)]
+        everyone = list(script.descendants() | set(workers))  # the forkserver too
+        script.proc.kill()  # SIGKILL: no finally, no atexit
+        script.proc.wait(5)
+        left = wait_gone(everyone, 4.0)
+        assert left == [], f"{left} still run 4 s after the central was killed ({how})"
+    finally:
+        script.cleanup(everyone)
