@@ -351,6 +351,13 @@ class LocalCluster(Cluster):
         waiting = {}
         began = time.monotonic()
         bound = None  # when the last workers of a tolerant request are given up
+        started: dict[int, float] = {}  # when each worker was sent the message
+
+        def give_up_at(h: _Handle) -> float:  # a fresh replacement gets its patience too
+            return max(bound, started.get(h.pid, began) + SETUP_PATIENCE)
+
+        def boundable(h: _Handle) -> bool:  # stuck in an earlier run: replaced, not failed
+            return h.abandoned is None or h.abandoned[0] == run
         for pid in pids:
             h = self._handle(pid)
             if h.channel.torn and not h.channel.closed:
@@ -362,6 +369,7 @@ class LocalCluster(Cluster):
                                       h.process.exitcode)
                 continue
             h.channel.deadline = deadline
+            started[pid] = time.monotonic()
             try:
                 h.channel.send(CONTROL, message, run)
                 waiting[pid] = h
@@ -370,7 +378,7 @@ class LocalCluster(Cluster):
                 if h.abandoned is not None and _builds_its_problem(message):
                     # Died in an ended run's answer: a fresh worker in its place.
                     self._resend(self._replace(h, "died in an answer of an ended run"),
-                                 message, run, deadline, waiting, results)
+                                 message, run, deadline, waiting, results, started)
                 else:
                     results[pid] = failed
         while waiting:
@@ -379,7 +387,10 @@ class LocalCluster(Cluster):
                 if len(waiting) <= tolerate - failed:  # the run can go on without them
                     now = time.monotonic()
                     bound = now + max(SETUP_PATIENCE, 2 * (now - began))
-            limit = deadline if bound is None else min(bound, deadline or bound)
+            limit = deadline
+            cut = [give_up_at(h) for h in waiting.values() if bound is not None and boundable(h)]
+            if cut:
+                limit = min(cut) if deadline is None else min(min(cut), deadline)
             ready = self._wait_on(waiting.values(), self._patience_limit(waiting, limit))
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
@@ -388,7 +399,7 @@ class LocalCluster(Cluster):
                     # It died finishing the answer of an ended run: that run's failure, not
                     # this one's. A fresh worker builds the problem in its place.
                     self._resend(self._replace(h, "died in an answer of an ended run"),
-                                 message, run, deadline, waiting, results)
+                                 message, run, deadline, waiting, results, started)
                     continue
                 if event is not None:
                     results[h.pid] = event
@@ -396,17 +407,20 @@ class LocalCluster(Cluster):
             if ready:
                 continue
             now = time.monotonic()
-            if bound is not None and now >= bound:
-                for pid, h in waiting.items():
-                    h.abandoned = (run, now)  # replaced at the next request if still stuck
-                    results[pid] = Failed(
-                        pid, f"did not finish its set-up within {bound - began:.1f} s, while "
-                        "the other workers were ready (frozen, or far slower than they)",
-                        None, h.os_pid)
+            late = [h for h in waiting.values()
+                    if bound is not None and boundable(h) and now >= give_up_at(h)]
+            for h in late:
+                h.abandoned = (run, now)  # replaced at the next request if still stuck
+                waiting.pop(h.pid)
+                results[h.pid] = Failed(
+                    h.pid, f"did not finish its set-up within {now - started[h.pid]:.1f} s, "
+                    "while the other workers were ready (frozen, or far slower than they)",
+                    None, h.os_pid)
+            if not waiting:
                 break
             stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
             for h in stuck:  # stuck in an ended run's answer: a new worker
-                self._resend(self._replace(h), message, run, deadline, waiting, results)
+                self._resend(self._replace(h), message, run, deadline, waiting, results, started)
             if deadline is not None and now >= deadline:
                 for pid, h in waiting.items():
                     h.abandoned = (run, now)  # replaced at the next request if still stuck
@@ -417,9 +431,10 @@ class LocalCluster(Cluster):
 
     @staticmethod
     def _resend(fresh: _Handle, message: tuple, run: int, deadline: Optional[float],
-                waiting: dict, results: dict) -> None:
+                waiting: dict, results: dict, started: dict) -> None:
         """Send ``message`` again, to the worker that took another's place."""
         fresh.channel.deadline = deadline
+        started[fresh.pid] = time.monotonic()
         try:
             fresh.channel.send(CONTROL, message, run)
             waiting[fresh.pid] = fresh
