@@ -358,6 +358,14 @@ class LocalCluster(Cluster):
 
         def boundable(h: _Handle) -> bool:  # stuck in an earlier run: replaced, not failed
             return h.abandoned is None or h.abandoned[0] == run
+
+        # A worker stuck in an earlier run is replaced after its patience, and at the latest
+        # halfway to the time limit, so that its replacement still has time to set up.
+        halfway = None if deadline is None else began + (deadline - began) / 2
+
+        def replace_at(h: _Handle) -> float:
+            at = h.give_up_at()
+            return at if halfway is None else min(at, halfway)
         for pid in pids:
             h = self._handle(pid)
             if h.channel.torn and not h.channel.closed:
@@ -391,7 +399,10 @@ class LocalCluster(Cluster):
             cut = [give_up_at(h) for h in waiting.values() if bound is not None and boundable(h)]
             if cut:
                 limit = min(cut) if deadline is None else min(min(cut), deadline)
-            ready = self._wait_on(waiting.values(), self._patience_limit(waiting, limit))
+            stale = [replace_at(h) for h in waiting.values() if h.abandoned]
+            if stale:
+                limit = min(stale) if limit is None else min(min(stale), limit)
+            ready = self._wait_on(waiting.values(), limit)
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
                 if (isinstance(event, Failed) and h.abandoned is not None
@@ -418,7 +429,7 @@ class LocalCluster(Cluster):
                     None, h.os_pid)
             if not waiting:
                 break
-            stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
+            stuck = [h for h in waiting.values() if h.abandoned and now >= replace_at(h)]
             for h in stuck:  # stuck in an ended run's answer: a new worker
                 self._resend(self._replace(h), message, run, deadline, waiting, results, started)
             if deadline is not None and now >= deadline:
@@ -442,13 +453,6 @@ class LocalCluster(Cluster):
             results[fresh.pid] = fresh.exit_failure()
             waiting.pop(fresh.pid, None)
 
-    @staticmethod
-    def _patience_limit(waiting: dict, deadline: Optional[float]) -> Optional[float]:
-        """The deadline, or sooner the moment an interrupted worker runs out of patience."""
-        limits = [h.give_up_at() for h in waiting.values() if h.abandoned]
-        if deadline is not None:
-            limits.append(deadline)
-        return min(limits) if limits else None
 
     def _receive(self, h: _Handle, run: int):
         """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped, or

@@ -134,6 +134,7 @@ def one_run(rng, cluster) -> tuple:
     stopat = {"epoch": 6, "time": TIME_LIMIT if stalls else 10.0}
     want = expected(fault, resilience)
     t0 = time.monotonic()
+    detail = ""
     try:
         h = aia.start(Faulty(fault, int(rng.integers(1, 4))), FaultyProblem(fault), stopat,
                       cluster=cluster, synchronous=synchronous, resilience=resilience,
@@ -142,8 +143,12 @@ def one_run(rng, cluster) -> tuple:
             "ok" if not h.failures else f"failures {h.failures}")
         if got == "ok" and not stalls and h.epochs[-1] != 6:
             got = f"stopped at epoch {h.epochs[-1]}"
+        detail = "; ".join(str(f) for f in h.failures)
     except aia.WorkerFailedError as exc:
         got = "raised" if exc.worker == 1 and exc.history is not None else f"raised {exc!r}"
+        detail = str(exc).splitlines()[0]
+    if got != want:
+        got = f"{got} ({detail})"
     return fault, resilience, synchronous, want, got, time.monotonic() - t0
 
 
