@@ -239,8 +239,9 @@ def test_soak_ctrl_c_at_random_moments_leaves_no_process_and_keeps_the_history(t
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (os.environ.get("PYTHONPATH"), root) if p)}
-    script = Script(path, 7, INTERRUPTS, env=env)
-    rng = np.random.default_rng(7)
+    seed = int(os.environ.get("AIA_SOAK_SEED", "7"))
+    script = Script(path, seed, INTERRUPTS, env=env)
+    rng = np.random.default_rng(seed)
     seen = set()
     try:
         script.expect("READY", timeout=30)
