@@ -116,9 +116,11 @@ class _Handle(WorkerClock):
                 pass
 
     def close_pidfd(self) -> None:
+        """Once the handle is done with (the process is gone)."""
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+            self.death_fd = -1  # never waited on again
 
 
 def _pidfd(pid: Optional[int]) -> Optional[int]:

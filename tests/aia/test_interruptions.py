@@ -339,11 +339,14 @@ def test_temporary_cluster_does_not_wait_a_second_for_workers_still_busy(no_left
 # -- 4. one worker frozen in the middle of a frame ----------------------------------------------
 
 class FreezesMidAnswer(aia.AbstractAlgorithm):
-    """Worker 1 stops itself (SIGSTOP) while it sends its 2nd answer, a 64 MB array: the
-    frame is cut in the middle. Worker 2 answers small arrays quickly."""
+    """``where="answer"``: worker 1 stops itself (SIGSTOP) while it sends its 2nd answer, a
+    64 MB array: the frame is cut in the middle. ``where="query"``: every query to worker 1
+    is a 16 MB array, and it stops 2 ms after its 2nd answer, while it receives the next.
+    Worker 2 answers small arrays quickly (its queries are small)."""
 
-    def __init__(self, freeze=True):
+    def __init__(self, freeze=True, where="answer"):
         self.freeze = freeze
+        self.where = where
         self.answers = 0
 
     def initialize(self, problem):
@@ -353,41 +356,45 @@ class FreezesMidAnswer(aia.AbstractAlgorithm):
         self.answers += 1
         if self.freeze and problem == 1 and self.answers == 2:
             import threading
-            big = np.ones(8_000_000)  # 64 MB: tens of ms to send
+            out = np.ones(8_000_000) if self.where == "answer" else np.zeros(10)
             os.write(1, f"FROZEN {os.getpid()}\n".encode())
             threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGSTOP)).start()
-            return big
+            return out  # 64 MB: tens of ms to send
         time.sleep(0.002)
         return np.zeros(10)
 
     def central_step(self, a, worker, problem):
-        return 0
+        return np.ones(2_000_000) if self.where == "query" and worker == 1 else 0
 
 
-def test_a_worker_frozen_mid_answer_stalls_no_one_and_the_time_limit_holds(tmp_path):
-    """Old code: the central waited in the middle of the frame (the others starved) until
-    the time limit, then counted the worker as failed (WorkerFailedError at resilience 0).
-    The channel stays in step: once continued, the worker serves the next run."""
+@pytest.mark.parametrize("where", ["answer", "query"])
+def test_a_worker_frozen_mid_message_stalls_no_one_and_the_time_limit_holds(where,
+                                                                           tmp_path):
+    """Old code (answer): the central waited in the middle of the frame (the others
+    starved) until the time limit, then counted the worker as failed (WorkerFailedError at
+    resilience 0). Query: what the frozen worker's socket does not take waits in the
+    central's outbox (since item 1). Either way the channel stays in step: once continued,
+    the worker serves the next run."""
     text = """
         import os, signal, sys, time
         import numpy as np
         import aia
         from tests.aia.test_interruptions import FreezesMidAnswer
 
+        WHERE = sys.argv[1]
         with aia.LocalCluster(2) as cluster:
             t0 = time.monotonic()
-            h = aia.start(FreezesMidAnswer(), lambda pid: pid, {"time": 1.5}, cluster=cluster,
-                          verbose=0)
+            h = aia.start(FreezesMidAnswer(True, WHERE), lambda pid: pid, {"time": 1.5},
+                          cluster=cluster, verbose=0)
             print("RUN1", round(time.monotonic() - t0, 2), h.answer_count[1],
                   h.answer_count[2], len(h.failures), flush=True)
             os.kill(cluster.os_pids()[1], signal.SIGCONT)
-            h = aia.start(FreezesMidAnswer(False), lambda pid: pid,
-                          {"iteration": 20, "time": 5},
-                          cluster=cluster, verbose=0)
+            h = aia.start(FreezesMidAnswer(False, WHERE), lambda pid: pid,
+                          {"iteration": 20, "time": 5}, cluster=cluster, verbose=0)
             print("RUN2", h.iterations[-1], len(h.failures), cluster.generation(1), flush=True)
     """
-    script = start_script(tmp_path, text, env={"AIA_SHARED_MEMORY": "0",
-                                                "PYTHONPATH": python_path()})
+    script = start_script(tmp_path, text, where, env={"AIA_SHARED_MEMORY": "0",
+                                                       "PYTHONPATH": python_path()})
     workers = []
     try:
         workers = [int(script.expect("FROZEN")[0].split()[1])]
