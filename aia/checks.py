@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import cloudpickle
 
+from . import sources
 from .algorithm import AbstractAlgorithm, check_algorithm, overrides
 from .recording import BUILTIN_SAVE, BUILTIN_STOP
 
@@ -184,7 +185,7 @@ def check_problem(problem: Any) -> None:
 def serialize(obj: Any, what: str) -> bytes:
     """cloudpickle ``obj``, or a TypeError that names its type and how to fix it."""
     try:
-        return cloudpickle.dumps(obj)
+        return sources.dumps(obj)  # cloudpickle, keeping the user's file names for tracebacks
     except Exception as exc:
         raise TypeError(
             f"{what} of type {type(obj).__name__!r} cannot be sent to the workers: {exc}. "

@@ -10,7 +10,10 @@
 - R's IRLS in numpy, in process, on the pooled arrays (the floor: the same arithmetic with
   no process, no pipe, no formula); it and glm.fit are run ``--repeats`` times, alternating,
   each fit on fresh workers, and the table gives medians;
-- dask-glm's Newton method on two chunks, when dask-glm is installed.
+- dask-glm's Newton method on two chunks, when dask-glm is installed;
+- the machine's own limits (``glm_floor.py``): one site's round against the BLAS gram of
+  its rows, a gradient round against one pass over X, the fit against rounds x gram + one
+  read of a site's file, and a site's peak private memory against its design.
 
 Prints a table and writes benchmarks/results/glm.json and glm.png (other sizes:
 glm_<rows>rows.json and .png).
@@ -37,6 +40,7 @@ from algorithms import glm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import bars  # noqa: E402
+from glm_floor import PeakMemory, fit_floor, print_fit, print_ratios, site_ratios  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -120,20 +124,27 @@ def main(argv=None) -> dict:
         # not timed): on this virtual machine the first write to fresh memory costs a
         # random 0-200 ms, so one run alone says little. Medians of the repeats.
         times: dict = {"numpy": [], True: [], False: []}
-        startups = []
+        startups, peaks = [], []
         for _ in range(args.repeats):
             seconds, (beta, its) = timed(lambda: numpy_irls(y, Xc))
             times["numpy"].append(seconds)
             for synchronous in (True, False):
                 startup, cluster = timed(lambda: aia.LocalCluster(2))
                 startups.append(startup)
-                with cluster:
+                with cluster, PeakMemory(cluster.os_pids().values()) as memory:
                     seconds, res = timed(lambda: glm.fit(formula, paths, family="binomial",
                                                          cluster=cluster,
                                                          synchronous=synchronous))
                 times[synchronous].append(seconds)
+                if synchronous:
+                    peaks.append(memory.peak)
                 fits[synchronous] = res
         startup = float(np.median(startups))
+        # The machine's own limits, measured in this run: one site's BLAS gram, one pass
+        # over its X, its round, its file read (issue 19).
+        site = site_ratios(paths[0], formula)
+        hardware = fit_floor(fits[True].iterations, float(np.median(times[True])), site,
+                             float(np.median(peaks)))
         rows.append(("numpy IRLS in process (pooled arrays)", float(np.median(times["numpy"])),
                      its, beta))
         for synchronous in (True, False):
@@ -159,12 +170,22 @@ def main(argv=None) -> dict:
     print(f"\nglm.fit sync / numpy IRLS: {np.median(times[True]) / np.median(floor):.2f} "
           f"(run by run {min(ratios):.2f}-{max(ratios):.2f}); statsmodels / glm.fit sync: "
           f"{rows[0][1] / np.median(times[True]):.1f}x")
+    print_ratios(site)
+    print_fit(hardware, 2)
     report = {
         "benchmark": "glm", "rows": n, "predictors": p, "sites": 2, "family": "binomial",
         "repeats": args.repeats,
         "runs_seconds": {"numpy IRLS": floor, "aia sync": times[True],
                          "aia async": times[False]},
         "cluster_startup_seconds": round(startup, 4), "results": results,
+        "hardware": {**{k: round(v, 5) if isinstance(v, float) else v
+                        for k, v in {**site, **hardware}.items()},
+                     "round_over_gram": round(site["fisher_round"] / site["gram"], 3),
+                     "gradient_round_over_pass": round(site["gradient_round"]
+                                                       / site["one_pass"], 3),
+                     "fit_over_floor": round(hardware["fit"] / hardware["floor"], 3),
+                     "peak_private_over_design": round(hardware["peak_private"]
+                                                       / hardware["design_bytes"], 3)},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }

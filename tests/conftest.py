@@ -19,6 +19,32 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
+#: Where the shared data sets come from (README, first section).
+DATA_NOTE = ("the shared data sets (v6-glm-py's and distribglm's sites, the published tools' "
+             "own data) belong in ../shared/data beside the repository")
+
+
+def _needs_shared_data(report) -> bool:
+    reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return "shared data" in str(reason)
+
+
+def pytest_report_header(config) -> list:
+    """Said once, at the start, when the shared data are absent."""
+    if DATA.is_dir():
+        return []
+    return [f"shared data: {DATA} is absent: the tests that need it skip ({DATA_NOTE})"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """And once at the end: how many tests skipped for it."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _needs_shared_data(r)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped: no shared data at {DATA} ({DATA_NOTE})",
+            yellow=True)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     if not DATA.is_dir():

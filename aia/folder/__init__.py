@@ -12,7 +12,7 @@ runs unchanged::
       by name + parameters                        loads its problem from its data file
                                       <-------    runs/<run>/<site>/status.json: ready|failed
     runs/<run>/<site>/q-000001.npz    ------->    answer(q, problem)
-    (polls)                           <-------    runs/<run>/<site>/a-000001.npz
+    (waits on file events)            <-------    runs/<run>/<site>/a-000001.npz
     ...                                           ...
     runs/<run>/end.json, end.json     ------->    exits
 
@@ -28,7 +28,11 @@ Safety, since others can write to the folder:
   so partial files and sync-client copies are ignored; every file lives under its session
   and run, and order comes from sequence numbers, never from clocks.
 - A site that starts again picks its runs up; a central that starts again with the same
-  session name replays the recorded answers up to the last complete iteration.
+  session name replays the recorded answers up to the last complete iteration. A site's
+  error leaves the session open: errors are not replayed but asked again, so once the site
+  is fixed the same central resumes.
+- Both sides wait on file events (watchdog) and look every ``poll`` seconds anyway, for
+  folders that send none (`aia.folder.watch`).
 
 See `aia.folder.layout` for the files, `aia.folder.central` and `aia.folder.site` for each
 side.

@@ -39,7 +39,11 @@ def add_site_arguments(p: argparse.ArgumentParser, min_sites: int) -> None:
                         "site)")
     p.add_argument("--min-sites", type=int, default=min_sites,
                    help=f"refuse runs with fewer sites (default {min_sites})")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the folder")
+    p.add_argument("--poll", type=float, default=0.5,
+                   help="seconds between looks at the folder besides file events (default "
+                        "0.5; the fallback for folders that send no events)")
+    p.add_argument("--no-watch", dest="watch", action="store_false",
+                   help="do not wait on file events: look every --poll seconds only")
     p.add_argument("--timeout", type=float, default=None,
                    help="give up after this many seconds (default: wait for the model's end)")
     p.add_argument("--key-file", default=None,
@@ -66,11 +70,16 @@ def run_site(args, allow=None, loader_options=None) -> int:
     setup_logging(args.verbose)
     peers = None if args.peers is None else [p.strip() for p in args.peers.split(",")
                                              if p.strip()]
+    if args.data is not None and not Path(args.data).expanduser().is_file():
+        # At once, not when the first model arrives (the session stays usable).
+        print(f"site {args.site}: error: no data file {args.data} (--data: this site's own "
+              f"data file)", file=sys.stderr)
+        return 2
     try:
         state = serve(args.folder, args.site, args.data, session=args.session, poll=args.poll,
                       key=read_key(args.key_file), allow=allow, min_sites=args.min_sites,
                       timeout=args.timeout, max_bytes=args.max_bytes, peers=peers,
-                      loader_options=loader_options)
+                      loader_options=loader_options, watch=args.watch)
     except KeyboardInterrupt:
         print(f"site {args.site}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,16 @@ recorded answer is used without asking the site again, in the order the first ce
 consumed them (each query records how many answers the central had consumed when it was
 written). A deterministic central thus replays to the last complete iteration and goes on
 from there; a query that differs replaces the recorded one, and its site answers it anew.
+
+Errors are not replayed. A recorded answer that is an error (the site raised, or the
+algorithm's registered ``failed`` says the answer is a refusal, as a GLM site's guard) is
+asked again: the query is written anew with this central's attempt in its envelope, so its
+digest differs and the site (fixed, or not) answers it anew; the run goes on live from
+there. Each central draws an attempt token and writes it to ``central.json``; a site's
+``status.json`` says which attempt it answers (and which site process wrote it), and a failed
+status of an earlier attempt is stale: ignored, while the site sets the run up again for
+this attempt. So after a site's error, fixing the site and running the same central again
+resumes the session.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import cloudpickle
 from ..cluster import Answer, Cluster, Failed, Run
 from . import codec, registry
 from .layout import Reader, Session, check_name
+from .watch import Waiter
 
 log = logging.getLogger("aia.folder")
 
@@ -58,11 +69,14 @@ class FolderCluster(Cluster):
     (numbers, strings, numeric arrays, lists, dicts, registered dataclasses).
 
     ``session`` names the session (default: a fresh random name); a central that starts
-    again with the same name resumes (see the module docstring). ``poll``: seconds between
-    looks at the folder. ``timeout``: seconds from now after which waiting for a site raises
-    `SitesTimeoutError` naming the sites that owe answers. ``key``: a secret shared with the
-    sites out of band; files without its signature are ignored. ``report_every``: seconds
-    between log lines naming the sites waited for.
+    again with the same name resumes (see the module docstring). ``watch``: wait on file
+    events (watchdog), so that an answer is seen within milliseconds; ``poll``: seconds
+    between looks at the folder anyway (the fallback for folders that send no events, such
+    as network shares; the only way with ``watch=False``). ``timeout``: seconds from now
+    after which waiting for a site raises `SitesTimeoutError` naming the sites that owe
+    answers. ``key``: a secret shared with the sites out of band; files without its
+    signature are ignored. ``report_every``: seconds between log lines naming the sites
+    waited for.
 
     Used as a context manager, the session is marked finished on a normal exit (the sites
     exit) and left open after an error (so that a new central can resume it); `cancel`
@@ -72,7 +86,8 @@ class FolderCluster(Cluster):
     def __init__(self, folder: Union[str, Path], sites: Sequence[str], *,
                  session: Optional[str] = None, poll: float = 0.5,
                  timeout: Optional[float] = None, key: Union[None, str, bytes] = None,
-                 max_bytes: int = codec.MAX_BYTES, report_every: float = 10.0):
+                 max_bytes: int = codec.MAX_BYTES, report_every: float = 10.0,
+                 watch: bool = True):
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"folder: {folder} is not a directory (the synced folder "
@@ -87,6 +102,7 @@ class FolderCluster(Cluster):
                 raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
         self.session = check_name("session", session) if session else \
             f"aia-{secrets.token_hex(6)}"
+        self.attempt = secrets.token_hex(8)  # this central's: a site's status names it
         self.layout = Session(folder, self.session)
         self.poll = float(poll)
         self.timeout = timeout
@@ -99,6 +115,9 @@ class FolderCluster(Cluster):
         self._closed = False
         self._state: Optional[str] = None
         self._open_session()
+        # Its own queries wake nobody (runs/<run>/<site>/q-*).
+        self.waiter = Waiter(self.layout.dir, "central", watch,
+                             ignore=lambda p: len(p) == 4 and p[3].startswith("q-"))
 
     # -- the session -------------------------------------------------------------------------
     def _where(self, **kw) -> dict:
@@ -124,6 +143,8 @@ class FolderCluster(Cluster):
                                f"name to start afresh")
         if end == "finished":
             log.info("session %s is finished: its recorded answers are replayed", self.session)
+        # A new attempt: sites set up again the runs that failed for an earlier one.
+        lay.write(lay.central, "central", self._where(), {"attempt": self.attempt}, self.key)
         log.info("session %s in %s, sites %s", self.session, lay.folder, ", ".join(self.sites))
 
     def _end(self) -> Optional[str]:
@@ -148,10 +169,12 @@ class FolderCluster(Cluster):
     def finish(self) -> None:
         """Mark the session finished: its sites exit."""
         self._write_end("finished")
+        self.waiter.close()  # nothing to wait for (a new run starts watching again)
 
     def cancel(self, reason: str = "cancelled by the central") -> None:
         """Mark the session cancelled: its sites exit, and it cannot be resumed."""
         self._write_end("cancelled", reason)
+        self.waiter.close()
 
     def joined(self) -> list:
         """The sites that have joined the session."""
@@ -196,7 +219,7 @@ class FolderCluster(Cluster):
             lay.unlink(lay.run_dir(run) / "end.json")
         log.info("run %s: %s on %s%s", run, entry.name, ", ".join(s for _, s in body["sites"]),
                  " (resumed)" if resumed else "")
-        return FolderRun(self, run, list(pids), resumed), []
+        return FolderRun(self, run, list(pids), resumed, entry), []
 
     def _supersede(self, run: str) -> None:
         """A new run: end the runs of an earlier central from its number on (they belong to
@@ -225,6 +248,7 @@ class FolderCluster(Cluster):
 
     def close(self) -> None:
         self._closed = True
+        self.waiter.close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._closed:
@@ -252,8 +276,10 @@ class _Peer:
 class FolderRun(Run):
     """One run: queries written to, answers read from, the sites' folders of the run."""
 
-    def __init__(self, cluster: FolderCluster, run: str, pids: list, resumed: bool):
+    def __init__(self, cluster: FolderCluster, run: str, pids: list, resumed: bool,
+                 entry: Optional[registry.Entry] = None):
         self.cluster = cluster
+        self.entry = entry
         self.run = run
         self.layout = cluster.layout
         self.peers = {pid: _Peer(pid, cluster.site_of(pid)) for pid in pids}
@@ -284,11 +310,23 @@ class FolderRun(Run):
         data, digest = codec.dumps("query", self._where(peer), fmt="npz", key=self.cluster.key,
                                    extra={"step": self.step}, encoded=encoded)
         path = self.layout.query(self.run, peer.site, peer.seq)
-        if not (self.resumed and self._recorded_bytes(path) == data):
+        recorded = self._recorded_bytes(path) if self.resumed else None
+        if recorded == data and self._recorded_failure(peer, digest):
+            # An error is not replayed: the same query under this attempt, answered anew.
+            data, digest = codec.dumps("query", self._where(peer), fmt="npz",
+                                       key=self.cluster.key, encoded=encoded,
+                                       extra={"step": self.step,
+                                              "retry": self.cluster.attempt})
+            log.info("run %s: %s's recorded answer to query %d is an error: asking again",
+                     self.run, peer.site, peer.seq)
+        if recorded != data:
             if self.resumed:  # past the record (or off it): from here on the run is live
                 self.resumed = False
                 self.cluster.reopen()
-            codec.write_atomic(path, data, self.layout.folder)
+            # No fsync: a query lost to a power cut is written again by a central that
+            # starts again (it compares), and a torn one fails its digest. The fsync is
+            # most of an exchange's time (7 ms of 8 on the project's machine).
+            codec.write_atomic(path, data, self.layout.folder, durable=False)
         peer.digest, peer.outstanding, peer.since = digest, True, time.monotonic()
 
     def _recorded_bytes(self, path: Path) -> Optional[bytes]:
@@ -296,6 +334,21 @@ class FolderRun(Run):
             return codec.read_bytes(path, self.cluster.reader.max_bytes, self.layout.folder)
         except codec.Rejected:
             return None  # not a plain file: replaced by the query written now
+
+    def _recorded_failure(self, peer: _Peer, digest: str) -> bool:
+        """Whether the recorded answer to ``peer``'s latest query (``digest``) is an error:
+        the site raised, or the algorithm's ``failed`` calls the answer a refusal."""
+        got = self.cluster.reader.read(
+            self.layout.answer(self.run, peer.site, peer.seq),
+            {"kind": "answer", **self._where(peer)},
+            check=lambda envelope: _answers(envelope, digest))
+        if got is None:
+            return False  # none yet: the site answers it (nothing to replay)
+        body = got[1]
+        if not (isinstance(body, dict) and "answer" in body):
+            return True
+        failed = self.entry.failed if self.entry is not None else None
+        return bool(failed(body["answer"])) if failed is not None else False
 
     def _recorded_from(self, peer: _Peer) -> Optional[int]:
         """The step recorded in the query after ``peer``'s latest: how many answers the
@@ -314,6 +367,7 @@ class FolderRun(Run):
         cluster = self.cluster
         end = None if timeout is None else time.monotonic() + timeout
         while True:
+            cluster.waiter.arm()  # a change from here on ends the wait below at once
             events = self._poll()
             if events:
                 return events
@@ -329,7 +383,7 @@ class FolderRun(Run):
             for limit in (end, cluster.deadline):
                 if limit is not None:
                     nap = min(nap, max(0.0, limit - now))
-            time.sleep(nap)
+            cluster.waiter.wait(nap)
 
     def _poll(self) -> list:
         found = []  # (recorded step or None, pid, event)
@@ -360,13 +414,9 @@ class FolderRun(Run):
         return events
 
     def _answer(self, peer: _Peer):
-        def answers_latest(envelope: dict) -> None:
-            if envelope.get("query") != peer.digest:
-                raise codec.Rejected("it answers an earlier version of the query")
-
         path = self.layout.answer(self.run, peer.site, peer.seq)
         got = self.cluster.reader.read(path, {"kind": "answer", **self._where(peer)},
-                                       check=answers_latest)
+                                       check=lambda envelope: _answers(envelope, peer.digest))
         if got is None:
             return None
         body = got[1]
@@ -383,6 +433,12 @@ class FolderRun(Run):
         got = self.cluster.reader.read(path, {"kind": "status", **self._where(peer),
                                               "iteration": None}, body=dict)
         if got is None or got[1].get("state") != "failed":
+            return None
+        if got[1].get("attempt") != self.cluster.attempt:
+            # Written for an earlier central: the site sets the run up again for this one
+            # (if it is fixed, or restarted, its new status says so).
+            log.info("run %s: %s's failed status is from an earlier attempt: waiting for its "
+                     "status for this one", self.run, peer.site)
             return None
         return _failed(peer, got[1], "setting up the run")
 
@@ -416,6 +472,12 @@ class FolderRun(Run):
         if not self.layout.exists(path):
             self.layout.write(path, "end", {"session": self.cluster.session, "run": self.run},
                   {"state": "closed"}, self.cluster.key)
+
+
+def _answers(envelope: dict, digest: Optional[str]) -> None:
+    """Reject an answer to another version of the query than ``digest``."""
+    if envelope.get("query") != digest:
+        raise codec.Rejected("it answers an earlier version of the query")
 
 
 def _failed(peer: _Peer, body: Any, doing: str) -> Failed:

@@ -393,14 +393,15 @@ def _parse_npz(data: bytes, max_bytes: int) -> tuple:
 # Every file of the folder is read and written through `aia.folder.safefs`: never through a
 # link, only regular files, sizes checked before reading. ``root`` is the folder's root (by
 # default the file's own directory).
-def write_atomic(path: Path, data: bytes, root: Optional[Path] = None) -> None:
+def write_atomic(path: Path, data: bytes, root: Optional[Path] = None,
+                 durable: bool = True) -> None:
     """Write ``data`` under a temporary name in the same folder, then rename it into place:
     a reader sees the whole file or none. The ``.~`` prefix keeps Dropbox from syncing the
-    temporary file."""
+    temporary file. ``durable=False`` skips the fsync (see `safefs.write_atomic`)."""
     path = Path(path)
     if root is None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    safefs.write_atomic(Path(root or path.parent), path, data)
+    safefs.write_atomic(Path(root or path.parent), path, data, durable)
 
 
 def signature(path: Path, root: Optional[Path] = None) -> Optional[tuple]:

@@ -4,11 +4,14 @@
 
     <folder>/<session>/session.json                  central: the sites of the session
     <folder>/<session>/end.json                      central: finished | cancelled
+    <folder>/<session>/central.json                  central: its attempt (a token that
+                                                     each central process draws anew)
     <folder>/<session>/sites/<site>.json             site: joined (what it allows)
     <folder>/<session>/runs/<run>/run.json           central: the algorithm, by name, and
                                                      its parameters; the sites of the run
     <folder>/<session>/runs/<run>/end.json           central: the run is over
-    <folder>/<session>/runs/<run>/<site>/status.json site: ready | failed (why)
+    <folder>/<session>/runs/<run>/<site>/status.json site: ready | failed (why), for
+                                                     which attempt, by which process
     <folder>/<session>/runs/<run>/<site>/q-000007.npz central: the 7th query to this site
     <folder>/<session>/runs/<run>/<site>/a-000007.npz site: its answer (or its error)
 
@@ -74,6 +77,10 @@ class Session:
     def end(self) -> Path:
         return self.dir / "end.json"
 
+    @property
+    def central(self) -> Path:
+        return self.dir / "central.json"
+
     def joined(self, site: str) -> Path:
         return self.dir / "sites" / f"{site}.json"
 
@@ -94,9 +101,9 @@ class Session:
 
     # -- files, through safefs (never through a link planted in the folder) -------------
     def write(self, path: Path, kind: str, where: dict, body: Any, key: Optional[bytes],
-              extra: Optional[dict] = None) -> str:
+              extra: Optional[dict] = None, durable: bool = True) -> str:
         """`write` under this session's folder."""
-        return write(path, kind, where, body, key, extra, root=self.folder)
+        return write(path, kind, where, body, key, extra, root=self.folder, durable=durable)
 
     def exists(self, path: Path) -> bool:
         return safefs.exists(self.folder, path)
@@ -192,10 +199,12 @@ class Reader:
 
 
 def write(path: Path, kind: str, where: dict, body: Any, key: Optional[bytes],
-          extra: Optional[dict] = None, root: Optional[Path] = None) -> str:
+          extra: Optional[dict] = None, root: Optional[Path] = None,
+          durable: bool = True) -> str:
     """Write a checked file atomically (creating its folders, never through a link under
-    ``root``); returns its digest."""
+    ``root``); returns its digest. ``durable=False``: no fsync (see
+    `aia.folder.safefs.write_atomic`)."""
     fmt = "json" if path.suffix == ".json" else "npz"
     data, digest = codec.dumps(kind, where, body, fmt=fmt, key=key, extra=extra)
-    codec.write_atomic(path, data, root)
+    codec.write_atomic(path, data, root, durable)
     return digest

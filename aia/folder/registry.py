@@ -6,7 +6,7 @@ registered in its own installation (and allowed by its operator), and builds its
 from its own data file with the loader registered beside the algorithm. Nothing in the
 folder can name a class or a function directly.
 
-    register(name, cls, *, params=None, build=None, problem=None)
+    register(name, cls, *, params=None, build=None, problem=None, failed=None)
     register_message(name, dataclass)      # dataclasses sent as queries or answers
 
 ``params(algorithm) -> dict`` describes an algorithm at the central; ``build(dict)`` makes
@@ -14,7 +14,9 @@ the site's copy. The defaults fit a class whose constructor parameters are kept 
 of the same names (``SGD(stepsize, x0, seed)`` keeps ``self.stepsize``, ``self.x0``...):
 ``params`` reads them, ``build`` is ``cls(**params)``. ``problem(path, site) -> problem``
 loads the site's data; `npz_problem` makes one from a class built from the arrays of an
-``.npz`` file (``LRMSE(A=..., b=...)``).
+``.npz`` file (``LRMSE(A=..., b=...)``). ``failed(answer) -> bool`` tells an answer that
+reports a refusal as data (a GLM site's guard): like an error, a central that starts again
+does not replay it but asks the site again.
 
 Names are matched on the exact class: a subclass is a different algorithm and needs its own
 name. Entries of the packages installed with `aia` are imported on first use (`PROVIDERS`).
@@ -47,6 +49,7 @@ class Entry:
     params: Optional[Callable[[Any], dict]] = None
     build: Optional[Callable[[dict], Any]] = None
     problem: Optional[Callable[[Optional[str], str], Any]] = None
+    failed: Optional[Callable[[Any], bool]] = None
     _resolved: Optional[type] = field(default=None, repr=False)
 
     def resolve(self) -> type:
@@ -83,12 +86,12 @@ class Entry:
 
 
 def register(name: str, cls: Union[type, str], *, params=None, build=None,
-             problem=None) -> Entry:
+             problem=None, failed=None) -> Entry:
     """Allow ``cls`` to run on sites under ``name`` (register it at the central and at every
-    site). See the module docstring for ``params``, ``build`` and ``problem``."""
+    site). See the module docstring for ``params``, ``build``, ``problem`` and ``failed``."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected a non-empty string, got {name!r}")
-    entry = Entry(name, cls, params, build, problem)
+    entry = Entry(name, cls, params, build, problem, failed)
     with _lock:
         _entries[name] = entry
     return entry

@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-_DIR_FD = os.open in os.supports_dir_fd and os.replace in os.supports_dir_fd \
+# os.replace takes dir_fd wherever os.rename does (both are renameat), but CPython lists
+# only os.rename in supports_dir_fd: testing os.replace there turned the descriptor walk
+# off on Linux, leaving the path-based checks (and their race with a planted link).
+_DIR_FD = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd \
     and hasattr(os, "O_NOFOLLOW")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -178,10 +181,13 @@ def listdir(root: Path, path: Path) -> list:
         return []
 
 
-def write_atomic(root: Path, path: Path, data: bytes) -> None:
+def write_atomic(root: Path, path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` as ``path``: a temporary name (``.~`` prefix: Dropbox skips it) in the
-    same directory, fsync, then ``os.replace``; directories created as needed, never
-    through a link."""
+    same directory, fsync (if ``durable``), then ``os.replace``; directories created as
+    needed, never through a link.
+
+    Readers see the whole file or none either way (the rename does that); ``durable`` only
+    adds that the content is on disk before the name is, should the machine lose power."""
     parts = _parts(root, path)
     name = parts[-1]
     tmp = f".~{name}.{secrets.token_hex(4)}.tmp"
@@ -191,23 +197,24 @@ def write_atomic(root: Path, path: Path, data: bytes) -> None:
         _check_plain(root, parts[:-1])
         _write_then_replace(data, lambda flags: os.open(here / tmp, flags, 0o644),
                             lambda: os.replace(here / tmp, here / name),
-                            lambda: os.unlink(here / tmp))
+                            lambda: os.unlink(here / tmp), durable)
         return
     with _directory(root, parts[:-1], create=True) as fd:
         _write_then_replace(
             data, lambda flags: os.open(tmp, flags | _NOFOLLOW, 0o644, dir_fd=fd),
             lambda: os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd),
-            lambda: os.unlink(tmp, dir_fd=fd))
+            lambda: os.unlink(tmp, dir_fd=fd), durable)
 
 
-def _write_then_replace(data: bytes, opener, replace, remove) -> None:
+def _write_then_replace(data: bytes, opener, replace, remove, durable: bool = True) -> None:
     fd = opener(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     done = False
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         for attempt in range(100):
             try:
                 replace()

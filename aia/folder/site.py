@@ -8,11 +8,18 @@ It returns when the central marks the session finished or cancelled.
 
 A site that starts again finds its runs again: a query whose answer is already in the folder
 (an answer records the digest of the query it answers) is not answered twice.
+
+A run whose set-up failed here (a data file of the wrong kind, an algorithm not allowed) is
+set up again when a new central starts (``central.json`` holds the central's attempt); each
+``status.json`` names the attempt it answers and this site process, so that the central
+ignores a failure of an earlier attempt. An error answer is answered anew when the central
+asks again (its new query has a new digest).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +29,7 @@ from .._worker import remote_error
 from . import codec, registry
 from .central import as_key
 from .layout import QUERY, Reader, Session, check_name, sessions
+from .watch import Waiter
 
 log = logging.getLogger("aia.folder")
 
@@ -30,7 +38,8 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
           session: Optional[str] = None, poll: float = 0.5, key: Union[None, str, bytes] = None,
           allow: Optional[Iterable[str]] = None, min_sites: int = 1,
           timeout: Optional[float] = None, max_bytes: int = codec.MAX_BYTES,
-          stop=None, peers: Optional[Iterable[str]] = None, loader_options=None) -> str:
+          stop=None, peers: Optional[Iterable[str]] = None, loader_options=None,
+          watch: bool = True) -> str:
     """Serve as ``site`` until the session ends; returns ``"finished"`` or ``"cancelled"``
     (``"timeout"`` after ``timeout`` seconds, ``"stopped"`` once the event ``stop`` is set).
 
@@ -44,10 +53,12 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
     ``min_sites`` with invented names); a run waits until enough of them have joined.
     ``key``: the secret shared with the central, if the session uses one.
     ``loader_options``: keyword arguments for the problem loaders that take them (e.g. the
-    GLM site's audit log).
+    GLM site's audit log). ``watch``: wait on file events (watchdog), answering within
+    milliseconds; ``poll``: seconds between looks at the folder anyway (the fallback for
+    folders that send no events; the only way with ``watch=False``).
     """
     return _Server(folder, site, data, session, poll, key, allow, min_sites, timeout,
-                   max_bytes, stop, peers, loader_options).loop()
+                   max_bytes, stop, peers, loader_options, watch).loop()
 
 
 @dataclass
@@ -66,10 +77,13 @@ class _RunState:
 
 class _Server:
     def __init__(self, folder, site, data, session, poll, key, allow, min_sites, timeout,
-                 max_bytes, stop, peers=None, loader_options=None):
+                 max_bytes, stop, peers=None, loader_options=None, watch=True):
         self.folder = Path(folder).expanduser()
         self.site = check_name("site", site)
         self.data = None if data is None else str(Path(data).expanduser())
+        if self.data is not None and not Path(self.data).is_file():
+            raise FileNotFoundError(f"site {site}: no data file {self.data} (--data: this "
+                                    f"site's own data file)")
         self.session = None if session is None else check_name("session", session)
         if not (isinstance(poll, (int, float)) and poll > 0):
             raise ValueError(f"poll: expected a positive number of seconds, got {poll!r}")
@@ -89,17 +103,34 @@ class _Server:
         self.layout: Optional[Session] = None
         self.runs: dict = {}
         self.problems: dict = {}  # loader -> the problem it built (shared between runs)
+        self.waiter = Waiter(self.folder, f"site {self.site}", watch, ignore=self._not_mine)
+        self.process = secrets.token_hex(6)  # this site process, named in its statuses
+        self.attempt: Optional[str] = None  # the central's, from central.json
+        self.attempt_sig: Optional[tuple] = None
+
+    def _not_mine(self, parts: tuple) -> bool:
+        """A change that needs no look: a file of another site's folder of a run, or this
+        site's own answers and status (``<session>/runs/<run>/<site>/<file>``)."""
+        return len(parts) == 5 and parts[1] == "runs" and (
+            parts[3] != self.site or not parts[4].startswith("q-"))
 
     def where(self, **kw) -> dict:
         return {"session": self.layout.name, **kw}
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> str:
+        try:
+            return self._loop()
+        finally:
+            self.waiter.close()
+
+    def _loop(self) -> str:
         started = time.monotonic()
         log.info("site %s: waiting for a model in %s", self.site, self.folder)
         while True:
             if self.stop is not None and self.stop.is_set():
                 return "stopped"
+            self.waiter.arm()  # a change from here on ends the wait below at once
             state = self.poll_once()
             if state is not None:
                 log.info("site %s: model %s %s; exiting", self.site, self.layout.name, state)
@@ -108,7 +139,10 @@ class _Server:
                 log.warning("site %s: no end of the model after %g s; exiting", self.site,
                             self.timeout)
                 return "timeout"
-            time.sleep(self.poll)
+            nap = self.poll
+            if self.timeout is not None:
+                nap = min(nap, max(0.0, started + self.timeout - time.monotonic()))
+            self.waiter.wait(nap)
 
     def poll_once(self) -> Optional[str]:
         """One look at the folder: join a session, serve its runs; its end state once it
@@ -127,6 +161,7 @@ class _Server:
                 state = self.ended()
                 if state is not None:
                     return state
+                self.follow_attempt()
                 for run in self.layout.runs():
                     self.serve_run_safely(run)
         except Exception as exc:  # noqa: BLE001 - the folder is not trusted
@@ -162,6 +197,29 @@ class _Server:
         got = self.reader.read(path, {"kind": "joined", **where, "run": None})
         if got is None or got[1] != body:
             self.layout.write(path, "joined", where, body, self.key)
+
+    def follow_attempt(self) -> None:
+        """Read the central's attempt (when central.json changes); a new one sets up again
+        the runs whose set-up failed here."""
+        path = self.layout.central
+        sig = self.reader.signature(path)
+        if sig == self.attempt_sig:
+            return
+        self.attempt_sig = sig
+        got = self.reader.read(path, {"kind": "central", "session": self.layout.name,
+                                      "run": None, "site": None, "iteration": None},
+                               body=dict)
+        attempt = got[1].get("attempt") if got else None
+        attempt = attempt if isinstance(attempt, str) else None
+        if attempt is None or attempt == self.attempt:
+            return
+        self.attempt = attempt
+        failed = [run for run, st in self.runs.items() if st.failed]
+        for run in failed:
+            del self.runs[run]
+        if failed:
+            log.info("site %s: a new central: setting up again %s", self.site,
+                     ", ".join(failed))
 
     def ended(self) -> Optional[str]:
         return self._end_state(self.layout)
@@ -250,7 +308,7 @@ class _Server:
                 log.info("site %s: run %s waits for sites to join (%d of the %d this site "
                          "needs have)", self.site, run, len(counted), self.min_sites)
             return None  # look again at the next poll
-        status = {"state": "ready"}
+        status = {"state": "ready", "attempt": self.attempt, "process": self.process}
         st = _RunState()
         try:
             if len(counted) < self.min_sites:
@@ -271,7 +329,8 @@ class _Server:
             self.enter_run(st.problem, run)
         except Exception as exc:
             log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
-            status = {"state": "failed", "error": _error(exc)}
+            status = {"state": "failed", "error": _error(exc), "attempt": self.attempt,
+                      "process": self.process}
             st = _RunState(failed=True)
         path = lay.status(run, self.site)
         where = self.where(run=run, site=self.site)
@@ -358,11 +417,15 @@ class _Server:
                 log.warning("site %s: the answer to query %s raised %s: %s", self.site,
                             where["iteration"], type(exc).__name__, exc)
                 body = {"error": _error(exc)}
+        # No fsync (durable=False): an answer lost to a power cut, or torn (its digest
+        # fails), is answered again by this site once it runs again; see the central's
+        # queries.
         try:
-            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest})
+            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest},
+                              durable=False)
         except TypeError as exc:  # an answer the folder cannot carry
             self.layout.write(path, "answer", where, {"error": _error(exc)}, self.key,
-                              extra={"query": digest})
+                              extra={"query": digest}, durable=False)
         st.count += 1
         now = time.monotonic()
         if now - st.logged >= 1.0:  # at most a line a second

@@ -16,7 +16,9 @@ All sites in local worker processes (the files are read by their own worker)::
 
     aia-glm fit "admit ~ gre + gpa + C(rank)" a.csv b.csv c.csv --family binomial
 
-(``fit`` may be left out.) The folder transport is `aia.FolderCluster`; this module also
+(``fit`` may be left out.) ``--method glmnet`` (``--alpha``, ``--nlambda``, ``--lambdas``,
+``--penalty-factor``...) fits glmnet's elastic-net path instead, over the folder or local
+workers (`algorithms.glm.glmnet`). The folder transport is `aia.FolderCluster`; this module also
 registers the GLM's algorithms and messages under the names ``glm.*`` for it.
 """
 
@@ -28,7 +30,8 @@ import json
 import logging
 import math
 import sys
-from dataclasses import fields
+import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -46,6 +49,11 @@ from .design import Design, FormulaError, SiteError
 from .families import LINKS
 from .base import DesignMismatchError
 from .fisher import FisherScoring
+from .glmnet import GlmnetPath, GlmnetRun, _FactorSpec, _check_penalty_factor, _path_result
+from .glmnet import _check_options as _glmnet_check_options
+from .glmnet import _run as _glmnet_run
+from .glmnet_path import Moments, PathSpec, Sums, path_fit
+from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
 from .fit import fit, fit_steps
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent, GradientQuery, Score
@@ -65,6 +73,13 @@ _LINKS = {cls: name for name, cls in reversed(list(LINKS.items()))}  # the first
 def design_params(d: Design) -> dict:
     """A `Design` as plain data (a site rebuilds it with `design_from`)."""
     fam = d.family
+    if fam.theta_estimated:  # its theta passes are not among a folder site's operations
+        raise TypeError("family='negative_binomial' (theta estimated) runs over local "
+                        "workers or Ray (glm.fit, aia-glm fit), not over a folder; a fixed "
+                        "theta needs a statsmodels family object")
+    if d.freq_weights is not None or d.missing != "drop":
+        raise TypeError("freq_weights= and missing='raise' run over local workers or Ray "
+                        "(glm.fit, aia-glm fit), not over a folder")
     if fam.relative_survival:
         family, link = "relative_survival", None
     else:
@@ -175,16 +190,23 @@ def _builder(cls: type):
 for _name, _cls in (("glm.Query", Query), ("glm.Contribution", Contribution),
                     ("glm.GradientQuery", GradientQuery), ("glm.Score", Score)):
     register_message(_name, _cls)
+def refused(answer: Any) -> bool:
+    """Whether a `SiteTasks` answer is a site's refusal or error (a central that starts
+    again asks the site again instead of replaying it)."""
+    return isinstance(answer, dict) and "error" in answer
+
+
 register("glm.site", SiteTasks, params=lambda a: {"design": design_params(a.design)},
-         build=lambda p: SiteTasks(design_from(p["design"])), problem=load_site)
+         build=lambda p: SiteTasks(design_from(p["design"])), problem=load_site,
+         failed=refused)
 register("glm.fisher", FisherScoring, params=_params, build=_builder(FisherScoring),
          problem=load_site)
 register("glm.gradient", GradientDescent, params=_params, build=_builder(GradientDescent),
          problem=load_site)
 #: What ``aia-glm site`` runs.
-SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.site"]
-#: The algorithm of each method.
-METHODS = {"fisher": FisherScoring, "gradient": GradientDescent}
+SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.glmnet", "glm.site"]
+#: The algorithm of each method (glmnet: `glmnet_folder`, `glm.glmnet`).
+METHODS = {"fisher": FisherScoring, "gradient": GradientDescent, "glmnet": GlmnetRun}
 
 
 # -- the central over a folder -----------------------------------------------------------------
@@ -205,18 +227,22 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
                min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
                session: Optional[str] = None, key: Optional[bytes] = None,
-               guards: Any = None, verbose: int = 0) -> GLMResults:
+               guards: Any = None, verbose: int = 0, watch: bool = True) -> GLMResults:
     """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
 
     ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
     which the fit fails with `aia.folder.SitesTimeoutError` naming the sites that owe an
     answer. ``session`` defaults to a name derived from the model, so a central started again
-    resumes. The session is marked finished on success and cancelled when a site refuses
-    (the sites exit); after a timeout or an interruption it stays open for a new central.
-    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous).
+    resumes. The session is marked finished on success (the sites exit). After a site's
+    error or refusal, a timeout or an interruption it stays open: fix the site, call again
+    with the same arguments, and the fit resumes (the site's error is not replayed: it is
+    asked again); `aia.FolderCluster.cancel` (``aia-glm central --cancel``) ends it.
+    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
+    ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
+    if method not in ("fisher", "gradient"):
+        raise ValueError(f"method: expected 'fisher' or 'gradient' (glmnet: glmnet_folder), "
+                         f"got {method!r}")
     if max_iter is None:
         max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
     if not (isinstance(tol, (int, float)) and tol > 0):
@@ -230,16 +256,17 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
     if session is None:
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,
                                max_iter=max_iter)
-    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key)
+    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
+                            watch=watch)
     try:
+        # A site's error leaves the session open (no cancel): the site can be fixed, and
+        # the same call resumes.
         result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
                            max_iter, True, verbose)
-    except (PrivacyError, FormulaError, SiteError, DesignMismatchError, WorkerFailedError,
-            _SiteFailed) as exc:  # the same again would fail the same way
-        cluster.cancel(f"{type(exc).__name__}: {exc}")
-        raise
-    else:
         cluster.finish()
+    except BaseException as exc:
+        exc.folder_session = cluster.session  # open: the command line says how to go on
+        raise
     finally:
         cluster.close()
     return result
@@ -298,6 +325,129 @@ def _ask(cluster: FolderCluster, design: Design, query: dict) -> list:
     return out
 
 
+# -- glmnet over a folder ---------------------------------------------------------------------
+# glm.glmnet's steps (`algorithms.glm.glmnet._run`) over the same `_FolderSites`: describe and
+# build through `SiteTasks`, then the path as the algorithm "glm.glmnet", its queries and the
+# sites' sums as registered messages.
+for _name, _cls in (("glm.GlmnetQuery", GlmnetQuery), ("glm.GlmnetAnswer", GlmnetAnswer),
+                    ("glm.Folds", Folds), ("glm.PathSpec", PathSpec), ("glm.Moments", Moments),
+                    ("glm.Sums", Sums), ("glm.Heldout", Heldout)):
+    register_message(_name, _cls)
+
+
+def _glmnet_params(run: GlmnetRun) -> dict:
+    return {"design": design_params(run.design), "spec": run.spec, "n_sites": run.n_sites,
+            "folds": run.folds, "start": run.start}
+
+
+def _glmnet_build(p: dict) -> GlmnetRun:
+    spec, folds = p["spec"], p.get("folds")
+    if not isinstance(spec, PathSpec) or not (folds is None or isinstance(folds, Folds)):
+        raise TypeError("glm.glmnet: malformed parameters")
+    start = None if p.get("start") is None else np.asarray(p["start"], dtype=float)
+    return GlmnetRun(design_from(p["design"]), spec, p.get("n_sites"), folds, start)
+
+
+register("glm.glmnet", GlmnetRun, params=_glmnet_params, build=_glmnet_build,
+         problem=load_site)
+
+
+def glmnet_folder(formula: str, folder: Any, sites: Sequence[str], family: str = "gaussian",
+                  *, alpha: float = 1.0, weights: Optional[str] = None,
+                  offset: Optional[str] = None,
+                  penalty_factor: Optional[dict] = None, lambdas: Optional[Sequence] = None,
+                  nlambda: int = 100, lambda_min_ratio: Optional[float] = None,
+                  standardize: bool = True, intercept: bool = True, tol: float = 1e-7,
+                  max_iter: int = 100_000, min_sites: int = 3,
+                  timeout: Optional[float] = None, poll: float = 0.5,
+                  session: Optional[str] = None, key: Optional[bytes] = None,
+                  guards: Any = None, verbose: int = 0, watch: bool = True) -> GlmnetPath:
+    """`glm.glmnet` over sites that share only ``folder``: the same path (lambdas, coefs,
+    df, dev_ratio). The folder's arguments are `fit_folder`'s (the session is resumable as
+    there); the model's are `glm.glmnet`'s. ``coef(lam)`` at a lambda off the path needs
+    the sites again: pass it in ``lambdas`` (gaussian refits from the sums it has)."""
+    if not isinstance(family, str):
+        raise TypeError(f"family: expected a name, got {type(family).__name__}")
+    family = family.strip().lower()
+    user = _glmnet_check_options(family, alpha, lambdas, nlambda, lambda_min_ratio, tol,
+                                 max_iter)
+    factors = _check_penalty_factor(penalty_factor, formula)
+    sites = list(sites)
+    check_min_sites(len(sites), min_sites)
+    design = with_token(Design.make(formula, family, None, weights=weights, offset=offset,
+                                    guards=guards))
+    fspec = _FactorSpec(PathSpec(family, (), alpha=float(alpha), penalty_factor=None,
+                                 lambdas=user, nlambda=nlambda,
+                                 lambda_min_ratio=lambda_min_ratio,
+                                 standardize=bool(standardize), intercept=bool(intercept),
+                                 tol=float(tol), max_iter=max_iter), factors)
+    if session is None:
+        session = session_name(design=design.token, sites=sites, method="glmnet",
+                               spec=repr(fspec.spec), factors=factors)
+    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
+                            watch=watch)
+    started = time.perf_counter()
+    try:
+        run = _glmnet_run(_FolderSites(cluster), design, sites, fspec, None, None, True,
+                          verbose)
+        cluster.finish()
+    except BaseException as exc:
+        exc.folder_session = cluster.session  # open: the command line says how to go on
+        raise
+    finally:
+        cluster.close()
+    return _path_result(run, fspec, family, float(alpha), time.perf_counter() - started,
+                        _folder_refit(run))
+
+
+def _folder_refit(run: GlmnetRun):
+    """glmnet's ``exact = TRUE`` from the sums at hand (gaussian), else a clear error."""
+    moments = run._moments[None]
+    columns = run.column_names
+    order = (["Intercept"] if "Intercept" in columns else []) + \
+        [c for c in columns if c != "Intercept"]
+    index = [columns.index(c) for c in order]
+
+    def refit(lam: float, start_in_order: np.ndarray) -> np.ndarray:
+        one = replace(run.spec, lambdas=(float(lam),))
+        if one.family != "gaussian":
+            raise ValueError(f"coef({lam:g}): a lambda off the path needs the sites again; "
+                             f"fit over the folder with lambdas=[..., {lam:g}, ...]")
+        start = np.zeros(len(columns))
+        start[index] = start_in_order
+        gen = path_fit(one, moments, start)
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value.betas[0][index]
+        raise RuntimeError("the gaussian refit asked for sums")  # pragma: no cover
+
+    return refit
+
+
+def path_dict(path: GlmnetPath, **extra) -> dict:
+    """A glmnet path as JSON-able data."""
+    return {"method": "glmnet", "family": path.family, "alpha": path.alpha,
+            "lambdas": [_number(v) for v in path.lambdas],
+            "df": [int(v) for v in path.df],
+            "dev_ratio": [_number(v) for v in path.dev_ratio],
+            "null_deviance": _number(path.null_deviance),
+            "coefs": {str(c): [_number(v) for v in path.coefs[c]] for c in path.coefs.columns},
+            "rounds": int(path.rounds), **extra}
+
+
+def _print_path(path: GlmnetPath, csv: bool) -> None:
+    table = path.coefs.copy()
+    table.insert(0, "dev_ratio", path.dev_ratio)
+    table.insert(0, "df", path.df)
+    if csv:
+        table.to_csv(sys.stdout)
+    else:
+        print(f"glmnet path: {path.family}, alpha {path.alpha:g}, {len(path.lambdas)} lambdas, "
+              f"{path.rounds} rounds of the sites")
+        print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+
+
 # -- the output --------------------------------------------------------------------------------
 def _number(x: Any) -> Any:
     x = float(x)
@@ -331,17 +481,70 @@ COMMANDS = ("site", "central", "fit")
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="gaussian",
                    help="gaussian (default), binomial, poisson, gamma, inverse_gaussian, "
-                        "relative_survival")
+                        "quasipoisson, quasibinomial, relative_survival; with fit also "
+                        "negative_binomial (theta estimated, as MASS::glm.nb)")
     p.add_argument("--link", default=None, help="default: the family's canonical link")
     p.add_argument("--method", default="fisher", choices=tuple(METHODS),
-                   help="Fisher scoring (default) or gradient descent")
+                   help="Fisher scoring (default), gradient descent, or glmnet's "
+                        "elastic-net path")
     for column in ("weights", "offset", "exposure", "expected"):
         p.add_argument(f"--{column}", default=None, metavar="COLUMN")
-    p.add_argument("--tol", type=float, default=1e-8)
+    p.add_argument("--tol", type=float, default=None,
+                   help="default 1e-8 (1e-7 for glmnet, its thresh)")
     p.add_argument("--max-iter", type=int, default=None,
                    help="default 25 (Fisher scoring), 1000 (gradient descent)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     p.add_argument("--csv", action="store_true", help="print the coefficient table as CSV")
+    _glmnet_arguments(p)
+
+
+def _glmnet_arguments(p: argparse.ArgumentParser) -> None:
+    """``--method glmnet``'s options (glm.glmnet's arguments)."""
+    g = p.add_argument_group("glmnet (--method glmnet)")
+    g.add_argument("--alpha", type=float, default=1.0,
+                   help="elastic-net mixing in [0, 1]: 1 lasso (default), 0 ridge")
+    g.add_argument("--nlambda", type=int, default=100)
+    g.add_argument("--lambda-min-ratio", type=float, default=None)
+    g.add_argument("--lambdas", default=None, metavar="L1,L2,...",
+                   help="a user path, decreasing (default: glmnet's)")
+    g.add_argument("--penalty-factor", default=None, metavar="TERM=F,...",
+                   help="per-term penalty factors (0: unpenalised)")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false")
+
+
+def glmnet_options(args) -> dict:
+    """The keyword arguments of glm.glmnet from the command line (tol and max_iter keep
+    glmnet's defaults unless given)."""
+    def number(text: str, what: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise SystemExit(f"aia-glm: {what}: expected a number, got {text!r}") from None
+
+    lambdas = None if args.lambdas is None else \
+        [number(v, "--lambdas") for v in args.lambdas.split(",") if v.strip()]
+    factors = None
+    if args.penalty_factor is not None:
+        factors = {}
+        for item in (x for x in args.penalty_factor.split(",") if x.strip()):
+            term, eq, value = item.rpartition("=")
+            if not eq or not term.strip():
+                raise SystemExit(f"aia-glm: --penalty-factor: expected TERM=FACTOR, got "
+                                 f"{item!r}")
+            factors[term.strip()] = number(value, f"--penalty-factor {term.strip()}")
+    out = {"alpha": args.alpha, "nlambda": args.nlambda,
+           "lambda_min_ratio": args.lambda_min_ratio, "lambdas": lambdas,
+           "penalty_factor": factors, "standardize": args.standardize,
+           "weights": args.weights, "offset": args.offset}
+    for option in ("link", "exposure", "expected"):
+        if getattr(args, option) is not None:
+            raise SystemExit(f"aia-glm: --{option} is not an option of --method glmnet "
+                             f"(canonical links; --offset for exposures)")
+    if args.tol is not None:
+        out["tol"] = args.tol
+    if args.max_iter is not None:
+        out["max_iter"] = args.max_iter
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -364,7 +567,10 @@ def parser() -> argparse.ArgumentParser:
                          help="seconds after which the fit fails, naming the sites that owe "
                               "an answer")
     central.add_argument("--poll", type=float, default=0.5,
-                         help="seconds between looks at the folder")
+                         help="seconds between looks at the folder besides file events "
+                              "(default 0.5; the fallback for folders that send no events)")
+    central.add_argument("--no-watch", dest="watch", action="store_false",
+                         help="do not wait on file events: look every --poll seconds only")
     central.add_argument("--session", "--model", dest="session", default=None,
                          help="the model's name in the folder (default: derived from the "
                               "model, so the same command resumes)")
@@ -379,6 +585,11 @@ def parser() -> argparse.ArgumentParser:
     _model_arguments(local)
     local.add_argument("--min-sites", type=int, default=1)
     local.add_argument("--asynchronous", action="store_true")
+    local.add_argument("--freq-weights", default=None, metavar="COLUMN",
+                       help="frequency weights: a row counts as that many rows")
+    local.add_argument("--missing", default="drop", choices=("drop", "raise"),
+                       help="rows with a missing value in a used column: left out and "
+                            "counted (drop, R's na.omit; default) or an error (raise)")
     return p
 
 
@@ -400,17 +611,34 @@ def _central(args) -> int:
         return 0
     if not args.formula:
         raise SystemExit("aia-glm central: --formula is required")
+    if args.method == "glmnet":
+        path = glmnet_folder(args.formula, args.folder, sites, args.family,
+                             min_sites=args.min_sites, timeout=args.timeout, poll=args.poll,
+                             session=args.session, key=key, verbose=args.verbose,
+                             watch=args.watch, **glmnet_options(args))
+        _print_path(path, args.csv)
+        _write_output(args, path_dict(path))
+        return 0
     result = fit_folder(args.formula, args.folder, sites, args.family, args.link,
                         weights=args.weights, offset=args.offset, exposure=args.exposure,
-                        expected=args.expected, method=args.method, tol=args.tol,
+                        expected=args.expected, method=args.method, tol=_tol(args),
                         max_iter=args.max_iter, min_sites=args.min_sites, timeout=args.timeout,
-                        poll=args.poll, session=args.session, key=key, verbose=args.verbose)
+                        poll=args.poll, session=args.session, key=key, verbose=args.verbose,
+                        watch=args.watch)
     _print(result, args.csv)
+    _write_output(args, result_dict(result))
+    return 0
+
+
+def _tol(args) -> float:
+    return 1e-8 if args.tol is None else args.tol
+
+
+def _write_output(args, data: dict) -> None:
     if args.output:
         out = Path(args.output).expanduser()
-        out.write_text(json.dumps(result_dict(result), indent=2) + "\n")
+        out.write_text(json.dumps(data, indent=2) + "\n")
         log.info("wrote %s", out)
-    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -420,13 +648,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "site":
         return run_site(args, allow=SITE_ALGORITHMS, loader_options=site_files(args))
+    if args.command == "fit" and args.method == "glmnet":
+        from .glmnet import glmnet  # noqa: PLC0415
+
+        _print_path(glmnet(args.formula, args.sites, family=args.family,
+                           min_sites=args.min_sites, synchronous=not args.asynchronous,
+                           verbose=args.verbose, **glmnet_options(args)), args.csv)
+        return 0
     if args.command == "fit":
         result = fit(args.formula, args.sites, family=args.family, link=args.link,
                      weights=args.weights, offset=args.offset, exposure=args.exposure,
-                     expected=args.expected, method=args.method, tol=args.tol,
+                     expected=args.expected, method=args.method, tol=_tol(args),
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
-                     verbose=args.verbose)
+                     verbose=args.verbose, freq_weights=args.freq_weights,
+                     missing=args.missing)
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)
@@ -438,6 +674,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         detail = f"\n{cause.message}" if isinstance(cause, RemoteError) and \
             cause.message not in str(exc) else ""
         print(f"aia-glm central: error: {exc}{detail}", file=sys.stderr)
+        session = getattr(exc, "folder_session", None)
+        if session is not None:
+            print(f"aia-glm central: the model (session {session}) stays open: fix the site "
+                  f"and run the same command again to resume, or end it with --cancel "
+                  f"--session {session}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aia-glm central: interrupted; run the same command again to resume, or with "

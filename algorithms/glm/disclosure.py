@@ -230,6 +230,26 @@ def max_leverage(X: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
     return largest
 
 
+def check_design(guards: Guards, X: np.ndarray, weights: Optional[np.ndarray],
+                 peaks: Optional[np.ndarray] = None) -> None:
+    """The leverage of every row of the prior-weighted design against
+    ``GLM_MAX_LEVERAGE``: from `round_bound` when ``peaks`` (`rounds.x_peaks` of X, by
+    sub-blocks of ``sub_rows``) settle it, one pass for the gram; else exactly
+    (`max_leverage`, two passes)."""
+    if peaks is not None and len(X):
+        from .rounds import SUB_ROWS  # the sub-blocks of the peaks
+
+        w = np.ones(len(X)) if weights is None else np.maximum(weights, 0.0)
+        gram = np.zeros((X.shape[1], X.shape[1]))
+        for rows in _blocks(len(X)):
+            gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
+        gram = np.triu(gram) + np.triu(gram, 1).T
+        heaviest = np.maximum.reduceat(w, np.arange(0, len(X), SUB_ROWS))
+        if round_bound(gram, peaks * heaviest[:, None]) <= guards.max_leverage:
+            return
+    guards.check_leverage(max_leverage(X, weights))
+
+
 def check_round(guards: Guards, A: np.ndarray, gram: np.ndarray) -> None:
     """The weighted leverage of every row of a round, ``A = sqrt(W) X`` (the rows of the
     round, ``gram = A'A``), against ``GLM_MAX_LEVERAGE``.
@@ -258,6 +278,22 @@ def check_round(guards: Guards, A: np.ndarray, gram: np.ndarray) -> None:
         if largest / lmin <= guards.max_leverage:
             return
     guards.check_leverage(max_leverage(A), weighted=True)
+
+
+def round_bound(gram: np.ndarray, peaks: np.ndarray) -> float:
+    """`check_round`'s bound from column maxima instead of rows: with ``peaks[k, j]`` the
+    largest ``a_ij^2`` over the rows i of sub-block k, every row's leverage is at most
+    ``max_k sum_j s_j^2 peaks[k, j] / lmin`` (D = diag(s) scales the gram to unit diagonal,
+    ``lmin`` the smallest eigenvalue of D A'A D). Infinite where that bound does not hold
+    (non-finite or rank-deficient grams): the exact check decides then."""
+    d = np.diag(gram)
+    if not np.all(np.isfinite(d)):
+        return float("inf")
+    s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    values = np.linalg.eigvalsh(gram * s[:, None] * s[None, :])
+    if not values[0] > RANK_TOL * values[-1]:
+        return float("inf")
+    return float((peaks @ (s * s)).max() / values[0])
 
 
 def _blocks(n: int):

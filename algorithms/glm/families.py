@@ -10,6 +10,9 @@ statsmodels provides all of them, so this module writes no new family. It only
 - adds R's quasi families (``quasipoisson``, ``quasibinomial``: the Poisson and binomial
   fits with the dispersion estimated and no likelihood), and R's binomial log-likelihood,
   which takes the prior weights as numbers of trials (``binomial()$aic``), and
+- adds glm.nb's family (``negative_binomial``, theta estimated by `algorithms.glm.negbin`:
+  statsmodels' Poisson, then ``NegativeBinomial(alpha=1/theta)``, under one name) and the
+  per-site sums of theta (`negbin_sums`), and
 - composes the relative-survival model (Dickman et al. 2004) out of statsmodels' Poisson
   family and log link: ``mu = d* + exp(eta)``, Poisson variance, where ``d*`` (the expected
   deaths) differs from row to row. That per-row shift is why it cannot be a statsmodels
@@ -44,6 +47,12 @@ RELATIVE_SURVIVAL = "relative_survival"
 #: R's quasi families: the family whose fit they share.
 QUASI = {"quasipoisson": smf.Poisson, "quasibinomial": smf.Binomial}
 
+#: The negative binomial with theta estimated (``MASS::glm.nb``; `algorithms.glm.negbin`).
+NEGATIVE_BINOMIAL = "negative_binomial"
+_NEGBIN_NAMES = (NEGATIVE_BINOMIAL, "negative.binomial", "negativebinomial", "nb", "glm.nb")
+#: glm.nb's links (R: log, sqrt, identity).
+NEGBIN_LINKS = ("log", "sqrt", "identity")
+
 #: Link names (R's and statsmodels' spellings) -> statsmodels link class.
 LINKS = {
     "identity": links.Identity,
@@ -71,7 +80,8 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
 
     ``family``: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
     ``"inverse_gaussian"``, ``"quasipoisson"``, ``"quasibinomial"``,
-    ``"relative_survival"``, a statsmodels family instance, or a
+    ``"relative_survival"``, ``"negative_binomial"`` (theta estimated, links log, sqrt,
+    identity), a statsmodels family instance, or a
     `Family`. ``link``: a name from `LINKS`, a statsmodels link instance, or None for the
     family's default (canonical) link.
     """
@@ -92,12 +102,14 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
             f"family: expected a name or a statsmodels family, got {type(family).__name__}"
         )
     name = family.strip().lower()
+    if name in _NEGBIN_NAMES:
+        return _negative_binomial(link, link_obj)
     if name in (RELATIVE_SURVIVAL, "survival"):
         if link_obj is not None and not isinstance(link_obj, links.Log):
             raise ValueError("link: the relative_survival family has its own link, log(mu - d*)")
         return Family(smf.Poisson(), relative_survival=True)
     if name not in FAMILIES and name not in QUASI:
-        known = ", ".join(sorted({*FAMILIES, *QUASI, RELATIVE_SURVIVAL}))
+        known = ", ".join(sorted({*FAMILIES, *QUASI, RELATIVE_SURVIVAL, NEGATIVE_BINOMIAL}))
         raise ValueError(f"family: unknown family {family!r}; expected one of: {known}")
     cls = FAMILIES.get(name) or QUASI[name]
     quasi = name if name in QUASI else None
@@ -112,6 +124,18 @@ def resolve(family: Any = "gaussian", link: Any = None) -> "Family":
             f"link: {type(link_obj).__name__} is not a link of the {cls.__name__} family; "
             f"expected one of: {', '.join(allowed)}"
         ) from None
+
+
+def _negative_binomial(link: Any, link_obj) -> "Family":
+    """``family="negative_binomial"``: glm.nb's family, theta to be estimated; its first fit
+    is Poisson with the same link."""
+    if link_obj is None:
+        link_obj = links.Log()
+    allowed = tuple(LINKS[n] for n in NEGBIN_LINKS)
+    if type(link_obj) not in allowed:
+        raise ValueError(f"link: the negative_binomial family (MASS::glm.nb) takes the links "
+                         f"{', '.join(NEGBIN_LINKS)}; got {link!r}")
+    return Family(smf.Poisson(link=link_obj), theta_estimated=True)
 
 
 def _resolve_link(link: Any):
@@ -136,17 +160,32 @@ class Family:
     """
 
     def __init__(self, sm, relative_survival: bool = False, d_star=None,
-                 quasi: Optional[str] = None):
+                 quasi: Optional[str] = None, theta_estimated: bool = False,
+                 theta: Optional[float] = None):
         self.sm = sm
         self.relative_survival = relative_survival
         self.d_star = d_star
         self.quasi = quasi
+        #: glm.nb's family (`algorithms.glm.negbin`): ``sm`` is Poisson before the first
+        #: theta, then ``NegativeBinomial(alpha=1/theta)`` with the current ``theta``.
+        self.theta_estimated = theta_estimated
+        self.theta = theta
+
+    def with_theta(self, theta: Optional[float]) -> "Family":
+        """glm.nb's family at ``theta`` (None: its first, Poisson, fit); the same name, so
+        that a site counts every stage as one model."""
+        link = self.sm.link
+        sm = smf.Poisson(link=link) if theta is None else smf.NegativeBinomial(
+            link=link, alpha=1.0 / theta)
+        return Family(sm, theta_estimated=True, theta=theta)
 
     # -- description ----------------------------------------------------------------------
     @property
     def name(self) -> str:
         if self.quasi:
             return self.quasi
+        if self.theta_estimated:
+            return NEGATIVE_BINOMIAL
         return "Relative survival" if self.relative_survival else type(self.sm).__name__
 
     @property
@@ -170,6 +209,8 @@ class Family:
         Tweedie and the quasi families included)."""
         if self.quasi:
             return True
+        if self.theta_estimated:  # glm.nb's summary: dispersion 1
+            return False
         return not isinstance(self.sm, (smf.Binomial, smf.Poisson))
 
     def __repr__(self) -> str:
@@ -222,30 +263,33 @@ class Family:
     def pearson_chi2(self, y, mu, w) -> float:
         return float(np.sum(w * (y - mu) ** 2 / self.variance(mu)))
 
-    def loglike(self, y, mu, w, scale: float, trials=None) -> float:
+    def loglike(self, y, mu, w, scale: float, trials=None, freq=None) -> float:
         """The log-likelihood (NaN for the quasi families): statsmodels', but R's for the
-        binomial (`binomial_loglike`)."""
+        binomial (`binomial_loglike`); ``freq``: frequency weights (a row counts that many
+        times)."""
         if self.quasi:
             return float("nan")
         if type(self.sm) is smf.Binomial:
-            return binomial_loglike(y, mu, w, trials)
-        return float(self.sm.loglike(y, mu, var_weights=w, scale=scale))
+            return binomial_loglike(y, mu, w, trials, freq)
+        return float(self.sm.loglike(y, mu, var_weights=w, scale=scale,
+                                     freq_weights=1.0 if freq is None else freq))
 
-    def saturated_loglike(self, y, w, trials=None) -> Optional[float]:
+    def saturated_loglike(self, y, w, trials=None, freq=None) -> Optional[float]:
         """The log-likelihood of the saturated model (mu = y), for the families whose
         log-likelihood at scale 1 is that minus half the deviance (Poisson, relative
         survival, the binomial when its numbers of successes are whole): the fit then has
         its log-likelihood without another pass over the rows. None for the others."""
         sm = self.sm
-        if self.quasi:
+        if self.quasi or self.theta_estimated:
             return None
+        f = 1.0 if freq is None else freq
         if type(sm) is smf.Poisson:
-            return float(np.sum(w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
+            return float(np.sum(f * w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
         if type(sm) is smf.Binomial:
             m = _binomial_trials(w, trials)
             whole = lambda v: np.all(np.abs(v - np.round(v)) <= 1e-9 * np.maximum(1.0, v))
             if whole(m) and whole(m * y):  # R's rounding changes nothing
-                return binomial_loglike(y, y, w, trials)
+                return binomial_loglike(y, y, w, trials, freq)
         return None
 
     # -- what R adds ----------------------------------------------------------------------
@@ -316,23 +360,56 @@ class Family:
         return 0
 
 
+def negbin_sums(y, mu, w, theta: Optional[float]) -> dict:
+    """One site's sums for glm.nb's theta (``MASS::theta.ml``, ``glm.nb``'s ``loglik``) at
+    the fitted values ``mu``: ``n`` (the prior weights' sum) and ``pearson``
+    (``sum w (y / mu - 1)^2``, theta.ml's start); with ``theta``: the ``score`` and the
+    ``info`` of theta, and the log-likelihood ``loglik``. The rows enter only through these
+    sums (``sum w digamma(y + theta)``...)."""
+    y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    out = {"n": float(np.sum(w)), "pearson": float(np.sum(w * (y / mu - 1) ** 2))}
+    if theta is None:
+        return out
+    th = float(theta)
+    out["score"] = float(np.sum(w * (special.digamma(th + y) - special.digamma(th) + np.log(th)
+                                     + 1 - np.log(th + mu) - (y + th) / (mu + th))))
+    out["info"] = float(np.sum(w * (-special.polygamma(1, th + y) + special.polygamma(1, th)
+                                    - 1 / th + 2 / (mu + th) - (y + th) / (mu + th) ** 2)))
+    out["loglik"] = float(np.sum(w * (special.gammaln(th + y) - special.gammaln(th)
+                                      - special.gammaln(y + 1) + th * np.log(th)
+                                      + y * np.log(mu + (y == 0)) - (th + y) * np.log(th + mu))))
+    return out
+
+
+#: Rows per block of `binomial_loglike`.
+_ROWS = 1 << 16
+
+
 def _binomial_trials(w, trials) -> np.ndarray:
     """R's ``m`` in ``binomial()$aic``: the numbers of trials of a cbind response, else the
     prior weights (a proportion with ``weights=`` its numbers of trials)."""
     return np.asarray(w if trials is None else trials, dtype=float)
 
 
-def binomial_loglike(y, mu, w, trials=None) -> float:
+def binomial_loglike(y, mu, w, trials=None, freq=None) -> float:
     """R's binomial log-likelihood, ``-binomial()$aic / 2``:
     ``sum((w / m) dbinom(round(m y), round(m), mu, log = TRUE))`` over the rows with
     ``m > 0``, ``m`` the numbers of trials (`_binomial_trials`). With one trial per row and
     unit weights it is statsmodels' (which ignores the weights as numbers of trials)."""
     m = _binomial_trials(w, trials)
     y, mu, w = (np.asarray(a, dtype=float) for a in (y, mu, w))
+    if freq is not None:  # R's likelihood of the rows repeated
+        w = w * np.asarray(freq, dtype=float)
+        m = np.broadcast_to(m, w.shape)
+    if len(y) > _ROWS:  # by blocks: a dozen temporaries of n rows would outweigh X
+        return float(sum(binomial_loglike(y[r], mu[r], w[r], m[r])
+                         for r in (slice(i, i + _ROWS) for i in range(0, len(y), _ROWS))))
     used = m > 0
     m, y, mu, w = m[used], y[used], mu[used], w[used]
     size = np.round(m)
     k = np.round(m * y)
-    logpmf = (special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
-              + special.xlogy(k, mu) + special.xlog1py(size - k, -mu))
+    logpmf = special.xlogy(k, mu) + special.xlog1py(size - k, -mu)
+    if not np.all(size == 1):  # one trial per row: the binomial coefficients are all 1
+        logpmf += (special.gammaln(size + 1) - special.gammaln(k + 1)
+                   - special.gammaln(size - k + 1))
     return float(np.sum(w / m * logpmf))

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .linalg import solve
-from .base import _HOLD_MAX, _HOLD_START, NonFiniteError, SiteAlgorithm
+from .base import _HOLD_MAX, _HOLD_START, INTERCEPT, NonFiniteError, SiteAlgorithm
 from .messages import Contribution, Query, combine
 from .site import SiteGroup
 
@@ -55,6 +55,9 @@ class FisherScoring(SiteAlgorithm):
         """The central's state, fresh for each run."""
         super()._reset()
         self.halvings = 0
+        self._ybar: Optional[float] = None  # the weighted mean of y (the intercept-only fit)
+        #: the first step was halved towards the intercept-only coefficients (R gives up)
+        self.rescued = False
         self._dev_old: Optional[float] = None
         self._coefold: Optional[np.ndarray] = None  # R's coefold: the last valid coefficients
         self._inv_prev: Optional[np.ndarray] = None
@@ -98,19 +101,51 @@ class FisherScoring(SiteAlgorithm):
         self._coefold = self.beta
 
     def _halve(self, version: int, reference: Optional[np.ndarray]) -> int:
-        """R's step-halving towards the last valid coefficients."""
-        if reference is None:
+        """R's step-halving towards the last valid coefficients. Where R has none (the
+        first step from R's starting values is invalid, and R stops with "no valid set of
+        coefficients has been found"), towards the intercept-only coefficients
+        ``(g(ybar), 0, ..., 0)``, whose fitted values are all the mean of y, inside the
+        family's range: the fit then goes on from a valid step, as statsmodels' does; R's
+        error stays where no halving gives a valid step (or that model has an offset, or
+        no intercept)."""
+        fallback = reference is None
+        if fallback:
+            reference = self._intercept_only()
+        if reference is None or (fallback and self.halvings >= self._maxit):
             raise NonFiniteError(
                 "no valid set of coefficients has been found: the first step gives a "
                 "non-finite deviance or fitted values outside the range of the "
                 f"{self.design.family.name} family with the {self.design.family.link_name} "
-                "link; supply starting values (start=...)"
+                "link" + (f", and so does every step halved {self._maxit} times towards the "
+                          "intercept-only coefficients" if fallback and reference is not None
+                          else "") + "; supply starting values (start=...)"
             )
         self.halvings += 1
         if self.halvings > self._maxit:
             raise NonFiniteError("inner loop: cannot correct the step size")
         self.boundary = True
+        self.rescued = self.rescued or fallback
         return self._query((self._betas[version] + reference) / 2)
+
+    def _intercept_only(self) -> Optional[np.ndarray]:
+        """The intercept-only coefficients ``(g(ybar), 0, ...)`` of a model with an
+        intercept and no offset (None otherwise: they would not be valid for certain)."""
+        fam = self.design.family
+        if (self._ybar is None or self.column_names is None or INTERCEPT not in self.column_names
+                or self.design.has_offset or fam.relative_survival):
+            return None
+        with np.errstate(all="ignore"):
+            eta = float(np.asarray(fam.linkfun(np.array([self._ybar])))[0])
+        if not np.isfinite(eta):
+            return None
+        beta = np.zeros(len(self.column_names))
+        beta[self.column_names.index(INTERCEPT)] = eta
+        return beta
+
+    def _first_round(self, contribs: Sequence[Contribution]) -> None:
+        super()._first_round(contribs)
+        total = combine(contribs)
+        self._ybar = total.sum_wy / total.sum_w if total.sum_w > 0 else None
 
     # -- central: synchronous -------------------------------------------------------------
     def sync_central_step(self, answers: Sequence[Any], workers: Sequence[int], problem: Any):

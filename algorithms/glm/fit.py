@@ -7,7 +7,8 @@ The steps, each one a pass over the sites (only sums come back to the central)::
     2. build      with the merged levels and global moments, every site builds its design
                   matrices; the central checks that the columns agree
     3. fit        FisherScoring or GradientDescent through aia.start (synchronous or
-                  asynchronous)
+                  asynchronous); family="negative_binomial": MASS::glm.nb's alternation of
+                  Fisher scoring fits and theta.ml passes (`algorithms.glm.negbin`)
     4. null       with an offset (or relative survival), R's null deviance is the deviance
                   of the intercept-only model: a second FisherScoring run
     5. loglike    every site sends its share of the log-likelihood at the estimate (binomial
@@ -37,14 +38,15 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 import aia
 from aia.checks import check_cluster
 
-from .design import Design, FormulaError, merge_levels, merge_moments
+from .design import Design, FormulaError, freq_problem, merge_levels, merge_moments
 from .base import DesignMismatchError
 from .fisher import FisherScoring
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import PrivacyError, check_min_sites
+from .negbin import fit_theta
 from .results import GLMResults
-from .site import Site, SiteError, SiteGroup
+from .site import site_label, Site, SiteError, SiteGroup
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
         guards: Any = None, start: Any = None, verbose: int = 0,
         scale: Optional[float] = None, cov_type: str = "nonrobust",
-        groups: Optional[str] = None) -> GLMResults:
+        groups: Optional[str] = None, missing: str = "drop",
+        freq_weights: Optional[str] = None) -> GLMResults:
     """Fit a GLM across sites, by Fisher scoring (exact to R's ``glm`` and statsmodels) or by
     gradient descent.
 
@@ -70,7 +73,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         worker that holds the site, or a pandas DataFrame. A dict names the sites.
     family, link :
         A family name (``gaussian``, ``binomial``, ``poisson``, ``gamma``,
-        ``inverse_gaussian``, ``relative_survival``) or a statsmodels family object; a link
+        ``inverse_gaussian``, ``quasipoisson``, ``quasibinomial``, ``relative_survival``,
+        ``negative_binomial``: theta estimated as ``MASS::glm.nb``, ``result.theta`` and
+        ``result.theta_se``) or a statsmodels family object; a link
         name (``logit``, ``probit``, ``cloglog``, ``log``, ``identity``, ``inverse``,
         ``sqrt``, ...) or a statsmodels link; None for the canonical link.
     weights, offset, exposure, expected :
@@ -116,6 +121,16 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     groups : str, optional
         With ``cov_type="cluster"``: the column of cluster ids (clusters within sites; an
         id seen at two sites is an error). None: each site is a cluster.
+    freq_weights : str, optional
+        A column of frequency weights (statsmodels' ``freq_weights``): a row counts as that
+        many rows, as R's fit of the rows repeated; ``nobs``, ``df_resid`` and the BIC come
+        from their sum. Non-negative whole numbers; ``weights`` stay R's prior weights.
+        Fisher scoring only.
+    missing : str
+        ``"drop"`` (R's ``na.omit``): a row with a missing value (NaN, None) in a column the
+        model uses is left out at its site, before the guards count rows, and counted
+        (``result.n_missing``, the summary's "observations deleted due to missingness");
+        a site left with no rows is an error naming it. ``"raise"``: such rows are an error.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")
@@ -127,9 +142,17 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     options = check_options(scale=scale, cov_type=cov_type, groups=groups)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
-                         exposure=exposure, expected=expected, guards=guards, groups=groups)
+                         exposure=exposure, expected=expected, guards=guards, groups=groups,
+                         missing=missing, freq_weights=freq_weights)
+    if freq_weights is not None and method != "fisher":
+        raise ValueError(f"freq_weights: Fisher scoring only (method='fisher'), got "
+                         f"method={method!r}")
     names, sources = _site_list(sites)
+    _check_frames(sources, names, freq_weights)
     check_min_sites(len(sources), min_sites)
+    if design.family.theta_estimated and method != "fisher":
+        raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
+                         f"fitted by method='fisher'; got method={method!r}")
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     with _placed(sources, names, cluster) as placed:
@@ -175,6 +198,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     stopat = {"tol": tol, "maxit": max_iter}
     log.info("describing the sites (levels and moments)")
     described = sites.call("describe", design)
+    n_missing = sum(int(d.get("missing", 0)) for d in described)
     design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
                                               merge_moments([d["moments"] for d in described])))
     log.info("building the design at every site")
@@ -182,13 +206,18 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     _same_columns([b["columns"] for b in built], names)
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
-    main = algorithm(design, n_sites=len(names), start=start)
-    sites.run(main, stopat, synchronous, verbose)
+    nb = null_design = None
+    if design.family.theta_estimated:  # MASS::glm.nb's alternation
+        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start)
+        main, design, null_design = nb.main, nb.design, nb.theta_design
+    else:
+        main = algorithm(design, n_sites=len(names), start=start)
+        sites.run(main, stopat, synchronous, verbose)
     null_deviance = main.null_deviance
     if null_deviance is None:  # an offset: R fits the intercept-only model
         # (one coefficient: Fisher scoring sends no more than a gradient would)
         log.info("Fisher scoring of the intercept-only model (the null deviance)")
-        null = FisherScoring(design, null_model=True, n_sites=len(names))
+        null = FisherScoring(null_design or design, null_model=True, n_sites=len(names))
         sites.run(null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
                   synchronous, 0)
         if not null.converged:
@@ -198,7 +227,9 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     scale = _scale(main, design, options.get("scale"))
     llf_scale = _llf_scale(main, design)
     saturated = [b.get("saturated_loglike") for b in built]
-    if not design.family.has_likelihood:  # quasi families: R's logLik is NA
+    if nb is not None:  # glm.nb's loglik at the newest theta
+        llf = nb.loglik
+    elif not design.family.has_likelihood:  # quasi families: R's logLik is NA
         llf = float("nan")
     elif method == "fisher" and llf_scale == 1.0 and None not in saturated:
         # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
@@ -209,6 +240,11 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         llf = sum(sites.call("loglike", design, main.beta, llf_scale))
     result = _results(main, design, scale, null_deviance, llf, names, synchronous,
                       scale_fixed=options.get("scale") is not None)
+    result.n_missing = n_missing
+    if nb is not None:
+        result.family = f"Negative Binomial({nb.theta:.4g})"  # R's family(fit)$family
+        result.theta, result.theta_se, result.extra_params = nb.theta, nb.theta_se, 1
+        result.notes.extend(nb.notes)
     cov_type = options.get("cov_type", "nonrobust")
     if cov_type != "nonrobust":
         log.info("the sandwich covariance (%s)", cov_type)
@@ -245,6 +281,23 @@ def _robust_cov(sites: Any, design: Design, main: Any, names: list,
         cov = cov * g / (g - 1) * (n - 1) / (n - k)
     cols = main.column_names
     return pd.DataFrame((cov + cov.T) / 2, index=cols, columns=cols)
+
+
+def _check_frames(sources: list, names: list, freq_weights: Optional[str]) -> None:
+    """The frequency weights of the sites given as DataFrames, before any process starts
+    (a site read from a file checks its own)."""
+    if freq_weights is None:
+        return
+    for name, src in zip(names, sources):
+        if isinstance(src, pd.DataFrame) and freq_weights in src:
+            column = src[freq_weights]
+            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+                raise ValueError(f"freq_weights: expected a numeric column of counts, got "
+                                 f"column {freq_weights!r} of type {column.dtype} at site {name}")
+            problem = freq_problem(column.dropna().to_numpy(dtype=float))
+            if problem:
+                raise ValueError(f"freq_weights: column {freq_weights!r} at site {name}: "
+                                 f"{problem}")
 
 
 # -- placing the sites -------------------------------------------------------------------------
@@ -286,7 +339,9 @@ def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
                 raise PrivacyError(value.guard, value.threshold, value.detail, site=name)
             if isinstance(value, OSError):
                 raise value
-            raise type(value)(f"site {name}: {value}")
+            message = str(value)  # prefixed with the site unless it names it already
+            label = site_label(name)
+            raise type(value)(message if label in message else f"{label}: {message}")
         out.append(value)
     return out
 
@@ -430,7 +485,11 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
     if isinstance(main, GradientDescent) and main.stalled:
         notes.append("gradient descent stalled: the line search found no step that "
                      "decreases the deviance")
-    if main.boundary:
+    if getattr(main, "rescued", False):
+        notes.append("R's glm.fit gives up here (no valid set of coefficients has been found: "
+                     "its first step leaves the family's range); the step was halved towards "
+                     "the intercept-only coefficients instead")
+    elif main.boundary:
         notes.append("the step was halved to keep the fit valid (R: algorithm stopped at "
                      "boundary value)")
     has_intercept = "Intercept" in cols

@@ -12,8 +12,10 @@ The steps, each a pass over the sites (sums only come back)::
     1. describe, build   as `glm.fit`: merged levels and moments, the same design everywhere
     2. moments           prior-weighted sums of every site (and of every fold), for glmnet's
                          standardisation with the pooled weighted moments
-    3. the path          each round sends coefficients and reads back X'WX, X'Wz and the
-                         deviance (`algorithms.glm.glmnet_path`); none for gaussian
+    3. the path          each round sends coefficients and reads back X'WX, X'Wz (of the
+                         strong set's columns), every column's score and the deviance, and
+                         the deviance at the last solution (`algorithms.glm.glmnet_path`);
+                         none for gaussian
     4. cv (cv_glmnet)    the K training fits in lock-step (rows outside each fold), then one
                          round for the held-out folds' deviance at every lambda
 
@@ -23,6 +25,8 @@ least squares by coordinate descent on the summed Gram (`algorithms.glm.coordina
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 import re
@@ -39,7 +43,7 @@ from aia.algorithm import AbstractAlgorithm
 
 from .base import _HOLD_MAX, _HOLD_START, DesignMismatchError
 from .design import Design, merge_levels, merge_moments
-from .glmnet_path import Moments, PathResult, PathSpec, Sums, interpolate, path_fit
+from .glmnet_path import PathResult, PathSpec, Sums, interpolate, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout, fold_ids, glmnet_answer
 from .guards import check_min_sites
 from .site import SiteGroup
@@ -87,6 +91,7 @@ class GlmnetRun(AbstractAlgorithm):
         self._gathered: dict = {}
         self._hold: dict = {}
         self._last = None
+        self._clock = [0.0, 0.0]  # when the run began (after the design), the last answer
 
     # -- worker ---------------------------------------------------------------------------
     def answer(self, q: GlmnetQuery, problem: Any):
@@ -104,12 +109,14 @@ class GlmnetRun(AbstractAlgorithm):
     # -- central --------------------------------------------------------------------------
     def initialize(self, problem: Any) -> GlmnetQuery:
         self._reset()
+        self._clock = [time.perf_counter()] * 2
         self._query = GlmnetQuery(0, "moments", folds=self.folds)
         return self._query
 
     def sync_central_step(self, answers, workers, problem) -> GlmnetQuery:
         parts = [a for x in answers for a in (x if isinstance(x, list) else [x])]
         self.rounds += 1
+        self._clock[1] = time.perf_counter()
         if self._phase == "moments":
             self._take_moments(parts)
         elif self._phase == "heldout":
@@ -209,6 +216,12 @@ class GlmnetRun(AbstractAlgorithm):
         betas = tuple((fit, beta) for fit, beta in self._pending.items())
         return GlmnetQuery(self._version, "sums", betas, self.folds)
 
+    @property
+    def path_seconds(self) -> float:
+        """Seconds from the first query (the moments) to the last answer: every round of the
+        run, without placing the rows and building the design."""
+        return self._clock[1] - self._clock[0]
+
     def stopnow(self, stopat: Mapping[str, Any]) -> bool:
         return self._done or self.rounds >= stopat.get("rounds", MAX_ROUNDS)
 
@@ -241,7 +254,9 @@ class GlmnetPath:
     term, Intercept first), ``df`` (nonzero coefficients besides the intercept),
     ``dev_ratio`` (fraction of the null deviance explained), ``null_deviance``,
     ``rounds_per_lambda`` (rounds of site sums at each lambda; 0 for gaussian) and
-    ``rounds`` (every round of the run, the moments included)."""
+    ``rounds`` (every round of the run, the moments included); ``seconds``: the whole run,
+    placing the rows and building the design included, ``path_seconds``: its rounds of
+    sums alone."""
 
     lambdas: np.ndarray
     coefs: pd.DataFrame
@@ -252,6 +267,7 @@ class GlmnetPath:
     family: str
     alpha: float
     seconds: float = 0.0
+    path_seconds: float = 0.0
     _refit: Any = field(default=None, repr=False)
 
     @property
@@ -277,10 +293,7 @@ class GlmnetPath:
 
     def plot(self, ax=None, xvar: str = "lambda"):
         """The coefficient paths against log(lambda) (matplotlib needed)."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:  # the optional extra
-            raise ImportError("path.plot() needs matplotlib: pip install matplotlib") from None
+        plt = _pyplot("path.plot()")
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4))
         terms = [c for c in self.coefs.columns if c != "Intercept"]
@@ -289,10 +302,13 @@ class GlmnetPath:
             ax.plot(x, self.coefs[t].to_numpy(), label=t)
         ax.set_xlabel("log(lambda)")
         ax.set_ylabel("coefficient")
-        ax.set_title(f"glmnet {self.family}, alpha = {self.alpha:g}")
         top = ax.secondary_xaxis("top")
         top.set_xticks(x[:: max(1, len(x) // 6)])
         top.set_xticklabels(self.df[:: max(1, len(x) // 6)])
+        top.set_xlabel("nonzero coefficients", fontsize="small")
+        # above the top axis (its ticks and label), inside the figure
+        ax.set_title(f"glmnet {self.family}, alpha = {self.alpha:g}", pad=34)
+        ax.figure.tight_layout()
         if len(terms) <= 12:
             ax.legend(fontsize="small")
         return ax
@@ -336,10 +352,7 @@ class CVGlmnet:
 
     def plot(self, ax=None):
         """The cross-validated measure against log(lambda), with its error bars."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("cv.plot() needs matplotlib: pip install matplotlib") from None
+        plt = _pyplot("cv.plot()")
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4))
         x = np.log(self.lambdas)
@@ -349,6 +362,17 @@ class CVGlmnet:
         ax.set_xlabel("log(lambda)")
         ax.set_ylabel(self.type_measure)
         return ax
+
+
+def _pyplot(what: str):
+    """matplotlib.pyplot, or a clear ImportError: matplotlib is the optional ``plot``
+    extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"{what} needs matplotlib, an optional dependency: "
+                          "pip install 'aia[plot]' (or pip install matplotlib)") from None
+    return plt
 
 
 def cv_statistics(heldout: Mapping[int, Sequence[Heldout]], measure: str, n_folds: int):
@@ -456,22 +480,14 @@ def _check_sites_rows(sources: Sequence, names: Sequence[str], k: int) -> None:
 
 
 # -- the public functions ---------------------------------------------------------------------
-def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float = 1.0,
-           weights: Optional[str] = None, offset: Optional[str] = None,
-           penalty_factor: Optional[Mapping[str, float]] = None,
-           lambdas: Optional[Sequence[float]] = None, nlambda: int = 100,
-           lambda_min_ratio: Optional[float] = None, standardize: bool = True,
-           intercept: bool = True, tol: float = 1e-7, max_iter: int = 100_000,
-           cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-           guards: Any = None, verbose: int = 0) -> GlmnetPath:
-    """glmnet's elastic-net path across sites (R's ``glmnet``, held to its numbers).
+@dataclass(frozen=True)
+class PathOptions:
+    """The options `glmnet` and `cv_glmnet` share (keyword arguments of both).
 
     Parameters
     ----------
-    formula, sites, weights, offset, cluster, synchronous, min_sites, guards, verbose :
-        As `algorithms.glm.fit` (the formula's whitelist, one worker per site, ...).
-    family : str
-        ``"gaussian"``, ``"binomial"`` or ``"poisson"`` (canonical links, as glmnet's).
+    weights, offset, cluster, synchronous, min_sites, guards, verbose :
+        As `algorithms.glm.fit` (prior weights and offset columns, one worker per site, ...).
     alpha : float
         The elastic-net mixing in [0, 1]: 1 the lasso, 0 ridge.
     penalty_factor : mapping
@@ -491,27 +507,49 @@ def glmnet(formula: str, sites: Any, family: str = "gaussian", *, alpha: float =
         glmnet's ``thresh`` and ``maxit``: convergence of coordinate descent and of the
         IRLS rounds; the most passes of coordinate descent.
     """
-    spec, design, names, sources, _ = _prepare(
-        formula, sites, family, alpha, weights, offset, penalty_factor, lambdas, nlambda,
-        lambda_min_ratio, standardize, intercept, tol, max_iter, cluster, synchronous,
-        min_sites, guards)
-    started = time.perf_counter()
-    from .fit import _placed
-    with _placed(sources, names, cluster) as placed:
-        run = _run(placed, design, names, spec, None, None, synchronous, verbose)
-    return _path_result(run, spec, family, alpha, time.perf_counter() - started,
-                        _refitter(run, spec, sources, names, cluster, design, synchronous))
+
+    alpha: float = 1.0
+    weights: Optional[str] = None
+    offset: Optional[str] = None
+    penalty_factor: Optional[Mapping[str, float]] = None
+    lambdas: Optional[Sequence[float]] = None
+    nlambda: int = 100
+    lambda_min_ratio: Optional[float] = None
+    standardize: bool = True
+    intercept: bool = True
+    tol: float = 1e-7
+    max_iter: int = 100_000
+    cluster: Any = None
+    synchronous: bool = True
+    min_sites: int = 1
+    guards: Any = None
+    verbose: int = 0
+
+
+def _options(function: str, options: Mapping[str, Any]) -> PathOptions:
+    unknown = sorted(set(options) - set(PathOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword argument(s) {unknown}; its "
+                        f"options are {sorted(PathOptions.__dataclass_fields__)}")
+    return PathOptions(**options)
+
+
+def glmnet(formula: str, sites: Any, family: str = "gaussian", **options) -> GlmnetPath:
+    """glmnet's elastic-net path across sites (R's ``glmnet``, held to its numbers).
+
+    ``formula`` and ``sites`` as `algorithms.glm.fit`; ``family``: ``"gaussian"``,
+    ``"binomial"`` or ``"poisson"`` (canonical links, as glmnet's); ``options``: the
+    keywords of `PathOptions` (``alpha``, ``weights``, ``offset``, ``penalty_factor``,
+    ``lambdas``, ``nlambda``, ``lambda_min_ratio``, ``standardize``, ``intercept``,
+    ``tol``, ``max_iter``, ``cluster``, ``synchronous``, ``min_sites``, ``guards``,
+    ``verbose``).
+    """
+    return _fit(formula, sites, family, _options("glmnet", options), None)[0]
 
 
 def cv_glmnet(formula: str, sites: Any, family: str = "gaussian", *,
               folds: Union[int, str] = 10, seed: int = 0, type_measure: str = "deviance",
-              alpha: float = 1.0, weights: Optional[str] = None, offset: Optional[str] = None,
-              penalty_factor: Optional[Mapping[str, float]] = None,
-              lambdas: Optional[Sequence[float]] = None, nlambda: int = 100,
-              lambda_min_ratio: Optional[float] = None, standardize: bool = True,
-              intercept: bool = True, tol: float = 1e-7, max_iter: int = 100_000,
-              cluster: Any = None, synchronous: bool = True, min_sites: int = 1,
-              guards: Any = None, verbose: int = 0) -> CVGlmnet:
+              **options) -> CVGlmnet:
     """glmnet's ``cv.glmnet`` across sites.
 
     ``folds=K`` splits every site's rows into K folds by a seeded hash of the row position
@@ -519,60 +557,78 @@ def cv_glmnet(formula: str, sites: Any, family: str = "gaussian", *,
     site's fold k); ``folds="sites"`` holds out one site at a time. Each fold's training
     fit is the total sums minus the fold's; every fold passes the guards of a site's rows.
     ``type_measure``: ``"deviance"`` (default), ``"mse"`` or ``"class"`` (binomial). The
-    other arguments are `glmnet`'s. As R's, the training fits take their own default paths
-    (the user's ``lambdas`` if given) and are interpolated at the whole data's lambdas.
+    ``options`` are `glmnet`'s (`PathOptions`). As R's, the training fits take their own
+    default paths (the user's ``lambdas`` if given) and are interpolated at the whole
+    data's lambdas.
     """
     if type_measure not in MEASURES:
         raise ValueError(f"type_measure: expected one of {list(MEASURES)}, got {type_measure!r}")
     if type_measure == "class" and family != "binomial":
         raise ValueError("type_measure='class' is for the binomial family")
-    spec, design, names, sources, _ = _prepare(
-        formula, sites, family, alpha, weights, offset, penalty_factor, lambdas, nlambda,
-        lambda_min_ratio, standardize, intercept, tol, max_iter, cluster, synchronous,
-        min_sites, guards)
-    if folds == "sites":
-        if len(names) < 3:
-            raise ValueError(f"folds='sites': cross-validation needs at least 3 sites, got "
-                             f"{len(names)}")
-        spec_folds = Folds(len(names), seed, tuple(names))
-    elif isinstance(folds, int) and not isinstance(folds, bool) and folds >= 3:
-        _check_sites_rows(sources, names, folds)
-        spec_folds = Folds(folds, int(seed))
-    else:
+    opts = _options("cv_glmnet", options)
+
+    def split(names, sources) -> Folds:
+        if folds == "sites":
+            if len(names) < 3:
+                raise ValueError(f"folds='sites': cross-validation needs at least 3 sites, "
+                                 f"got {len(names)}")
+            return Folds(len(names), seed, tuple(names))
+        if isinstance(folds, int) and not isinstance(folds, bool) and folds >= 3:
+            _check_sites_rows(sources, names, folds)
+            return Folds(folds, int(seed))
         raise ValueError(f"folds: expected an integer >= 3 or 'sites', got {folds!r}")
-    started = time.perf_counter()
-    from .fit import _placed
-    with _placed(sources, names, cluster) as placed:
-        run = _run(placed, design, names, spec, spec_folds, None, synchronous, verbose)
-    path = _path_result(run, spec, family, alpha, time.perf_counter() - started,
-                        _refitter(run, spec, sources, names, cluster, design, synchronous))
-    n_folds = spec_folds.k
-    cvm, cvsd = cv_statistics(run.heldout, type_measure, n_folds)
+
+    path, run = _fit(formula, sites, family, opts, split)
+    cvm, cvsd = cv_statistics(run.heldout, type_measure, run.folds.k)
     idmin, id1se = one_se_rule(path.lambdas, cvm, cvsd)
     return CVGlmnet(path.lambdas, cvm, cvsd, path.df, float(path.lambdas[idmin]),
                     float(path.lambdas[id1se]), idmin, id1se, type_measure, path, run.rounds)
 
 
-def _prepare(formula, sites, family, alpha, weights, offset, penalty_factor, lambdas,
-             nlambda, lambda_min_ratio, standardize, intercept, tol, max_iter, cluster,
-             synchronous, min_sites, guards):
-    """Every check that needs no process, and the design."""
-    from .fit import _site_list
+def _with_options(function) -> None:
+    """Show the `PathOptions` as keyword parameters in ``help(function)`` and
+    ``inspect.signature`` (the function takes them as ``**options``)."""
+    signature = inspect.signature(function)
+    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    hints = {f.name: f.type for f in dataclasses.fields(PathOptions)}
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                 annotation=hints[f.name])
+               for f in dataclasses.fields(PathOptions)]
+    function.__signature__ = signature.replace(parameters=params)
+
+
+_with_options(glmnet)
+_with_options(cv_glmnet)
+
+
+def _fit(formula: str, sites: Any, family: Any, opts: PathOptions, split) -> tuple:
+    """Every check that needs no process, then the run: ``(GlmnetPath, GlmnetRun)``.
+    ``split(names, sources)`` gives cross-validation's `Folds` (None: no folds)."""
+    from .fit import _placed, _site_list
     if not isinstance(family, str):
         raise TypeError(f"family: expected a name, got {type(family).__name__}")
     family = family.strip().lower()
-    user = _check_options(family, alpha, lambdas, nlambda, lambda_min_ratio, tol, max_iter)
-    factors = _check_penalty_factor(penalty_factor, formula)
-    design = Design.make(formula, family, None, weights=weights, offset=offset, guards=guards)
+    o = opts
+    user = _check_options(family, o.alpha, o.lambdas, o.nlambda, o.lambda_min_ratio, o.tol,
+                          o.max_iter)
+    factors = _check_penalty_factor(o.penalty_factor, formula)
+    design = Design.make(formula, family, None, weights=o.weights, offset=o.offset,
+                         guards=o.guards)
     names, sources = _site_list(sites)
-    check_min_sites(len(sources), min_sites)
-    if cluster == "inprocess" and not synchronous:
+    check_min_sites(len(sources), o.min_sites)
+    if o.cluster == "inprocess" and not o.synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
-    spec = PathSpec(family, (), alpha=float(alpha), penalty_factor=None, lambdas=user,
-                    nlambda=nlambda, lambda_min_ratio=lambda_min_ratio,
-                    standardize=bool(standardize), intercept=bool(intercept), tol=float(tol),
-                    max_iter=max_iter)
-    return _FactorSpec(spec, factors), design, names, sources, factors
+    folds = None if split is None else split(names, sources)
+    spec = _FactorSpec(PathSpec(family, (), alpha=float(o.alpha), penalty_factor=None,
+                                lambdas=user, nlambda=o.nlambda,
+                                lambda_min_ratio=o.lambda_min_ratio,
+                                standardize=bool(o.standardize), intercept=bool(o.intercept),
+                                tol=float(o.tol), max_iter=o.max_iter), factors)
+    started = time.perf_counter()
+    with _placed(sources, names, o.cluster) as placed:
+        run = _run(placed, design, names, spec, folds, None, o.synchronous, o.verbose)
+    refit = _refitter(run, sources, names, o.cluster, design, o.synchronous)
+    return _path_result(run, family, o.alpha, time.perf_counter() - started, refit), run
 
 
 class _FactorSpec:
@@ -608,7 +664,7 @@ def _run(placed, design: Design, names: list, fspec: _FactorSpec, folds: Optiona
     return run
 
 
-def _path_result(run: GlmnetRun, spec: PathSpec, family: str, alpha: float, seconds: float,
+def _path_result(run: GlmnetRun, family: str, alpha: float, seconds: float,
                  refit) -> GlmnetPath:
     res = run.result
     coefs = pd.DataFrame(res.betas, index=pd.Index(res.lambdas, name="lambda"),
@@ -616,10 +672,11 @@ def _path_result(run: GlmnetRun, spec: PathSpec, family: str, alpha: float, seco
     order = (["Intercept"] if "Intercept" in coefs else []) + \
         [c for c in coefs.columns if c != "Intercept"]
     return GlmnetPath(res.lambdas, coefs[order], res.dev_ratio, res.null_deviance,
-                      res.rounds, run.rounds, family, float(alpha), seconds, refit)
+                      res.rounds, run.rounds, family, float(alpha), seconds, run.path_seconds,
+                      refit)
 
 
-def _refitter(run: GlmnetRun, spec: PathSpec, sources, names, cluster, design, synchronous):
+def _refitter(run: GlmnetRun, sources, names, cluster, design, synchronous):
     """glmnet's ``exact = TRUE``: a fit at one lambda, warm-started. Gaussian needs no
     site: its sums are the moments already summed."""
     moments = run._moments[None]
@@ -655,4 +712,5 @@ class _FixedSpec(_FactorSpec):
         return self.spec
 
 
-__all__ = ["CVGlmnet", "GlmnetPath", "GlmnetRun", "cv_glmnet", "fold_ids", "glmnet"]
+__all__ = ["CVGlmnet", "GlmnetPath", "GlmnetRun", "PathOptions", "cv_glmnet", "fold_ids",
+           "glmnet"]

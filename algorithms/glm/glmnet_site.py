@@ -4,8 +4,9 @@
 
     central ── GlmnetQuery("moments", folds) ─────────────────────────────▶ site
     central ◀── prior-weighted sums: sum w, X'w, X'WX, X'W(y - offset), ...   (per fold too)
-    central ── GlmnetQuery("sums", ((fit, beta), ...)) ────────────────────▶ site
-    central ◀── X'WX, X'Wz, deviance at each beta, over that fit's rows
+    central ── GlmnetQuery("sums", ((fit, Ask), ...)) ─────────────────────▶ site
+    central ◀── X'WX, X'Wz, deviance at each Ask's beta, over that fit's rows, and the
+                deviance at each of its deviance_at (earlier solutions)
     central ── GlmnetQuery("heldout", ((fold, B), ...)) ───────────────────▶ site
     central ◀── the held-out fold's summed deviance / squared error / misclassification
                 at each column of B (one per lambda)
@@ -32,10 +33,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
+from scipy.linalg.blas import daxpy, dsyrk
 
 from . import disclosure
 from .guards import ENVIRONMENT, PrivacyError
-from .glmnet_path import Moments, Sums
+from .glmnet_path import Ask, Moments, Sums
 from .linalg import weighted_sums
 from .site import Site, _guarded
 
@@ -146,17 +148,85 @@ def _check_fold(site: Site, guards, m, rows: np.ndarray, fold: int) -> None:
                            "folds)") from None
 
 
-def _moments(X, y, w, offset) -> Moments:
+def _moments(X, y, w, offset, gram: bool) -> Moments:
+    """The prior-weighted sums; ``gram`` False (binomial, Poisson: the central only
+    standardises with them) puts the diagonal of X'WX alone in ``xwx``, without the
+    product of a whole gram."""
     z0 = y - offset
-    xwx, xwz, _ = weighted_sums(X, w, z0)
+    if gram:
+        xwx, xwz, _ = weighted_sums(X, w, z0)
+    else:
+        xwx, xwz = np.diag(np.einsum("ij,ij,i->j", X, X, w)), X.T @ (w * z0)
     return Moments(float(np.sum(w)), X.T @ w, xwx, xwz, float(np.sum(w * z0 * z0)),
                    float(np.sum(w * y)), len(y), int(np.sum(w > 0)))
 
 
-def _irls_sums(fam, guards, X, y, w, offset, beta) -> Sums:
-    """X'WX, X'Wz and the deviance at ``beta`` (as `Site.contribution` computes them)."""
+def _eta(X: np.ndarray, beta: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``X beta + offset`` from the columns of the nonzero coefficients only: along a lasso
+    path they are few, and reading the others would be most of a round's time."""
+    nz = np.flatnonzero(beta)
+    if 2 * len(nz) > X.shape[1] or not X.flags.f_contiguous:
+        return X @ beta + offset
+    eta = np.array(offset, dtype=float)
+    for j in nz:
+        daxpy(X[:, j], eta, a=beta[j])  # in place: no new n-vector per column
+    return eta
+
+
+def _deviance(fam, X, y, w, offset, beta) -> float:
+    """The deviance at ``beta`` (nan outside the family's range)."""
     with np.errstate(all="ignore"):
-        eta = X @ beta + offset
+        eta = _eta(X, beta, offset)
+        mu = fam.linkinv(eta)
+        if not fam.valid(eta, mu):
+            return float("nan")
+        return float(fam.deviance(y, mu, w))
+
+
+def _irls_sums(fam, guards, X, y, w, offset, ask: Ask, site: Optional[Site] = None) -> Sums:
+    """X'WX, X'Wz and the deviance at ``ask.beta`` (as `Site.contribution` computes them),
+    and the deviance at each of ``ask.deviance_at``. ``site`` given: X is its whole design,
+    and a buffer of sqrt(W) X is kept for it from round to round."""
+    deviances = tuple(_deviance(fam, X, y, w, offset, b) for b in ask.deviance_at)
+    if ask.beta is None:
+        return Sums(None, None, float("nan"), True, deviances)
+    return replace(_irls_sums_at(fam, guards, X, y, w, offset, ask, site),
+                   deviances=deviances)
+
+
+_BUFFERS: "weakref.WeakKeyDictionary[Site, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
+def _buffer(site: Optional[Site], n: int, p: int, q: int) -> np.ndarray:
+    """A column-major n x (q + 1) buffer: a slice of the site's kept n x (p + 1) one (on a
+    virtual machine, writing fresh memory costs more than the product), or a new one."""
+    if site is None:
+        return np.empty((n, q + 1), order="F")
+    held = _BUFFERS.get(site)
+    if held is None or held.shape != (n, p + 1):
+        held = np.empty((n, p + 1), order="F")
+        _BUFFERS[site] = held
+    return held[:, :q + 1]
+
+
+def _gram(X, cols: np.ndarray, weights, z, work: np.ndarray) -> tuple:
+    """``(X_c'WX_c, X_c'Wz)`` of the columns ``cols``, as `linalg.weighted_sums` (one
+    ``syrk`` of sqrt(W) [X_c z]) with the columns gathered straight into ``work``."""
+    root = np.sqrt(weights)
+    for i, j in enumerate(cols):
+        np.multiply(X[:, j], root, out=work[:, i])
+    np.multiply(z, root, out=work[:, len(cols)])
+    q = len(cols)
+    upper = dsyrk(1.0, work, trans=1)
+    return np.triu(upper[:q, :q]) + np.triu(upper[:q, :q], 1).T, upper[:q, q].copy()
+
+
+def _irls_sums_at(fam, guards, X, y, w, offset, ask: Ask, site) -> Sums:
+    """The sums at ``ask.beta``: X'WX and X'Wz over the columns ``ask.columns`` (None:
+    all; zero elsewhere) and the score X'W(z - eta) of every column."""
+    n, p = X.shape
+    with np.errstate(all="ignore"):
+        eta = _eta(X, ask.beta, offset)
         mu = fam.linkinv(eta)
         if not fam.valid(eta, mu):
             return Sums(None, None, float("nan"), False)
@@ -166,10 +236,23 @@ def _irls_sums(fam, guards, X, y, w, offset, beta) -> Sums:
         weights = w * fam.working_weights(mu)
         z = eta - offset + fam.deriv(mu) * (y - mu)
         good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-        xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
-    # The coefficients choose the weights: they must not single out a row.
-    disclosure.check_round(guards, work[:, :X.shape[1]], xtwx)
-    return Sums(xtwx, xtwz, float(deviance))
+        score = X.T @ np.where(good, weights * (z - eta + offset), 0.0)
+        if not good.all():  # R drops these rows from the weighted least squares
+            X, weights, z, site = X[good], weights[good], z[good], None
+        # the central's strong set: n q^2 for q columns instead of n p^2
+        cols = np.arange(p) if ask.columns is None else np.asarray(ask.columns, int)
+        work = _buffer(site, len(z), p, len(cols))
+        sent, xtwz_c = _gram(X, cols, weights, z, work)
+    if ask.columns is None:
+        xtwx, xtwz = sent, xtwz_c
+    else:
+        xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
+        xtwx[np.ix_(cols, cols)] = sent
+        xtwz[cols] = xtwz_c
+    # The coefficients choose the weights: they must not single out a row (of the columns
+    # whose gram is sent; the score of every column is a p-vector, as in Fisher scoring).
+    disclosure.check_round(guards, work[:, :len(cols)], sent)
+    return Sums(xtwx, xtwz, float(deviance), score=score)
 
 
 def _heldout(family: str, X, y, w, offset, B: np.ndarray) -> Heldout:
@@ -207,22 +290,23 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
     X, y, w, off = m.X, m.y, m.weights, m.offset
     parts = []
     if q.kind == "moments":
-        parts.append((None, _moments(X, y, w, off)))
+        gram = design.family.name.lower() == "gaussian"  # its path runs on these sums
+        parts.append((None, _moments(X, y, w, off, gram)))
         if folds is not None and q.folds.sites is None:
             for k in range(q.folds.k):
                 rows = folds == k
                 _check_fold(site, guards, m, rows, k)
-                parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows])))
+                parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows], gram)))
     elif q.kind == "sums":
         fam = design.family.bind(m.d_star)
-        for fit, beta in q.betas:
+        for fit, ask in q.betas:
             if fit is None:
-                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, beta)))
+                parts.append((fit, _irls_sums(fam, guards, X, y, w, off, ask, site)))
                 continue
             rows = folds != fit  # the fit's training rows
             if rows.any():
                 parts.append((fit, _irls_sums(fam, guards, X[rows], y[rows], w[rows],
-                                              off[rows], beta)))
+                                              off[rows], ask)))
     elif q.kind == "heldout":
         for fit, B in q.betas:
             rows = folds == fit

@@ -94,6 +94,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from scipy.linalg import cho_solve
 
+from . import rounds
 from .design import Design
 from .base import NonFiniteError, SiteAlgorithm
 from .linalg import factor, solve
@@ -154,23 +155,13 @@ def site_score(site: Site, design: Design, query: GradientQuery,
     """A site's score ``X'W g'(mu) (y - mu)`` (prior weights in W) and deviance at
     ``query.beta``: the same model, guards and family as `Site.contribution`, p numbers."""
     m = site.model(design)  # built (and guarded) once per design
-    X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
-    fam = design.family.bind(m.d_star)
+    cols = None if subset is None else [m.names.index(c) for c in subset]
+    rows = site._rows(design, m, cols)
     with np.errstate(all="ignore"):
-        eta = X @ query.beta + m.offset
-        mu = fam.linkinv(eta)
-        if not fam.valid(eta, mu):
-            return Score(query.version, False, site=site.name)
-        deviance = fam.deviance(m.y, mu, m.weights)
-        if not np.isfinite(deviance):
-            return Score(query.version, False, site=site.name)
-        weights = m.weights * fam.working_weights(mu)
-        r = fam.deriv(mu) * (m.y - mu)
-        good = (m.weights > 0) & np.isfinite(weights) & np.isfinite(r)
-        if not good.all():
-            X, weights, r = X[good], weights[good], r[good]
-        return Score(query.version, True, score=X.T @ (weights * r), deviance=deviance,
-                     site=site.name)
+        found = rounds.score_round(rows, query.beta)
+    if found is None:
+        return Score(query.version, False, site=site.name)
+    return Score(query.version, True, score=found[0], deviance=found[1], site=site.name)
 
 
 @dataclass

@@ -53,6 +53,13 @@ class GLMResults:
     #: ``"nonrobust"``, or the sandwich covariance ``cov_robust`` holds (``"HC0"``...)
     cov_type: str = "nonrobust"
     cov_robust: Optional[pd.DataFrame] = None
+    #: ``family="negative_binomial"``: glm.nb's ``theta`` and ``SE.theta``
+    theta: Optional[float] = None
+    theta_se: Optional[float] = None
+    #: rows left out at the sites for a missing value (R's ``na.omit``)
+    n_missing: int = 0
+    #: parameters estimated besides ``params`` that the AIC and BIC count (glm.nb's theta)
+    extra_params: int = 0
 
     # -- statsmodels' attributes ----------------------------------------------------------
     @property
@@ -101,12 +108,18 @@ class GLMResults:
 
     @property
     def aic(self) -> float:
-        return -2 * self.llf + 2 * (self.df_model + 1)
+        """``-2 llf + 2 k``, k the coefficients (and glm.nb's theta)."""
+        return -2 * self.llf + 2 * (self.df_model + 1 + self.extra_params)
 
     @property
     def bic(self) -> float:
         """``-2 llf + k log(nobs)`` (statsmodels' ``bic_llf``; R's ``BIC``, up to R's AIC)."""
-        return -2 * self.llf + (self.df_model + 1) * np.log(self.nobs)
+        return -2 * self.llf + (self.df_model + 1 + self.extra_params) * np.log(self.nobs)
+
+    @property
+    def twologlik(self) -> float:
+        """``2 llf`` (glm.nb's ``twologlik``)."""
+        return 2 * self.llf
 
     # -- views ----------------------------------------------------------------------------
     def summary_frame(self, alpha: float = 0.05) -> pd.DataFrame:
@@ -205,6 +218,12 @@ class Summary:
             lines.append(f"{lk:<11}{lv:<{half - 11}}{rk:<20}{rv:>{hw - half - 20}}")
         lines.append(f"Deviance:      {r.deviance:>12.6g} on {r.df_resid} degrees of freedom")
         lines.append(f"Null deviance: {r.null_deviance:>12.6g} on {r.df_null} degrees of freedom")
+        if r.n_missing:
+            lines.append(f"  ({r.n_missing} observation{'s' if r.n_missing != 1 else ''} "
+                         "deleted due to missingness)")
+        if r.theta is not None:
+            lines.append(f"Theta:         {r.theta:>12.6g} (std. err. {r.theta_se:.6g}); "
+                         f"2 x log-likelihood: {r.twologlik:.6g}")
         if r.cov_type != "nonrobust":
             lines.append(f"Covariance:    {_COVARIANCES.get(r.cov_type, r.cov_type)}")
         lines.append("=" * w)

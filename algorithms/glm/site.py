@@ -3,7 +3,9 @@
 Every method checks the privacy guards before it returns, and returns sums only: levels of
 categorical columns and their moments at first contact (`Site.describe`), the design's
 column names (`Site.build`), X'WX, X'Wz and a few scalars at each step
-(`Site.contribution`), the log-likelihood at the end (`Site.loglike`).
+(`Site.contribution`), the log-likelihood at the end (`Site.loglike`), and for glm.nb's
+theta a few sums at coefficients already answered (`Site.theta_sums`). Rows with a missing
+value in a used column are left out first and counted (R's ``na.omit``).
 
 Errors raised here travel to the analyst. Those this package raises (`PrivacyError`,
 `FormulaError`, `SiteError`) are written never to quote a data value; any other exception
@@ -24,16 +26,18 @@ from typing import Any, Collection, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import disclosure, limits
+from . import disclosure, limits, rounds
 from .audit import AUDIT_LOG, Audit
 from .design import (CONTEXT, Design, FormulaError, ModelData, SiteError, categorical_columns,
                      model_data, site_levels, site_moments, used_columns)
+from .families import negbin_sums
 from .guards import ENVIRONMENT, Guards, PrivacyError
-from .linalg import weighted_sums
 from .messages import Contribution, Query
 
 log = logging.getLogger(__name__)
 
+#: How many coefficients of one design a site remembers for `Site.theta_sums`.
+MAX_REMEMBERED = 4096
 #: The environment variable of a secret key the sites share for the digests of cluster ids.
 GROUPS_KEY = "GLM_GROUPS_KEY"
 
@@ -85,6 +89,12 @@ def read_parquet(path: Any, columns: Optional[Collection[str]] = None) -> pd.Dat
     return table.to_pandas(split_blocks=True)
 
 
+def site_label(name: Any) -> str:
+    """``"site NAME"``, or NAME itself when it already says it is a site ("site 2")."""
+    text = str(name)
+    return text if text.lower().startswith("site") else f"site {text}"
+
+
 def _is_parquet(source: Any) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".parquet", ".pq")
 
@@ -120,13 +130,23 @@ class Site:
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
-        self._work: Optional[np.ndarray] = None  # sqrt(W) X of the latest round, reused
+        self._work: Optional[np.ndarray] = None  # the block buffer of the rounds, reused
+        self._peaks: Optional[tuple] = None  # (design token, rounds.x_peaks of its X)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
         # (design token, subset) -> the working weights of the last valid contribution
         self._working: dict = {}
+        #: the rows of the latest model left out for a missing value (R's na.omit)
+        self.missing_rows = 0
+        # (design token, coefficients whose round passed the leverage check), for theta_sums
+        self._answered: tuple = (None, set())
 
     def __repr__(self) -> str:
         return f"Site({self.name!r})"
+
+    @property
+    def label(self) -> str:
+        """How messages name this site: "site 2" (glm.fit's default names already say it)."""
+        return site_label(self.name)
 
     def enter_run(self, session: Optional[str], run: Optional[str]) -> None:
         """The folder session and run this site now answers (recorded in its audit log)."""
@@ -135,6 +155,7 @@ class Site:
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
         self._table, self._built, self._frame_cache, self._work = table, None, None, None
+        self._peaks = None
         self._some_columns = None
         if name is not None:
             self.name = name
@@ -175,25 +196,43 @@ class Site:
         """
         guards = self.guards.stricter(design.guards)
         used = used_columns(design)
-        key = (tuple(sorted(used)), repr(guards))
+        key = (tuple(sorted(used)), repr(guards), design.missing)
         if self._frame_cache is not None and self._frame_cache[0] == key:
+            self.missing_rows = self._frame_cache[2]
             return self._frame_cache[1], guards
         guards.check_columns(used)
         table = self._columns(used)
         missing = sorted(used - set(table.columns))
         if missing:
-            raise SiteError(f"column(s) {missing} are not in the table of site {self.name}")
+            raise SiteError(f"column(s) {missing} are not in the table of {self.label}")
         # Selecting columns copies them all: skip it when the model uses every column.
         frame = table if set(table.columns) == used else table[sorted(used)]
         counts = {c: _non_missing(frame[c]) for c in used}
+        self.missing_rows = 0
         if all(k == len(frame) for k in counts.values()):  # every row complete: no row mask
             guards.check_rows(len(frame), counts)
         else:
             complete = frame.notna().all(axis=1).to_numpy()
+            self._refuse_missing(design, frame, counts, int(complete.sum()))
             guards.check_rows(int(complete.sum()), counts)
             frame = frame[complete]  # a take copies every column: only when needed
-        self._frame_cache = (key, frame)
+            self.missing_rows = int(len(complete) - complete.sum())
+        self._frame_cache = (key, frame, self.missing_rows)
         return frame, guards
+
+    def _refuse_missing(self, design: Design, frame: pd.DataFrame, counts: dict,
+                        complete: int) -> None:
+        """R's ``na.omit`` leaves out the rows with a missing value (before the guards
+        count rows); ``missing="raise"`` refuses them; a site left with no rows cannot take
+        part."""
+        columns = sorted(c for c, k in counts.items() if k < len(frame))
+        if design.missing == "raise":
+            raise SiteError(f"{len(frame) - complete} row(s) of this site have missing "
+                            f"values in column(s) {columns} (missing='raise'; "
+                            "missing='drop' leaves them out, as R's na.omit)")
+        if complete == 0:
+            raise SiteError(f"no rows left at this site ({self.name}): each of its "
+                            f"{len(frame)} rows has a missing value in column(s) {columns}")
 
     def _admit(self, design: Design, guards: Guards, frame: pd.DataFrame) -> None:
         """First contact with a model: its categorical columns pass their checks, and it is
@@ -233,7 +272,7 @@ class Site:
         numbers = pd.to_numeric(column[present], errors="coerce").notna()
         bad = int((~numbers).sum())
         if 0 < bad and bad * 2 < len(numbers):
-            raise SiteError(f"column {col!r} at site {self.name} is not numeric: {bad} of its "
+            raise SiteError(f"column {col!r} at {self.label} is not numeric: {bad} of its "
                             f"{len(numbers)} values are not numbers (a typing error in the "
                             "data?); fix them, or wrap the column in C() to use it as a factor")
 
@@ -259,7 +298,7 @@ class Site:
             levels[col] = lv
         moments = {col: site_moments(frame[col]) for col in sorted(design.info.standardized)}
         self.audit.levels_sent(design.model_key, levels)
-        return {"levels": levels, "moments": moments}
+        return {"levels": levels, "moments": moments, "missing": self.missing_rows}
 
     @_guarded
     def build(self, design: Design) -> dict:
@@ -268,7 +307,7 @@ class Site:
         deviance)."""
         m = self.model(design)
         with np.errstate(all="ignore"):
-            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials)
+            saturated = design.family.saturated_loglike(m.y, m.weights, m.trials, m.freq)
         return {"columns": tuple(m.names), "saturated_loglike": saturated}
 
     def model(self, design: Design) -> ModelData:
@@ -285,20 +324,30 @@ class Site:
             limits.check_width(cast, design.formula, design.levels, CONTEXT,
                                guards.check_parameters)
 
+        consume = self._consumable(frame, design)
         with limits.time_limit(self.build_seconds):
-            data = model_data(frame, design, width_check=width)
+            data = model_data(frame, design, width_check=width, consume=consume)
+        if consume:  # its columns went into X: read them again if another design needs them
+            self._some_columns = self._frame_cache = None
         guards.check_parameters(data.X.shape[1], len(data.y))
         problem = design.family.check_response(data.y, data.weights)
         if problem:
             raise SiteError(problem)
         disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
                                  data.offset)
-        guards.check_leverage(disclosure.max_leverage(data.X, data.weights))
+        disclosure.check_design(guards, data.X, data.weights, self._design_peaks(design, data))
         disclosure.check_expressions(guards, frame, design.info.expressions,
                                      used=np.asarray(data.weights) > 0)
         self._built = (design.token, data, guards)
         self._count_query(design, guards)
         return data
+
+    def _consumable(self, frame: pd.DataFrame, design: Design) -> bool:
+        """Whether building ``design`` may empty ``frame``: it holds the columns read from
+        a Parquet source for this site alone (which it can read again), and no expression
+        of the formula is checked on it after the build."""
+        return (_is_parquet(self.source) and self._table is None
+                and frame is self._some_columns and not design.info.expressions)
 
     def round_guards(self, design: Design) -> Guards:
         """The guards of the model built for ``design`` (after `model`)."""
@@ -310,74 +359,76 @@ class Site:
                      subset: Optional[Sequence[str]] = None) -> Contribution:
         """The site's sums at ``query.beta`` (R's starting values for version 0)."""
         m = self.model(design)
-        X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
-        fam = design.family.bind(m.d_star)
-        y, w, offset = m.y, m.weights, m.offset
-        with np.errstate(all="ignore"):
-            if query.beta is None:
+        cols = None if subset is None else [m.names.index(c) for c in subset]
+        rows = self._rows(design, m, cols)
+        y, w = m.y, m.weights
+        start = None
+        if query.beta is None:
+            fam = design.family.bind(m.d_star)
+            with np.errstate(all="ignore"):
                 mu = fam.start_mu(y, w, m.trials)
                 eta = fam.linkfun(mu)
                 if not fam.valid(eta, mu):
                     raise SiteError(f"cannot find valid starting values for the {fam.name} "
                                     f"family with the {fam.link_name} link at site "
                                     f"{self.name}: supply start=...")
-            else:
-                eta = X @ query.beta + offset
-                mu = fam.linkinv(eta)
-        counts = dict(nobs=len(y), n_ok=int(np.sum(w > 0)), sum_wy=float(np.sum(w * y)),
+            start = (eta, mu)
+        w = m.fit_weights  # with frequency weights: a row counts as that many rows
+        counts = dict(nobs=m.rows, n_ok=m.rows_ok, sum_wy=float(np.sum(w * y)),
                       sum_w=float(np.sum(w)), site=self.name,
                       columns=tuple(m.names if subset is None else subset)
                       if query.version == 0 else None)
+        key = (design.token, None if subset is None else tuple(subset))
         with np.errstate(all="ignore"):
-            if not fam.valid(eta, mu):
+            sums, self._work = rounds.irls_round(
+                rows, query.beta, start, self._previous_weights(design, key), query.null,
+                self._work)
+            if sums is None:
                 return Contribution(query.version, False, **counts)
-            deviance = fam.deviance(y, mu, w)
-            if not np.isfinite(deviance):
-                return Contribution(query.version, False, **counts)
-            # The working response and weights of IRLS (statsmodels' and R's formulas).
-            weights = w * fam.working_weights(mu)
-            z = eta - offset + fam.deriv(mu) * (y - mu)
-            good = (w > 0) & np.isfinite(weights) & np.isfinite(z)
-            if good.all():
-                xtwx, xtwz, work = self._weighted_sums(X, weights, z, keep=X is m.X)
-            else:  # R drops these rows from the weighted least squares
-                xtwx, xtwz, work = weighted_sums(X[good], weights[good], z[good])
             # The coefficients choose the weights: they must not single out a row.
             try:
-                disclosure.check_round(self.round_guards(design), work[:, :X.shape[1]], xtwx)
+                rounds.check_leverage(self.round_guards(design), rows, sums)
             except PrivacyError as exc:
                 self.audit.refused(design.model_key, exc)
                 log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
-            used = np.where(good, weights, 0.0)
-            working_chi2 = self._working_chi2(design, subset, query.version, used,
-                                              (y - mu) * fam.deriv(mu))
-            return Contribution(
-                query.version, True, deviance=deviance,
-                pearson_chi2=fam.pearson_chi2(y, mu, w), working_chi2=working_chi2,
-                xtwx=xtwx, xtwz=xtwz,
-                n_boundary=fam.boundary_count(mu),
-                null_deviance=self._null_deviance(fam, m, query.null),
-                **counts,
-            )
+        if subset is None and query.beta is not None:
+            self._passed(design, query.beta)
+        self._keep_weights(key, query.version, sums.weights)
+        return Contribution(
+            query.version, True, deviance=sums.deviance, pearson_chi2=sums.pearson_chi2,
+            working_chi2=sums.working_chi2, xtwx=sums.xtwx, xtwz=sums.xtwz,
+            n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
+        )
 
-    def _working_chi2(self, design: Design, subset, version: int, weights: np.ndarray,
-                      residuals: np.ndarray) -> float:
-        """R's ``sum(weights * residuals^2)`` of ``summary.glm``: the working weights of
-        the previous valid contribution (R's last iteration), the working residuals at
-        these coefficients. These weights and the previous ones are kept, with the version
-        of these coefficients: the next contribution and the sandwich's meat at these
-        coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
-        key = (design.token, None if subset is None else tuple(subset))
+    def _design_peaks(self, design: Design, m: ModelData) -> Optional[np.ndarray]:
+        """The design's `rounds.x_peaks` (kept), for the leverage bounds of a design of
+        several blocks of rows (None for fewer: the exact checks cost no more there)."""
+        if m.X.shape[0] <= rounds.block_rows(m.X.shape[1]):
+            return None
+        if self._peaks is None or self._peaks[0] != design.token:
+            self._peaks = (design.token, rounds.x_peaks(m.X))
+        return self._peaks[1]
+
+    def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
+        """The model's rows for a round."""
+        return rounds.Rows(m.X, m.y, m.fit_weights, m.offset, design.family, m.d_star, cols,
+                           self._design_peaks(design, m))
+
+    def _previous_weights(self, design: Design, key: tuple) -> Optional[np.ndarray]:
+        """The working weights of the site's previous valid contribution to this model
+        (R's last IRLS iteration), for ``summary.glm``'s ``sum(w_work * r_work^2)``."""
         if any(k[0] != design.token for k in self._working):
             self._working = {}
+        return self._working.get(key, (None, None, None))[1]
+
+    def _keep_weights(self, key: tuple, version: int, weights: np.ndarray) -> None:
+        """Keep these coefficients' working weights and the previous ones, with the version
+        of these coefficients: the next contribution and the sandwich's meat at these
+        coefficients (`meat`, R's ``weights(fit, "working")``) use them."""
         previous = self._working.get(key, (None, None, None))[1]
         self._working[key] = (version, weights, previous)
-        if previous is None or len(previous) != len(residuals):
-            return float("nan")
-        used = previous > 0
-        return float(np.sum(previous[used] * residuals[used] ** 2))
 
     def _last_weights(self, design: Design, version: Optional[int]) -> Optional[np.ndarray]:
         """The working weights of R's last iteration for the coefficients of ``version``
@@ -386,23 +437,6 @@ class Site:
         if version is None or held is None or held[0] != version:
             return None
         return held[2]
-
-    def _weighted_sums(self, X: np.ndarray, weights: np.ndarray, z: np.ndarray,
-                       keep: bool) -> tuple:
-        """X'WX, X'Wz and sqrt(W) [X z]; the buffer for sqrt(W) X is kept for the next round when X is
-        the whole design."""
-        xtwx, xtwz, work = weighted_sums(X, weights, z, self._work if keep else None)
-        if keep:
-            self._work = work
-        return xtwx, xtwz, work
-
-    @staticmethod
-    def _null_deviance(fam, m: ModelData, null) -> Optional[float]:
-        if null is None:
-            return None
-        if null == "offset":  # no intercept: R's null model is mu = g^{-1}(offset)
-            return fam.deviance(m.y, fam.linkinv(m.offset), m.weights)
-        return fam.deviance(m.y, np.full_like(m.y, float(null)), m.weights)
 
     @_guarded
     def loglike(self, design: Design, beta: np.ndarray, scale: float,
@@ -413,8 +447,39 @@ class Site:
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(X @ beta + m.offset)
-            return fam.loglike(m.y, mu, m.weights, scale, m.trials)
+            return fam.loglike(m.y, mu, m.weights, scale, m.trials, m.freq)
 
+
+    def _passed(self, design: Design, beta: np.ndarray) -> None:
+        """Remember coefficients whose round passed the leverage check (`theta_sums` answers
+        at those only)."""
+        if self._answered[0] != design.token:
+            self._answered = (design.token, set())
+        if len(self._answered[1]) < MAX_REMEMBERED:
+            self._answered[1].add(np.asarray(beta, dtype=float).tobytes())
+
+    @_guarded
+    def theta_sums(self, design: Design, beta: np.ndarray,
+                   theta: Optional[float] = None) -> dict:
+        """The site's sums for glm.nb's theta at the fitted values of ``beta``
+        (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood).
+
+        Only at coefficients of this design whose X'WX this site has sent (their weights
+        passed the check that they single out no row, `disclosure.check_round`): the central
+        cannot choose fitted values for these sums alone."""
+        key = np.asarray(beta, dtype=float).tobytes()
+        if self._answered[0] != design.token or key not in self._answered[1]:
+            raise SiteError("theta sums are sent only at coefficients whose Fisher scoring "
+                            "round this site has answered")
+        m = self.model(design)
+        fam = design.family.bind(m.d_star)
+        with np.errstate(all="ignore"):
+            mu = fam.linkinv(m.X @ np.asarray(beta, dtype=float) + m.offset)
+            sums = negbin_sums(m.y, mu, m.fit_weights, theta)
+        if not all(np.isfinite(v) for v in sums.values()):
+            raise SiteError(f"{self.label}: non-finite sums for theta at these "
+                            "coefficients")
+        return sums
 
     @_guarded
     def meat(self, design: Design, beta: np.ndarray, clusters: str,
@@ -439,15 +504,18 @@ class Site:
         last = self._last_weights(design, version)
         with np.errstate(all="ignore"):
             mu = fam.linkinv(m.X @ beta + m.offset)
-            weights = m.weights * fam.working_weights(mu) if last is None else last
+            weights = m.fit_weights * fam.working_weights(mu) if last is None else last
             score = weights * (m.y - mu) * fam.deriv(mu)
         score = np.where(weights > 0, score, 0.0)
         if not np.all(np.isfinite(score)):
-            raise SiteError(f"site {self.name}: non-finite scores at the estimate")
-        rows = m.X * score[:, None]
+            raise SiteError(f"{self.label}: non-finite scores at the estimate")
+        rows = m.X * score[:, None]  # with frequency weights f: f u_i, the sum of f copies
+        if clusters == "rows":  # each copy of a row is an observation: sum f u_i u_i'
+            single = rows if m.freq is None else rows / np.sqrt(np.where(
+                m.freq > 0, m.freq, 1.0))[:, None]
+            disclosure.check_round(guards, single, single.T @ single)
+            return {"meat": single.T @ single, "clusters": m.rows}
         disclosure.check_round(guards, rows, rows.T @ rows)
-        if clusters == "rows":
-            return {"meat": rows.T @ rows, "clusters": len(rows)}
         if clusters == "site":
             total = rows.sum(axis=0)
             return {"meat": np.outer(total, total), "clusters": 1}

@@ -223,14 +223,14 @@ class Sites:
             p = MAKE(pid)
             np.savez(folder / f"s{pid}.npz", A=p.A, b=p.b)
 
-    def start(self, *names: str, extra=()) -> None:
+    def start(self, *names: str, extra=(), data=None, poll=POLL) -> None:
         for name in names:
             log = open(self.folder / f"{name}.log", "ab")
             self.logs[name] = log
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "aia.folder", "site", "--folder", str(self.folder),
-                 "--site", name, "--data", str(self.folder / f"{name}.npz"), "--poll", str(POLL),
-                 "--timeout", "60", "--verbose", "2", *extra],
+                 "--site", name, "--data", str(data or self.folder / f"{name}.npz"),
+                 "--poll", str(poll), "--timeout", "60", "--verbose", "2", *extra],
                 stdout=log, stderr=subprocess.STDOUT)
 
     def log(self, name: str) -> str:
@@ -425,4 +425,98 @@ def test_a_central_started_again_resumes_from_the_last_complete_iteration(sites,
     assert before == {(s, k): os.stat(lay.answer(run, s, k)).st_ino
                       for s in ("s1", "s2", "s3") for k in range(1, 10)}
     assert np.array_equal(np.load(tmp_path / "result.npy"), _local_reference(40))
+    assert sites.wait() == {"s1": 0, "s2": 0, "s3": 0}
+
+
+@pytest.mark.timeout(60)
+def test_sites_and_central_wait_on_file_events(sites, tmp_path):
+    """Looks every 1000 s: only file events can carry the run (inotify on Linux)."""
+    sites.start("s1", "s2", "s3", poll=1000)
+    with aia.FolderCluster(tmp_path, ["s1", "s2", "s3"], session="events", poll=1000,
+                           timeout=40) as cluster:
+        h = aia.start(_sgd(), lambda pid: None, {"iteration": 10}, cluster=cluster,
+                      synchronous=True, verbose=0)
+        assert cluster.waiter.watching
+    assert np.array_equal(h.queries[-1], _local_reference(10))
+    assert sites.wait() == {"s1": 0, "s2": 0, "s3": 0}
+
+
+@pytest.mark.timeout(60)
+def test_without_file_events_the_sites_and_central_poll(sites, tmp_path):
+    sites.start("s1", "s2", "s3", extra=("--no-watch",))
+    with aia.FolderCluster(tmp_path, ["s1", "s2", "s3"], session="polled", poll=POLL,
+                           timeout=40, watch=False) as cluster:
+        h = aia.start(_sgd(), lambda pid: None, {"iteration": 5}, cluster=cluster,
+                      synchronous=True, verbose=0)
+        assert not cluster.waiter.watching
+    assert np.array_equal(h.queries[-1], _local_reference(5))
+    assert sites.wait() == {"s1": 0, "s2": 0, "s3": 0}
+
+
+def test_a_waiter_wakes_on_a_replaced_file_not_on_a_temporary_one(tmp_path):
+    from aia.folder.watch import Waiter  # noqa: PLC0415
+
+    waiter = Waiter(tmp_path, "test")
+    try:
+        waiter.arm()  # starts the observer
+        assert waiter.watching
+        for _ in range(3):
+            waiter.arm()
+            (tmp_path / ".~a.npz.1234.tmp").write_bytes(b"x")  # a writer's own: no wake
+            started = time.monotonic()
+            waiter.wait(0.3)
+            assert time.monotonic() - started >= 0.25
+            waiter.arm()
+            threading.Timer(0.05, codec.write_atomic, (tmp_path / "a.npz", b"y",
+                                                       tmp_path)).start()
+            started = time.monotonic()
+            waiter.wait(20)
+            assert time.monotonic() - started < 10  # woken by the rename, not the timeout
+    finally:
+        waiter.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_site_set_up_with_a_wrong_file_is_fixed_and_a_new_central_resumes(sites, tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "aia.folder", "site", "--folder",
+                              str(tmp_path), "--site", "s2", "--data", str(tmp_path / "no.npz")],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "no data file" in missing.stderr  # at once
+    wrong = tmp_path / "wrong.npz"
+    wrong.write_text("not the arrays of an npz")
+    sites.start("s1", "s3", extra=("--session", "fix"))
+    sites.start("s2", extra=("--session", "fix"), data=wrong)
+
+    def central():
+        return aia.FolderCluster(tmp_path, ["s1", "s2", "s3"], session="fix", poll=POLL,
+                                 timeout=30)
+
+    for _ in range(2):  # s2 still wrong: a new central gets s2's failure for its attempt
+        cluster = central()
+        with pytest.raises(aia.WorkerFailedError, match="site s2 raised"):
+            aia.start(_sgd(), lambda pid: None, {"iteration": 5}, cluster=cluster,
+                      synchronous=True, verbose=0)
+        cluster.close()
+    assert sites.procs["s1"].poll() is None  # the session is open: the sites wait
+    sites.procs["s2"].kill()
+    sites.procs["s2"].wait(10)
+    # A new central while s2 is down: s2's failed status is stale (an earlier attempt's).
+    result: dict = {}
+
+    def run():
+        try:
+            with central() as cluster:
+                result["h"] = aia.start(_sgd(), lambda pid: None, {"iteration": 5},
+                                        cluster=cluster, synchronous=True, verbose=0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive() and not result, result
+    sites.start("s2", extra=("--session", "fix"))  # fixed: its own file
+    thread.join(40)
+    assert "error" not in result, result.get("error")
+    assert np.array_equal(result["h"].queries[-1], _local_reference(5))
     assert sites.wait() == {"s1": 0, "s2": 0, "s3": 0}

@@ -6,6 +6,7 @@ outside the folder, and a valid run on the same processes still gives the right 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -192,3 +193,17 @@ def test_invented_sites_do_not_make_up_a_sites_minimum(sites, tmp_path):
     assert not any(lay.numbered(lay.runs()[0], "s1", layout.ANSWER))  # no sums were sent
     cluster.cancel()
     assert sites.wait() == {"s1": 0}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux has every dir_fd call")
+def test_the_folder_is_walked_by_directory_descriptors_on_linux(tmp_path):
+    """Not the path-based fallback, whose checks race with a link planted between the check
+    and the open (CPython lists os.rename, not os.replace, in supports_dir_fd)."""
+    from aia.folder import safefs  # noqa: PLC0415
+
+    assert safefs._DIR_FD
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    with pytest.raises(safefs.UnsafePath):  # O_NOFOLLOW on the directory itself
+        safefs.write_atomic(tmp_path, tmp_path / "link" / "x.json", b"{}")
+    assert not (tmp_path / "d" / "x.json").exists()

@@ -206,14 +206,63 @@ def test_a_central_killed_and_restarted_resumes_from_the_last_complete_iteration
     assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
 
 
-def test_a_site_guard_refusal_names_the_site_and_ends_the_model(procs):
+def _answer_files(procs) -> dict:
+    return {p: os.stat(p).st_ino for p in procs.folder.glob("awards/runs/*/*/a-*.npz")}
+
+
+def test_a_site_guard_refusal_leaves_the_model_open_and_the_same_call_resumes(
+        procs, reference):
     procs.site("a")
     procs.site("b", {"GLM_MINIMUM_ROWS": "1000"})
     procs.site("c")
     with pytest.raises(glm.PrivacyError, match="b refused: GLM_MINIMUM_ROWS \\(threshold 1000"):
         cli.fit_folder(FORMULA, procs.folder, list("abc"), "poisson", session="awards",
                        poll=float(POLL), timeout=60)
-    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]  # cancelled: they exit
+    time.sleep(0.3)
+    assert [procs.sites[n].poll() for n in "abc"] == [None, None, None]  # the model is open
+    recorded = _answer_files(procs)
+    refusal = procs.run_dir(1) / "b" / "a-000001.npz"
+    assert refusal in recorded
+    # b's operator fixes its guard: the same call resumes, b's refusal is asked again (not
+    # replayed), a's and c's recorded answers are reused.
+    procs.sites["b"].kill()
+    procs.sites["b"].wait(10)
+    procs.site("b")
+    res = cli.fit_folder(FORMULA, procs.folder, list("abc"), "poisson", session="awards",
+                         poll=float(POLL), timeout=60)
+    np.testing.assert_allclose(res.params, reference.params, rtol=1e-10)
+    np.testing.assert_allclose(res.bse, reference.bse, rtol=1e-10)
+    again = _answer_files(procs)
+    assert again[refusal] != recorded[refusal]
+    assert {p: again[p] for p in recorded if p != refusal} == \
+        {p: i for p, i in recorded.items() if p != refusal}
+    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]  # finished: they exit
+
+
+def test_a_site_with_the_wrong_data_file_is_fixed_and_the_same_command_resumes(
+        procs, reference, tmp_path):
+    # A missing --data file: the site fails at once, before any model.
+    with pytest.raises(SystemExit, match="no data file"):
+        cli.main(["site", "--folder", str(procs.folder), "--site", "b", "--data",
+                  str(tmp_path / "nope.csv")])
+    wrong = procs.private / "b.csv"  # another study's table: no num_awards, no prog
+    shutil.copy(Path(cli.__file__).parent / "data" / "admissions_b.csv", wrong)
+    procs.data["b"] = wrong
+    for name in "abc":
+        procs.site(name)
+    first = procs.central()
+    assert first.wait(60) == 1, procs.log("central")
+    out = procs.log("central")
+    assert "site b" in out and "stays open" in out and "--cancel" in out, out[-3000:]
+    assert procs.sites["a"].poll() is None and procs.sites["b"].poll() is None
+    procs.sites["b"].kill()
+    procs.sites["b"].wait(10)
+    procs.data["b"] = v6_sites("poisson")[1]
+    procs.site("b")
+    again = procs.central()  # the same command
+    assert again.wait(60) == 0, procs.log("central")
+    _check_same_fit(procs.result(), reference)
+    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("formula", [
@@ -230,7 +279,17 @@ def test_a_hostile_formula_is_refused_and_the_sites_stay_well(procs, formula):
     # a site said no, and why
     assert re.search(r"error: (site [abc] raised [\w.]+Error|[abc] refused: GLM_)", out), out[-3000:]
     assert not list(procs.folder.rglob("PWNED")) and not Path("PWNED").exists()
+    # The sites are well: still serving the open model, until it is cancelled.
+    assert [procs.sites[n].poll() for n in "abc"] == [None, None, None], procs.log("site-a")
+    _cancel(procs.folder, "a,b,c")
     assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0], procs.log("site-a")
+
+
+def _cancel(folder: Path, sites: str) -> None:
+    cancel = subprocess.run([sys.executable, "-m", "algorithms.glm.cli", "central", "--folder",
+                             str(folder), "--sites", sites, "--session", "awards",
+                             "--cancel"], capture_output=True, text=True, timeout=60)
+    assert cancel.returncode == 0, cancel.stderr
 
 
 def test_sites_refuse_a_model_with_fewer_sites_than_their_minimum(procs):
@@ -239,6 +298,8 @@ def test_sites_refuse_a_model_with_fewer_sites_than_their_minimum(procs):
     with pytest.raises(RuntimeError, match="takes part only in runs with at least 3 sites"):
         cli.fit_folder(FORMULA, procs.folder, ["a", "b"], "poisson", min_sites=2,
                        session="awards", poll=float(POLL), timeout=60)
+    assert procs.sites["a"].poll() is None  # the model stays open (as after a timeout)
+    _cancel(procs.folder, "a,b")
     assert procs.sites["a"].wait(20) == 0 and procs.sites["b"].wait(20) == 0
 
 
@@ -275,3 +336,41 @@ def test_a_design_travels_as_plain_data():
         cli.design_params(glm.Design.make("y ~ x", sm.families.Tweedie()))
     with pytest.raises(glm.FormulaError):  # a site checks the formula's whitelist
         cli.design_from({**cli.design_params(d), "formula": "y ~ __import__('os').system('x')"})
+
+
+def test_glmnet_over_the_folder_is_glm_glmnet_on_local_workers(procs):
+    """``aia-glm central --method glmnet``: the sites' sums through the folder, the path of
+    glm.glmnet on local workers (the same sites' files), with a penalty factor."""
+    for name in "abc":
+        procs.site(name)
+    central = procs.central("--method", "glmnet", "--alpha", "0.5", "--nlambda", "30",
+                            "--penalty-factor", "C(prog)=0.5")
+    assert central.wait(60) == 0, procs.log("central")
+    got = procs.result()
+    ref = glm.glmnet(FORMULA, v6_sites("poisson"), family="poisson", alpha=0.5, nlambda=30,
+                     penalty_factor={"C(prog)": 0.5}, cluster=3)
+    assert got["method"] == "glmnet" and got["family"] == "poisson"
+    np.testing.assert_allclose(got["lambdas"], ref.lambdas, rtol=1e-12)
+    assert list(got["coefs"]) == list(ref.coefs.columns)
+    for term in ref.coefs.columns:
+        np.testing.assert_allclose(got["coefs"][term], ref.coefs[term], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["dev_ratio"], ref.dev_ratio, rtol=1e-9)
+    assert got["df"] == [int(v) for v in ref.df] and max(got["df"]) == 3
+    assert "glmnet path: poisson, alpha 0.5" in procs.log("central")
+    assert [procs.sites[n].wait(20) for n in "abc"] == [0, 0, 0]
+
+
+def test_glmnet_on_local_workers_from_the_command_line(capsys):
+    sites = [str(p) for p in v6_sites("poisson")]
+    assert cli.main(["fit", FORMULA, *sites, "--family", "poisson", "--method", "glmnet",
+                     "--alpha", "0.5", "--nlambda", "10", "--csv", "--verbose", "0"]) == 0
+    table = __import__("pandas").read_csv(__import__("io").StringIO(capsys.readouterr().out),
+                                          index_col=0)
+    ref = glm.glmnet(FORMULA, sites, family="poisson", alpha=0.5, nlambda=10,
+                     cluster="inprocess")
+    np.testing.assert_allclose(table.index.to_numpy(), ref.lambdas, rtol=1e-12)
+    np.testing.assert_allclose(table[list(ref.coefs.columns)].to_numpy(),
+                               ref.coefs.to_numpy(), rtol=1e-9, atol=1e-12)
+    assert list(table["df"]) == list(ref.df)
+    with pytest.raises(SystemExit, match="--exposure is not an option of --method glmnet"):
+        cli.main(["fit", FORMULA, *sites, "--method", "glmnet", "--exposure", "math"])

@@ -37,6 +37,7 @@ def test_a_typing_error_in_a_numeric_column_names_the_column_and_the_site():
         glm.fit("admit ~ gre + gpa", frames, family="binomial", cluster="inprocess")
     message = str(info.value)
     assert "'gre'" in message and "site 2" in message and "not numeric" in message
+    assert "site site" not in message  # the default names already say "site"
     assert "6OO" not in message and not isinstance(info.value, PrivacyError)
     # as a factor, on purpose: the privacy checks of a factor apply
     with pytest.raises(PrivacyError):

@@ -4,6 +4,8 @@ statistics with the same fold ids; and the checks made before any process starts
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,39 +172,97 @@ def test_the_path_plot_has_one_line_per_term():
     matplotlib.pyplot.close("all")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(alpha=1.5), "alpha: expected a number in \\[0, 1\\]"),
-    (dict(alpha=-0.1), "alpha"),
-    (dict(lambdas=[0.1, 0.2]), "decreasing path"),
-    (dict(lambdas=[0.1, -0.01]), "non-negative"),
-    (dict(penalty_factor={"age": 0}), "unknown term\\(s\\) \\['age'\\]"),
-    (dict(penalty_factor={"gre": -1}), "penalty_factor\\['gre'\\]"),
-    (dict(family="gamma"), "glmnet fits"),
-    (dict(nlambda=0), "nlambda"),
-])
-def test_bad_input_is_refused_before_any_process(monkeypatch, kwargs, message):
+def test_plot_without_matplotlib_says_which_extra(monkeypatch):
+    frames = read(v6_sites("binomial"))
+    path = glm.glmnet("gpa ~ gre + admit", frames, cluster="inprocess", nlambda=5)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"path.plot\(\) needs matplotlib.*aia\[plot\]"):
+        path.plot()
+
+
+BAD_PATH_INPUT = [
+    (dict(alpha=1.5), ValueError, "alpha: expected a number in \\[0, 1\\]"),
+    (dict(alpha=-0.1), ValueError, "alpha"),
+    (dict(alpha="0.5"), ValueError, "alpha"),
+    (dict(lambdas=[0.1, 0.2]), ValueError, "decreasing path"),
+    (dict(lambdas=[0.1, 0.1]), ValueError, "decreasing path"),
+    (dict(lambdas=[0.1, -0.01]), ValueError, "non-negative"),
+    (dict(lambdas=[]), ValueError, "non-empty"),
+    (dict(penalty_factor={"age": 0}), ValueError, "unknown term\\(s\\) \\['age'\\]"),
+    (dict(penalty_factor={"gre": -1}), ValueError, "penalty_factor\\['gre'\\]"),
+    (dict(family="gamma"), ValueError, "glmnet fits"),
+    (dict(nlambda=0), ValueError, "nlambda"),
+    (dict(alfa=0.5), TypeError, "unexpected keyword argument\\(s\\) \\['alfa'\\]"),
+]
+BAD_CV_INPUT = [
+    (dict(folds=500), ValueError, "site 1 has .* rows, fewer than the 500 folds"),
+    (dict(folds=2), ValueError, "folds: expected an integer >= 3"),
+    (dict(type_measure="auc"), ValueError, "type_measure"),
+    (dict(type_measure="class", family="poisson"), ValueError, "binomial"),
+]
+
+
+@pytest.mark.parametrize("function,kwargs,error,message",
+                         [("glmnet",) + case for case in BAD_PATH_INPUT] +
+                         [("cv_glmnet",) + case for case in BAD_PATH_INPUT + BAD_CV_INPUT])
+def test_bad_input_is_refused_before_any_process(monkeypatch, function, kwargs, error,
+                                                 message):
     monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
     frames = read(v6_sites("binomial"))
     args = dict(family="binomial")
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        glm.glmnet("admit ~ gre + gpa + C(rank)", frames, **args)
+    with pytest.raises(error, match=message):
+        getattr(glm, function)("admit ~ gre + gpa + C(rank)", frames, **args)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(folds=500), "fewer than the 500 folds"),
-    (dict(folds=2), "folds: expected an integer >= 3"),
-    (dict(type_measure="auc"), "type_measure"),
-    (dict(type_measure="class", family="poisson"), "binomial"),
-])
-def test_bad_cv_input_is_refused_before_any_process(monkeypatch, kwargs, message):
-    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+def test_a_file_site_with_fewer_rows_than_folds_is_refused_by_the_site(tmp_path):
+    """A file's rows are counted where it is read (the central never opens a site's file):
+    the site refuses before sending any sum."""
     frames = read(v6_sites("binomial"))
-    args = dict(family="binomial")
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        glm.cv_glmnet("admit ~ gre + gpa", frames, **args)
+    small = tmp_path / "small.csv"
+    frames[0].head(30).to_csv(small, index=False)
+    with pytest.raises(glm.PrivacyError, match="fewer rows than the 40 folds"):
+        glm.cv_glmnet("admit ~ gre + gpa", [small] + frames[1:], family="binomial", folds=40,
+                      cluster="inprocess")
 
 
 def _no_process(*args, **kwargs):
     raise AssertionError("a worker process was started before the input was checked")
+
+
+def _wide_sites(family: str, n: int = 400, p: int = 15):
+    """Two sites of correlated predictors, a sparse truth: most columns stay out of the
+    strong set for most of the path."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((n, p))
+    X[:, 1:] = 0.6 * X[:, :-1] + 0.8 * X[:, 1:]
+    eta = 0.2 + X[:, :3] @ np.array([0.8, -0.6, 0.4])
+    y = rng.random(n) < 1 / (1 + np.exp(-eta)) if family == "binomial" else \
+        rng.poisson(np.exp(0.3 * eta))
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(p)]).assign(y=y.astype(float))
+    return [frame.iloc[: n // 2].reset_index(drop=True),
+            frame.iloc[n // 2:].reset_index(drop=True)]
+
+
+@pytest.mark.parametrize("family,alpha", [("binomial", 1.0), ("poisson", 0.6)])
+def test_strong_sets_send_fewer_columns_and_keep_r_s_path(monkeypatch, family, alpha):
+    """After the first point the sites send the gram of the strong set only; the KKT check
+    on every column's score brings the others in: the path is still R's."""
+    from algorithms.glm import glmnet_site
+    asked = []
+    real = glmnet_site._irls_sums_at
+
+    def spy(fam, guards, X, y, w, offset, ask, site):
+        asked.append(X.shape[1] if ask.columns is None else len(ask.columns))
+        return real(fam, guards, X, y, w, offset, ask, site)
+
+    monkeypatch.setattr(glmnet_site, "_irls_sums_at", spy)
+    frames = _wide_sites(family)
+    formula = "y ~ " + " + ".join(f"x{j}" for j in range(15))
+    path = glm.glmnet(formula, frames, family=family, alpha=alpha, tol=TOL,
+                      cluster="inprocess")
+    assert min(asked) < 8 < max(asked) == 16  # restricted early, every column at the start
+    names, r = _r_paths(family, formula, [f.assign(w=1.0, off=0.0) for f in frames],
+                        [(alpha, False, False, None, None)])
+    assert len(path.lambdas) == len(r["lambda0"])
+    _close_path(path, names, r["lambda0"], r["beta0"], r["dev0"])

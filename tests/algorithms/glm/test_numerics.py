@@ -16,7 +16,7 @@ import aia
 from algorithms import glm
 from algorithms.glm.messages import Contribution, Query
 
-from .conftest import separated_sites, close, r_glm_fit, read, v6_sites
+from .conftest import separated_sites, close, r_glm_fit, read, reference, v6_sites
 
 ADMIT = "admit ~ gre + gpa + C(rank)"
 
@@ -40,9 +40,23 @@ def test_step_halving_is_r_s():
     close(res.deviance, dev, rtol=1e-12)
 
 
-def test_no_valid_first_step_asks_for_starting_values():
+def test_no_valid_first_step_halves_towards_the_intercept_only_fit():
+    """R stops here ("no valid set of coefficients has been found", issue 13 item 10): the
+    step is halved towards the intercept-only coefficients, and the fit is statsmodels'."""
+    sites = v6_sites("binomial")
+    res = glm.fit(ADMIT, sites, family="binomial", link="log", cluster="inprocess",
+                  tol=1e-14, max_iter=100)
+    assert res.converged and any("gives up" in note for note in res.notes)
+    ref = reference(ADMIT, sites, sm.families.Binomial(sm.families.links.Log()))
+    close(res.params.to_numpy(), ref.params, rtol=1e-6)
+    close(res.deviance, ref.deviance, rtol=1e-10)
+
+
+def test_no_valid_first_step_with_an_offset_asks_for_starting_values():
+    """With an offset no step is known to be valid: R's error, with its advice."""
+    sites = [f.assign(zero=0.0) for f in read(v6_sites("binomial"))]
     with pytest.raises(glm.NonFiniteError, match="supply starting values"):
-        glm.fit(ADMIT, v6_sites("binomial"), family="binomial", link="log",
+        glm.fit(ADMIT, sites, family="binomial", link="log", offset="zero",
                 cluster="inprocess")
 
 

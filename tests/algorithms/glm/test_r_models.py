@@ -274,10 +274,10 @@ out("site", vcovCL(f, cluster = ~site, type = "HC1"))
 """
 
 
-def epil_sites() -> list:
+def epil_sites(d=None) -> list:
     """Thall and Vail's epilepsy trial (MASS::epil), each patient's four visits at one
     site."""
-    d = r_frame("epil")
+    d = r_frame("epil") if d is None else d
     d["site"] = d["subject"] % 3
     return [d[d.site == s].reset_index(drop=True) for s in range(3)]
 
@@ -356,3 +356,393 @@ def test_robust_covariance_at_r_stopping_rule_uses_the_last_iteration_weights():
     res = glm.fit(EPIL, sites, "poisson", cluster="inprocess", cov_type="HC0")
     k = len(res.params)
     close(res.cov_params().to_numpy(), R["HC0"].reshape(k, k), rtol=1e-9, atol=1e-16)
+
+
+# -- item 3: negative binomial with theta estimated (MASS::glm.nb) ----------------------------
+NB_R = 'out("theta", f$theta); out("theta_se", f$SE.theta); out("bic", BIC(f)); out("iter", f$iter)'
+
+
+def _same_nb(res, R, rtol=1e-6):
+    same(res, R, rtol=rtol)
+    for key in ("theta", "theta_se", "bic"):
+        np.testing.assert_allclose(getattr(res, key), R[key], rtol=rtol, err_msg=key)
+    np.testing.assert_allclose(res.twologlik, 2 * R["llf"], rtol=rtol)
+
+
+@pytest.mark.parametrize("control,tol,maxit", [("", 1e-8, 25), (f", {TIGHT}", 1e-12, 100)])
+def test_negative_binomial_is_glm_nb(control, tol, maxit):
+    """Venables and Ripley's quine: glm.nb at its own rule and at a tight one."""
+    sites = split3(r_frame("quine"))
+    res = glm.fit(QUINE, sites, "negative_binomial", cluster="inprocess", tol=tol,
+                  max_iter=maxit)
+    R = r_fit(f"glm.nb({QUINE}, d{control})", sites, NB_R)
+    _same_nb(res, R)
+    assert res.iterations == R["iter"][0] and not res.use_t and res.scale == 1.0
+    assert res.family.startswith("Negative Binomial(") and "Theta:" in str(res.summary())
+
+
+def test_negative_binomial_with_offset_weights_and_sqrt_link_is_glm_nb():
+    """MASS::epil (an offset, so R refits the intercept-only model for the null deviance,
+    with the newest theta), prior weights, and the sqrt link."""
+    d = r_frame("epil").assign(lperiod=lambda d: np.log(d.period),
+                               w=lambda d: 1 + (np.arange(len(d)) % 3) / 2)
+    sites = epil_sites(d)
+    res = glm.fit(EPIL, sites, "negative_binomial", offset="lperiod", cluster="inprocess",
+                  tol=1e-12, max_iter=100)
+    R = r_fit(f"glm.nb({EPIL} + offset(lperiod), d, {TIGHT})", sites, NB_R)
+    _same_nb(res, R)
+    res = glm.fit("y ~ trt + lbase", sites, "negative_binomial", "sqrt", weights="w",
+                  cluster="inprocess", tol=1e-12, max_iter=100)
+    R = r_fit(f"glm.nb(y ~ trt + lbase, d, weights = w, link = sqrt, {TIGHT})", sites, NB_R)
+    _same_nb(res, R)
+
+
+def test_negative_binomial_at_few_iterations_is_glm_nb_and_warns_as_it():
+    """maxit = 3: glm.nb's limits (its glm.fit's, theta.ml's and the alternation's) hit,
+    the same numbers as R's, and R's two warnings."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    sites = split3(r_frame("quine"))
+    with pytest.warns(ConvergenceWarning) as caught:
+        res = glm.fit(QUINE, sites, "negative_binomial", cluster="inprocess", max_iter=3)
+    said = {str(w.message) for w in caught}
+    assert {"theta.ml: iteration limit reached", "glm.nb: alternation limit reached"} <= said
+    assert "glm.nb: alternation limit reached" in res.notes
+    R = r_fit(f"glm.nb({QUINE}, d, control = glm.control(maxit = 3))", sites, NB_R)
+    _same_nb(res, R, rtol=1e-9)
+
+
+@pytest.mark.timeout(120)
+def test_negative_binomial_on_local_workers(tmp_path):
+    sites = split3(r_frame("quine"))
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    res = glm.fit(QUINE, paths, "negative_binomial", tol=1e-12, max_iter=100,
+                  cov_type="HC0")
+    R = r_fit(f"glm.nb({QUINE}, d, {TIGHT})", sites,
+              NB_R + '; out("HC0", sqrt(diag(sandwich::vcovHC(f, type = "HC0"))))',
+              packages=("MASS", "sandwich"))
+    np.testing.assert_allclose(res.bse.to_numpy(), R["HC0"], rtol=1e-6)
+    for key in ("params", "theta", "theta_se", "llf", "aic"):
+        np.testing.assert_allclose(np.asarray(getattr(res, key), float).ravel(), R[key],
+                                   rtol=1e-6, err_msg=key)
+
+
+def test_negative_binomial_site_sends_sums_only():
+    """Each pass for theta returns a handful of numbers, whatever the site's size, and only
+    at coefficients whose round the site has answered (their weights checked)."""
+    from algorithms.glm.messages import Query
+    site = glm.Site(r_frame("quine"), "all")
+    design = glm.Design.make(QUINE, "negative_binomial")
+    site.describe(design)
+    site.build(design)
+    beta = np.zeros(7) + 0.1
+    with pytest.raises(glm.SiteError, match="only at coefficients whose Fisher scoring round"):
+        site.theta_sums(design, beta, 1.5)
+    assert site.contribution(design, Query(1, beta)).valid
+    sums = site.theta_sums(design, beta, 1.5)
+    assert set(sums) == {"n", "pearson", "score", "info", "loglik"}
+    assert all(isinstance(v, float) for v in sums.values())
+
+
+def test_negative_binomial_refusals():
+    sites = split3(r_frame("quine"))
+    with pytest.raises(ValueError, match="glm.nb.*takes the links log, sqrt, identity; "
+                                         "got 'logit'"):
+        glm.fit(QUINE, sites, "negative_binomial", "logit")
+    with pytest.raises(ValueError, match="method='fisher'; got method='gradient'"):
+        glm.fit(QUINE, sites, "negative_binomial", method="gradient")
+
+
+# -- item 7: missing values as R's na.omit ----------------------------------------------------
+#: read.csv reads an empty text field as "", not NA
+NA_RACE = 'd$race[d$race == ""] <- NA'
+
+
+def _with_missing() -> pd.DataFrame:
+    d = birthwt().astype({"age": float})
+    d.loc[[3, 10, 11], "bwt"] = np.nan      # the response
+    d.loc[[20, 41], "age"] = np.nan         # a covariate
+    d["race"] = d["race"].astype(object)
+    d.loc[[7, 50, 51], "race"] = None       # a factor
+    d.loc[[5], "lwt"] = np.nan
+    return d
+
+
+def test_missing_rows_are_dropped_as_na_omit():
+    sites = split3(_with_missing())
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, sites, "gamma", "log", cluster="inprocess", tol=1e-12)
+    R = r_fit(f"{{{NA_RACE}; glm({formula}, Gamma(link = 'log'), d, {TIGHT})}}", sites,
+              'out("deleted", length(f$na.action)); out("nobs", nobs(f))')
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null",
+                  "scale"))  # (R's gamma likelihood has its own dispersion)
+    assert res.n_missing == R["deleted"][0] == 9 and res.nobs == R["nobs"][0]
+    assert "(9 observations deleted due to missingness)" in str(res.summary())
+    # a column the model does not use may be missing anywhere
+    sites[0].loc[0, "ftv"] = np.nan
+    assert glm.fit("bwt ~ age", sites, cluster="inprocess").n_missing == 5
+
+
+def test_missing_raise_and_a_site_without_rows():
+    sites = split3(_with_missing())
+    with pytest.raises(glm.SiteError, match=r"site site 1: 2 row\(s\) of this site have "
+                                            r"missing values in column\(s\) \['bwt', 'race'\] "
+                                            r"\(missing='raise'"):
+        glm.fit("bwt ~ age + race", sites, missing="raise", cluster="inprocess")
+    assert glm.fit("lwt ~ age + smoke", sites[:2], missing="raise", cluster="inprocess") \
+        .n_missing == 0  # no missing value in the columns used at sites 1 and 2
+    sites[2] = sites[2].assign(age=np.nan)
+    with pytest.raises(glm.SiteError, match=r"site site 3: no rows left at this site"):
+        glm.fit("bwt ~ age", sites, cluster="inprocess")
+    with pytest.raises(ValueError, match="missing: expected 'drop'.*got 'omit'"):
+        glm.fit("bwt ~ age", sites, missing="omit")
+
+
+@pytest.mark.timeout(120)
+def test_missing_on_local_workers(tmp_path):
+    sites = split3(_with_missing())
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"site{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    formula = "bwt ~ age + lwt + race + smoke"
+    res = glm.fit(formula, paths, "gaussian", tol=1e-12)
+    R = r_fit(f"{{{NA_RACE}; glm({formula}, gaussian, d, {TIGHT})}}", sites)
+    same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null", "llf",
+                  "scale"))  # (R's gaussian AIC counts the dispersion)
+    assert res.n_missing == 9
+
+
+# -- item 9: contrasts in C() as formulaic writes them ----------------------------------------
+def awards_sites() -> list:
+    from .conftest import v6_sites
+    return [pd.read_csv(p) for p in v6_sites("poisson")]
+
+
+@pytest.mark.parametrize("ours,r_contrast", [
+    ("contr.treatment('General')", "relevel"),  # v6-glm-py's own example
+    ("Treatment(reference='General')", "relevel"),
+    ("contr.sum", "contr.sum"), ("Sum", "contr.sum"),
+    ("contr.helmert", "contr.helmert"), ("Helmert", "contr.helmert"),
+    ("contr.poly", "contr.poly"), ("Poly", "contr.poly"),
+    ("Diff", "MASS::contr.sdif"), ("contr.diff", "MASS::contr.sdif"),
+])
+def test_contrasts_are_r(ours, r_contrast):
+    sites = awards_sites()
+    res = glm.fit(f"num_awards ~ C(prog, {ours}) + math", sites, "poisson",
+                  cluster="inprocess", tol=1e-12)
+    prep = ('d$prog <- relevel(factor(d$prog), "General")' if r_contrast == "relevel" else
+            f'd$prog <- factor(d$prog); contrasts(d$prog) <- {r_contrast}(3)')
+    R = r_fit(f"{{{prep}; glm(num_awards ~ prog + math, poisson, d, {TIGHT})}}", sites)
+    same(res, R)
+    if r_contrast == "relevel":  # 'General' is the reference level
+        assert not any("T.General" in str(n) for n in res.params.index)
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ C(g, contr.custom([[1, 0], [0, 1]]))",
+    "y ~ C(g, contr.treatment(x))",
+    "y ~ C(g, contr.treatment(base=__import__('os')))",
+    "y ~ C(g, contr.sum(1))",
+    "y ~ C(g, os.system)",
+    "y ~ C(g, Sum.__class__)",
+    "y ~ C(g, Poly(scores=[x, 1]))",
+    "y ~ C(g, Treatment('a'), 3)",
+    "y ~ C(g, np.log)",
+])
+def test_other_contrasts_are_refused(formula):
+    with pytest.raises(glm.FormulaError, match="not allowed"):
+        glm.inspect_formula(formula)
+
+
+# -- item 5: frequency weights ----------------------------------------------------------------
+EXPANDED = "d <- d[rep(seq_len(nrow(d)), d$f), ]"
+
+
+def _sm_freq(formula, sites, family, freq, var=None):
+    """statsmodels' GLM with freq_weights (and var_weights) on the pooled rows."""
+    import statsmodels.api as sm
+    from formulaic import Formula
+    pooled = pd.concat(sites, ignore_index=True)
+    y, X = Formula(formula).get_model_matrix(pooled)
+    kw = {} if var is None else {"var_weights": pooled[var].to_numpy(float)}
+    return sm.GLM(np.asarray(y, float).ravel(), X, family=family,
+                  freq_weights=pooled[freq].to_numpy(float), **kw).fit(tol=1e-14, maxiter=200)
+
+
+@pytest.mark.parametrize("family,r_family,sm_family", [
+    ("poisson", "poisson", "Poisson"), ("negative_binomial", None, None),
+])
+def test_freq_weights_are_r_on_the_rows_repeated(family, r_family, sm_family):
+    import statsmodels.api as sm
+    d = r_frame("quine").assign(f=lambda d: np.arange(len(d)) % 4)  # 0 to 3 copies
+    sites = split3(d)
+    res = glm.fit(QUINE, sites, family, cluster="inprocess", tol=1e-12, max_iter=100,
+                  freq_weights="f", cov_type="HC1")
+    call = (f"glm({QUINE}, {r_family}, d, {TIGHT})" if r_family else
+            f"glm.nb({QUINE}, d, {TIGHT})")
+    R = r_fit(f"{{{EXPANDED}; {call}}}", sites,
+              'out("nobs", nobs(f)); out("bic", BIC(f)); '
+              'out("HC1", sqrt(diag(sandwich::vcovHC(f, type = "HC1"))))',
+              packages=("MASS", "sandwich"))
+    same(res, R, ("params", "deviance", "null_deviance", "df_resid", "df_null", "llf", "aic",
+                  "scale", "bic"))
+    np.testing.assert_allclose(res.bse.to_numpy(), R["HC1"], rtol=1e-6)
+    assert res.nobs == R["nobs"][0] == d.f.sum()
+    if sm_family:
+        ref = _sm_freq(QUINE, sites, getattr(sm.families, sm_family)(), "f")
+        close(res.params.to_numpy(), ref.params)
+        close(res.llf, ref.llf)
+        close(res.bic, ref.bic_llf)
+        assert res.df_resid == ref.df_resid
+
+
+def test_freq_weights_beside_prior_weights_are_statsmodels_and_r():
+    import statsmodels.api as sm
+    d = birthwt().assign(f=lambda d: 1 + np.arange(len(d)) % 3,
+                         w=lambda d: 1 + (np.arange(len(d)) % 5) / 4)
+    sites = split3(d)
+    formula = "bwt ~ age + lwt + race + smoke"
+    for family, r_family, sm_family in (("gaussian", "gaussian", sm.families.Gaussian()),
+                                        ("gamma", "Gamma(link = 'log')",
+                                         sm.families.Gamma(sm.families.links.Log()))):
+        res = glm.fit(formula, sites, family, "log" if family == "gamma" else None,
+                      cluster="inprocess", tol=1e-12, weights="w", freq_weights="f")
+        R = r_fit(f"{{{EXPANDED}; glm({formula}, {r_family}, d, weights = w, {TIGHT})}}",
+                  sites)
+        same(res, R, ("params", "bse", "deviance", "null_deviance", "df_resid", "df_null",
+                      "scale"))
+        ref = _sm_freq(formula, sites, sm_family, "f", "w")
+        if family == "gaussian":  # (statsmodels' gamma IRLS with freq_weights stops 1e-6
+            # away from R's estimate, not converged after 200 iterations)
+            close(res.params.to_numpy(), ref.params)
+            close(res.bse.to_numpy(), ref.bse)
+        close(res.llf, ref.llf)  # R's likelihoods of these families have other dispersions
+        close(res.bic, ref.bic_llf)
+
+
+def test_cbind_with_freq_weights_is_r():
+    d = esoph().assign(f=lambda d: 1 + np.arange(len(d)) % 2)
+    sites = split3(d)
+    res = glm.fit("cbind(ncases, ncontrols) ~ agegp + alcgp", sites, "binomial",
+                  cluster="inprocess", tol=1e-12, freq_weights="f")
+    R = r_fit(f"{{{EXPANDED}; glm(cbind(ncases, ncontrols) ~ agegp + alcgp, binomial, d, "
+              f"{TIGHT})}}", sites)
+    same(res, R)
+
+
+def test_freq_weights_refusals():
+    sites = split3(r_frame("quine").assign(f=1.0))
+    for bad, what in ((-1.0, "negative"), (1.5, "non-integer"), (np.inf, "non-finite")):
+        frames = [s.copy() for s in sites]
+        frames[1].loc[3, "f"] = bad
+        with pytest.raises(ValueError, match=f"freq_weights: column 'f' at site site 2: "
+                                             f"expected non-negative whole numbers.*got {what}"):
+            glm.fit(QUINE, frames, "poisson", freq_weights="f")  # before any process
+    frames = [s.assign(f="x") for s in sites]
+    with pytest.raises(ValueError, match="freq_weights: expected a numeric column of counts"):
+        glm.fit(QUINE, frames, "poisson", freq_weights="f")
+    with pytest.raises(TypeError, match="freq_weights: expected a column name, got int"):
+        glm.fit(QUINE, sites, "poisson", freq_weights=3)
+    with pytest.raises(ValueError, match="freq_weights: Fisher scoring only"):
+        glm.fit(QUINE, sites, "poisson", freq_weights="f", method="gradient")
+
+
+def test_freq_weights_checked_at_a_site_read_from_a_file(tmp_path):
+    sites = split3(r_frame("quine").assign(f=1.0))
+    sites[2].loc[0, "f"] = 0.5
+    paths = []
+    for i, s in enumerate(sites):
+        paths.append(tmp_path / f"s{i}.csv")
+        s.to_csv(paths[-1], index=False)
+    with pytest.raises(glm.SiteError, match="freq_weights column 'f': expected non-negative "
+                                            "whole numbers.*got non-integer"):
+        glm.fit(QUINE, paths, "poisson", freq_weights="f", cluster="inprocess")
+
+
+# -- item 10: an MLE where R gives up ---------------------------------------------------------
+def _sqrt_poisson() -> pd.DataFrame:
+    """Counts whose R fit with the sqrt link stops at its first step (found by search:
+    seed 1)."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3, 90)
+    return pd.DataFrame({"x": x, "y": rng.poisson((0.05 + 0.8 * x) ** 2).astype(float)})
+
+
+def _inverse_gamma() -> pd.DataFrame:
+    """Gamma responses generated with a log link, fitted with the inverse link (seed 1478:
+    R's first step gives negative fitted means)."""
+    rng = np.random.default_rng(1478)
+    x = rng.uniform(0, 3, 90)
+    return pd.DataFrame({"x": x, "y": rng.gamma(0.7, np.exp(0.3 + 0.5 * x) / 0.7)})
+
+
+R_GIVES_UP = """
+f <- try(glm(y ~ x, {family}, d), silent = TRUE)
+out("failed", inherits(f, "try-error"))
+out("no_valid", grepl("no valid set of coefficients", as.character(f)))
+"""
+
+
+@pytest.mark.parametrize("make,family,link,sm_family,r_family", [
+    (_sqrt_poisson, "poisson", "sqrt", "Poisson(sm.families.links.Sqrt())",
+     "poisson(link = 'sqrt')"),
+    (_inverse_gamma, "gamma", "inverse", "Gamma(sm.families.links.InversePower())",
+     "Gamma()"),
+])
+def test_mle_where_r_gives_up_is_statsmodels(make, family, link, sm_family, r_family):
+    import statsmodels.api as sm
+    import warnings
+    d = make()
+    sites = split3(d)
+    R = r_values("d <- rbind(s1, s2, s3)\n" + R_GIVES_UP.format(family=r_family),
+                 frames={f"s{i + 1}": s for i, s in enumerate(sites)})
+    assert R["failed"][0] == 1 and R["no_valid"][0] == 1  # R gives up on these rows
+    res = glm.fit("y ~ x", sites, family, link, cluster="inprocess", tol=1e-15, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sm.GLM(d.y, sm.add_constant(d.x), family=eval(f"sm.families.{sm_family}")) \
+            .fit(tol=1e-14, maxiter=500)
+    assert res.converged and ref.converged
+    close(res.params.to_numpy(), ref.params)
+    close(res.bse.to_numpy(), ref.bse)
+    close(res.deviance, ref.deviance)
+    close(res.scale, ref.scale)
+    assert "R's glm.fit gives up here" in str(res.summary())
+
+
+def test_r_error_stays_where_no_valid_step_is_known():
+    """With an offset the intercept-only coefficients are not known to be valid: R's error,
+    with its advice."""
+    sites = split3(_sqrt_poisson().assign(zero=0.0))
+    with pytest.raises(glm.NonFiniteError, match="no valid set of coefficients has been "
+                                                 "found.*supply starting values"):
+        glm.fit("y ~ x", sites, "poisson", "sqrt", offset="zero", cluster="inprocess")
+
+
+@pytest.mark.timeout(120)
+def test_mle_where_r_gives_up_on_asynchronous_local_workers():
+    sites = split3(_inverse_gamma())
+    here = glm.fit("y ~ x", sites, "gamma", "inverse", cluster="inprocess", tol=1e-15,
+                   max_iter=100)
+    there = glm.fit("y ~ x", sites, "gamma", "inverse", tol=1e-15, max_iter=100,
+                    synchronous=False)
+    assert there.converged
+    close(there.params.to_numpy(), here.params.to_numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("contrast", ["contr.sum", "Helmert", "contr.poly",
+                                      "contr.treatment('General')"])
+def test_contrasts_keep_the_level_guards(contrast):
+    """A contrast re-codes the levels, it does not hide them: a rare level is refused as it
+    is without one."""
+    sites = awards_sites()
+    sites[1].loc[:1, "prog"] = "Rare"  # two rows of a level at one site
+    with pytest.raises(glm.PrivacyError, match="a level of column 'prog' has fewer rows"):
+        glm.fit(f"num_awards ~ C(prog, {contrast}) + math", sites, "poisson",
+                cluster="inprocess")
+    with pytest.raises(glm.PrivacyError, match="a level of column 'math' has fewer rows"):
+        glm.fit("num_awards ~ C(math, contr.sum)", awards_sites(), "poisson",
+                cluster="inprocess")  # math's values as levels: most are rare

@@ -1,0 +1,159 @@
+"""A site's round in row blocks (algorithms/glm/rounds.py): the same fit as in one block,
+to the last bits, for every kind of model, and the same privacy outcome.
+
+The shipped sites are small (one block each), so these tests shrink the blocks to a few
+rows: every round then goes through the block loop, the sub-block leverage bound and its
+exact fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from algorithms import glm
+from algorithms.glm import PrivacyError, disclosure, rounds
+
+from .conftest import read, survival_frames, v6_sites
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Blocks of a few dozen rows (16 for p = 9), leverage maxima over 8 rows."""
+    monkeypatch.setattr(rounds, "SUB_ROWS", 8)
+    monkeypatch.setattr(rounds, "BLOCK_BYTES", 8 * 16 * 10)
+    assert rounds.block_rows(9) == 16 and rounds.block_rows(100) == 8
+
+
+def awards():
+    return read(v6_sites("poisson"))
+
+
+def weighted_binomial():
+    frames = read(v6_sites("binomial"))
+    rng = np.random.default_rng(3)
+    return [f.assign(w=rng.integers(1, 4, len(f)).astype(float),
+                     off=rng.normal(0, 0.1, len(f))) for f in frames]
+
+
+MODELS = [
+    ("num_awards ~ C(prog) + math", awards, dict(family="poisson")),
+    ("admit ~ gre + gpa + C(rank)", weighted_binomial,
+     dict(family="binomial", weights="w", offset="off")),
+    ("eventtime ~ sex + age", survival_frames, dict(family="gamma", link="log")),
+    ("status ~ sex + age", survival_frames,
+     dict(family="relative_survival", expected="dstar")),
+    ("num_awards ~ C(prog) + math", awards, dict(family="poisson", method="gradient")),
+]
+
+
+def _fit(formula, frames, kwargs):
+    return glm.fit(formula, frames, cluster="inprocess", tol=1e-10, **kwargs)
+
+
+@pytest.mark.parametrize("formula,data,kwargs", MODELS,
+                         ids=["poisson", "binomial-weights-offset", "gamma-log",
+                              "relative-survival", "gradient"])
+def test_blocks_give_the_one_block_fit(formula, data, kwargs, request):
+    frames = data()
+    whole = _fit(formula, frames, kwargs)
+    request.getfixturevalue("tiny_blocks")
+    assert all(rounds.block_rows(len(whole.params)) < len(f) for f in frames)
+    blocked = _fit(formula, frames, kwargs)
+    assert blocked.iterations == whole.iterations
+    for name in ("params", "bse"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name),
+                                   rtol=1e-12, atol=0)
+    for name in ("deviance", "null_deviance", "llf", "scale"):
+        assert getattr(blocked, name) == pytest.approx(getattr(whole, name), rel=1e-12)
+
+
+def test_rows_left_out_of_the_least_squares_in_a_block(tiny_blocks):
+    """Rows with a zero prior weight sit in the middle of blocks: they must add nothing."""
+    frames = read(v6_sites("binomial"))
+    zeroed = [f.assign(w=np.where(np.arange(len(f)) % 7 == 3, 0.0, 1.0)) for f in frames]
+    kept = [f[f["w"] > 0].drop(columns="w") for f in zeroed]
+    a = glm.fit("admit ~ gre + gpa", zeroed, family="binomial", weights="w",
+                cluster="inprocess", tol=1e-10)
+    b = glm.fit("admit ~ gre + gpa", kept, family="binomial", cluster="inprocess", tol=1e-10)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-10)
+    assert a.deviance == pytest.approx(b.deviance, rel=1e-10)
+
+
+@pytest.mark.parametrize("family,slope", [("binomial", 80.0), ("poisson", 40.0)])
+def test_concentrated_weights_are_withheld_in_blocks(tiny_blocks, family, slope):
+    """The attack of test_attacks.py (coefficients that make the working weights vanish
+    but near one row) across blocks: the bound does not settle it, the exact check does."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(3):
+        x = rng.normal(size=100)
+        frames.append(pd.DataFrame({"x": x, "b": (rng.uniform(size=100) < 0.5).astype(int)}))
+    x_max = float(frames[0]["x"].max())
+    with pytest.raises(PrivacyError, match="withheld") as info:
+        glm.fit("b ~ x", frames, family=family, cluster="inprocess",
+                start=[-slope * (x_max + 0.01), slope], max_iter=1)
+    assert info.value.guard == "GLM_MAX_LEVERAGE"
+
+
+def test_the_block_bound_holds_and_settles_honest_rounds():
+    """The sub-block bound is never below any row's true weighted leverage, and on an
+    honest large design it settles the check without the exact pass."""
+    rng = np.random.default_rng(1)
+    n, p = 20_000, 6
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, p - 1)) * [1, 10, 0.1, 5, 100]])
+    w = rng.uniform(0.1, 2, n)
+    A = X * np.sqrt(w)[:, None]
+    gram = A.T @ A
+    h = np.einsum("ij,ij->i", A @ np.linalg.inv(gram), A)
+    for sub in (1, 64, 256):
+        starts = np.arange(0, n, sub)
+        peaks = np.maximum.reduceat(A ** 2, starts, axis=0)
+        bound = disclosure.round_bound(gram, peaks)
+        assert bound >= h.max() * (1 - 1e-12)
+        # What a round uses: the largest weight times the largest x_ij^2 of the sub-block.
+        products = np.maximum.reduceat(w, starts)[:, None] * \
+            np.maximum.reduceat(X ** 2, starts, axis=0)
+        looser = disclosure.round_bound(gram, products)
+        assert looser >= bound * (1 - 1e-12) and looser < 0.01
+        if sub == 1:  # one row per sub-block: the bound of check_round itself
+            d = 1 / np.sqrt(np.diag(gram))
+            lmin = np.linalg.eigvalsh(gram * np.outer(d, d))[0]
+            assert bound == pytest.approx(((A * d) ** 2).sum(1).max() / lmin, rel=1e-12)
+    assert bound < 0.01  # settles the check (GLM_MAX_LEVERAGE 0.99)
+    # An aliased column: no bound, the exact check decides.
+    assert disclosure.round_bound(np.ones((2, 2)), np.ones((1, 2))) == float("inf")
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + I(x + (id == 17))",                # an indicator hidden in a continuous column
+    "y ~ x + I(x + 0.001 * (id == 17))",        # ... however small
+])
+def test_a_design_that_isolates_a_row_is_refused_in_blocks(tiny_blocks, formula):
+    """The design's leverage check of test_attacks.py with the block bound in front of it:
+    the bound cannot settle these, the exact check refuses them."""
+    rng = np.random.default_rng(2)
+    frames = [pd.DataFrame({"id": np.arange(100) + 1000 * i, "x": rng.normal(size=100),
+                            "y": rng.normal(size=100)}) for i in range(3)]
+    with pytest.raises(PrivacyError) as info:
+        glm.fit(formula, frames, cluster="inprocess")
+    assert info.value.guard == "GLM_MAX_LEVERAGE"
+
+
+def test_honest_large_sites_pass_on_the_bound_alone(monkeypatch):
+    """On sites of many blocks the bounds settle the design's and every round's leverage
+    check: the exact (two-pass) computation is never needed."""
+    def exact(*args, **kwargs):
+        raise AssertionError("the exact leverage was computed")
+
+    monkeypatch.setattr(disclosure, "max_leverage", exact)
+    rng = np.random.default_rng(4)
+    frames = []
+    for i in range(2):
+        x = rng.normal(size=(3 * rounds.block_rows(4), 3))
+        eta = 0.3 + x @ [0.5, -0.2, 0.1]
+        frames.append(pd.DataFrame(x, columns=["a", "b", "c"]).assign(
+            y=(rng.uniform(size=len(x)) < 1 / (1 + np.exp(-eta))).astype(int)))
+    res = glm.fit("y ~ a + b + c", frames, family="binomial", cluster="inprocess")
+    assert res.converged
