@@ -49,11 +49,18 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
     parent); ``kernel_guard`` asks the kernel to kill us when that parent dies.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of our own: what we fork (a process pool in answer) is in it, and the
+    # central kills the group once we are gone, so that nothing we started is orphaned.
+    try:
+        os.setpgid(0, 0)
+    except (AttributeError, OSError):
+        pass
     for sock in inherited:  # fork only: other workers' and the central's ends
         try:
             sock.close()
         except OSError:
             pass
+    _release_forkserver()
     if kernel_guard:
         _die_with_parent()
     if parent is not None and os.getppid() != parent:
@@ -80,17 +87,23 @@ class Worker:
         self.algorithm = None
         self.problem = None
         self.answering = False
+        # An interrupt that came while we were not answering (the query still arriving, or
+        # being unpickled): the answer it was meant for is abandoned as soon as it starts.
+        # Cleared by the end of the run and by a set-up, which always follow it.
+        self.interrupt_pending = False
         signal.signal(signal.SIGUSR1, self._interrupt)
 
     def _interrupt(self, signum, frame) -> None:
         """The central ended the run while we were answering: abandon the answer.
 
         Only ``answer`` itself is interrupted (the flag is cleared before any send, so a frame
-        is never cut in half); a C call that holds the GIL finishes first.
+        is never cut in half); a C call that holds the GIL finishes first. Outside ``answer``
+        the interrupt is kept for the answer about to start.
         """
         if self.answering:
             self.answering = False
             raise Interrupted("the run this answer was for has ended")
+        self.interrupt_pending = True
 
     def serve(self) -> None:
         while True:
@@ -116,9 +129,11 @@ class Worker:
         command = message[0]
         if command == "setup":
             self.run, self.algorithm, self.problem = run, None, None
+            self.interrupt_pending = False
             self.reply(run, lambda: self.setup(*message[1:]))
         elif command == "end":
             self.run, self.algorithm, self.problem = 0, None, None
+            self.interrupt_pending = False
         elif command == "store":
             obj_id, make = message[1], message[2]
             self.reply(run, lambda: self.store(obj_id, cloudpickle.loads(make)))
@@ -133,6 +148,9 @@ class Worker:
     def answer(self, q: Any) -> Any:
         self.answering = True
         try:
+            if self.interrupt_pending:  # the run ended before this answer began
+                self.interrupt_pending = False
+                raise Interrupted("the run this answer was for had ended before it began")
             return self.algorithm.answer(q, self.problem)
         finally:
             self.answering = False
@@ -194,6 +212,23 @@ def _limit_blas(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
+
+
+def _release_forkserver() -> None:
+    """Close our copy of the forkserver's "alive" pipe (forkserver hands one to every child,
+    fork copies the central's). The forkserver exits when every copy is closed; while a
+    worker held one, the central's death left the forkserver, hence the parent-death signal
+    and the parent check of its busy workers, waiting for ever."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    server._forkserver_alive_fd = None
 
 
 def _die_with_parent() -> None:

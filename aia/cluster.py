@@ -112,6 +112,13 @@ class Cluster(abc.ABC):
         Returns ``(run, failed)``: the `Run` and the `Failed` events of workers whose set-up
         raised or who died."""
 
+    def open_run_tolerating(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                            deadline: Optional[float], tolerate: Optional[int]) -> tuple:
+        """`open_run` for a run that tolerates ``tolerate`` failures: an engine that can may
+        give up, as failed, workers whose set-up lags far behind the others' (a frozen
+        worker must not spend the run's time). By default, `open_run`."""
+        return self.open_run(algorithm, problem, pids, deadline)
+
     @abc.abstractmethod
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
         """Build ``make(pid)`` on each worker of ``pids`` and keep it there."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours
 import os
 import select
 import selectors
@@ -37,6 +38,9 @@ log = logging.getLogger("aia")
 
 START_TIMEOUT = 60.0  # seconds for a worker to come up (spawn imports numpy afresh)
 STOP_GRACE = 1.0  # seconds for a worker to exit on a stop message before it is terminated
+#: Seconds (at least) a worker's set-up may outlast the others' before it counts as failed,
+#: when the run tolerates failures (`aia.start`'s ``resilience``).
+SETUP_PATIENCE = 1.0
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
 
@@ -64,6 +68,11 @@ class _Handle(WorkerClock):
         self.generation = generation
         self.os_pid: Optional[int] = None
         self.dead = False
+        # Readable once the process has ended. A pidfd (Linux) watches the process itself:
+        # the sentinel is a pipe that a child the worker forked (a process pool in answer)
+        # inherits, and then its end never comes while that child lives.
+        self.pidfd = _pidfd(process.pid)
+        self.death_fd = process.sentinel if self.pidfd is None else self.pidfd
         # abandoned: (run, when) of an ended run whose answer it was interrupted in; cleared
         # by any message of that run (the answer, or the Interrupted error).
         WorkerClock.__init__(self)
@@ -71,14 +80,57 @@ class _Handle(WorkerClock):
     def exit_failure(self, wait: float = 1.0) -> Failed:
         """The failure of a worker whose process ended (or whose channel broke)."""
         torn = self.channel.torn  # cut mid-message: the process may well be alive
-        self.process.join(0 if torn else wait)
+        code = self.reap(0 if torn else wait)
         self.dead = True
-        code = self.process.exitcode
+        if code is not None:  # gone for good: its shared memory and its children with it
+            self.channel.release_shared()
+            self.kill_children()
         cause = describe_exit(code)
         if code is None and torn:
             cause = ("its channel was cut in the middle of a message (interrupted, or the "
                      "worker stalled past the time limit); the worker is replaced")
         return Failed(self.pid, cause, None, self.os_pid, code)
+
+
+    def reap(self, wait: float) -> Optional[int]:
+        """The exit code, waiting up to ``wait`` seconds for the process to end (None: it
+        still runs)."""
+        if self.pidfd is None:
+            self.process.join(wait)
+        elif select.select([self.pidfd], [], [], wait)[0]:
+            # Ended: reap it (its sentinel, which join waits for, may be held by a child).
+            for _ in range(100):
+                code = self.process.exitcode
+                if code is not None:
+                    return code
+                time.sleep(0.001)
+        return self.process.exitcode
+
+    def kill_children(self) -> None:
+        """Kill what the worker forked and left behind (its process group: see
+        `_worker.main`), which would live on as orphans."""
+        if self.os_pid is not None and sys.platform != "win32":
+            try:
+                os.killpg(self.os_pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
+    def close_pidfd(self) -> None:
+        """Once the handle is done with (the process is gone)."""
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+            self.death_fd = -1  # never waited on again
+
+
+def _pidfd(pid: Optional[int]) -> Optional[int]:
+    """A descriptor readable when process ``pid`` ends, where the system has them."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # an older kernel, or already reaped
+        return None
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -166,6 +218,7 @@ class LocalCluster(Cluster):
         _stop([h], grace=0.0)
         _worker.central_sockets.discard(h.channel.sock)
         h.channel.close()
+        h.close_pidfd()
         fresh = self._spawn(h.pid, h.generation + 1)
         self._workers[h.pid] = fresh
         self._await_ready({h.pid: fresh}, time.monotonic() + START_TIMEOUT)
@@ -176,6 +229,10 @@ class LocalCluster(Cluster):
         return self._workers[pid].generation
 
     def _await_ready(self, handles: dict, deadline: float) -> None:
+        with transport.interrupts.held():
+            self._await_each(handles, deadline)
+
+    def _await_each(self, handles: dict, deadline: float) -> None:
         waiting = dict(handles)
         while waiting:
             ready = self._wait_on(waiting.values(), deadline)
@@ -186,9 +243,14 @@ class LocalCluster(Cluster):
                 if what == "dead":
                     failed = handle.exit_failure()
                     raise RuntimeError(f"worker {handle.pid} failed to start: {failed.cause}")
-                _, _, os_pid = handle.channel.recv()
-                handle.os_pid = os_pid
-                del waiting[handle.pid]
+                try:
+                    hello = handle.channel.poll()
+                except ChannelClosed:
+                    failed = handle.exit_failure()
+                    raise RuntimeError(f"worker {handle.pid} failed to start: {failed.cause}")
+                if hello is not None:  # else: the rest of it is still to come
+                    handle.os_pid = hello[2]
+                    del waiting[handle.pid]
 
     @property
     def pids(self) -> list:
@@ -204,21 +266,29 @@ class LocalCluster(Cluster):
         """``{worker id: operating-system process id}``."""
         return {pid: h.os_pid for pid, h in self._workers.items()}
 
-    def close(self) -> None:
-        """Stop every worker: a stop message, then terminate, then kill. Idempotent."""
+    def close(self, grace: float = STOP_GRACE) -> None:
+        """Stop every worker: a stop message, then terminate, then kill. Idempotent.
+
+        ``grace``: the seconds workers get to exit on the stop message before they are
+        terminated (a temporary cluster of `aia.start` gives none: nothing of theirs is kept).
+        It finishes even if interrupted: a Ctrl-C meanwhile kills the workers at once and is
+        raised once they are gone, so no process is left behind.
+        """
         if self._closed:
             return
-        self._closed = True
         handles = list(self._workers.values())
-        _stop(handles, STOP_GRACE)
-        for h in handles:
-            _worker.central_sockets.discard(h.channel.sock)
-            h.channel.close()
-            h.dead = True
-            try:
-                h.process.close()
-            except ValueError:
-                pass
+        with _SHIELD:
+            _stop(handles, grace)
+            for h in handles:
+                _worker.central_sockets.discard(h.channel.sock)
+                h.channel.close()
+                h.close_pidfd()
+                h.dead = True
+                try:
+                    h.process.close()
+                except ValueError:
+                    pass
+            self._closed = True  # only now: an atexit handler after an interrupt retries
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.alive())} alive"
@@ -237,7 +307,7 @@ class LocalCluster(Cluster):
                     if h.channel.outbox:
                         events |= selectors.EVENT_WRITE
                     selector.register(h.channel.fileno(), events, (h, "message"))
-                    selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+                    selector.register(h.death_fd, selectors.EVENT_READ, (h, "dead"))
                 ready = selector.select(timeout)
             messages, deaths = [], []
             for key, events in ready:
@@ -264,12 +334,40 @@ class LocalCluster(Cluster):
 
     # -- requests (set-up and distributed objects) -------------------------------------
     def _request(self, pids: Sequence[int], message: tuple,
-                 deadline: Optional[float] = None, run: Optional[int] = None) -> dict:
-        """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``."""
+                 deadline: Optional[float] = None, run: Optional[int] = None,
+                 tolerate: Optional[int] = None) -> dict:
+        """Send a control message to each of ``pids``; ``{pid: ("ok", value) | Failed}``.
+
+        ``tolerate``: how many may fail (None: every reply is needed). Once the others have
+        replied, those still working get `SETUP_PATIENCE` (at least; twice the time taken
+        so far) and are then failed: one frozen worker does not hold the run up.
+        """
+        with transport.interrupts.held():  # a Ctrl-C leaves every channel in step
+            return self._request_all(pids, message, deadline, run, tolerate)
+
+    def _request_all(self, pids: Sequence[int], message: tuple, deadline: Optional[float],
+                     run: Optional[int], tolerate: Optional[int]) -> dict:
         if run is None:
             run = self._new_id()
         results: dict[int, Any] = {}
         waiting = {}
+        began = time.monotonic()
+        bound = None  # when the last workers of a tolerant request are given up
+        started: dict[int, float] = {}  # when each worker was sent the message
+
+        def give_up_at(h: _Handle) -> float:  # a fresh replacement gets its patience too
+            return max(bound, started.get(h.pid, began) + SETUP_PATIENCE)
+
+        def boundable(h: _Handle) -> bool:  # stuck in an earlier run: replaced, not failed
+            return h.abandoned is None or h.abandoned[0] == run
+
+        # A worker stuck in an earlier run is replaced after its patience, and at the latest
+        # halfway to the time limit, so that its replacement still has time to set up.
+        halfway = None if deadline is None else began + (deadline - began) / 2
+
+        def replace_at(h: _Handle) -> float:
+            at = h.give_up_at()
+            return at if halfway is None else min(at, halfway)
         for pid in pids:
             h = self._handle(pid)
             if h.channel.torn and not h.channel.closed:
@@ -281,50 +379,91 @@ class LocalCluster(Cluster):
                                       h.process.exitcode)
                 continue
             h.channel.deadline = deadline
+            started[pid] = time.monotonic()
             try:
                 h.channel.send(CONTROL, message, run)
                 waiting[pid] = h
             except ChannelClosed:
-                results[pid] = h.exit_failure()
+                failed = h.exit_failure()
+                if h.abandoned is not None and _builds_its_problem(message):
+                    # Died in an ended run's answer: a fresh worker in its place.
+                    self._resend(self._replace(h, "died in an answer of an ended run"),
+                                 message, run, deadline, waiting, results, started)
+                else:
+                    results[pid] = failed
         while waiting:
-            ready = self._wait_on(waiting.values(), self._patience_limit(waiting, deadline))
+            if bound is None and tolerate is not None:
+                failed = sum(isinstance(r, Failed) for r in results.values())
+                if len(waiting) <= tolerate - failed:  # the run can go on without them
+                    now = time.monotonic()
+                    bound = now + max(SETUP_PATIENCE, 2 * (now - began))
+            limit = deadline
+            cut = [give_up_at(h) for h in waiting.values() if bound is not None and boundable(h)]
+            if cut:
+                limit = min(cut) if deadline is None else min(min(cut), deadline)
+            stale = [replace_at(h) for h in waiting.values() if h.abandoned]
+            if stale:
+                limit = min(stale) if limit is None else min(min(stale), limit)
+            ready = self._wait_on(waiting.values(), limit)
             for h, what in ready:
                 event = self._receive(h, run) if what == "message" else h.exit_failure()
+                if (isinstance(event, Failed) and h.abandoned is not None
+                        and h.abandoned[0] != run and _builds_its_problem(message)):
+                    # It died finishing the answer of an ended run: that run's failure, not
+                    # this one's. A fresh worker builds the problem in its place.
+                    self._resend(self._replace(h, "died in an answer of an ended run"),
+                                 message, run, deadline, waiting, results, started)
+                    continue
                 if event is not None:
                     results[h.pid] = event
                     waiting.pop(h.pid, None)
             if ready:
                 continue
             now = time.monotonic()
-            stuck = [h for h in waiting.values() if h.abandoned and now >= h.give_up_at()]
-            for h in stuck:
-                fresh = self._replace(h)  # stuck in an ended run's answer: a new worker
-                fresh.channel.deadline = deadline
-                try:
-                    fresh.channel.send(CONTROL, message, run)
-                    waiting[h.pid] = fresh
-                except ChannelClosed:
-                    results[h.pid] = fresh.exit_failure()
-                    waiting.pop(h.pid)
+            late = [h for h in waiting.values()
+                    if bound is not None and boundable(h) and now >= give_up_at(h)]
+            for h in late:
+                h.abandoned = (run, now)  # replaced at the next request if still stuck
+                waiting.pop(h.pid)
+                results[h.pid] = Failed(
+                    h.pid, f"did not finish its set-up within {now - started[h.pid]:.1f} s, "
+                    "while the other workers were ready (frozen, or far slower than they)",
+                    None, h.os_pid)
+            if not waiting:
+                break
+            stuck = [h for h in waiting.values() if h.abandoned and now >= replace_at(h)]
+            for h in stuck:  # stuck in an ended run's answer: a new worker
+                self._resend(self._replace(h), message, run, deadline, waiting, results, started)
             if deadline is not None and now >= deadline:
                 for pid, h in waiting.items():
+                    h.abandoned = (run, now)  # replaced at the next request if still stuck
                     results[pid] = Failed(pid, "did not reply before the time limit", None,
                                           h.os_pid)
                 break
         return results
 
     @staticmethod
-    def _patience_limit(waiting: dict, deadline: Optional[float]) -> Optional[float]:
-        """The deadline, or sooner the moment an interrupted worker runs out of patience."""
-        limits = [h.give_up_at() for h in waiting.values() if h.abandoned]
-        if deadline is not None:
-            limits.append(deadline)
-        return min(limits) if limits else None
+    def _resend(fresh: _Handle, message: tuple, run: int, deadline: Optional[float],
+                waiting: dict, results: dict, started: dict) -> None:
+        """Send ``message`` again, to the worker that took another's place."""
+        fresh.channel.deadline = deadline
+        started[fresh.pid] = time.monotonic()
+        try:
+            fresh.channel.send(CONTROL, message, run)
+            waiting[fresh.pid] = fresh
+        except ChannelClosed:
+            results[fresh.pid] = fresh.exit_failure()
+            waiting.pop(fresh.pid, None)
+
 
     def _receive(self, h: _Handle, run: int):
-        """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped)."""
+        """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped, or
+        one not all in yet: never waits for the rest)."""
         try:
-            kind, msg_run, value = h.channel.recv()
+            message = h.channel.poll()
+            if message is None:
+                return None
+            kind, msg_run, value = message
         except ChannelClosed:
             return h.exit_failure()
         except transport.Undecodable as exc:
@@ -353,8 +492,12 @@ class LocalCluster(Cluster):
 
     def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
                  deadline: Optional[float]) -> tuple:
+        return self.open_run_tolerating(algorithm, problem, pids, deadline, None)
+
+    def open_run_tolerating(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                            deadline: Optional[float], tolerate: Optional[int]) -> tuple:
         run = self._new_id()
-        results = self._request(pids, ("setup", algorithm, problem), deadline, run)
+        results = self._request(pids, ("setup", algorithm, problem), deadline, run, tolerate)
         failed = [r for r in results.values() if isinstance(r, Failed)]
         live = [pid for pid in pids if not isinstance(results[pid], Failed)]
         return LocalRun(self, run, live), failed
@@ -382,6 +525,12 @@ class LocalCluster(Cluster):
                     pass
 
 
+def _builds_its_problem(message: tuple) -> bool:
+    """A set-up whose problem the worker builds (a fresh worker can do it as well), not one
+    on the object of a DistributedObject (which dies with its worker)."""
+    return message[0] == "setup" and message[2][0] == "call"
+
+
 def _raise_failures(results: dict, doing: str) -> None:
     for pid, result in sorted(results.items()):
         if isinstance(result, Failed):
@@ -389,25 +538,85 @@ def _raise_failures(results: dict, doing: str) -> None:
                 from result.remote_error()
 
 
+class _Shield:
+    """Clean-up that finishes even when interrupted.
+
+    While one is active (in the main thread, where Python delivers SIGINT), a Ctrl-C does not
+    stop the clean-up where it stands, which would leave workers running and the interpreter
+    waiting for them at exit: it is remembered, the waits are cut short (``hit``: workers are
+    killed at once) and KeyboardInterrupt is raised when the outermost clean-up is done. A
+    second Ctrl-C changes nothing. Nested uses share one state.
+    """
+
+    SLICE = 0.05  # seconds: a wait checks ``hit`` at least this often
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.hit = False
+        self.previous: Any = None
+        self.installed = False
+
+    def __enter__(self) -> "_Shield":
+        if self.depth == 0:
+            self.hit = False
+            self.installed = False
+            if threading.current_thread() is threading.main_thread():
+                try:
+                    self.previous = signal.signal(signal.SIGINT, self._interrupted)
+                    self.installed = True
+                except ValueError:  # e.g. an interpreter being torn down
+                    pass
+        self.depth += 1
+        return self
+
+    def _interrupted(self, signum, frame) -> None:
+        self.hit = True
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous, self.installed = None, False
+        if self.hit and kind is None:
+            self.hit = False
+            raise KeyboardInterrupt("interrupted while stopping the workers (they are gone)")
+
+
+_SHIELD = _Shield()
+
+
 def _stop(handles, grace: float) -> None:
-    """Stop workers: a stop message, then terminate, then kill; each step bounded."""
-    for h in handles:
-        if not h.dead:
-            try:
-                h.channel.send(CONTROL, ("stop",))
-            except (ChannelClosed, OSError):
-                pass
-    _drain_until_exit(handles, grace)
-    for h in handles:
-        if h.process.is_alive():
-            h.process.terminate()
-    _join_all(handles, STOP_GRACE)
-    for h in handles:
-        if h.process.is_alive():
-            h.process.kill()
-            h.process.join(5.0)
-    for h in handles:
-        h.dead = True
+    """Stop workers: a stop message, then terminate, then kill; each step bounded, and the
+    whole of it carried through a Ctrl-C (see `_Shield`)."""
+    with _SHIELD:
+        for h in handles:
+            if not h.dead:
+                try:
+                    h.channel.send(CONTROL, ("stop",))
+                except (ChannelClosed, OSError):
+                    pass
+        _drain_until_exit(handles, grace)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.terminate()
+                _continue(h.process)  # a stopped (SIGSTOP) process gets its SIGTERM now
+        _join_all(handles, STOP_GRACE)
+        for h in handles:
+            if h.process.is_alive():
+                h.process.kill()
+                h.reap(5.0)
+        for h in handles:
+            h.kill_children()  # nothing the workers forked outlives them
+            h.dead = True
+
+
+def _continue(process) -> None:
+    try:
+        os.kill(process.pid, signal.SIGCONT)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
 
 
 def _drain_until_exit(handles, grace: float) -> None:
@@ -418,12 +627,12 @@ def _drain_until_exit(handles, grace: float) -> None:
     watched = {h for h in handles if h.process.is_alive()}
     readers = {h for h in watched if not h.channel.closed and not h.channel.torn}
     while watched:
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
+        timeout = min(deadline - time.monotonic(), _SHIELD.SLICE)
+        if timeout <= 0 or _SHIELD.hit:
             return
         with selectors.DefaultSelector() as selector:
             for h in watched:
-                selector.register(h.process.sentinel, selectors.EVENT_READ, (h, "dead"))
+                selector.register(h.death_fd, selectors.EVENT_READ, (h, "dead"))
             for h in readers:
                 events = selectors.EVENT_READ
                 if h.channel.outbox:
@@ -442,16 +651,20 @@ def _drain_until_exit(handles, grace: float) -> None:
                 if events & selectors.EVENT_WRITE:
                     h.channel.flush()
                 if events & selectors.EVENT_READ:
-                    h.channel.deadline = deadline
-                    h.channel.recv()
+                    h.channel.poll()  # what is there, never waiting for more
             except (ChannelClosed, transport.Undecodable):
                 readers.discard(h)  # closed, out of step, or stalled: its exit is waited for
 
 
 def _join_all(handles, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the processes to end (less after a Ctrl-C)."""
     deadline = time.monotonic() + grace
     for h in handles:
-        h.process.join(max(0.0, deadline - time.monotonic()))
+        while not _SHIELD.hit:
+            left = deadline - time.monotonic()
+            h.process.join(max(0.0, min(left, _SHIELD.SLICE)))
+            if left <= 0 or h.process.exitcode is not None:
+                break
 
 
 class LocalRun(Run):
@@ -469,9 +682,11 @@ class LocalRun(Run):
         self.broken: list[Failed] = []  # failures found while sending, reported by wait
         self.busy: set[int] = set()  # workers with a query outstanding
         self.poller = _Poller()
+        # Until close: a Ctrl-C never lands in the middle of a channel operation.
+        self.guarded = transport.interrupts.install()
         for h in self.live.values():
             self.poller.register(h.channel.fileno(), (h, "message"))
-            self.poller.register(h.process.sentinel, (h, "dead"))
+            self.poller.register(h.death_fd, (h, "dead"))
             if h.channel.outbox:  # e.g. the rest of its set-up
                 self.poller.write_when_ready(h.channel)
 
@@ -510,7 +725,7 @@ class LocalRun(Run):
         self.busy.discard(h.pid)
         if self.live.pop(h.pid, None) is not None:
             self.poller.unregister(h.channel.fileno())
-            self.poller.unregister(h.process.sentinel)
+            self.poller.unregister(h.death_fd)
 
     def wait(self, timeout: Optional[float]) -> list:
         if self.broken:
@@ -547,21 +762,25 @@ class LocalRun(Run):
         events.append(event)
 
     def close(self) -> None:
-        for h in list(self.live.values()):
-            if h.pid in self.busy and h.os_pid is not None:
-                # Its answer is of no use any more: interrupt it so the worker is ready for
-                # the next run (see _worker.Worker._interrupt).
+        if self.guarded:
+            self.guarded = False
+            transport.interrupts.uninstall()
+        with _SHIELD:  # every worker hears of the end, even through a Ctrl-C
+            for h in list(self.live.values()):
+                if h.pid in self.busy and h.os_pid is not None:
+                    # Its answer is of no use any more: interrupt it so the worker is ready
+                    # for the next run (see _worker.Worker._interrupt).
+                    try:
+                        os.kill(h.os_pid, signal.SIGUSR1)
+                        h.abandoned = (self.run, time.monotonic())
+                    except (ProcessLookupError, PermissionError):
+                        pass
                 try:
-                    os.kill(h.os_pid, signal.SIGUSR1)
-                    h.abandoned = (self.run, time.monotonic())
-                except (ProcessLookupError, PermissionError):
+                    h.channel.send(CONTROL, ("end",), self.run)
+                except ChannelClosed:
                     pass
-            try:
-                h.channel.send(CONTROL, ("end",), self.run)
-            except ChannelClosed:
-                pass
-            self._lose(h)
-        self.poller.close()
+                self._lose(h)
+            self.poller.close()
 
 
 #: Seconds a fast loop polls before it sleeps (see `_Poller.poll`).
@@ -681,4 +900,7 @@ class _Poller:
 def _close_all() -> None:
     """Stop the workers of clusters the user forgot to close."""
     for cluster in list(_clusters):
-        cluster.close()
+        try:
+            cluster.close()
+        except KeyboardInterrupt:  # its workers are gone all the same; on to the next
+            pass

@@ -62,12 +62,22 @@ class Progress:
         return "  ".join(f"{name}: {value}" for name, value in pairs)
 
     def close(self, completed: bool) -> None:
+        """The last update, then close the bars. After a run that failed, a ``progress()`` or
+        ``showvalues()`` that raises (perhaps what ended the run) is not called to raise again:
+        the error being reported must not be replaced by a second one."""
         if self.bar is None:
             return
-        self.update(force=True)
-        if completed:  # whichever criterion ended the run is complete
-            self.shown = self.bar.n = RESOLUTION
-            self.bar.refresh()
-        if self.values is not None:
-            self.values.close()
-        self.bar.close()
+        try:
+            if completed:
+                self.update(force=True)
+                self.shown = self.bar.n = RESOLUTION  # whichever criterion ended the run
+                self.bar.refresh()
+            else:
+                try:
+                    self.update(force=True)
+                except Exception:  # noqa: BLE001 - the run's own error is on its way up
+                    pass
+        finally:
+            if self.values is not None:
+                self.values.close()
+            self.bar.close()

@@ -59,6 +59,7 @@ import numpy as np
 
 from . import _worker
 from .cluster import Answer, Cluster, Failed, Run, WorkerClock
+from .local import _SHIELD
 
 log = logging.getLogger("aia")
 
@@ -502,14 +503,18 @@ class RayCluster(Cluster):
         self._closed = True
         ray = self._ray
         try:
-            if ray.is_initialized():
-                handles = [a.handle for a in self._actors.values()]
-                for handle in handles:
-                    try:
-                        ray.kill(handle, no_restart=True)
-                    except Exception:  # noqa: BLE001 - already dead, or Ray going away
-                        pass
-                self._await_dead(handles)
+            # Every actor is killed even through a Ctrl-C (raised once they are; a Ctrl-C
+            # skips the wait for Ray's report of their deaths).
+            with _SHIELD:
+                if ray.is_initialized():
+                    handles = [a.handle for a in self._actors.values()]
+                    for handle in handles:
+                        try:
+                            ray.kill(handle, no_restart=True)
+                        except Exception:  # noqa: BLE001 - already dead, or Ray going away
+                            pass
+                    if not _SHIELD.hit:
+                        self._await_dead(handles)
         finally:
             for a in self._actors.values():
                 a.dead = True
@@ -753,5 +758,5 @@ def _close_all() -> None:
     for cluster in list(_clusters):
         try:
             cluster.close()
-        except Exception:  # noqa: BLE001 - exiting anyway
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - exiting anyway
             pass

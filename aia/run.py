@@ -60,8 +60,14 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
                    verbose=verbose, progress_file=progress_file, clock_start=clock_start)
     if pids == [0]:
         _check_workers(algorithm, [0])
-        return _Central(algorithm, _central_problem(problem), stopat, workers=[0],
-                        synchronous=True, run=None, **options).go()
+        central = _Central(algorithm, None, stopat, workers=[0], synchronous=True, run=None,
+                           **options)
+        try:
+            central.problem = _central_problem(problem)
+        except BaseException as exc:  # make_problem(0) raised: the (empty) history too
+            central.attach(exc)
+            raise
+        return central.go()
 
     if isinstance(problem, DistributedObject) and cluster is None:
         cluster = problem.cluster
@@ -81,24 +87,44 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
     else:
         spec = ("call", serialize(problem, "problem constructor"))
 
-    workers = LocalCluster(len(available)) if owned else cluster
+    central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
+                       run=None, **options)
+    try:
+        return _run_on(central, _workers_of(cluster, owned, available), owned,
+                       algorithm_bytes, spec, pids, problem)
+    except BaseException as exc:
+        # Whatever ended the run, and wherever: the set-up, make_problem(0), the loop, or a
+        # Ctrl-C during the clean-up (the history recorded so far is complete then).
+        central.attach(exc)
+        raise
+
+
+def _workers_of(cluster, owned: bool, available: list):
+    """The cluster a run uses: the given one, or a temporary one of ``available`` workers."""
+    return LocalCluster(len(available)) if owned else cluster
+
+
+def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, spec: tuple,
+            pids: Sequence[int], problem) -> History:
     run = None
     try:
-        central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
-                           run=None, **options)
         remaining = central.recorder.remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        run, failed = workers.open_run(algorithm_bytes, spec, pids, deadline)
+        run, failed = workers.open_run_tolerating(algorithm_bytes, spec, pids, deadline,
+                                                  central.resilience)
         central.run = run
         for event in failed:  # a constructor that raised, or a worker that died
             central.fail(event)
         central.problem = _central_problem(problem)
         return central.go()
     finally:
-        if run is not None:
-            run.close()
-        if owned:
-            workers.close()
+        try:
+            if run is not None:
+                run.close()
+        finally:
+            if owned:
+                workers.close(grace=0.0)  # even if run.close was interrupted; no grace:
+                # nothing of a temporary cluster's workers is kept
 
 
 def _check_workers(algorithm, pids: Sequence[int]) -> None:
@@ -144,24 +170,29 @@ class _Central:
     def go(self) -> History:
         completed = False
         try:
-            self.progress = Progress(self.recorder, self.verbose, self.progress_file)
-            if self.run is None:
-                self.loop_here()
-            elif self.synchronous:
-                self.loop_sync()
-            else:
-                self.loop_async()
-            history = self.recorder.finish()
-            completed = True
+            try:
+                self.progress = Progress(self.recorder, self.verbose, self.progress_file)
+                if self.run is None:
+                    self.loop_here()
+                elif self.synchronous:
+                    self.loop_sync()
+                else:
+                    self.loop_async()
+                history = self.recorder.finish()
+                completed = True
+            finally:
+                if self.progress is not None:
+                    self.progress.close(completed)  # its own failure gets the history too
             return history
         except BaseException as exc:
-            attach_history(exc, self.recorder.snapshot())
+            self.attach(exc)
             if self.problem is None and isinstance(exc, (TypeError, AttributeError)):
                 exc.add_note(_NO_CENTRAL_PROBLEM)
             raise
-        finally:
-            if self.progress is not None:
-                self.progress.close(completed)
+
+    def attach(self, exc: BaseException) -> None:
+        """Give ``exc`` the history recorded so far (unless it carries one already)."""
+        attach_history(exc, self.recorder.snapshot())
 
     def fail(self, event: Failed) -> None:
         """Count a failure: past ``resilience`` it ends the run."""

@@ -42,12 +42,16 @@ replaces its worker.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import os
 import pickle
 import select
+import signal
 import socket
 import struct
+import threading
 import time
 import weakref
 from collections import deque
@@ -276,6 +280,100 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_pool_in_child)
 
 
+# -- Ctrl-C ------------------------------------------------------------------------------
+class _Interrupts:
+    """Holds a Ctrl-C off while a channel operation runs, so that it never lands between a
+    read (or a write) and the accounting of what it moved: the stream stays in step.
+
+    It works only while ``installed`` (the central, during a run or a request: see `held`):
+    then its SIGINT handler, if the interrupt lands inside an operation, only remembers it,
+    and the operation delivers it (to the handler it replaced, normally raising
+    KeyboardInterrupt) as it returns. The central's operations never block (its end of each
+    channel is non-blocking), so the interrupt waits microseconds, at most the unpickling of
+    one message. Elsewhere (a worker, another thread) ``torn`` is the fallback.
+    """
+
+    def __init__(self) -> None:
+        self.inside = False  # a channel operation is running
+        self.pending: Optional[tuple] = None  # (signum, frame) of an interrupt held off
+        self.depth = 0
+        self.previous: Any = None
+
+    def install(self) -> bool:
+        """Take over SIGINT (main thread only; nested calls count). Whether it did."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self.depth == 0:
+            try:
+                previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:
+                return False
+            # Ours still there (replaced over by someone who did not restore it): the default.
+            self.previous = signal.default_int_handler if previous == self._handler else previous
+        self.depth += 1
+        return True
+
+    def uninstall(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            previous = self.previous
+            if signal.getsignal(signal.SIGINT) == self._handler:  # a bound method: ==, not is
+                signal.signal(signal.SIGINT, previous)
+            self.deliver()  # one held off at the very end still arrives
+            self.previous = None
+
+    @contextlib.contextmanager
+    def held(self):
+        """Channel operations within are not cut by a Ctrl-C (delivered right after each)."""
+        installed = self.install()
+        try:
+            yield
+        finally:
+            if installed:
+                self.uninstall()
+
+    def _handler(self, signum, frame) -> None:
+        if self.inside:
+            self.pending = (signum, frame)
+        else:
+            self._call(signum, frame)
+
+    def deliver(self) -> None:
+        if self.pending is not None:
+            signum, frame = self.pending
+            self.pending = None
+            self._call(signum, frame)
+
+    def _call(self, signum, frame) -> None:
+        previous = self.previous
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # SIG_DFL, or None once uninstalled
+            raise KeyboardInterrupt
+
+
+interrupts = _Interrupts()
+
+
+def _whole(operation):
+    """A channel operation that a Ctrl-C does not cut in the middle (see `_Interrupts`)."""
+
+    @functools.wraps(operation)
+    def whole(*args, **kwargs):
+        guard = interrupts
+        if guard.inside:  # nested
+            return operation(*args, **kwargs)
+        guard.inside = True
+        try:
+            return operation(*args, **kwargs)
+        finally:
+            guard.inside = False
+            if guard.pending is not None:
+                guard.deliver()
+
+    return whole
+
+
 # -- channels ----------------------------------------------------------------------------
 class Channel:
     """One end of a message stream between two processes.
@@ -295,6 +393,7 @@ class Channel:
         self.deadline: Optional[float] = None
         self.torn = False
         self._first = bytearray(_MIN_FRAME)  # the head of every frame is read into this
+        self._rx: Optional[_Incoming] = None  # a frame partly received
         self.sent = 0  # frames sent
         self.received = 0  # frames received (each sent frame acknowledges this count)
         self.peer_received = 0  # the peer's count, from its latest frame
@@ -317,6 +416,12 @@ class Channel:
             self.outbox.clear()
         self.sock.close()
 
+    def release_shared(self) -> None:
+        """The peer is dead: unmap its arenas here and stop holding ours for it (their memory
+        goes back to the system now, not when the cluster closes)."""
+        _pool.forget(self)
+        self.unmap_peer_arenas()
+
     def unmap_peer_arenas(self) -> None:
         for mapped in self._arenas.values():
             _unmap(mapped)
@@ -334,6 +439,7 @@ class Channel:
         else:  # the loop's common case, kept short
             self._send_small(kind, run, data)
 
+    @_whole
     def send_message(self, kind: int, run: int, message: Message) -> None:
         """Send an encoded message (so one query is pickled, and written, once for all)."""
         if not message.buffers:
@@ -348,6 +454,7 @@ class Channel:
         self.sent += 1
         self.torn = False
 
+    @_whole
     def _send_small(self, kind: int, run: int, data: bytes) -> None:
         """A message without out-of-band buffers: one frame, one send."""
         if self.torn:
@@ -453,6 +560,7 @@ class Channel:
     def _queue(self, parts: list) -> None:
         self.outbox.append(b"".join(memoryview(p).cast("B") for p in parts))
 
+    @_whole
     def flush(self) -> bool:
         """Write what waits in ``outbox``, as far as the socket takes it now (never blocks);
         True once nothing waits. Raises ChannelClosed if the peer is gone."""
@@ -486,48 +594,118 @@ class Channel:
 
     # -- receiving ------------------------------------------------------------------------
     def recv(self) -> tuple[int, int, Any]:
-        """Receive one message: ``(kind, run, obj)``. Blocks; raises ChannelClosed on EOF,
+        """Receive one message: ``(kind, run, obj)``. Blocks (a non-blocking end: until the
+        channel's ``deadline``, then ChannelClosed); raises ChannelClosed on EOF,
         Undecodable if the whole message arrived but could not be unpickled."""
-        first = self._first  # reused: small frames are unpickled by copy
-        if self.torn:
-            self._check_intact()
-        self.torn = True  # until the whole frame is in
-        try:
-            got = self.sock.recv_into(first, _MIN_FRAME)
-        except BlockingIOError:
-            got = -1  # not readable after all: wait for it below
-        except OSError as exc:
-            self.torn = False
-            raise ChannelClosed(str(exc)) from exc
-        if got < _MIN_FRAME:
+        while True:
+            message = self.poll()
+            if message is not None:
+                return message
+            self._await_readable()
+
+    @_whole
+    def poll(self) -> Optional[tuple[int, int, Any]]:
+        """The next message, ``(kind, run, obj)``, if its last byte is in; else None, and what
+        came of it is kept for the next call (a non-blocking end never waits: one peer that
+        stalls in the middle of a frame holds up no one). Raises as `recv`.
+
+        An interrupt (Ctrl-C) between two reads leaves the channel in step: the next call goes
+        on with the same frame. Only one that lands in the few bytecodes that account for
+        what a read returned tears the channel (``torn``)."""
+        rx = self._rx
+        if rx is None:
+            first = self._first  # reused: small frames are unpickled by copy
+            if self.torn:
+                self._check_intact()
+            self.torn = True
+            try:
+                got = self.sock.recv_into(first, _MIN_FRAME)
+            except BlockingIOError:
+                self.torn = False
+                return None
+            except OSError as exc:
+                self.torn = False
+                raise ChannelClosed(str(exc)) from exc
             if got == 0:
                 self.torn = False
                 raise ChannelClosed("the other end closed the channel")
-            self._recv_into(first, max(got, 0))
-        kind, flags, run, nbuffers, size, self.peer_received = _HEADER.unpack_from(first)
-        self.received += 1
-        if nbuffers == 0 and size <= _MIN_FRAME - _HEADER.size:  # the common small message
+            if got == _MIN_FRAME:
+                header = _HEADER.unpack_from(first)
+                if header[3] == 0 and header[4] <= _MIN_FRAME - _HEADER.size:
+                    # The loop's common case: a small message, whole in one read.
+                    self.peer_received = header[5]
+                    self.received += 1
+                    self.torn = False
+                    n = _LENGTH.unpack_from(first, _HEADER.size)[0]
+                    start = _HEADER.size + _LENGTH.size
+                    return header[0], header[2], _loads(header[0], header[2],
+                                                        memoryview(first)[start : start + n], [])
+            self._rx = rx = _Incoming(first, got)
             self.torn = False
-            n = _LENGTH.unpack_from(first, _HEADER.size)[0]
-            start = _HEADER.size + _LENGTH.size
-            return kind, run, _loads(kind, run, memoryview(first)[start : start + n], [])
-        if _HEADER.size + size <= _MIN_FRAME:
-            payload = memoryview(first)[_HEADER.size:]
-            if nbuffers and not flags & _SHARED:  # arrays will live on this memory
-                payload = memoryview(bytearray(payload))
-        else:
-            whole = bytearray(size)
-            head = _MIN_FRAME - _HEADER.size
-            whole[:head] = memoryview(first)[_HEADER.size:]
-            self._recv_into(whole, head)
-            payload = memoryview(whole)
+        elif self.torn:
+            self._check_intact()
+        if not self._fill(rx):
+            return None
+        return self._decode(rx)
+
+    def _fill(self, rx: "_Incoming") -> bool:
+        """Read more of the frame ``rx`` (and the arena descriptor after it); whether it is all
+        in. ``torn`` is set only while a read's result is not yet accounted for."""
+        sock = self.sock
+        while True:
+            if rx.got < len(rx.buf):
+                self.torn = True
+                try:
+                    k = sock.recv_into(memoryview(rx.buf)[rx.got:], len(rx.buf) - rx.got)
+                except BlockingIOError:
+                    self.torn = False
+                    return False
+                except OSError as exc:
+                    self.torn = False
+                    raise ChannelClosed(str(exc)) from exc
+                if k == 0:
+                    self.torn = False
+                    raise ChannelClosed("the other end closed the channel")
+                rx.got += k
+                self.torn = False
+                continue
+            if rx.header is None:  # the head is in: how long is the frame?
+                self.torn = True
+                rx.start_body(_HEADER.unpack_from(rx.buf))
+                self.torn = False
+                continue
+            if rx.wants_fd is None:  # the whole frame is in: does a descriptor follow?
+                rx.wants_fd = rx.new_arena()
+                continue
+            if rx.wants_fd:  # a new arena's descriptor follows the frame
+                self.torn = True
+                try:
+                    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+                except BlockingIOError:
+                    self.torn = False
+                    return False
+                except OSError as exc:
+                    self.torn = False
+                    raise ChannelClosed(str(exc)) from exc
+                rx.fds, rx.wants_fd = fds, False
+                self.torn = False
+                continue
+            return True
+
+    def _decode(self, rx: "_Incoming") -> tuple[int, int, Any]:
+        """The message of a frame all read: the stream is at the next frame already, so an
+        interrupt from here on loses this message only, not the channel's step."""
+        self.torn = True
+        self._rx = None
+        self.received += 1
+        self.torn = False
+        kind, flags, run, nbuffers, size, self.peer_received = rx.header
+        payload = rx.payload
         lengths = [_LENGTH.unpack_from(payload, i * _LENGTH.size)[0] for i in range(nbuffers + 1)]
         offset = (nbuffers + 1) * _LENGTH.size
         if flags & _SHARED:
-            offset, buffers = self._recv_shared(payload, offset, lengths[1:])
-            self.torn = False
+            offset, buffers = self._recv_shared(payload, offset, lengths[1:], rx.fds)
             return kind, run, _loads(kind, run, payload[offset : offset + lengths[0]], buffers)
-        self.torn = False
         data = payload[offset : offset + lengths[0]]
         offset += lengths[0]
         buffers = []
@@ -537,16 +715,17 @@ class Channel:
             offset += n
         return kind, run, _loads(kind, run, data, buffers)
 
-    def _recv_shared(self, payload: memoryview, offset: int, lengths: list) -> tuple:
+    def _recv_shared(self, payload: memoryview, offset: int, lengths: list,
+                     fds: Optional[list]) -> tuple:
         """Copy the buffers of a shared frame out of the peer's arena; the stream's offset
-        and the buffers."""
+        and the buffers. ``fds``: the descriptor of a new arena, received after the frame."""
         ident, size, new, n_retired = _ARENA.unpack_from(payload, offset)
         offset += _ARENA.size
         for i in range(n_retired):
             _unmap(self._arenas.pop(_LENGTH.unpack_from(payload, offset)[0], None))
             offset += _LENGTH.size
         if new:
-            self._map_arena(ident, size)
+            self._map_arena(ident, size, fds or [])
         arena = self._arenas.get(ident)
         if arena is None:
             raise ChannelClosed(f"the peer referred to a shared-memory arena ({ident}) it "
@@ -565,15 +744,7 @@ class Channel:
             source.release()
         return offset, buffers
 
-    def _map_arena(self, ident: int, size: int) -> None:
-        while True:
-            try:
-                _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
-                break
-            except BlockingIOError:
-                self._await_readable()
-            except OSError as exc:
-                raise ChannelClosed(str(exc)) from exc
+    def _map_arena(self, ident: int, size: int, fds: list) -> None:
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -583,29 +754,9 @@ class Channel:
         finally:
             os.close(fds[0])
 
-    def _recv_into(self, buf: bytearray, got: int = 0) -> bytearray:
-        """Fill ``buf`` from byte ``got`` on."""
-        view = memoryview(buf)
-        n = len(buf)
-        try:
-            while got < n:
-                try:
-                    k = self.sock.recv_into(view[got:], n - got)
-                except BlockingIOError:
-                    self._await_readable()
-                    continue
-                if k == 0:
-                    raise ChannelClosed("the other end closed the channel")
-                got += k
-        except ChannelClosed:
-            raise
-        except OSError as exc:
-            raise ChannelClosed(str(exc)) from exc
-        return buf
-
     def _await_readable(self) -> None:
         """Wait for more of a frame (non-blocking end), at most until ``deadline``; past it
-        the channel stays torn and ChannelClosed is raised."""
+        ChannelClosed is raised (what came of the frame is kept: the channel stays in step)."""
         timeout = None if self.deadline is None else self.deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             raise ChannelClosed("the peer stalled in the middle of a message past the "
@@ -616,6 +767,44 @@ class Channel:
             poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
         else:
             select.select([self.sock], [], [], timeout)
+
+
+class _Incoming:
+    """A frame being received: its bytes so far (``buf`` up to ``got``), its header once the
+    head is in, and whether a new arena's descriptor is still to come after it."""
+
+    __slots__ = ("buf", "got", "header", "payload", "wants_fd", "fds")
+
+    def __init__(self, first: bytearray, got: int):
+        self.buf, self.got = first, got
+        self.header: Optional[tuple] = None
+        self.payload: Optional[memoryview] = None
+        self.wants_fd: Optional[bool] = None  # None: not known until the frame is all in
+        self.fds: Optional[list] = None
+
+    def start_body(self, header: tuple) -> None:
+        """The head (``_MIN_FRAME`` bytes) is in: make room for the rest of the frame."""
+        _, flags, _, nbuffers, size, _ = header
+        first = self.buf
+        if _HEADER.size + size <= _MIN_FRAME:
+            payload = memoryview(first)[_HEADER.size:]
+            if nbuffers and not flags & _SHARED:  # arrays will live on this memory
+                payload = memoryview(bytearray(payload))
+            self.payload = payload
+        else:
+            whole = bytearray(size)
+            head = _MIN_FRAME - _HEADER.size
+            whole[:head] = memoryview(first)[_HEADER.size:]
+            self.payload = memoryview(whole)
+            self.buf, self.got = whole, head
+        self.header = header
+
+    def new_arena(self) -> bool:
+        """Whether the frame (all in) brings a new arena, whose descriptor follows it."""
+        _, flags, _, nbuffers, _, _ = self.header
+        if not flags & _SHARED:
+            return False
+        return bool(_ARENA.unpack_from(self.payload, (nbuffers + 1) * _LENGTH.size)[2])
 
 
 def _loads(kind: int, run: int, data: memoryview, buffers: list) -> Any:
