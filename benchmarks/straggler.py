@@ -213,7 +213,7 @@ def plot_sgd(runs, summary, path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("wall time (s)")
     ax.set_ylabel("loss on all rows")
-    ax.set_title("asynchronous SGD, one worker 4x slower: the best step of each")
+    ax.set_title("async SGD, one worker 4x slower: best step of each")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
