@@ -12,7 +12,8 @@ benchmarks/results/straggler.json and a plot of loss against wall time (straggle
 Then the shipped `algorithms.SGD` (one row's gradient per answer, same straggler), asynchronous,
 with and without ``staleness=True`` (each step divided by 1 + the staleness of its answer),
 over a grid of step sizes: the time each needs to reach its own target (SGD's constant step
-leaves it above the floor, so a looser factor), and the best of each over the grid; written to
+leaves it above the floor, so a looser factor; medians of a few runs), and the best of each
+over the grid; written to
 straggler.json ("sgd_staleness") and straggler_sgd.png.
 """
 
@@ -94,8 +95,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--compute", type=float, default=0.004, help="seconds per answer")
-    parser.add_argument("--sgd-seconds", type=float, default=3.0,
-                        help="seconds per SGD run (two per step size)")
+    parser.add_argument("--sgd-seconds", type=float, default=2.5,
+                        help="seconds per SGD run (two per step size and repeat)")
+    parser.add_argument("--sgd-repeats", type=int, default=3)
     parser.add_argument("--sgd-steps", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.8, 1.6, 3.2],
                         help="SGD step sizes, in units of 1 / (mean squared row norm)")
     parser.add_argument("--sgd-target", type=float, default=1.2,
@@ -151,50 +153,67 @@ def main(argv=None) -> None:
 
 
 def run_sgd(args, cluster, problem, pooled, n) -> list:
-    """Asynchronous SGD with and without staleness=True, at each step size of the grid."""
+    """Asynchronous SGD with and without staleness=True, at each step size of the grid,
+    ``--sgd-repeats`` times each (interleaved, so that a slow spell of the machine hits
+    both variants alike)."""
     unit = 1 / float(np.mean(np.sum(pooled.A ** 2, axis=1)))  # one row's gradient is safe below
     runs = []
-    for factor in args.sgd_steps:
-        for aware in (False, True):
-            alg = StragglerSGD(factor * unit, n, args.compute, aware)
-            h = aia.start(alg, problem, {"time": args.sgd_seconds}, saveat={"iteration": 20},
-                          cluster=cluster, verbose=0)
-            runs.append({"step": factor, "staleness": aware, "history": h})
+    for repeat in range(args.sgd_repeats):
+        for factor in args.sgd_steps:
+            for aware in (False, True):
+                alg = StragglerSGD(factor * unit, n, args.compute, aware)
+                h = aia.start(alg, problem, {"time": args.sgd_seconds},
+                              saveat={"iteration": 20}, cluster=cluster, verbose=0)
+                runs.append({"step": factor, "staleness": aware, "repeat": repeat,
+                             "history": h})
     return runs
 
 
 def report_sgd(args, runs, pooled, floor) -> dict:
-    """Print the table of the SGD runs; their summary for the JSON."""
+    """Print the table of the SGD runs (medians over the repeats); the summary for the JSON."""
     target = args.sgd_target * floor
-    rows = []
     for r in runs:
         h = r["history"]
-        losses = [pooled.loss(x) for x in h.queries]
-        stale = [s for v in h.staleness.values() for s in v]
-        rows.append({"step": r["step"], "staleness": r["staleness"],
-                     "iterations": h.iterations[-1], "mean_staleness": float(np.mean(stale)),
-                     "max_staleness": int(max(stale)),
-                     "seconds_to_target": first_time_below(h, pooled, target),
-                     "final_loss": losses[-1], "min_loss": min(losses)})
-        r["losses"] = losses
+        r["losses"] = [pooled.loss(x) for x in h.queries]
+        r["seconds_to_target"] = first_time_below(h, pooled, target)
+    rows = []
+    for factor in args.sgd_steps:
+        for aware in (False, True):
+            mine = [r for r in runs if r["step"] == factor and r["staleness"] == aware]
+            stale = [s for r in mine for v in r["history"].staleness.values() for s in v]
+            times = [r["seconds_to_target"] for r in mine]
+            rows.append({"step": factor, "staleness": aware,
+                         "iterations": float(np.median([r["history"].iterations[-1]
+                                                        for r in mine])),
+                         "mean_staleness": float(np.mean(stale)),
+                         "max_staleness": int(max(stale)),
+                         "seconds_to_target": float(np.median(times)),
+                         "seconds_to_target_runs": times,
+                         "final_loss": float(np.median([r["losses"][-1] for r in mine]))})
     print(f"\nalgorithms.SGD, asynchronous, one row per answer, same straggler; target loss "
           f"{target:.4f} ({args.sgd_target}x the floor); step in units of 1 / mean |row|^2; "
-          f"{args.sgd_seconds:g} s per run, one run each")
+          f"{args.sgd_seconds:g} s per run; medians of {args.sgd_repeats} runs (inf: not "
+          f"reached)")
     print(f"{'step':>6}{'staleness':>11}{'iterations':>12}{'mean stale':>12}{'max stale':>11}"
-          f"{'s to target':>13}{'final loss':>12}")
+          f"{'s to target':>13}{'reached':>9}{'final loss':>12}")
     for r in rows:
+        reached = sum(t < float("inf") for t in r["seconds_to_target_runs"])
         print(f"{r['step']:>6g}{('divide' if r['staleness'] else 'ignore'):>11}"
-              f"{r['iterations']:>12}{r['mean_staleness']:>12.1f}{r['max_staleness']:>11}"
-              f"{r['seconds_to_target']:>13.3f}{r['final_loss']:>12.4g}")
+              f"{r['iterations']:>12.0f}{r['mean_staleness']:>12.1f}{r['max_staleness']:>11}"
+              f"{r['seconds_to_target']:>13.3f}{f'{reached}/{args.sgd_repeats}':>9}"
+              f"{r['final_loss']:>12.4g}")
     best = {}
     for aware in (False, True):
         mine = [r for r in rows if r["staleness"] == aware]
         best[aware] = min(mine, key=lambda r: r["seconds_to_target"])
     for aware, name in ((False, "without staleness"), (True, "with staleness=True")):
         b = best[aware]
-        print(f"best {name:<20}: {b['seconds_to_target']:.3f} s to target (step {b['step']:g})")
+        stable = [r["step"] for r in rows if r["staleness"] == aware and
+                  all(t < float("inf") for t in r["seconds_to_target_runs"])]
+        print(f"best {name:<20}: {b['seconds_to_target']:.3f} s to target (step {b['step']:g}; "
+              f"every run reached it at steps {stable})")
     return {"target_loss": target, "target_factor": args.sgd_target,
-            "seconds_per_run": args.sgd_seconds, "rows": rows,
+            "seconds_per_run": args.sgd_seconds, "repeats": args.sgd_repeats, "rows": rows,
             "best_without": best[False], "best_with": best[True]}
 
 
@@ -205,7 +224,8 @@ def plot_sgd(runs, summary, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, name in (("best_without", "ignore staleness"), ("best_with", "staleness=True")):
         b = summary[key]
-        r = next(r for r in runs if r["step"] == b["step"] and r["staleness"] == b["staleness"])
+        r = next(r for r in runs if r["step"] == b["step"] and r["staleness"] == b["staleness"]
+                 and r["repeat"] == 0)
         h = r["history"]
         ax.plot(np.array(h.timestamps) - h.timestamps[0], r["losses"],
                 label=f"{name} (step {b['step']:g})")
