@@ -5,9 +5,9 @@ Each worker holds a block of rows ``(A, b)`` of the problem
 with ``stepsize`` times the gradient of one of its rows, drawn at random; the central subtracts
 it (asynchronous mode) or the mean of the round's answers (synchronous mode).
 
-With ``staleness=True`` (staleness-aware asynchronous SGD) the central divides each answer by
-1 + its staleness, the number of central steps taken since the query it answered was sent:
-a gradient computed on an old iterate moves the current one less.
+With ``staleness_aware=True`` (staleness-aware asynchronous SGD) the central divides each
+answer by 1 + its staleness, the number of central steps taken since the query it answered
+was sent: a gradient computed on an old iterate moves the current one less.
 """
 
 from __future__ import annotations
@@ -69,21 +69,22 @@ class SGD(AbstractAlgorithm):
     """Stochastic gradient descent, asynchronous or synchronous.
 
     ``stepsize``: the step on one row's gradient. ``x0``: the first iterate (default zeros).
-    ``seed``: of each worker's row draws. ``staleness``: divide each step by 1 + the
+    ``seed``: of each worker's row draws. ``staleness_aware``: divide each step by 1 + the
     staleness of the answer applied (the engine's ``self.staleness``); synchronous answers
     are never stale, so it changes only asynchronous runs.
     """
 
     def __init__(self, stepsize: float, x0=None, seed: int | None = None,
-                 staleness: bool = False):
-        if not isinstance(staleness, (bool, np.bool_)):
-            raise TypeError(f"staleness must be True or False (divide each step by 1 + the "
-                            f"answer's staleness), got {staleness!r}")
+                 staleness_aware: bool = False):
+        if not isinstance(staleness_aware, (bool, np.bool_)):
+            raise TypeError(f"staleness_aware must be True or False (divide each step by 1 + "
+                            f"the answer's staleness), got {staleness_aware!r}")
         self.stepsize = stepsize
         self.x0 = x0
         self.seed = seed
-        # Not ``self.staleness``: the engine sets that attribute to the answer's staleness.
-        self.staleness_aware = bool(staleness)
+        # Not ``staleness``: the engine sets ``self.staleness`` to each answer's staleness, and
+        # a folder site rebuilds the algorithm from attributes named like the parameters.
+        self.staleness_aware = bool(staleness_aware)
         self.x = None
         self.rng = None
 

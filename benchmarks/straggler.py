@@ -10,7 +10,7 @@ time each needs to reach the target loss (a fixed factor above the least-squares
 benchmarks/results/straggler.json and a plot of loss against wall time (straggler.png).
 
 Then the shipped `algorithms.SGD` (one row's gradient per answer, same straggler), asynchronous,
-with and without ``staleness=True`` (each step divided by 1 + the staleness of its answer),
+with and without ``staleness_aware=True`` (each step divided by 1 + the staleness of its answer),
 over a grid of step sizes: the time each needs to reach its own target (SGD's constant step
 leaves it above the floor, so a looser factor; medians of a few runs), and the best of each
 over the grid; written to
@@ -62,7 +62,7 @@ class StragglerSGD(SGD):
     """The shipped SGD, each answer taking ``compute`` seconds (4x on the straggler)."""
 
     def __init__(self, stepsize, n, compute, staleness):
-        super().__init__(stepsize, x0=np.zeros(n), staleness=staleness)
+        super().__init__(stepsize, x0=np.zeros(n), staleness_aware=staleness)
         self.compute = compute
 
     def answer(self, q, problem):
@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sgd-seconds", type=float, default=2.5,
                         help="seconds per SGD run (two per step size and repeat)")
     parser.add_argument("--sgd-repeats", type=int, default=3)
-    parser.add_argument("--sgd-steps", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.8, 1.6, 3.2],
+    parser.add_argument("--sgd-steps", type=float, nargs="+",
+                        default=[0.1, 0.2, 0.4, 0.8, 1.6, 3.2],
                         help="SGD step sizes, in units of 1 / (mean squared row norm)")
     parser.add_argument("--sgd-target", type=float, default=1.2,
                         help="SGD target: this factor times the floor")
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
 
 
 def run_sgd(args, cluster, problem, pooled, n) -> list:
-    """Asynchronous SGD with and without staleness=True, at each step size of the grid,
+    """Asynchronous SGD with and without staleness_aware=True, at each step size of the grid,
     ``--sgd-repeats`` times each (interleaved, so that a slow spell of the machine hits
     both variants alike)."""
     unit = 1 / float(np.mean(np.sum(pooled.A ** 2, axis=1)))  # one row's gradient is safe below
@@ -206,7 +207,7 @@ def report_sgd(args, runs, pooled, floor) -> dict:
     for aware in (False, True):
         mine = [r for r in rows if r["staleness"] == aware]
         best[aware] = min(mine, key=lambda r: r["seconds_to_target"])
-    for aware, name in ((False, "without staleness"), (True, "with staleness=True")):
+    for aware, name in ((False, "without staleness"), (True, "with staleness_aware")):
         b = best[aware]
         stable = [r["step"] for r in rows if r["staleness"] == aware and
                   all(t < float("inf") for t in r["seconds_to_target_runs"])]
@@ -222,7 +223,7 @@ def plot_sgd(runs, summary, path) -> None:
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, name in (("best_without", "ignore staleness"), ("best_with", "staleness=True")):
+    for key, name in (("best_without", "ignore staleness"), ("best_with", "staleness_aware=True")):
         b = summary[key]
         r = next(r for r in runs if r["step"] == b["step"] and r["staleness"] == b["staleness"]
                  and r["repeat"] == 0)
