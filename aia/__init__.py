@@ -10,7 +10,7 @@ from .cluster import Cluster
 from .distributed import DistributedObject
 from .errors import Failure, RemoteError, WorkerFailedError
 from .folder import FolderCluster
-from .history import History
+from .history import History, load_history
 from .local import LocalCluster
 from .run import start
 from .wrappers import AggregationAlgorithm, AveragingAlgorithm
@@ -28,6 +28,7 @@ __all__ = sorted([
     "RayCluster",
     "RemoteError",
     "WorkerFailedError",
+    "load_history",
     "start",
 ])
 

@@ -4,6 +4,10 @@ Each worker holds a block of rows ``(A, b)`` of the problem
 ``min_x f(x) = ||A x - b||^2 / (2 m)``. A query is the current iterate ``x``; a worker answers
 with ``stepsize`` times the gradient of one of its rows, drawn at random; the central subtracts
 it (asynchronous mode) or the mean of the round's answers (synchronous mode).
+
+With ``staleness_aware=True`` (staleness-aware asynchronous SGD) the central divides each
+answer by 1 + its staleness, the number of central steps taken since the query it answered
+was sent: a gradient computed on an old iterate moves the current one less.
 """
 
 from __future__ import annotations
@@ -62,12 +66,25 @@ def make_lrmse_problem(n_rows: int = 100, n_features: int = 10, seed: int = 0, n
 
 
 class SGD(AbstractAlgorithm):
-    """Stochastic gradient descent, asynchronous or synchronous."""
+    """Stochastic gradient descent, asynchronous or synchronous.
 
-    def __init__(self, stepsize: float, x0=None, seed: int | None = None):
+    ``stepsize``: the step on one row's gradient. ``x0``: the first iterate (default zeros).
+    ``seed``: of each worker's row draws. ``staleness_aware``: divide each step by 1 + the
+    staleness of the answer applied (the engine's ``self.staleness``); synchronous answers
+    are never stale, so it changes only asynchronous runs.
+    """
+
+    def __init__(self, stepsize: float, x0=None, seed: int | None = None,
+                 staleness_aware: bool = False):
+        if not isinstance(staleness_aware, (bool, np.bool_)):
+            raise TypeError(f"staleness_aware must be True or False (divide each step by 1 + "
+                            f"the answer's staleness), got {staleness_aware!r}")
         self.stepsize = stepsize
         self.x0 = x0
         self.seed = seed
+        # Not ``staleness``: the engine sets ``self.staleness`` to each answer's staleness, and
+        # a folder site rebuilds the algorithm from attributes named like the parameters.
+        self.staleness_aware = bool(staleness_aware)
         self.x = None
         self.rng = None
 
@@ -88,9 +105,14 @@ class SGD(AbstractAlgorithm):
         return self.stepsize * problem.gradient(q, i)
 
     def central_step(self, a: np.ndarray, worker: int, problem) -> np.ndarray:
+        if self.staleness_aware:
+            a = a / (1 + getattr(self, "staleness", 0))
         self.x = self.x - a
         return self.x
 
     def sync_central_step(self, answers, workers, problem) -> np.ndarray:
+        if self.staleness_aware:  # one staleness per answer (all 0 in today's engine)
+            stale = getattr(self, "staleness", None) or [0] * len(answers)
+            answers = [a / (1 + s) for a, s in zip(answers, stale)]
         self.x = self.x - np.mean(answers, axis=0)
         return self.x

@@ -8,6 +8,13 @@ fixed compute time; worker 1 takes 4x as long. The synchronous loop waits for
 the straggler every round; the asynchronous loop steps on each answer as it arrives. Prints the
 time each needs to reach the target loss (a fixed factor above the least-squares floor), writes
 benchmarks/results/straggler.json and a plot of loss against wall time (straggler.png).
+
+Then the shipped `algorithms.SGD` (one row's gradient per answer, same straggler), asynchronous,
+with and without ``staleness_aware=True`` (each step divided by 1 + the staleness of its answer),
+over a grid of step sizes: the time each needs to reach its own target (SGD's constant step
+leaves it above the floor, so a looser factor; medians of a few runs), and the best of each
+over the grid; written to
+straggler.json ("sgd_staleness") and straggler_sgd.png.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import aia
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import pyplot  # noqa: E402
-from algorithms.sgd import LRMSE, make_lrmse_problem
+from algorithms.sgd import LRMSE, SGD, make_lrmse_problem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,6 +56,18 @@ class BlockGradient:
     def query(self, average, problem):
         self.x = self.x - self.stepsize * average
         return self.x
+
+
+class StragglerSGD(SGD):
+    """The shipped SGD, each answer taking ``compute`` seconds (4x on the straggler)."""
+
+    def __init__(self, stepsize, n, compute, staleness):
+        super().__init__(stepsize, x0=np.zeros(n), staleness_aware=staleness)
+        self.compute = compute
+
+    def answer(self, q, problem):
+        time.sleep(self.compute * (4 if problem.slow else 1))
+        return super().answer(q, problem)
 
 
 def make_problem_with_straggler(make, scales):
@@ -76,6 +95,14 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--compute", type=float, default=0.004, help="seconds per answer")
+    parser.add_argument("--sgd-seconds", type=float, default=2.5,
+                        help="seconds per SGD run (two per step size and repeat)")
+    parser.add_argument("--sgd-repeats", type=int, default=3)
+    parser.add_argument("--sgd-steps", type=float, nargs="+",
+                        default=[0.1, 0.2, 0.4, 0.8, 1.6, 3.2],
+                        help="SGD step sizes, in units of 1 / (mean squared row norm)")
+    parser.add_argument("--sgd-target", type=float, default=1.2,
+                        help="SGD target: this factor times the floor")
     args = parser.parse_args(argv)
 
     n = 20
@@ -96,6 +123,7 @@ def main(argv=None) -> None:
             h = aia.start(alg, problem, {"time": args.seconds}, saveat={"iteration": 5},
                           cluster=cluster, synchronous=mode == "synchronous", verbose=0)
             runs[mode] = h
+        sgd_runs = run_sgd(args, cluster, problem, pooled, n)
     rows = []
     for mode, h in runs.items():
         losses = [pooled.loss(x) for x in h.queries]
@@ -118,9 +146,99 @@ def main(argv=None) -> None:
     summary = {"workers": args.workers, "compute_s": args.compute, "target_loss": target,
                "floor": floor, "speedup": speedup,
                "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}
+    summary["sgd_staleness"] = report_sgd(args, sgd_runs, pooled, floor)
     (RESULTS / "straggler.json").write_text(json.dumps(summary, indent=2))
     plot(rows, target, RESULTS / "straggler.png")
-    print(f"written to {RESULTS / 'straggler.json'} and straggler.png")
+    plot_sgd(sgd_runs, summary["sgd_staleness"], RESULTS / "straggler_sgd.png")
+    print(f"written to {RESULTS / 'straggler.json'}, straggler.png and straggler_sgd.png")
+
+
+def run_sgd(args, cluster, problem, pooled, n) -> list:
+    """Asynchronous SGD with and without staleness_aware=True, at each step size of the grid,
+    ``--sgd-repeats`` times each (interleaved, so that a slow spell of the machine hits
+    both variants alike)."""
+    unit = 1 / float(np.mean(np.sum(pooled.A ** 2, axis=1)))  # one row's gradient is safe below
+    runs = []
+    for repeat in range(args.sgd_repeats):
+        for factor in args.sgd_steps:
+            for aware in (False, True):
+                alg = StragglerSGD(factor * unit, n, args.compute, aware)
+                h = aia.start(alg, problem, {"time": args.sgd_seconds},
+                              saveat={"iteration": 20}, cluster=cluster, verbose=0)
+                runs.append({"step": factor, "staleness": aware, "repeat": repeat,
+                             "history": h})
+    return runs
+
+
+def report_sgd(args, runs, pooled, floor) -> dict:
+    """Print the table of the SGD runs (medians over the repeats); the summary for the JSON."""
+    target = args.sgd_target * floor
+    for r in runs:
+        h = r["history"]
+        r["losses"] = [pooled.loss(x) for x in h.queries]
+        r["seconds_to_target"] = first_time_below(h, pooled, target)
+    rows = []
+    for factor in args.sgd_steps:
+        for aware in (False, True):
+            mine = [r for r in runs if r["step"] == factor and r["staleness"] == aware]
+            stale = [s for r in mine for v in r["history"].staleness.values() for s in v]
+            times = [r["seconds_to_target"] for r in mine]
+            rows.append({"step": factor, "staleness": aware,
+                         "iterations": float(np.median([r["history"].iterations[-1]
+                                                        for r in mine])),
+                         "mean_staleness": float(np.mean(stale)),
+                         "max_staleness": int(max(stale)),
+                         "seconds_to_target": float(np.median(times)),
+                         "seconds_to_target_runs": times,
+                         "final_loss": float(np.median([r["losses"][-1] for r in mine]))})
+    print(f"\nalgorithms.SGD, asynchronous, one row per answer, same straggler; target loss "
+          f"{target:.4f} ({args.sgd_target}x the floor); step in units of 1 / mean |row|^2; "
+          f"{args.sgd_seconds:g} s per run; medians of {args.sgd_repeats} runs (inf: not "
+          f"reached)")
+    print(f"{'step':>6}{'staleness':>11}{'iterations':>12}{'mean stale':>12}{'max stale':>11}"
+          f"{'s to target':>13}{'reached':>9}{'final loss':>12}")
+    for r in rows:
+        reached = sum(t < float("inf") for t in r["seconds_to_target_runs"])
+        print(f"{r['step']:>6g}{('divide' if r['staleness'] else 'ignore'):>11}"
+              f"{r['iterations']:>12.0f}{r['mean_staleness']:>12.1f}{r['max_staleness']:>11}"
+              f"{r['seconds_to_target']:>13.3f}{f'{reached}/{args.sgd_repeats}':>9}"
+              f"{r['final_loss']:>12.4g}")
+    best = {}
+    for aware in (False, True):
+        mine = [r for r in rows if r["staleness"] == aware]
+        best[aware] = min(mine, key=lambda r: r["seconds_to_target"])
+    for aware, name in ((False, "without staleness"), (True, "with staleness_aware")):
+        b = best[aware]
+        stable = [r["step"] for r in rows if r["staleness"] == aware and
+                  all(t < float("inf") for t in r["seconds_to_target_runs"])]
+        print(f"best {name:<20}: {b['seconds_to_target']:.3f} s to target (step {b['step']:g}; "
+              f"every run reached it at steps {stable})")
+    return {"target_loss": target, "target_factor": args.sgd_target,
+            "seconds_per_run": args.sgd_seconds, "repeats": args.sgd_repeats, "rows": rows,
+            "best_without": best[False], "best_with": best[True]}
+
+
+def plot_sgd(runs, summary, path) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, name in (("best_without", "ignore staleness"), ("best_with", "staleness_aware=True")):
+        b = summary[key]
+        r = next(r for r in runs if r["step"] == b["step"] and r["staleness"] == b["staleness"]
+                 and r["repeat"] == 0)
+        h = r["history"]
+        ax.plot(np.array(h.timestamps) - h.timestamps[0], r["losses"],
+                label=f"{name} (step {b['step']:g})")
+    ax.axhline(summary["target_loss"], color="grey", ls="--", label="target")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("loss on all rows")
+    ax.set_title("async SGD, one worker 4x slower: best step of each")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot(rows, target, path) -> None:

@@ -201,7 +201,7 @@ def test_sites_run_algorithms_by_exact_registered_class():
 
     assert registry.entry_for(SGD(0.1, seed=1)).name == "sgd"
     assert registry.entry_for(SGD(0.1, seed=1)).describe(SGD(0.1, seed=1)) == {
-        "stepsize": 0.1, "x0": None, "seed": 1}
+        "stepsize": 0.1, "x0": None, "seed": 1, "staleness_aware": False}
     with pytest.raises(TypeError, match="not registered"):
         registry.entry_for(Sub(0.1))
     with pytest.raises(KeyError):
