@@ -116,24 +116,35 @@ def test_objects_are_freed_with_the_cluster():
 
 
 class StuckInC(aia.AbstractAlgorithm):
-    """Worker 1's answer is one C call that holds the GIL: the interrupt cannot reach it."""
+    """Worker 1's answer is one C call that holds the GIL: the interrupt cannot reach it.
+    Worker 2 answers only once worker 1 is inside that call (``marker``): the run must not
+    end before worker 1 is stuck, or the end-of-run interrupt abandons its answer (as it
+    should) and nothing is stuck."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
 
     def initialize(self, problem):
         return 0
 
     def answer(self, q, problem):
         if problem == 1:
+            open(self.marker, "w").close()
             sum(range(10**13))
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return q
 
     def central_step(self, a, worker, problem):
         return a
 
 
-def test_a_worker_replaced_for_being_stuck_loses_its_object(cluster):
+def test_a_worker_replaced_for_being_stuck_loses_its_object(cluster, tmp_path):
     d = aia.DistributedObject(lambda pid: pid, cluster)
     old = cluster.os_pids()[1]
-    aia.start(StuckInC(), d, {"iteration": 3}, cluster=cluster, pids=[1, 2], verbose=0)
+    aia.start(StuckInC(tmp_path / "stuck"), d, {"iteration": 3}, cluster=cluster, pids=[1, 2],
+              verbose=0)
     # The next run finds worker 1 still stuck, replaces it, and goes on within resilience.
     t0 = time.monotonic()
     h = aia.start(Counter(), lambda pid: pid, {"iteration": 5}, cluster=cluster, verbose=0)
