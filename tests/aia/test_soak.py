@@ -182,6 +182,9 @@ def test_soak_random_faults_on_temporary_and_persistent_clusters():
     try:
         for i in range(RUNS):
             if i == RUNS // 4:
+                if persistent is not None:  # its workers are not part of the baseline
+                    persistent.close()
+                    persistent = None
                 # Measured again once every kind of fault has likely run once: a descriptor
                 # the engine opens once per process (seen once in the full suite, 1 above the
                 # first baseline) is then in it; a leak per run still grows past it.
