@@ -357,12 +357,18 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                                **({"secure": True} if secure else {}))
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
+    secured = {"secure": True, "resilience": 0} if secure else {}
+    return _on_folder(cluster, lambda sites_: fit_steps(
+        sites_, design, cluster.sites, method, tol, max_iter, True, verbose, **options,
+        **secured))
+
+
+def _on_folder(cluster: FolderCluster, steps):
+    """``steps(sites)`` over the folder's sites; the session is marked finished when they
+    return. A site's error, a timeout or an interruption leaves it open (no cancel): the
+    site can be fixed and the same call resumes; the error carries the session's name."""
     try:
-        # A site's error leaves the session open (no cancel): the site can be fixed, and
-        # the same call resumes.
-        result = fit_steps(_FolderSites(cluster), design, cluster.sites, method, tol,
-                           max_iter, True, verbose, **options,
-                           **({"secure": True, "resilience": 0} if secure else {}))
+        result = steps(_FolderSites(cluster))
         cluster.finish()
     except BaseException as exc:
         exc.folder_session = cluster.session  # open: the command line says how to go on
@@ -508,15 +514,8 @@ def glmnet_folder(formula: str, folder: Any, sites: Sequence[str], family: str =
     cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
                             watch=watch)
     started = time.perf_counter()
-    try:
-        run = _glmnet_run(_FolderSites(cluster), design, sites, fspec, None, None, True,
-                          verbose)
-        cluster.finish()
-    except BaseException as exc:
-        exc.folder_session = cluster.session  # open: the command line says how to go on
-        raise
-    finally:
-        cluster.close()
+    run = _on_folder(cluster, lambda sites_: _glmnet_run(sites_, design, sites, fspec, None,
+                                                         None, True, verbose))
     return _path_result(run, family, float(alpha), time.perf_counter() - started,
                         _folder_refit(run))
 
