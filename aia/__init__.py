@@ -6,7 +6,7 @@ extra). See the README for a tour.
 """
 
 from .algorithm import AbstractAlgorithm
-from .cluster import Cluster
+from .cluster import Cluster, ObjectStore
 from .distributed import DistributedObject
 from .errors import Failure, RemoteError, WorkerFailedError
 from .folder import FolderCluster
@@ -25,6 +25,7 @@ __all__ = sorted([
     "FolderCluster",
     "History",
     "LocalCluster",
+    "ObjectStore",
     "RayCluster",
     "RemoteError",
     "WorkerFailedError",

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import cloudpickle
 
 from . import transport
+from .cluster import BuildProblem, StoredProblem
 from .transport import ANSWER, ERROR, QUERY, REPLY, Channel, ChannelClosed
 
 #: Sockets of the central, registered so a forked worker can close its inherited copies
@@ -176,15 +177,18 @@ class Worker:
 def load_run(pid: int, objects: dict, algorithm: bytes, problem: tuple) -> tuple:
     """A worker's copy of the algorithm and its problem for a run (any engine's worker).
 
-    ``problem`` is ``("call", constructor bytes)``: build it here, or ``("object", id)``: the
-    object of a DistributedObject this worker holds.
+    ``problem`` is a `BuildProblem`: build it here, or a `StoredProblem`: the object of a
+    DistributedObject this worker holds.
     """
-    how, what = problem
-    if how == "object":
-        if what not in objects:
-            raise LookupError(f"this worker holds no object of DistributedObject {what}")
-        return cloudpickle.loads(algorithm), objects[what]
-    return cloudpickle.loads(algorithm), cloudpickle.loads(what)(pid)
+    if isinstance(problem, StoredProblem):
+        if problem.obj_id not in objects:
+            raise LookupError(f"this worker holds no object of DistributedObject "
+                              f"{problem.obj_id}")
+        return cloudpickle.loads(algorithm), objects[problem.obj_id]
+    if not isinstance(problem, BuildProblem):
+        raise TypeError(f"problem: expected a BuildProblem or a StoredProblem, got "
+                        f"{type(problem).__name__}")
+    return cloudpickle.loads(algorithm), cloudpickle.loads(problem.constructor)(pid)
 
 
 def remote_error(exc: BaseException) -> tuple[str, str, str]:

@@ -2,15 +2,18 @@
 
 The central loop (`aia.run`) only ever talks to a `Run`, which a `Cluster` opens:
 
-    run = cluster.open_run(algorithm_bytes, problem_spec, pids, deadline)
+    run, failed = cluster.open_run(algorithm_bytes, spec, pids, deadline)
     run.send(pid, q)         # a query to one worker
     run.broadcast(pids, q)   # the same query to several (serialized once)
-    run.wait(timeout)        # -> [Answer | Failure, ...], [] on timeout
+    run.wait(timeout)        # -> [Answer | Failed, ...], [] on timeout
     run.close()
 
-A cluster also builds and queries the objects of `aia.DistributedObject` (``store``,
-``apply``, ``free``). `aia.LocalCluster` (worker processes on this machine) is one cluster;
-other engines implement the same few methods.
+``spec`` is a typed problem spec: `BuildProblem` (each worker calls ``make_problem(pid)``)
+or `StoredProblem` (each worker uses its object of an `aia.DistributedObject`).
+
+Building and querying the objects of `aia.DistributedObject` (``store``, ``apply``,
+``free``, ``alive``, ``generation``) is a separate capability, `ObjectStore`, that an engine
+may lack (`aia.FolderCluster` does: its sites run no function sent to them).
 """
 
 from __future__ import annotations
@@ -49,6 +52,23 @@ class Failed:
 
 
 Event = Union[Answer, Failed]
+
+
+@dataclass(frozen=True)
+class BuildProblem:
+    """Each worker builds its problem: ``cloudpickle.loads(constructor)(pid)``."""
+
+    constructor: bytes
+
+
+@dataclass(frozen=True)
+class StoredProblem:
+    """Each worker uses the object it holds of `aia.DistributedObject` ``obj_id``."""
+
+    obj_id: int
+
+
+ProblemSpec = Union[BuildProblem, StoredProblem]
 
 #: The least time a worker still busy with an ended run's answer gets before it is replaced.
 ABANDON_GRACE = 1.0
@@ -97,7 +117,31 @@ class Run(abc.ABC):
 
 
 class Cluster(abc.ABC):
-    """Workers that can take part in runs."""
+    """Workers that can take part in runs: the seam `aia.start` relies on.
+
+    The contract, which every engine meets (``tests/aia/test_contract.py`` checks it):
+
+    - ``pids``: the worker ids, 1..n, fixed for the cluster's life.
+    - ``open_run(algorithm, spec, pids, deadline)`` sets the run up on ``pids`` (each loads
+      the algorithm and builds its problem from the `ProblemSpec`) and returns ``(run,
+      failed)``: a `Run` over the workers whose set-up succeeded and the `Failed` events of
+      the others (a constructor that raised, a worker that died). It may raise past
+      ``deadline`` (a `time.monotonic` value, None: none).
+    - ``run.send(pid, q)``: one query to one worker; ``run.broadcast(pids, q)``: the same to
+      several. A worker has at most one query outstanding: the central sends the next after
+      its answer. Sending to a dead worker does not raise: ``wait`` reports it.
+    - ``run.wait(timeout)`` returns the events ready within ``timeout`` seconds, ``[]`` on a
+      timeout; ``wait(None)`` blocks until at least one event is ready. An event is an
+      `Answer` (``pid``, ``value``) or a `Failed` (the worker's answer raised: ``remote``
+      holds the exception as text; or it died). Each worker fails at most once per run and
+      then gets no query of it anymore.
+    - ``run.close()`` ends the run on every worker; an answer of an ended run is dropped,
+      never delivered to a later run; a worker still busy with it is waited for (or, on an
+      engine that can, replaced) before the next set-up.
+    - ``close()`` stops every worker; idempotent.
+
+    An engine that can keep objects on its workers also implements `ObjectStore`.
+    """
 
     @property
     @abc.abstractmethod
@@ -105,19 +149,37 @@ class Cluster(abc.ABC):
         """The ids of the workers, 1..n."""
 
     @abc.abstractmethod
-    def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+    def open_run(self, algorithm: bytes, problem: "ProblemSpec", pids: Sequence[int],
                  deadline: Optional[float]) -> tuple:
         """Set up a run on ``pids``: each worker loads the algorithm and builds its problem
-        (``problem`` is ``("call", constructor_bytes)`` or ``("object", object_id)``).
-        Returns ``(run, failed)``: the `Run` and the `Failed` events of workers whose set-up
-        raised or who died."""
+        from ``problem`` (a `BuildProblem` or a `StoredProblem`). Returns ``(run, failed)``:
+        the `Run` and the `Failed` events of workers whose set-up raised or who died."""
 
-    def open_run_tolerating(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+    def open_run_tolerating(self, algorithm: bytes, problem: "ProblemSpec", pids: Sequence[int],
                             deadline: Optional[float], tolerate: Optional[int]) -> tuple:
         """`open_run` for a run that tolerates ``tolerate`` failures: an engine that can may
         give up, as failed, workers whose set-up lags far behind the others' (a frozen
         worker must not spend the run's time). By default, `open_run`."""
         return self.open_run(algorithm, problem, pids, deadline)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop every worker; idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ObjectStore(abc.ABC):
+    """The capability `aia.DistributedObject` needs: objects built and kept on the workers.
+
+    A `Cluster` that can keep objects also derives from this class (`aia.LocalCluster`,
+    `aia.RayCluster`, `aia.InMemoryCluster`); one that cannot (`aia.FolderCluster`) does
+    not, and a `DistributedObject` on it raises a TypeError saying so.
+    """
 
     @abc.abstractmethod
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
@@ -142,13 +204,3 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     def alive(self) -> list:
         """The pids of the workers still alive."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Stop every worker; idempotent."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 import cloudpickle
 
 from .checks import serialize
-from .cluster import Cluster
+from .cluster import Cluster, ObjectStore, StoredProblem
 
 _ids = itertools.count(1)
 
@@ -31,6 +31,12 @@ class DistributedObject:
         if not isinstance(cluster, Cluster):
             raise TypeError(f"cluster: expected a cluster object such as aia.LocalCluster, "
                             f"got {type(cluster).__name__}")
+        if not isinstance(cluster, ObjectStore):
+            why = getattr(cluster, "no_objects_reason", "")
+            raise TypeError(f"cluster: a {type(cluster).__name__} cannot build objects on its "
+                            f"workers{': ' + why if why else ''}. A DistributedObject needs "
+                            f"an engine that keeps objects (an aia.ObjectStore such as "
+                            f"aia.LocalCluster, aia.RayCluster or aia.InMemoryCluster)")
         if not callable(make):
             raise TypeError(f"make: expected a callable make(pid), got {type(make).__name__}")
         pids = list(cluster.pids if pids is None else pids)
@@ -91,12 +97,12 @@ class DistributedObject:
         out.update(self.cluster.apply_all(self.id, remote, cloudpickle.dumps(fn)))
         return out
 
-    def problem_spec(self, pids: Sequence[int]) -> tuple:
+    def problem_spec(self, pids: Sequence[int]) -> StoredProblem:
         """What `start` sends so that workers use their objects; checks they still hold one."""
         alive = set(self.cluster.alive())
         for pid in pids:
             self._check_held(pid, alive)
-        return ("object", self.id)
+        return StoredProblem(self.id)
 
     def free(self) -> None:
         """Drop the objects on the workers now (they are freed with the cluster anyway)."""

@@ -31,7 +31,7 @@ import weakref
 from typing import Any, Optional, Sequence
 
 from . import _worker, transport
-from .cluster import Answer, Cluster, Failed, Run, WorkerClock
+from .cluster import Answer, BuildProblem, Cluster, Failed, ObjectStore, Run, WorkerClock
 from .transport import ANSWER, CONTROL, ERROR, QUERY, Channel, ChannelClosed
 
 log = logging.getLogger("aia")
@@ -152,7 +152,7 @@ def describe_exit(code: Optional[int]) -> str:
     return f"worker process exited unexpectedly with exit code {code} (sys.exit or os._exit)"
 
 
-class LocalCluster(Cluster):
+class LocalCluster(Cluster, ObjectStore):
     """``n_workers`` persistent worker processes on this machine, ids 1..n.
 
     Use as a context manager (or call ``close``). Workers keep the objects of
@@ -528,7 +528,7 @@ class LocalCluster(Cluster):
 def _builds_its_problem(message: tuple) -> bool:
     """A set-up whose problem the worker builds (a fresh worker can do it as well), not one
     on the object of a DistributedObject (which dies with its worker)."""
-    return message[0] == "setup" and message[2][0] == "call"
+    return message[0] == "setup" and isinstance(message[2], BuildProblem)
 
 
 def _raise_failures(results: dict, doing: str) -> None:

@@ -58,7 +58,7 @@ import cloudpickle
 import numpy as np
 
 from . import _worker
-from .cluster import Answer, Cluster, Failed, Run, WorkerClock
+from .cluster import Answer, Cluster, Failed, ObjectStore, Run, WorkerClock
 from .local import _SHIELD
 
 log = logging.getLogger("aia")
@@ -328,7 +328,7 @@ class _Actor(WorkerClock):
         return f"Ray actor {self.name}, {place}"
 
 
-class RayCluster(Cluster):
+class RayCluster(Cluster, ObjectStore):
     """``n_workers`` workers, each a Ray actor, ids 1..n.
 
     ``address`` None starts a Ray runtime on this machine (loopback only, no dashboard unless

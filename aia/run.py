@@ -23,7 +23,7 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 from .checks import (check_all, check_pids_in, check_resilience, serialize)
-from .cluster import Cluster, Failed
+from .cluster import BuildProblem, Cluster, Failed
 from .distributed import DistributedObject
 from .errors import WorkerFailedError, attach_history
 from .history import History
@@ -85,7 +85,7 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
                              "the one given to start")
         spec = problem.problem_spec(pids)
     else:
-        spec = ("call", serialize(problem, "problem constructor"))
+        spec = BuildProblem(serialize(problem, "problem constructor"))
 
     central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
                        run=None, **options)
@@ -104,7 +104,7 @@ def _workers_of(cluster, owned: bool, available: list):
     return LocalCluster(len(available)) if owned else cluster
 
 
-def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, spec: tuple,
+def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, spec,
             pids: Sequence[int], problem) -> History:
     run = None
     try:

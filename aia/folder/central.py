@@ -83,6 +83,11 @@ class FolderCluster(Cluster):
     ends it for good.
     """
 
+    #: Why `aia.DistributedObject` is not available here (a FolderCluster is no ObjectStore).
+    no_objects_reason = (
+        "a site runs no function sent to it (nothing read from the folder is unpickled or "
+        "executed); each site builds its problem from its own data file")
+
     def __init__(self, folder: Union[str, Path], sites: Sequence[str], *,
                  session: Optional[str] = None, poll: float = 0.5,
                  timeout: Optional[float] = None, key: Union[None, str, bytes] = None,
@@ -230,21 +235,6 @@ class FolderCluster(Cluster):
                     and not self.layout.exists(self.layout.run_dir(other) / "end.json"):
                 self.layout.write(self.layout.run_dir(other) / "end.json", "end",
                       self._where(run=other), {"state": "superseded"}, self.key)
-
-    def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
-        raise TypeError(
-            "a FolderCluster cannot build objects on its sites: a site runs no function sent "
-            "to it (nothing read from the folder is unpickled or executed). Each site builds "
-            "its problem from its own data file; aia.DistributedObject is not available here")
-
-    def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
-        self.store(obj_id, fn, [pid])
-
-    def free(self, obj_id: int, pids: Sequence[int]) -> None:
-        pass
-
-    def alive(self) -> list:
-        return self.pids
 
     def close(self) -> None:
         self._closed = True
