@@ -12,6 +12,7 @@ from .errors import Failure, RemoteError, WorkerFailedError
 from .folder import FolderCluster
 from .history import History, load_history
 from .local import LocalCluster
+from .memory import InMemoryCluster
 from .run import start
 from .wrappers import AggregationAlgorithm, AveragingAlgorithm
 
@@ -24,6 +25,7 @@ __all__ = sorted([
     "Failure",
     "FolderCluster",
     "History",
+    "InMemoryCluster",
     "LocalCluster",
     "ObjectStore",
     "RayCluster",

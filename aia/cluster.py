@@ -44,6 +44,13 @@ class Failed:
     exitcode: Optional[int] = None
     remote: Optional[tuple] = None  # (type name, message, traceback) of a remote exception
 
+    @classmethod
+    def raised(cls, pid: int, remote: tuple, os_pid: Optional[int] = None) -> "Failed":
+        """Worker ``pid`` raised ``remote`` = (type name, message, traceback): the one place
+        that words such a failure ("raised X: msg"), whatever the engine."""
+        type_name, message, tb = remote
+        return cls(pid, f"raised {type_name}: {message}", tb, os_pid, remote=tuple(remote))
+
     def remote_error(self) -> Optional[RemoteError]:
         return RemoteError(*self.remote) if self.remote else None
 
@@ -92,6 +99,15 @@ class WorkerClock:
     def give_up_at(self) -> Optional[float]:
         """When to stop waiting for it to come back from an ended run (None: not abandoned)."""
         return None if self.abandoned is None else self.abandoned[1] + self.patience()
+
+
+def raise_failures(results: dict, doing: str) -> None:
+    """Raise for the first `Failed` of ``results`` (``{pid: result}``) of an object-store
+    request, the worker's exception as the cause."""
+    for pid, result in sorted(results.items()):
+        if isinstance(result, Failed):
+            raise RuntimeError(f"worker {pid} failed {doing}: {result.cause}") \
+                from result.remote_error()
 
 
 class Run(abc.ABC):

@@ -31,7 +31,8 @@ import weakref
 from typing import Any, Optional, Sequence
 
 from . import _worker, transport
-from .cluster import Answer, BuildProblem, Cluster, Failed, ObjectStore, Run, WorkerClock
+from .cluster import (Answer, BuildProblem, Cluster, Failed, ObjectStore, Run, WorkerClock,
+                      raise_failures)
 from .transport import ANSWER, CONTROL, ERROR, QUERY, Channel, ChannelClosed
 
 log = logging.getLogger("aia")
@@ -479,9 +480,7 @@ class LocalCluster(Cluster, ObjectStore):
         if msg_run != run:
             return None
         if kind == ERROR:
-            type_name, message, tb = value
-            return Failed(h.pid, f"raised {type_name}: {message}", tb, h.os_pid,
-                          remote=(type_name, message, tb))
+            return Failed.raised(h.pid, value, h.os_pid)
         if kind == ANSWER:
             return Answer(h.pid, value)
         return ("ok", value)
@@ -503,14 +502,14 @@ class LocalCluster(Cluster, ObjectStore):
         return LocalRun(self, run, live), failed
 
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
-        _raise_failures(self._request(pids, ("store", obj_id, make)), "building the object")
+        raise_failures(self._request(pids, ("store", obj_id, make)), "building the object")
 
     def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
         return self.apply_all(obj_id, [pid], fn)[pid]
 
     def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
         results = self._request(pids, ("apply", obj_id, fn))
-        _raise_failures(results, "applying the function")
+        raise_failures(results, "applying the function")
         return {pid: value for pid, (_, value) in results.items()}
 
     def free(self, obj_id: int, pids: Sequence[int]) -> None:
@@ -529,13 +528,6 @@ def _builds_its_problem(message: tuple) -> bool:
     """A set-up whose problem the worker builds (a fresh worker can do it as well), not one
     on the object of a DistributedObject (which dies with its worker)."""
     return message[0] == "setup" and isinstance(message[2], BuildProblem)
-
-
-def _raise_failures(results: dict, doing: str) -> None:
-    for pid, result in sorted(results.items()):
-        if isinstance(result, Failed):
-            raise RuntimeError(f"worker {pid} failed {doing}: {result.cause}") \
-                from result.remote_error()
 
 
 class _Shield:

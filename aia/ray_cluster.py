@@ -58,7 +58,8 @@ import cloudpickle
 import numpy as np
 
 from . import _worker
-from .cluster import Answer, Cluster, Failed, ObjectStore, Run, WorkerClock
+from .cluster import (Answer, Cluster, Failed, ObjectStore, Run, WorkerClock,
+                      raise_failures)
 from .local import _SHIELD
 
 log = logging.getLogger("aia")
@@ -558,9 +559,7 @@ class RayCluster(Cluster, ObjectStore):
             return Failed(actor.pid, f"its {actor.where()} lost a result: "
                           f"{type(exc).__name__}: {_summary(exc)}", None, actor.os_pid)
         if tag == "error":
-            type_name, message, tb = value
-            return Failed(actor.pid, f"raised {type_name}: {message}", tb, actor.os_pid,
-                          remote=(type_name, message, tb))
+            return Failed.raised(actor.pid, value, actor.os_pid)
         if tag == "stale":
             return None
         return "ok", value
@@ -637,7 +636,7 @@ class RayCluster(Cluster, ObjectStore):
 
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
         make = self._shared(make, len(pids))
-        _raise_failures(self._request(pids, lambda h: h.store.remote(obj_id, make)),
+        raise_failures(self._request(pids, lambda h: h.store.remote(obj_id, make)),
                         "building the object")
 
     def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
@@ -646,7 +645,7 @@ class RayCluster(Cluster, ObjectStore):
     def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
         fn = self._shared(fn, len(pids))
         results = self._request(pids, lambda h: h.apply.remote(obj_id, fn))
-        _raise_failures(results, "applying the function")
+        raise_failures(results, "applying the function")
         return {pid: _unpack(value) for pid, (_, value) in results.items()}
 
     def free(self, obj_id: int, pids: Sequence[int]) -> None:
@@ -668,13 +667,6 @@ def _summary(exc: BaseException) -> str:
         ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:"))]
     text = " ".join(lines[1:] if len(lines) > 1 else lines)
     return text if len(text) <= 400 else text[:397] + "..."
-
-
-def _raise_failures(results: dict, doing: str) -> None:
-    for pid, result in sorted(results.items()):
-        if isinstance(result, Failed):
-            raise RuntimeError(f"worker {pid} failed {doing}: {result.cause}") \
-                from result.remote_error()
 
 
 class RayRun(Run):
