@@ -2,7 +2,27 @@
 
 Write an algorithm as a subclass of `AbstractAlgorithm` and run it with `start`; workers are
 local processes (`LocalCluster`) by default, or Ray actors (`RayCluster`, with the ``ray``
-extra). See the README for a tour.
+extra), sites sharing a folder (`FolderCluster`), or objects in this process
+(`InMemoryCluster`, the fast way to test an algorithm). See the README for a tour.
+
+Architecture, from the user's code down::
+
+    algorithm protocol     aia.algorithm (AbstractAlgorithm), aia.wrappers
+          |
+    run and recording      aia.run (start: the central loop), aia.recording, aia.history,
+          |                aia.progress, aia.checks (argument checks)
+    cluster seam           aia.cluster: Cluster / Run (the contract run.py relies on),
+          |                ObjectStore (the capability aia.distributed needs), Answer/Failed,
+          |                BuildProblem/StoredProblem (the typed problem spec)
+    engines                aia.memory (InMemoryCluster), aia.local (+ aia._worker),
+          |                aia.ray_cluster, aia.folder (central, site, registry)
+    transport              aia.transport (frames, shared memory), aia.folder.codec/layout
+
+`aia` imports nothing from the applications built on it (`algorithms`): the algorithms a
+folder site offers by name come from the entry points of group ``aia.folder``.
+
+Exceptions: `WorkerFailedError` (a RuntimeError: one failure more than ``resilience``; its
+``failures`` are `Failure` records) caused by a `RemoteError` (a worker's exception as text).
 """
 
 from .algorithm import AbstractAlgorithm
