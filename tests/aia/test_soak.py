@@ -264,8 +264,6 @@ CTRL_C_SOAK = """
 """
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN BUG, issue 21 open: a Ctrl-C at some moment "
-                   "leaves start without returning (AIA_SOAK_SEED=32 hangs 2 runs in 3)")
 def test_soak_ctrl_c_at_random_moments_leaves_no_process_and_keeps_the_history(tmp_path):
     """A script does random runs (as above) while Ctrl-C comes at random moments: each
     interrupt ends (only) the run it lands in, with its history when it lands past the
