@@ -345,15 +345,6 @@ def test_a_sum_out_of_range_is_an_error_at_its_site(glm_cluster):
         glm.fit("gpa ~ gre", dict(zip("abc", frames)), secure=True, cluster=glm_cluster)
 
 
-def test_secure_glmnet_refuses_strong_set_paths_before_any_process(monkeypatch):
-    """Binomial and Poisson paths send strong-set sums of changing shape (glmnet's strong
-    rules, merged after secure aggregation): refused until their masking is written."""
-    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
-    frames = read(v6_sites("binomial"))
-    with pytest.raises(ValueError, match="masks gaussian paths only"):
-        glm.glmnet("admit ~ gre + gpa", frames, family="binomial", secure=True)
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("family", ["gaussian"])
 def test_secure_glmnet_path_equals_the_plain_one(family, glm_cluster):
