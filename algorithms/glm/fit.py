@@ -167,9 +167,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
     if resilience and not secure:
         raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
-    if secure and (design.family.theta_estimated or freq_weights is not None):
-        raise ValueError("secure=True: not with family='negative_binomial' or freq_weights "
-                         "(their extra sums are not masked yet); fit without secure=True")
+    if secure and resilience and design.family.theta_estimated:
+        raise ValueError("secure=True: family='negative_binomial' runs several fits and "
+                         "theta passes over the same sites: expected resilience=0")
     if secure:
         check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"])
         options["secure"], options["resilience"] = True, resilience
@@ -228,8 +228,12 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
     nb = null_design = None
-    if design.family.theta_estimated:  # MASS::glm.nb's alternation (never secure: refused)
-        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start)
+    if design.family.theta_estimated:  # MASS::glm.nb's alternation
+        secure = {} if not options.get("secure") else dict(
+            runner=lambda alg: _run(sites, alg, stopat, synchronous, verbose, options),
+            summer=lambda beta, theta: _theta_sums(sites, design, beta, theta, options))
+        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start,
+                       **secure)
         main, design, null_design = nb.main, nb.design, nb.theta_design
     else:
         main = algorithm(design, n_sites=len(names), start=start)
@@ -291,6 +295,15 @@ def _loglike(sites: Any, design: Design, beta: np.ndarray, scale: float,
     if not options.get("secure"):
         return sum(sites.call("loglike", design, beta, scale))
     total = SiteSum("loglike", design, beta, scale)
+    _run(sites, total, {"maxit": 1}, True, 0, options)
+    return total.value
+
+
+def _theta_sums(sites: Any, design: Design, beta: np.ndarray, theta: Optional[float],
+                options: Mapping) -> dict:
+    """glm.nb's theta sums over the sites, summed securely (`SiteSum` of a dict)."""
+    keys = ("n", "pearson") + (() if theta is None else ("info", "loglik", "score"))
+    total = SiteSum("theta_sums", design, beta, theta, keys=keys)
     _run(sites, total, {"maxit": 1}, True, 0, options)
     return total.value
 

@@ -74,7 +74,7 @@ from .base import DesignMismatchError
 from .design import SiteError
 from .messages import Contribution
 from .secure_codec import (ENTRY_BYTES, FRACTION_BITS, KEY_BYTES, LAYOUTS, MIN_SITES,  # noqa: F401
-                           MODULUS, MULTIPART, RING_BITS, Total, _flags, _lengths, _pack,
+                           MODULUS, MULTIPART, RING_BITS, Total, Totals, _flags, _lengths, _pack,
                            _parts_of, _unpack, decode, encode, entries, from_bytes, stream,
                            to_bytes)
 
@@ -516,25 +516,35 @@ class SumQuery:
 
 
 class SiteSum(AbstractAlgorithm):
-    """One round: the sum over the sites of ``site.method(design, *args)`` (a number), for
-    `SecureAggregation` to sum securely (the log-likelihood at the estimate). Stop with
-    ``stopat={"maxit": 1}``; the sum is ``value``."""
+    """One round: the sum over the sites of ``site.method(design, *args)`` (a number, or a
+    dict of numbers with the names ``keys``), for `SecureAggregation` to sum securely (the
+    log-likelihood at the estimate, glm.nb's theta sums). Stop with ``stopat={"maxit":
+    1}``; the sum is ``value`` (a dict with ``keys``)."""
 
-    def __init__(self, method: str, design: Any, *args):
+    def __init__(self, method: str, design: Any, *args, keys: Sequence[str] = ()):
         self.method, self.design, self.args = method, design, args
+        self.keys = tuple(sorted(keys))
         self._subset = None
-        self.value: Optional[float] = None
+        self.value: Any = None
 
     def initialize(self, problem: Any) -> SumQuery:
         self.value = None
         return SumQuery(0, self.args[0] if self.args else None)
 
-    def answer(self, q: SumQuery, problem: Any) -> Total:
-        return Total(q.version, True, float(getattr(problem, self.method)(self.design,
-                                                                          *self.args)))
+    def answer(self, q: SumQuery, problem: Any):
+        value = getattr(problem, self.method)(self.design, *self.args)
+        if not self.keys:
+            return Total(q.version, True, float(value))
+        if sorted(value) != list(self.keys):
+            raise SiteError(f"site {problem.name}: {self.method} gave {sorted(value)}, "
+                            f"expected {list(self.keys)}")
+        return Totals(q.version, True, np.array([float(value[k]) for k in self.keys]))
 
     def sync_central_step(self, answers, workers, problem) -> SumQuery:
-        self.value = float(answers[0].value)
+        if self.keys:
+            self.value = dict(zip(self.keys, np.asarray(answers[0].values, float).tolist()))
+        else:
+            self.value = float(answers[0].value)
         return SumQuery(1)
 
     def stopnow(self, stopat: Mapping[str, Any]) -> bool:

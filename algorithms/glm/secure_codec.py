@@ -28,6 +28,7 @@ LAYOUTS = {
                      ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False)),
     "Score": (("score", 1, False), ("deviance", 0, False)),
     "Total": (("value", 0, False),),
+    "Totals": (("values", "v", False),),  # several numbers (glm.nb's theta sums)
     # the parts of a glmnet answer (`algorithms.glm.glmnet_path`)
     "Moments": (("sum_w", 0, False), ("xw", 1, False), ("xwx", 2, False), ("xwz", 1, False),
                 ("zwz", 0, False), ("sum_wy", 0, False), ("nobs", 0, True), ("n_ok", 0, True)),
@@ -48,6 +49,16 @@ class Total:
     version: int
     valid: bool
     value: float = float("nan")
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Several numbers a site adds to the others' (`SiteSum` of a method giving a dict: its
+    values in the order of the sorted keys)."""
+
+    version: int
+    valid: bool
+    values: Any = None
 
 
 
@@ -182,6 +193,8 @@ def _unpack(first: Any, values: np.ndarray, absent: set) -> Any:
         return Score(first.version, True, **out)
     if first.kind == "Total":
         return Total(first.version, True, **out)
+    if first.kind == "Totals":
+        return Totals(first.version, True, **out)
     return Contribution(first.version, True, columns=first.columns, **out)
 
 
@@ -207,5 +220,7 @@ def _flags(a: Any) -> Any:
         return Score(a.version, a.valid, site=a.site)
     if a.kind == "Total":
         return Total(a.version, a.valid)
+    if a.kind == "Totals":
+        return Totals(a.version, a.valid)
     return Contribution(a.version, a.valid, withheld=a.withheld, columns=a.columns,
                         site=a.site, sum_w=float("nan"), sum_wy=float("nan"))
