@@ -171,7 +171,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError("secure=True: family='negative_binomial' runs several fits and "
                          "theta passes over the same sites: expected resilience=0")
     if secure:
-        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"])
+        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"],
+                     design.groups)
         options["secure"], options["resilience"] = True, resilience
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
@@ -276,7 +277,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     if cov_type != "nonrobust":
         log.info("the sandwich covariance (%s)", cov_type)
         result.cov_type = cov_type
-        result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
+        result.cov_robust = _robust_cov(sites, design, main, names, cov_type, options)
     return result
 
 
@@ -318,12 +319,18 @@ def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
 
 
 def _robust_cov(sites: Any, design: Design, main: Any, names: list,
-                cov_type: str) -> pd.DataFrame:
-    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats) with
-    statsmodels' (and sandwich's) small-sample corrections."""
+                cov_type: str, options: Mapping = {}) -> pd.DataFrame:
+    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats, summed securely
+    with ``secure``) with statsmodels' (and sandwich's) small-sample corrections."""
     clusters = "rows" if cov_type != "cluster" else "groups" if design.groups else "site"
-    parts = sites.call("meat", design, main.beta, clusters, secrets.token_hex(16),
-                       main.accepted_version)
+    args = (design, main.beta, clusters, secrets.token_hex(16), main.accepted_version)
+    if options.get("secure"):  # clusters "rows" or "site" (check_secure)
+        p = len(main.column_names)
+        total = SiteSum("meat", *args, keys=("meat", "clusters"), shapes={"meat": (p, p)})
+        _run(sites, total, {"maxit": 1}, True, 0, options)
+        parts = [total.value]
+    else:
+        parts = sites.call("meat", *args)
     if clusters == "groups":
         seen: dict = {}
         for name, part in zip(names, parts):

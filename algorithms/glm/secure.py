@@ -186,11 +186,13 @@ def _ledger(site: Any) -> dict:
 
 # -- checks before any process ---------------------------------------------------------------
 def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
-                 cov_type: str = "nonrobust") -> None:
+                 cov_type: str = "nonrobust", groups: Optional[str] = None) -> None:
     """``secure=True``'s requirements, checked before any process starts."""
-    if cov_type != "nonrobust":
-        raise ValueError(f"secure=True: cov_type={cov_type!r} is not yet supported (the "
-                         "sandwich's meat is sent per site), expected 'nonrobust'")
+    if cov_type == "cluster" and groups is not None:
+        raise ValueError("secure=True: cov_type='cluster' with groups sends each site's "
+                         "digests of its cluster ids (to refuse an id at two sites); expected "
+                         "cov_type 'nonrobust', 'HC0', 'HC1' or 'cluster' without groups "
+                         "(each site one cluster)")
     if n_sites < MIN_SITES:
         raise ValueError(f"secure=True: expected at least {MIN_SITES} sites, got {n_sites}: "
                          "with 2, the pooled sums minus one site's own give the other's")
@@ -517,13 +519,16 @@ class SumQuery:
 
 class SiteSum(AbstractAlgorithm):
     """One round: the sum over the sites of ``site.method(design, *args)`` (a number, or a
-    dict of numbers with the names ``keys``), for `SecureAggregation` to sum securely (the
-    log-likelihood at the estimate, glm.nb's theta sums). Stop with ``stopat={"maxit":
-    1}``; the sum is ``value`` (a dict with ``keys``)."""
+    dict with the names ``keys``, each a number or an array of its shape in ``shapes``),
+    for `SecureAggregation` to sum securely (the log-likelihood at the estimate, glm.nb's
+    theta sums, the sandwich's meat). Stop with ``stopat={"maxit": 1}``; the sum is
+    ``value`` (a dict with ``keys``)."""
 
-    def __init__(self, method: str, design: Any, *args, keys: Sequence[str] = ()):
+    def __init__(self, method: str, design: Any, *args, keys: Sequence[str] = (),
+                 shapes: Optional[Mapping[str, tuple]] = None):
         self.method, self.design, self.args = method, design, args
         self.keys = tuple(sorted(keys))
+        self.shapes = {k: tuple((shapes or {}).get(k, ())) for k in self.keys}
         self._subset = None
         self.value: Any = None
 
@@ -535,16 +540,24 @@ class SiteSum(AbstractAlgorithm):
         value = getattr(problem, self.method)(self.design, *self.args)
         if not self.keys:
             return Total(q.version, True, float(value))
-        if sorted(value) != list(self.keys):
-            raise SiteError(f"site {problem.name}: {self.method} gave {sorted(value)}, "
-                            f"expected {list(self.keys)}")
-        return Totals(q.version, True, np.array([float(value[k]) for k in self.keys]))
+        if sorted(value) != list(self.keys) or \
+                any(np.shape(value[k]) != self.shapes[k] for k in self.keys):
+            raise SiteError(f"site {problem.name}: {self.method} gave "
+                            f"{ {k: np.shape(v) for k, v in value.items()} }, expected "
+                            f"{self.shapes}")
+        return Totals(q.version, True, np.concatenate(
+            [np.ravel(np.asarray(value[k], dtype=float)) for k in self.keys]))
 
     def sync_central_step(self, answers, workers, problem) -> SumQuery:
-        if self.keys:
-            self.value = dict(zip(self.keys, np.asarray(answers[0].values, float).tolist()))
-        else:
+        if not self.keys:
             self.value = float(answers[0].value)
+            return SumQuery(1)
+        values, at, self.value = np.asarray(answers[0].values, float), 0, {}
+        for k in self.keys:
+            size = int(np.prod(self.shapes[k], dtype=int))
+            chunk = values[at:at + size]
+            at += size
+            self.value[k] = chunk.reshape(self.shapes[k]) if self.shapes[k] else float(chunk[0])
         return SumQuery(1)
 
     def stopnow(self, stopat: Mapping[str, Any]) -> bool:

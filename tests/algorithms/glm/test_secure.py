@@ -205,7 +205,7 @@ def _no_process(*args, **kwargs):
     (dict(synchronous=False), "synchronous=True"),
     (dict(cluster="inprocess"), "one worker per site"),
     (dict(secure=False, resilience=1), "only with secure=True"),
-    (dict(cov_type="HC0"), "not yet supported"),
+    (dict(cov_type="cluster", groups="rank"), "digests of its cluster ids"),
 ])
 def test_bad_secure_input_is_refused_before_any_process(monkeypatch, kwargs, message):
     monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)

@@ -90,3 +90,21 @@ def test_secure_negative_binomial_with_freq_weights_over_a_folder(tmp_path):
                   cluster="inprocess")
     _same(got, ref)
     assert got["theta"] == pytest.approx(ref.theta, rel=1e-10, abs=0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cov_type", ["HC0", "HC1", "cluster"])
+def test_secure_sandwich_equals_the_plain_one(cov_type, glm_cluster, monkeypatch):
+    """The meat summed securely (``cluster``: each site one cluster, the outer product of
+    its score sum): the plain robust covariance to 1e-10; the central got a masked sum."""
+    from .conftest import v6_sites
+    from .test_secure import ADMIT
+
+    Sums.passes = []
+    monkeypatch.setattr(sys.modules["algorithms.glm.fit"], "SiteSum", Sums)
+    args = dict(family="binomial", cov_type=cov_type, cluster=glm_cluster)
+    plain = glm.fit(ADMIT, v6_sites("binomial"), **args)
+    masked = glm.fit(ADMIT, v6_sites("binomial"), secure=True, **args)
+    assert_same_fit(plain, masked)
+    np.testing.assert_allclose(masked.cov_robust, plain.cov_robust, rtol=1e-10, atol=0)
+    assert [m for m, _ in Sums.passes].count("meat") == 1
