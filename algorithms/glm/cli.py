@@ -257,19 +257,29 @@ register("glm.gradient", GradientDescent, params=_params, build=_builder(Gradien
 def _secure_params(alg: secure_sums.SecureAggregation) -> dict:
     inner = alg.inner
     if isinstance(inner, secure_sums.SiteSum):
-        if inner.method not in ("loglike", "theta_sums"):
+        if inner.method not in ("loglike", "theta_sums", "meat"):
             raise TypeError(f"a secure sum of {inner.method!r} cannot be named to a site")
-        theta = inner.args[1]  # loglike's scale, or glm.nb's theta (None: theta.ml's start)
-        return {"inner": f"glm.{inner.method}", "design": design_params(inner.design),
-                "beta": np.asarray(inner.args[0], dtype=float),
-                "scale": None if theta is None else float(theta), "keys": list(inner.keys)}
+        theta = inner.args[1]  # loglike's scale, glm.nb's theta (None: theta.ml's start)
+        out = {"inner": f"glm.{inner.method}", "design": design_params(inner.design),
+               "beta": np.asarray(inner.args[0], dtype=float), "keys": list(inner.keys)}
+        if inner.method == "meat":  # clusters, salt, the coefficients' version
+            clusters, salt, version = inner.args[1:]
+            return {**out, "clusters": str(clusters), "salt": str(salt),
+                    "version": None if version is None else int(version),
+                    "p": int(inner.shapes["meat"][0])}
+        return {**out, "scale": None if theta is None else float(theta)}
     name = {FisherScoring: "glm.fisher", GradientDescent: "glm.gradient"}[type(inner)]
     return {"inner": name, "params": _params(inner)}
 
 
 def _secure_build(p: dict) -> secure_sums.SecureAggregation:
     """A site's copy of a secure run: only the GLM's own algorithms inside."""
-    if p.get("inner") in ("glm.loglike", "glm.theta_sums"):
+    if p.get("inner") == "glm.meat":
+        inner = secure_sums.SiteSum("meat", design_from(p["design"]),
+                                    np.asarray(p["beta"], dtype=float), p["clusters"],
+                                    p["salt"], p["version"], keys=tuple(p["keys"]),
+                                    shapes={"meat": (int(p["p"]),) * 2})
+    elif p.get("inner") in ("glm.loglike", "glm.theta_sums"):
         scale = None if p["scale"] is None else float(p["scale"])
         inner = secure_sums.SiteSum(p["inner"][4:], design_from(p["design"]),
                                     np.asarray(p["beta"], dtype=float), scale,

@@ -76,19 +76,22 @@ def test_secure_negative_binomial_refuses_resilience_before_any_process():
 @pytest.mark.timeout(150)
 def test_secure_negative_binomial_with_freq_weights_over_a_folder(tmp_path):
     """``aia-glm central --secure`` and three ``aia-glm site`` processes: glm.nb with
-    frequency weights, every theta pass a masked sum, the plain fit's numbers."""
+    frequency weights and an HC1 sandwich, every theta pass and the meat a masked sum, the
+    plain fit's numbers."""
     from .test_cli_folder_models import Folder, _same
 
     f = Folder(tmp_path, split3(_quine()))
     try:
-        code, log = f.fit("--family", "negative_binomial", "--freq-weights", "f", "--secure")
+        code, log = f.fit("--family", "negative_binomial", "--freq-weights", "f",
+                          "--cov-type", "HC1", "--secure")
         assert code == 0, log
         got = f.result()
     finally:
         f.stop()
     ref = glm.fit(QUINE, split3(_quine()), "negative_binomial", freq_weights="f",
-                  cluster="inprocess")
+                  cov_type="HC1", cluster="inprocess")
     _same(got, ref)
+    assert got["cov_type"] == "HC1"
     assert got["theta"] == pytest.approx(ref.theta, rel=1e-10, abs=0)
 
 
