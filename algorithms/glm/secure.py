@@ -50,7 +50,15 @@ two others); a central that impersonates sites (there is no public-key infrastru
 central relays the keys). The log-likelihood at the estimate is summed securely too
 (`SiteSum`), and the sites send no saturated log-likelihood; sent in clear as without
 secure aggregation: the category levels and the moments of ``center()``/``scale()``
-columns at first contact, and the sandwich's meat (refused with ``secure=True``).
+columns at first contact. Masked too: glm.nb's theta sums and the sandwich's meat (HC0,
+HC1, clusters by site; `SiteSum` of a dict), glmnet's binomial and Poisson rounds and
+cv_glmnet's per-fold sums (`secure_codec`: fields of variable length). Refused:
+``cov_type="cluster"`` with ``groups`` (digests of cluster ids per site) and
+``cv_glmnet(folds="sites")`` (the total minus one site's sums).
+
+*Synchronous only, by design.* Asynchronous mode is refused (`check_secure`), not left
+unwritten: the masks cancel only in the sum of every site's answer to the same query, and
+an asynchronous central steps on each answer as it comes, none of which it can decode.
 """
 
 from __future__ import annotations
@@ -201,8 +209,10 @@ def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
                          f"fall to {n_sites - resilience}, below the {MIN_SITES} the secure "
                          "sums need")
     if not synchronous:
-        raise ValueError("secure=True: expected synchronous=True: the masks cancel only in a "
-                         "sum of every site's answer to the same query")
+        raise ValueError("secure=True: expected synchronous=True; asynchronous mode is "
+                         "refused by design: the masks cancel only in the sum of every "
+                         "site's answer to the same query, so no single answer the "
+                         "asynchronous central steps on could be decoded")
     if isinstance(cluster, str):
         raise ValueError("secure=True: expected one worker per site (cluster=None, an int or "
                          f"a cluster), got cluster={cluster!r}: sites in one process share "
@@ -343,7 +353,9 @@ class SecureAggregation(AbstractAlgorithm):
         return self._after_unmask(answers, workers, problem)
 
     def central_step(self, a: Any, worker: int, problem: Any):
-        raise SecureAggregationError("secure aggregation runs synchronously only")
+        raise SecureAggregationError(
+            "secure aggregation runs synchronously only (by design: the masks cancel only "
+            "in the sum of every site's answer to the same query)")
 
     def _after_keys(self, answers, workers) -> SecureQuery:
         roster = []

@@ -111,3 +111,15 @@ def test_secure_sandwich_equals_the_plain_one(cov_type, glm_cluster, monkeypatch
     assert_same_fit(plain, masked)
     np.testing.assert_allclose(masked.cov_robust, plain.cov_robust, rtol=1e-10, atol=0)
     assert [m for m, _ in Sums.passes].count("meat") == 1
+
+
+@pytest.mark.parametrize("fitter", ["fit", "glmnet"])
+def test_asynchronous_mode_is_refused_by_design_before_any_process(fitter, monkeypatch):
+    from .conftest import v6_sites
+    from .test_secure import _no_process
+
+    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
+    with pytest.raises(ValueError, match="asynchronous mode is refused by design: the masks "
+                                         "cancel only in the sum of every site's answer"):
+        getattr(glm, fitter)("admit ~ gre + gpa", v6_sites("binomial"), family="binomial",
+                             secure=True, synchronous=False)
