@@ -187,11 +187,20 @@ class LocalCluster(Cluster, ObjectStore):
         if self.start_method == "forkserver":
             mp.get_context("forkserver").set_forkserver_preload(["aia._worker", "numpy"])
         for pid in range(1, n + 1):
-            self._workers[pid] = self._spawn(pid)
+            self._spawn(pid)
         self._await_ready(self._workers, time.monotonic() + START_TIMEOUT)
         log.debug("started %d workers (%s)", n, self.start_method)
 
     def _spawn(self, pid: int, generation: int = 0) -> "_Handle":
+        """Start worker ``pid`` and record its handle in ``_workers``; a Ctrl-C meanwhile is
+        raised only once it is recorded (see `transport._Interrupts.deferred`), so that
+        closing the cluster stops it."""
+        with transport.interrupts.held(), transport.interrupts.deferred():
+            handle = self._start_process(pid, generation)
+            self._workers[pid] = handle
+        return handle
+
+    def _start_process(self, pid: int, generation: int) -> "_Handle":
         ctx = mp.get_context(self.start_method)
         central, worker = transport.pipe(nonblocking=True)  # the central never blocks a send
         _worker.central_sockets.add(central.sock)
@@ -205,8 +214,14 @@ class LocalCluster(Cluster, ObjectStore):
             or threading.current_thread() is threading.main_thread())
         process = ctx.Process(target=_worker.main, name=f"aia-worker-{pid}",
                               args=(pid, worker, self.blas_threads, inherited, parent, guard))
-        process.start()
-        worker.close()  # the child has its own copy now
+        try:
+            process.start()
+        except BaseException:  # e.g. no memory to fork: no socket of it stays open
+            _worker.central_sockets.discard(central.sock)
+            central.close()
+            raise
+        finally:
+            worker.close()  # the child has its own copy now
         return _Handle(pid, process, central, generation)
 
     def _replace(self, h: "_Handle", why: str = "is still busy with an answer of an ended "
@@ -221,7 +236,6 @@ class LocalCluster(Cluster, ObjectStore):
         h.channel.close()
         h.close_pidfd()
         fresh = self._spawn(h.pid, h.generation + 1)
-        self._workers[h.pid] = fresh
         self._await_ready({h.pid: fresh}, time.monotonic() + START_TIMEOUT)
         return fresh
 

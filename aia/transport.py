@@ -332,6 +332,26 @@ class _Interrupts:
             if installed:
                 self.uninstall()
 
+    @contextlib.contextmanager
+    def deferred(self):
+        """A Ctrl-C within is delivered as the block ends (while `held`; elsewhere a no-op).
+
+        For steps a KeyboardInterrupt must not cut, beyond channel operations: a fork, whose
+        at-fork hooks in the parent (logging's lock release) run Python code that an
+        interrupt's exception escapes only as "Exception ignored", so the Ctrl-C would be
+        lost; and the start of a worker, whose handle must be recorded before anything
+        raises (else its process and socket are owned by nobody).
+        """
+        if self.inside:  # nested in an operation that delivers it
+            yield
+            return
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+            self.deliver()
+
     def _handler(self, signum, frame) -> None:
         if self.inside:
             self.pending = (signum, frame)

@@ -257,19 +257,33 @@ register("glm.gradient", GradientDescent, params=_params, build=_builder(Gradien
 def _secure_params(alg: secure_sums.SecureAggregation) -> dict:
     inner = alg.inner
     if isinstance(inner, secure_sums.SiteSum):
-        if inner.method != "loglike":
+        if inner.method not in ("loglike", "theta_sums", "meat"):
             raise TypeError(f"a secure sum of {inner.method!r} cannot be named to a site")
-        return {"inner": "glm.loglike", "design": design_params(inner.design),
-                "beta": np.asarray(inner.args[0], dtype=float), "scale": float(inner.args[1])}
+        theta = inner.args[1]  # loglike's scale, glm.nb's theta (None: theta.ml's start)
+        out = {"inner": f"glm.{inner.method}", "design": design_params(inner.design),
+               "beta": np.asarray(inner.args[0], dtype=float), "keys": list(inner.keys)}
+        if inner.method == "meat":  # clusters, salt, the coefficients' version
+            clusters, salt, version = inner.args[1:]
+            return {**out, "clusters": str(clusters), "salt": str(salt),
+                    "version": None if version is None else int(version),
+                    "p": int(inner.shapes["meat"][0])}
+        return {**out, "scale": None if theta is None else float(theta)}
     name = {FisherScoring: "glm.fisher", GradientDescent: "glm.gradient"}[type(inner)]
     return {"inner": name, "params": _params(inner)}
 
 
 def _secure_build(p: dict) -> secure_sums.SecureAggregation:
     """A site's copy of a secure run: only the GLM's own algorithms inside."""
-    if p.get("inner") == "glm.loglike":
-        inner = secure_sums.SiteSum("loglike", design_from(p["design"]),
-                                    np.asarray(p["beta"], dtype=float), float(p["scale"]))
+    if p.get("inner") == "glm.meat":
+        inner = secure_sums.SiteSum("meat", design_from(p["design"]),
+                                    np.asarray(p["beta"], dtype=float), p["clusters"],
+                                    p["salt"], p["version"], keys=tuple(p["keys"]),
+                                    shapes={"meat": (int(p["p"]),) * 2})
+    elif p.get("inner") in ("glm.loglike", "glm.theta_sums"):
+        scale = None if p["scale"] is None else float(p["scale"])
+        inner = secure_sums.SiteSum(p["inner"][4:], design_from(p["design"]),
+                                    np.asarray(p["beta"], dtype=float), scale,
+                                    keys=tuple(p.get("keys") or ()))
     else:
         cls = {"glm.fisher": FisherScoring, "glm.gradient": GradientDescent}[p.get("inner")]
         inner = _builder(cls)(p["params"])
@@ -280,7 +294,7 @@ for _name, _cls in (("glm.SecureQuery", secure_sums.SecureQuery),
                     ("glm.KeyAnswer", secure_sums.KeyAnswer),
                     ("glm.MaskedAnswer", secure_sums.MaskedAnswer),
                     ("glm.Unmask", secure_sums.Unmask), ("glm.SumQuery", secure_sums.SumQuery),
-                    ("glm.Total", secure_sums.Total)):
+                    ("glm.Total", secure_sums.Total), ("glm.Totals", secure_sums.Totals)):
     register_message(_name, _cls)
 register("glm.secure", secure_sums.SecureAggregation, params=_secure_params,
          build=_secure_build, problem=load_site)
@@ -347,9 +361,6 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
                                     missing=missing, freq_weights=freq_weights,
                                     groups=groups))
     _fisher_only(design, method)
-    if secure and (design.family.theta_estimated or design.freq_weights is not None):
-        raise ValueError("secure=True: not with family='negative_binomial' or freq_weights "
-                         "(their extra sums are not masked yet); fit without --secure")
     if session is None:  # a robust covariance or a fixed scale is another model's result
         extra = {} if options == check_options() else {"options": options}
         session = session_name(design=design.token, sites=sites, method=method, tol=tol,

@@ -167,11 +167,12 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
     if resilience and not secure:
         raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
-    if secure and (design.family.theta_estimated or freq_weights is not None):
-        raise ValueError("secure=True: not with family='negative_binomial' or freq_weights "
-                         "(their extra sums are not masked yet); fit without secure=True")
+    if secure and resilience and design.family.theta_estimated:
+        raise ValueError("secure=True: family='negative_binomial' runs several fits and "
+                         "theta passes over the same sites: expected resilience=0")
     if secure:
-        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"])
+        check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"],
+                     design.groups)
         options["secure"], options["resilience"] = True, resilience
     if cluster == "inprocess" and not synchronous:
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
@@ -228,8 +229,12 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
     algorithm = FisherScoring if method == "fisher" else GradientDescent
     nb = null_design = None
-    if design.family.theta_estimated:  # MASS::glm.nb's alternation (never secure: refused)
-        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start)
+    if design.family.theta_estimated:  # MASS::glm.nb's alternation
+        secure = {} if not options.get("secure") else dict(
+            runner=lambda alg: _run(sites, alg, stopat, synchronous, verbose, options),
+            summer=lambda beta, theta: _theta_sums(sites, design, beta, theta, options))
+        nb = fit_theta(sites, design, len(names), stopat, synchronous, verbose, start,
+                       **secure)
         main, design, null_design = nb.main, nb.design, nb.theta_design
     else:
         main = algorithm(design, n_sites=len(names), start=start)
@@ -272,7 +277,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     if cov_type != "nonrobust":
         log.info("the sandwich covariance (%s)", cov_type)
         result.cov_type = cov_type
-        result.cov_robust = _robust_cov(sites, design, main, names, cov_type)
+        result.cov_robust = _robust_cov(sites, design, main, names, cov_type, options)
     return result
 
 
@@ -295,6 +300,15 @@ def _loglike(sites: Any, design: Design, beta: np.ndarray, scale: float,
     return total.value
 
 
+def _theta_sums(sites: Any, design: Design, beta: np.ndarray, theta: Optional[float],
+                options: Mapping) -> dict:
+    """glm.nb's theta sums over the sites, summed securely (`SiteSum` of a dict)."""
+    keys = ("n", "pearson") + (() if theta is None else ("info", "loglik", "score"))
+    total = SiteSum("theta_sums", design, beta, theta, keys=keys)
+    _run(sites, total, {"maxit": 1}, True, 0, options)
+    return total.value
+
+
 def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
     """The sites, names and build answers of the sites that did not fail."""
     failed = {f.worker for f in failures}
@@ -305,12 +319,18 @@ def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
 
 
 def _robust_cov(sites: Any, design: Design, main: Any, names: list,
-                cov_type: str) -> pd.DataFrame:
-    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats) with
-    statsmodels' (and sandwich's) small-sample corrections."""
+                cov_type: str, options: Mapping = {}) -> pd.DataFrame:
+    """``C M C`` (C the unscaled covariance, M the sum of the sites' meats, summed securely
+    with ``secure``) with statsmodels' (and sandwich's) small-sample corrections."""
     clusters = "rows" if cov_type != "cluster" else "groups" if design.groups else "site"
-    parts = sites.call("meat", design, main.beta, clusters, secrets.token_hex(16),
-                       main.accepted_version)
+    args = (design, main.beta, clusters, secrets.token_hex(16), main.accepted_version)
+    if options.get("secure"):  # clusters "rows" or "site" (check_secure)
+        p = len(main.column_names)
+        total = SiteSum("meat", *args, keys=("meat", "clusters"), shapes={"meat": (p, p)})
+        _run(sites, total, {"maxit": 1}, True, 0, options)
+        parts = [total.value]
+    else:
+        parts = sites.call("meat", *args)
     if clusters == "groups":
         seen: dict = {}
         for name, part in zip(names, parts):

@@ -623,17 +623,14 @@ def _fit(formula: str, sites: Any, family: Any, opts: PathOptions, split) -> tup
         raise ValueError("cluster='inprocess' runs synchronously: pass synchronous=True")
     if not isinstance(o.secure, bool):
         raise TypeError(f"secure: expected True or False, got {o.secure!r}")
+    folds = None if split is None else split(names, sources)
     if o.secure:
-        if split is not None:
-            raise ValueError("secure=True: cv_glmnet's folds need per-fold sums of each "
-                             "site; secure aggregation covers glm.glmnet only")
-        if family != "gaussian":  # its rounds' sums change shape with the strong set
-            raise ValueError(f"secure=True: glm.glmnet masks gaussian paths only (one round "
-                             f"of moments); family={family!r} asks for strong-set sums whose "
-                             "masking is not written yet; fit it without secure=True")
+        if folds is not None and folds.sites is not None:
+            raise ValueError("secure=True: expected folds=<an integer>, got folds='sites': "
+                             "its training fits are the total minus one site's sums, which "
+                             "would give the central that site's sums")
         from .secure import check_secure
         check_secure(len(sources), o.synchronous, o.cluster, 0)
-    folds = None if split is None else split(names, sources)
     spec = _FactorSpec(PathSpec(family, (), alpha=float(o.alpha), penalty_factor=None,
                                 lambdas=user, nlambda=o.nlambda,
                                 lambda_min_ratio=o.lambda_min_ratio,

@@ -88,18 +88,27 @@ def theta_ml(sums: Callable[[Optional[float]], dict], start: dict, limit: int) -
 
 
 def fit_theta(sites: Any, design: Design, n_sites: int, stopat: dict, synchronous: bool,
-              verbose: int, start: Any = None) -> ThetaFit:
-    """glm.nb's alternation (see the module docstring) over ``sites`` (`fit_steps`'s)."""
+              verbose: int, start: Any = None, runner: Optional[Callable] = None,
+              summer: Optional[Callable] = None) -> ThetaFit:
+    """glm.nb's alternation (see the module docstring) over ``sites`` (`fit_steps`'s).
+    ``runner(algorithm)`` runs a fit and ``summer(beta, theta)`` gives the theta sums over
+    the sites (a dict) instead of the plain ones: secure aggregation's
+    (`algorithms.glm.secure`), where no site's own sums reach the central."""
     family = design.family
     maxit, eps = int(stopat["maxit"]), float(stopat["tol"])
 
     def run(theta: Optional[float], beta) -> FisherScoring:
         stage = replace(design, family=family.with_theta(theta))  # same token: built once
         alg = FisherScoring(stage, n_sites=n_sites, start=beta)
-        sites.run(alg, stopat, synchronous, verbose)
+        if runner is not None:
+            runner(alg)
+        else:
+            sites.run(alg, stopat, synchronous, verbose)
         return alg
 
     def sums(beta: np.ndarray, theta: Optional[float]) -> dict:
+        if summer is not None:
+            return summer(beta, theta)
         parts = sites.call("theta_sums", design, beta, theta)
         return {k: float(sum(p[k] for p in parts)) for k in parts[0]}
 

@@ -50,7 +50,15 @@ two others); a central that impersonates sites (there is no public-key infrastru
 central relays the keys). The log-likelihood at the estimate is summed securely too
 (`SiteSum`), and the sites send no saturated log-likelihood; sent in clear as without
 secure aggregation: the category levels and the moments of ``center()``/``scale()``
-columns at first contact, and the sandwich's meat (refused with ``secure=True``).
+columns at first contact. Masked too: glm.nb's theta sums and the sandwich's meat (HC0,
+HC1, clusters by site; `SiteSum` of a dict), glmnet's binomial and Poisson rounds and
+cv_glmnet's per-fold sums (`secure_codec`: fields of variable length). Refused:
+``cov_type="cluster"`` with ``groups`` (digests of cluster ids per site) and
+``cv_glmnet(folds="sites")`` (the total minus one site's sums).
+
+*Synchronous only, by design.* Asynchronous mode is refused (`check_secure`), not left
+unwritten: the masks cancel only in the sum of every site's answer to the same query, and
+an asynchronous central steps on each answer as it comes, none of which it can decode.
 """
 
 from __future__ import annotations
@@ -73,31 +81,12 @@ from aia.algorithm import AbstractAlgorithm
 from .base import DesignMismatchError
 from .design import SiteError
 from .messages import Contribution
+from .secure_codec import (ENTRY_BYTES, FRACTION_BITS, KEY_BYTES, LAYOUTS, MIN_SITES,  # noqa: F401
+                           MODULUS, MULTIPART, RING_BITS, Total, Totals, _flags, _lengths, _pack,
+                           _parts_of, _unpack, decode, encode, entries, from_bytes, stream,
+                           to_bytes)
 
 log = logging.getLogger(__name__)
-
-MIN_SITES = 3  #: with 2 sites, the total minus one's own sums is the other's
-RING_BITS = 192
-FRACTION_BITS = 96
-MODULUS = 1 << RING_BITS
-ENTRY_BYTES = RING_BITS // 8
-KEY_BYTES = 32
-
-# The sums of each answer type, in the order they are packed: (field, shape in p, integer).
-LAYOUTS = {
-    "Contribution": (("deviance", 0, False), ("pearson_chi2", 0, False),
-                     ("working_chi2", 0, False), ("xtwx", 2, False), ("xtwz", 1, False),
-                     ("n_boundary", 0, True), ("null_deviance", 0, False), ("nobs", 0, True),
-                     ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False)),
-    "Score": (("score", 1, False), ("deviance", 0, False)),
-    "Total": (("value", 0, False),),
-    # the parts of a glmnet answer (`algorithms.glm.glmnet_path`)
-    "Moments": (("sum_w", 0, False), ("xw", 1, False), ("xwx", 2, False), ("xwz", 1, False),
-                ("zwz", 0, False), ("sum_wy", 0, False), ("nobs", 0, True), ("n_ok", 0, True)),
-    "Sums": (("xtwx", 2, False), ("xtwz", 1, False), ("deviance", 0, False)),
-}
-#: Answers made of several parts, each of a kind of `LAYOUTS`: ``parts`` of (fit, part).
-MULTIPART = ("GlmnetAnswer",)
 
 
 class SecureAggregationError(RuntimeError):
@@ -145,6 +134,7 @@ class MaskedAnswer:
     absent: tuple = ()
     payload: bytes = b""
     parts: tuple = ()
+    lengths: tuple = ()  # (part, field, length) of the variable fields (`secure_codec`)
 
 
 @dataclass(frozen=True)
@@ -154,49 +144,6 @@ class Unmask:
     site: str
     round: int
     key: bytes
-
-
-# -- encoding and masks ------------------------------------------------------------------------
-def entries(parts: Sequence, width: int) -> int:
-    """How many ring entries an answer of ``parts`` ((fit, kind) pairs) with ``width``
-    columns holds."""
-    return sum(width ** dims for _, kind in parts for _, dims, _ in LAYOUTS[kind])
-
-
-def encode(values: np.ndarray, n_sites: int, site: str) -> list:
-    """``values`` in fixed point in the ring, checked so that the sum over ``n_sites`` sites
-    cannot wrap around."""
-    limit = 2.0 ** (RING_BITS - 1 - FRACTION_BITS) / n_sites
-    if not np.all(np.isfinite(values)):
-        raise SiteError(f"site {site}: a sum is not finite: it cannot be sent masked")
-    if values.size and np.max(np.abs(values)) >= limit:
-        raise SiteError(f"site {site}: a sum is out of the range of the secure encoding "
-                        f"(|value| < 2^{RING_BITS - 1 - FRACTION_BITS} / {n_sites} sites)")
-    scaled = np.rint(np.ldexp(values, FRACTION_BITS))  # exact: a power of two
-    return [int(v) % MODULUS for v in scaled.tolist()]
-
-
-def decode(total: Sequence[int]) -> np.ndarray:
-    """The ring entries of a total back to floats (correctly rounded)."""
-    half = MODULUS >> 1
-    return np.ldexp(np.array([float(v - MODULUS if v >= half else v) for v in total]),
-                    -FRACTION_BITS)
-
-
-def stream(key: bytes, label: bytes, n: int) -> list:
-    """``n`` uniform ring entries: SHAKE-256 of the key and the label."""
-    data = hashlib.shake_256(key + label).digest(n * ENTRY_BYTES)
-    return [int.from_bytes(data[i:i + ENTRY_BYTES], "little")
-            for i in range(0, len(data), ENTRY_BYTES)]
-
-
-def to_bytes(values: Sequence[int]) -> bytes:
-    return b"".join(v.to_bytes(ENTRY_BYTES, "little") for v in values)
-
-
-def from_bytes(data: bytes) -> list:
-    return [int.from_bytes(data[i:i + ENTRY_BYTES], "little")
-            for i in range(0, len(data), ENTRY_BYTES)]
 
 
 def _label(session: bytes, round_: int, what: bytes) -> bytes:
@@ -223,7 +170,11 @@ def _query_key(design: Any, subset: Any, inner: Any) -> bytes:
         h.update(b"moments:" + repr(getattr(inner, "kind", None)).encode())
     for fit, beta in pairs:
         h.update(repr(fit).encode())
-        h.update(b"start" if beta is None else np.ascontiguousarray(beta, dtype=float).tobytes())
+        # glmnet's IRLS asks: the coefficients and the earlier solutions (not the columns:
+        # a strong set's sums are part of the full sums at the same coefficients)
+        at = [beta] if not hasattr(beta, "deviance_at") else [beta.beta, *beta.deviance_at]
+        for b in at:
+            h.update(b"none" if b is None else np.ascontiguousarray(b, dtype=float).tobytes())
     return h.digest()
 
 
@@ -243,11 +194,13 @@ def _ledger(site: Any) -> dict:
 
 # -- checks before any process ---------------------------------------------------------------
 def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
-                 cov_type: str = "nonrobust") -> None:
+                 cov_type: str = "nonrobust", groups: Optional[str] = None) -> None:
     """``secure=True``'s requirements, checked before any process starts."""
-    if cov_type != "nonrobust":
-        raise ValueError(f"secure=True: cov_type={cov_type!r} is not yet supported (the "
-                         "sandwich's meat is sent per site), expected 'nonrobust'")
+    if cov_type == "cluster" and groups is not None:
+        raise ValueError("secure=True: cov_type='cluster' with groups sends each site's "
+                         "digests of its cluster ids (to refuse an id at two sites); expected "
+                         "cov_type 'nonrobust', 'HC0', 'HC1' or 'cluster' without groups "
+                         "(each site one cluster)")
     if n_sites < MIN_SITES:
         raise ValueError(f"secure=True: expected at least {MIN_SITES} sites, got {n_sites}: "
                          "with 2, the pooled sums minus one site's own give the other's")
@@ -256,8 +209,10 @@ def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
                          f"fall to {n_sites - resilience}, below the {MIN_SITES} the secure "
                          "sums need")
     if not synchronous:
-        raise ValueError("secure=True: expected synchronous=True: the masks cancel only in a "
-                         "sum of every site's answer to the same query")
+        raise ValueError("secure=True: expected synchronous=True; asynchronous mode is "
+                         "refused by design: the masks cancel only in the sum of every "
+                         "site's answer to the same query, so no single answer the "
+                         "asynchronous central steps on could be decoded")
     if isinstance(cluster, str):
         raise ValueError("secure=True: expected one worker per site (cluster=None, an int or "
                          f"a cluster), got cluster={cluster!r}: sites in one process share "
@@ -334,7 +289,8 @@ class SecureAggregation(AbstractAlgorithm):
         base = dict(kind=kind, site=site.name, round=q.round, version=plain.version,
                     valid=valid, withheld=getattr(plain, "withheld", False),
                     columns=getattr(plain, "columns", None),
-                    parts=tuple((fit, type(part).__name__) for fit, part in parts))
+                    parts=tuple((fit, type(part).__name__) for fit, part in parts),
+                    lengths=_lengths(plain))
         if not valid:
             return MaskedAnswer(**base)
         values, absent, width = _pack(plain)
@@ -397,7 +353,9 @@ class SecureAggregation(AbstractAlgorithm):
         return self._after_unmask(answers, workers, problem)
 
     def central_step(self, a: Any, worker: int, problem: Any):
-        raise SecureAggregationError("secure aggregation runs synchronously only")
+        raise SecureAggregationError(
+            "secure aggregation runs synchronously only (by design: the masks cancel only "
+            "in the sum of every site's answer to the same query)")
 
     def _after_keys(self, answers, workers) -> SecureQuery:
         roster = []
@@ -455,19 +413,23 @@ class SecureAggregation(AbstractAlgorithm):
             return self._inner_step([_flags(a) for a in answers], workers, problem)
         self._check_columns(answers)
         width = self._width if self._width is not None else answers[0].width
+        if answers[0].width == 0:  # a glmnet round of deviances only: no vector, no matrix
+            width = 0
         for w, a in zip(workers, answers):
-            need = entries(answers[0].parts, width) * ENTRY_BYTES
-            if a.width != width or a.parts != answers[0].parts or len(a.payload) != need:
+            need = entries(answers[0].parts, width, answers[0].lengths) * ENTRY_BYTES
+            if a.width != width or a.parts != answers[0].parts or len(a.payload) != need \
+                    or a.lengths != answers[0].lengths:
                 raise SecureAggregationError(
                     f"site {a.site}: malformed masked vector: expected {need} bytes for "
-                    f"{width} columns, got {len(a.payload)} bytes for {a.width}")
+                    f"{width} columns and variable lengths {list(answers[0].lengths)}, got "
+                    f"{len(a.payload)} bytes for {a.width} and {list(a.lengths)}")
             # Decoding a field some site left out would give the sum of the others only.
             if set(a.absent) != set(answers[0].absent):
                 raise SecureAggregationError(
                     f"site {a.site}: its absent sums {sorted(a.absent)} differ from site "
                     f"{answers[0].site}'s {sorted(answers[0].absent)}: the round is not "
                     "unmasked")
-        self._width = answers[0].width
+        self._width = answers[0].width or self._width
         self._masked = list(answers)
         self._phase = "unmask"
         return SecureQuery("unmask", self._session, self._round)
@@ -483,6 +445,12 @@ class SecureAggregation(AbstractAlgorithm):
         if ok:
             fields = {(i, f) for i, (_, kind) in enumerate(parts) for f, _, _ in LAYOUTS[kind]}
             ok = all(isinstance(x, tuple) and tuple(x) in fields for x in a.absent)
+            variable = {(i, f) for i, (_, kind) in enumerate(parts)
+                        for f, dims, _ in LAYOUTS[kind] if dims == "v"}
+            ok = ok and isinstance(a.lengths, tuple) and \
+                {tuple(x[:2]) for x in a.lengths if isinstance(x, tuple) and len(x) == 3
+                 and isinstance(x[2], int) and x[2] >= 0} == variable == \
+                {tuple(x[:2]) for x in a.lengths}
         if not ok:
             raise SecureAggregationError(
                 f"site {name}: malformed masked answer in round {self._round} (expected a "
@@ -560,35 +528,48 @@ class SumQuery:
     beta: Any = None
 
 
-@dataclass(frozen=True)
-class Total:
-    """One number a site adds to the others' (`SiteSum`)."""
-
-    version: int
-    valid: bool
-    value: float = float("nan")
-
 
 class SiteSum(AbstractAlgorithm):
-    """One round: the sum over the sites of ``site.method(design, *args)`` (a number), for
-    `SecureAggregation` to sum securely (the log-likelihood at the estimate). Stop with
-    ``stopat={"maxit": 1}``; the sum is ``value``."""
+    """One round: the sum over the sites of ``site.method(design, *args)`` (a number, or a
+    dict with the names ``keys``, each a number or an array of its shape in ``shapes``),
+    for `SecureAggregation` to sum securely (the log-likelihood at the estimate, glm.nb's
+    theta sums, the sandwich's meat). Stop with ``stopat={"maxit": 1}``; the sum is
+    ``value`` (a dict with ``keys``)."""
 
-    def __init__(self, method: str, design: Any, *args):
+    def __init__(self, method: str, design: Any, *args, keys: Sequence[str] = (),
+                 shapes: Optional[Mapping[str, tuple]] = None):
         self.method, self.design, self.args = method, design, args
+        self.keys = tuple(sorted(keys))
+        self.shapes = {k: tuple((shapes or {}).get(k, ())) for k in self.keys}
         self._subset = None
-        self.value: Optional[float] = None
+        self.value: Any = None
 
     def initialize(self, problem: Any) -> SumQuery:
         self.value = None
         return SumQuery(0, self.args[0] if self.args else None)
 
-    def answer(self, q: SumQuery, problem: Any) -> Total:
-        return Total(q.version, True, float(getattr(problem, self.method)(self.design,
-                                                                          *self.args)))
+    def answer(self, q: SumQuery, problem: Any):
+        value = getattr(problem, self.method)(self.design, *self.args)
+        if not self.keys:
+            return Total(q.version, True, float(value))
+        if sorted(value) != list(self.keys) or \
+                any(np.shape(value[k]) != self.shapes[k] for k in self.keys):
+            raise SiteError(f"site {problem.name}: {self.method} gave "
+                            f"{ {k: np.shape(v) for k, v in value.items()} }, expected "
+                            f"{self.shapes}")
+        return Totals(q.version, True, np.concatenate(
+            [np.ravel(np.asarray(value[k], dtype=float)) for k in self.keys]))
 
     def sync_central_step(self, answers, workers, problem) -> SumQuery:
-        self.value = float(answers[0].value)
+        if not self.keys:
+            self.value = float(answers[0].value)
+            return SumQuery(1)
+        values, at, self.value = np.asarray(answers[0].values, float), 0, {}
+        for k in self.keys:
+            size = int(np.prod(self.shapes[k], dtype=int))
+            chunk = values[at:at + size]
+            at += size
+            self.value[k] = chunk.reshape(self.shapes[k]) if self.shapes[k] else float(chunk[0])
         return SumQuery(1)
 
     def stopnow(self, stopat: Mapping[str, Any]) -> bool:
@@ -597,86 +578,3 @@ class SiteSum(AbstractAlgorithm):
     def report(self) -> dict:
         return {"value": self.value}
 
-
-def _parts_of(plain: Any) -> list:
-    """An answer as its (fit, part) pairs: glmnet's are several, the others one."""
-    if type(plain).__name__ in MULTIPART:
-        return list(plain.parts)
-    return [(None, plain)]
-
-
-def _pack(plain: Any) -> tuple:
-    """The sums of ``plain`` as one float vector; the absent (NaN or None) fields, as
-    (part, field) pairs; p."""
-    parts = _parts_of(plain)
-    width = 0
-    for _, part in parts:
-        for field, dims, _ in LAYOUTS[type(part).__name__]:
-            if dims and getattr(part, field) is not None:
-                width = np.shape(getattr(part, field))[0]
-    values, absent = [], []
-    for i, (_, part) in enumerate(parts):
-        for field, dims, _ in LAYOUTS[type(part).__name__]:
-            value = getattr(part, field)
-            size = width ** dims
-            if value is None or (dims == 0 and np.isnan(float(value))):
-                absent.append((i, field))
-                values.append(np.zeros(size))
-            else:
-                values.append(np.asarray(value, dtype=float).reshape(size))
-    return np.concatenate(values), tuple(absent), width
-
-
-def _unpack(first: MaskedAnswer, values: np.ndarray, absent: set) -> Any:
-    """The decoded total as the answer of one site."""
-    from .gradient import Score  # gradient imports this package's site module
-
-    at, p, rebuilt = 0, first.width, []
-    for i, (fit, kind) in enumerate(first.parts):
-        out = {}
-        for field, dims, integer in LAYOUTS[kind]:
-            size = p ** dims
-            chunk = values[at:at + size]
-            at += size
-            if (i, field) in absent:
-                out[field] = None if field == "null_deviance" else float("nan")
-            elif dims == 2:
-                out[field] = chunk.reshape(p, p)
-            elif dims == 1:
-                out[field] = chunk
-            else:
-                out[field] = int(round(chunk[0])) if integer else float(chunk[0])
-        rebuilt.append((fit, kind, out))
-    if first.kind in MULTIPART:
-        from .glmnet_path import Moments, Sums
-        from .glmnet_site import GlmnetAnswer
-
-        classes = {"Moments": Moments, "Sums": Sums}
-        return GlmnetAnswer(first.version, tuple((fit, classes[kind](**out))
-                                                 for fit, kind, out in rebuilt),
-                            columns=first.columns)
-    out = rebuilt[0][2]
-    if first.kind == "Score":
-        return Score(first.version, True, **out)
-    if first.kind == "Total":
-        return Total(first.version, True, **out)
-    return Contribution(first.version, True, columns=first.columns, **out)
-
-
-def _flags(a: MaskedAnswer) -> Any:
-    """A site's answer without sums (a round in which some site's answer is invalid)."""
-    from .gradient import Score
-
-    if a.kind in MULTIPART:
-        from .glmnet_path import Sums
-        from .glmnet_site import GlmnetAnswer
-
-        return GlmnetAnswer(a.version, tuple((fit, Sums(None, None, float("nan"), False))
-                                             for fit, _ in a.parts), site=a.site,
-                            columns=a.columns)
-    if a.kind == "Score":
-        return Score(a.version, a.valid, site=a.site)
-    if a.kind == "Total":
-        return Total(a.version, a.valid)
-    return Contribution(a.version, a.valid, withheld=a.withheld, columns=a.columns,
-                        site=a.site, sum_w=float("nan"), sum_wy=float("nan"))

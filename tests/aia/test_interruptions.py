@@ -768,3 +768,54 @@ def test_forkserver_workers_exit_when_the_central_is_killed_while_busy(how, tmp_
         assert left == [], f"{left} still run 4 s after the central was killed ({how})"
     finally:
         script.cleanup(everyone)
+
+
+CTRL_C_AT_FORK_SCRIPT = """
+    import os, signal, sys
+    import psutil
+    import aia
+
+    forks = []
+
+    def interrupt_at_second_fork():  # the Ctrl-C lands inside the fork (its at-fork hooks)
+        forks.append(1)
+        if len(forks) % 2 == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    os.register_at_fork(before=interrupt_at_second_fork)
+
+    class Step(aia.AbstractAlgorithm):
+        def initialize(self, problem): return 0
+        def answer(self, q, problem): return q + 1
+        def central_step(self, a, worker, problem): return a
+
+    for what in ("cluster", "start"):
+        forks.clear()
+        try:
+            if what == "cluster":
+                aia.LocalCluster(2, start_method="fork").close()
+            else:
+                aia.start(Step(), lambda pid: pid, {"iteration": 3}, cluster=2, verbose=0)
+            print(what, "LOST", flush=True)
+        except KeyboardInterrupt:
+            print(what, "INTERRUPTED", flush=True)
+        print(what, "LEFT", len(psutil.Process().children(recursive=True)), flush=True)
+"""
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the fork start method")
+def test_a_ctrl_c_during_the_fork_of_a_worker_is_raised_not_lost(tmp_path):
+    """Old code: a Ctrl-C that came while the central forked a worker ran inside an at-fork
+    hook of the parent (logging's lock release), where Python only prints "Exception ignored"
+    for a KeyboardInterrupt: the interrupt was lost and the run went on (the Ctrl-C soak hung
+    waiting for it, now and then under load)."""
+    script = start_script(tmp_path, CTRL_C_AT_FORK_SCRIPT)
+    try:
+        rc, out = finish(script, 30.0)
+    finally:
+        script.cleanup(script.descendants())
+    assert rc == 0, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    assert out == ["cluster INTERRUPTED", "cluster LEFT 0", "start INTERRUPTED",
+                   "start LEFT 0"], f"{out}; stderr:\n{script.stderr}"
+    assert "Exception ignored" not in script.stderr, script.stderr

@@ -67,3 +67,36 @@ def test_bar_follows_the_criterion_nearest_to_stopping_and_never_goes_back():
     shown = percentages(out.getvalue())
     assert shown == sorted(shown)
     assert shown[-1] == 100
+
+
+PIPED_SCRIPT = """
+import aia
+from tests.aia.algorithms_for_tests import Counter, pid_problem
+aia.progress.LINE_INTERVAL = 0.2
+class Slow(Counter):
+    def answer(self, q, problem):
+        import time; time.sleep(0.01)
+        return super().answer(q, problem)
+h = aia.start(Slow(), pid_problem, {"iteration": 120}, cluster=2, verbose=2)
+print("ITERATION", h.iterations[-1])
+"""
+
+
+def test_progress_into_a_pipe_is_plain_lines_without_carriage_returns():
+    """Off a terminal (a CI log, nohup), one plain line every few seconds and at the end:
+    no carriage return, no escape code; its iteration count is the history's."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", PIPED_SCRIPT], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    last = int(done.stdout.split()[-1])
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr, repr(done.stderr[-300:])
+    lines = [line for line in done.stderr.splitlines() if line.startswith("aia: ")]
+    assert len(lines) >= 3, done.stderr  # some while it ran (every 0.2 s here), one at the end
+    assert lines[-1].startswith(f"aia: 100% iteration={last} "), lines[-1]
+    assert "answers: {" in lines[-1]  # verbose=2: the values on the same line
+    assert [int(re.search(r"(\d+)%", line).group(1)) for line in lines] == sorted(
+        int(re.search(r"(\d+)%", line).group(1)) for line in lines)

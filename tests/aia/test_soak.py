@@ -158,14 +158,29 @@ def resources() -> tuple:
 
 
 def descriptors() -> dict:
-    """What each open descriptor of this process is (for the message of a failure)."""
+    """What each open descriptor of this process is (for the message of a failure); a
+    socket also says its kind (``unix``, ``tcp``: a Ray connection of an earlier test is
+    TCP, the engine's channels are unix socket pairs)."""
     out = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
             out[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if out[fd].startswith("socket:["):
+            out[fd] += f" ({socket_kind(out[fd][8:-1])})"
     return out
+
+
+def socket_kind(inode: str) -> str:
+    for kind in ("unix", "tcp", "tcp6", "udp", "udp6", "netlink"):
+        try:
+            with open(f"/proc/net/{kind}") as table:
+                if any(inode in line.split() for line in table):
+                    return kind
+        except OSError:
+            pass
+    return "unknown"
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
@@ -264,8 +279,6 @@ CTRL_C_SOAK = """
 """
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN BUG, issue 21 open: a Ctrl-C at some moment "
-                   "leaves start without returning (AIA_SOAK_SEED=32 hangs 2 runs in 3)")
 def test_soak_ctrl_c_at_random_moments_leaves_no_process_and_keeps_the_history(tmp_path):
     """A script does random runs (as above) while Ctrl-C comes at random moments: each
     interrupt ends (only) the run it lands in, with its history when it lands past the

@@ -205,7 +205,7 @@ def _no_process(*args, **kwargs):
     (dict(synchronous=False), "synchronous=True"),
     (dict(cluster="inprocess"), "one worker per site"),
     (dict(secure=False, resilience=1), "only with secure=True"),
-    (dict(cov_type="HC0"), "not yet supported"),
+    (dict(cov_type="cluster", groups="rank"), "digests of its cluster ids"),
 ])
 def test_bad_secure_input_is_refused_before_any_process(monkeypatch, kwargs, message):
     monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
@@ -343,15 +343,6 @@ def test_a_sum_out_of_range_is_an_error_at_its_site(glm_cluster):
     frames[1] = frames[1].assign(gpa=frames[1]["gpa"] * 1e30)  # X'Wz beyond 2^95 / 3
     with pytest.raises(Exception, match="site b: a sum is out of the range"):
         glm.fit("gpa ~ gre", dict(zip("abc", frames)), secure=True, cluster=glm_cluster)
-
-
-def test_secure_glmnet_refuses_strong_set_paths_before_any_process(monkeypatch):
-    """Binomial and Poisson paths send strong-set sums of changing shape (glmnet's strong
-    rules, merged after secure aggregation): refused until their masking is written."""
-    monkeypatch.setattr("aia.LocalCluster.__init__", _no_process)
-    frames = read(v6_sites("binomial"))
-    with pytest.raises(ValueError, match="masks gaussian paths only"):
-        glm.glmnet("admit ~ gre + gpa", frames, family="binomial", secure=True)
 
 
 @pytest.mark.timeout(120)
