@@ -160,19 +160,27 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         # drops the rows where they are not finite from the weighted least squares: a
         # zero weight does the same to the sums.
         weights = wb * ww
-        z = eta - offset[r] + residual
-        good = (wb > 0) & np.isfinite(weights) & np.isfinite(z)
+        z = eta - offset[r]
+        z += residual
+        good = np.isfinite(weights)
+        good &= np.isfinite(z)
+        good &= wb > 0
         ub = used[r]
-        np.copyto(ub, np.where(good, weights, 0.0))
+        ub.fill(0.0)
+        np.copyto(ub, weights, where=good)
         if chi2_ok:
             prev = previous[r]
             kept = prev > 0
             working += float(np.sum(prev[kept] * residual[kept] ** 2))
         k = r.stop - r.start
         A = work[:k]
-        root = np.sqrt(ub)
+        # in place, into the block buffer (no n-long temporaries beyond these two)
+        root = np.sqrt(ub, out=weights)
         np.multiply(Xb, root[:, None], out=A[:, :p])
-        np.multiply(np.where(good, z, 0.0), root, out=A[:, p])
+        last = A[:, p]
+        last.fill(0.0)
+        np.copyto(last, z, where=good)
+        last *= root
         gram = dsyrk(1.0, A, beta=1.0, c=gram, trans=1, overwrite_c=1)
     peaks = None
     if several:  # max_i w_i x_ij^2 <= max_i w_i * max_i x_ij^2 over a sub-block
