@@ -30,27 +30,30 @@ from statsmodels.genmod.families import links
 _EPS = np.finfo(float).eps
 _BOUNDARY_EPS = 10 * _EPS
 
-#: (mu, deviance, pearson, boundary, working weights without prior weights, g'(mu)(y-mu))
+#: (mu, deviance, pearson, boundary, working weights without prior weights, g'(mu)(y-mu));
+#: with ``full=False`` (gradient rounds) Pearson's sum and the boundary count are 0.
 Step = tuple
 
 
-def generic_step(fam, eta, y, w) -> Optional[Step]:
+def generic_step(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     """The block step through the family's own methods (every family and link)."""
-    return generic_at(fam, eta, fam.linkinv(eta), y, w)
+    return generic_at(fam, eta, fam.linkinv(eta), y, w, full)
 
 
-def generic_at(fam, eta, mu, y, w) -> Optional[Step]:
+def generic_at(fam, eta, mu, y, w, full: bool = True) -> Optional[Step]:
     """`generic_step` at a given ``mu`` (R's starting values are not g^{-1}(g(mu)))."""
     if not fam.valid(eta, mu):
         return None
     dev = fam.deviance(y, mu, w)
     if not np.isfinite(dev):
         return None
+    if not full:
+        return mu, dev, 0.0, 0, fam.working_weights(mu), fam.deriv(mu) * (y - mu)
     return (mu, dev, fam.pearson_chi2(y, mu, w), fam.boundary_count(mu),
             fam.working_weights(mu), fam.deriv(mu) * (y - mu))
 
 
-def _binomial_logit(fam, eta, y, w) -> Optional[Step]:
+def _binomial_logit(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     if not np.all(np.isfinite(eta)):
         return None
     mu = np.exp(-eta)
@@ -74,6 +77,8 @@ def _binomial_logit(fam, eta, y, w) -> Optional[Step]:
         return None
     resid = y - mu
     np.divide(resid, v, out=resid)  # g'(mu)(y - mu) = (y - mu) / (mu(1 - mu))
+    if not full:  # a gradient round needs neither Pearson's sum nor the boundary count
+        return mu, dev, 0.0, 0, v, resid
     np.multiply(resid, resid, out=t)
     t *= v  # (y - mu)^2 / V(mu)
     pearson = float(np.dot(w, t))
@@ -81,7 +86,7 @@ def _binomial_logit(fam, eta, y, w) -> Optional[Step]:
     return mu, dev, pearson, boundary, v, resid
 
 
-def _poisson_log(fam, eta, y, w) -> Optional[Step]:
+def _poisson_log(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     if not np.all(np.isfinite(eta)):
         return None
     mu = np.exp(eta)
@@ -98,12 +103,14 @@ def _poisson_log(fam, eta, y, w) -> Optional[Step]:
     if not np.isfinite(dev):
         return None
     resid = d / mu  # g'(mu)(y - mu)
+    if not full:
+        return mu, dev, 0.0, 0, mu, resid
     np.multiply(resid, d, out=t)  # (y - mu)^2 / mu
     pearson = float(np.dot(w, t))
     return mu, dev, pearson, int(np.count_nonzero(mu < _BOUNDARY_EPS)), mu, resid
 
 
-def _gaussian_identity(fam, eta, y, w) -> Optional[Step]:
+def _gaussian_identity(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     if not np.all(np.isfinite(eta)):
         return None
     resid = y - eta

@@ -227,12 +227,16 @@ def score_round(rows: Rows, beta: np.ndarray) -> Optional[tuple[np.ndarray, floa
         eta = Xb @ beta
         eta += offset[r]
         yb, wb = y[r], w[r]
-        got = kernels.step_for(fam)(fam, eta, yb, wb)
+        got = kernels.step_for(fam)(fam, eta, yb, wb, full=False)
         if got is None:
             return None
         _, dev, _, _, ww, residual = got
         deviance += dev
         weights = wb * ww
-        good = (wb > 0) & np.isfinite(weights) & np.isfinite(residual)
-        score += Xb.T @ np.where(good, weights * residual, 0.0)
+        good = np.isfinite(weights)
+        good &= np.isfinite(residual)
+        good &= wb > 0
+        g = np.zeros_like(weights)
+        np.multiply(weights, residual, out=g, where=good)
+        score += Xb.T @ g
     return score, float(deviance)
