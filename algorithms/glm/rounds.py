@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
-from . import disclosure
+from . import disclosure, kernels
 from .guards import Guards
 
 #: The bytes of X in one block: within a core's share of the last-level cache, and large
@@ -140,41 +140,47 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
     for r in blocks(n, size):
         fam = rows.family_of(r)
         Xb = rows.block(r)
+        yb, wb = y[r], w[r]
         if beta is None:
             eta, mu = start[0][r], start[1][r]
+            got = kernels.generic_at(fam, eta, mu, yb, wb)
         else:
-            eta = Xb @ beta + offset[r]
-            mu = fam.linkinv(eta)
-        yb, wb = y[r], w[r]
-        if not fam.valid(eta, mu):
+            eta = Xb @ beta
+            eta += offset[r]
+            got = kernels.step_for(fam)(fam, eta, yb, wb)
+        if got is None:
             return None, work
-        dev = fam.deviance(yb, mu, wb)
-        if not np.isfinite(dev):
-            return None, work
+        mu, dev, chi2, edge, ww, residual = got
         deviance += dev
-        pearson += fam.pearson_chi2(yb, mu, wb)
-        boundary += fam.boundary_count(mu)
+        pearson += chi2
+        boundary += edge
         if null is not None:
             null_dev += _null_deviance(fam, yb, wb, offset[r], null)
         # The working weights and response of IRLS (statsmodels' and R's formulas); R
         # drops the rows where they are not finite from the weighted least squares: a
         # zero weight does the same to the sums.
-        gprime = fam.deriv(mu)
-        residual = gprime * (yb - mu)
-        weights = wb * fam.working_weights(mu)
-        z = eta - offset[r] + residual
-        good = (wb > 0) & np.isfinite(weights) & np.isfinite(z)
+        weights = wb * ww
+        z = eta - offset[r]
+        z += residual
+        good = np.isfinite(weights)
+        good &= np.isfinite(z)
+        good &= wb > 0
         ub = used[r]
-        np.copyto(ub, np.where(good, weights, 0.0))
+        ub.fill(0.0)
+        np.copyto(ub, weights, where=good)
         if chi2_ok:
             prev = previous[r]
             kept = prev > 0
             working += float(np.sum(prev[kept] * residual[kept] ** 2))
         k = r.stop - r.start
         A = work[:k]
-        root = np.sqrt(ub)
+        # in place, into the block buffer (no n-long temporaries beyond these two)
+        root = np.sqrt(ub, out=weights)
         np.multiply(Xb, root[:, None], out=A[:, :p])
-        np.multiply(np.where(good, z, 0.0), root, out=A[:, p])
+        last = A[:, p]
+        last.fill(0.0)
+        np.copyto(last, z, where=good)
+        last *= root
         gram = dsyrk(1.0, A, beta=1.0, c=gram, trans=1, overwrite_c=1)
     peaks = None
     if several:  # max_i w_i x_ij^2 <= max_i w_i * max_i x_ij^2 over a sub-block
@@ -218,17 +224,19 @@ def score_round(rows: Rows, beta: np.ndarray) -> Optional[tuple[np.ndarray, floa
     for r in blocks(n, block_rows(p)):
         fam = rows.family_of(r)
         Xb = rows.block(r)
-        eta = Xb @ beta + offset[r]
-        mu = fam.linkinv(eta)
-        if not fam.valid(eta, mu):
-            return None
+        eta = Xb @ beta
+        eta += offset[r]
         yb, wb = y[r], w[r]
-        dev = fam.deviance(yb, mu, wb)
-        if not np.isfinite(dev):
+        got = kernels.step_for(fam)(fam, eta, yb, wb, full=False)
+        if got is None:
             return None
+        _, dev, _, _, ww, residual = got
         deviance += dev
-        weights = wb * fam.working_weights(mu)
-        residual = fam.deriv(mu) * (yb - mu)
-        good = (wb > 0) & np.isfinite(weights) & np.isfinite(residual)
-        score += Xb.T @ np.where(good, weights * residual, 0.0)
+        weights = wb * ww
+        good = np.isfinite(weights)
+        good &= np.isfinite(residual)
+        good &= wb > 0
+        g = np.zeros_like(weights)
+        np.multiply(weights, residual, out=g, where=good)
+        score += Xb.T @ g
     return score, float(deviance)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from algorithms import glm
-from algorithms.glm import PrivacyError, disclosure, rounds
+from algorithms.glm import PrivacyError, disclosure, kernels, rounds
 
 from .conftest import read, survival_frames, v6_sites
 
@@ -157,3 +157,57 @@ def test_honest_large_sites_pass_on_the_bound_alone(monkeypatch):
             y=(rng.uniform(size=len(x)) < 1 / (1 + np.exp(-eta))).astype(int)))
     res = glm.fit("y ~ a + b + c", frames, family="binomial", cluster="inprocess")
     assert res.converged
+
+
+# -- the fused block steps (algorithms/glm/kernels.py) against the generic one ----------
+
+FUSED = [("binomial", None), ("poisson", None), ("gaussian", None)]
+
+
+def _block(family, rng, n=5000):
+    eta = rng.normal(0, 1.5, n)
+    if family == "binomial":  # 0/1 outcomes and proportions, some at the edges
+        y = np.where(rng.random(n) < 0.5, (rng.random(n) < 0.4) * 1.0, rng.random(n))
+        eta[:5] = [40.0, -40.0, 0.0, 36.0, -36.0]
+    elif family == "poisson":
+        y = rng.poisson(np.exp(eta)).astype(float)
+        eta[:2] = [-800.0, -40.0]  # mu clipped at eps, and a boundary row
+    else:
+        y = eta + rng.normal(0, 1, n)
+    return eta, y, rng.uniform(0, 3, n)
+
+
+@pytest.mark.parametrize("family,link", FUSED, ids=[f for f, _ in FUSED])
+def test_fused_steps_match_the_generic_one(family, link):
+    fam = glm.families.resolve(family, link)
+    step = kernels.step_for(fam)
+    assert step is not kernels.generic_step, f"{family}: expected a fused step"
+    eta, y, w = _block(family, np.random.default_rng(11))
+    fused, generic = step(fam, eta, y, w), kernels.generic_step(fam, eta, y, w)
+    assert fused is not None and generic is not None
+    for name, a, b in zip(["mu", "deviance", "pearson", "boundary", "weights", "residual"],
+                          fused, generic):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=f"{family}: {name}")
+    bad = eta.copy()
+    bad[7] = np.nan
+    assert step(fam, bad, y, w) is None and kernels.generic_step(fam, bad, y, w) is None
+
+
+def test_other_pairs_take_the_generic_step(monkeypatch):
+    for family, link in [("gamma", "log"), ("binomial", "probit"), ("poisson", "sqrt"),
+                         ("inverse_gaussian", None)]:
+        assert kernels.step_for(glm.families.resolve(family, link)) is kernels.generic_step
+    monkeypatch.setenv("AIA_GLM_KERNEL", "generic")
+    assert kernels.step_for(glm.families.resolve("binomial")) is kernels.generic_step
+
+
+@pytest.mark.parametrize("formula,data,kwargs", MODELS[:2] + MODELS[4:],
+                         ids=["poisson", "binomial-weights-offset", "gradient"])
+def test_fused_and_generic_fits_agree(formula, data, kwargs, monkeypatch):
+    frames = data()
+    fused = _fit(formula, frames, kwargs)
+    monkeypatch.setenv("AIA_GLM_KERNEL", "generic")
+    generic = _fit(formula, frames, kwargs)
+    np.testing.assert_allclose(fused.params, generic.params, rtol=1e-10)
+    assert fused.deviance == pytest.approx(generic.deviance, rel=1e-12)
+    assert fused.null_deviance == pytest.approx(generic.null_deviance, rel=1e-12)
