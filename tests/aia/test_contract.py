@@ -260,6 +260,12 @@ def test_one_failure_too_many_raises_with_the_history(engine):
 @pytest.mark.timeout(60)
 def test_a_problem_constructor_that_raises_fails_its_worker_at_iteration_0(engine):
     engine.need_any_algorithm()
+    if engine.name == "ray" and "tests.aia.test_ray" in sys.modules:
+        # KNOWN BUG (issue 15, open): a second RayCluster whose actor's constructor raises
+        # times out getting the actor handle ("GCS server is dead or under high load") when
+        # Ray was imported before local workers were forked; alone this file passes.
+        pytest.xfail("a raising actor constructor on a second RayCluster, ray imported "
+                     "before forking (issue 15)")
     h = aia.start(FailOnce(), FailingProblem("raise"), {"iteration": 10},
                   cluster=engine.fresh(), resilience=1, verbose=0)
     (failure,) = h.failures
