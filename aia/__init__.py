@@ -12,6 +12,7 @@ from .errors import Failure, RemoteError, WorkerFailedError
 from .folder import FolderCluster
 from .history import History, load_history
 from .local import LocalCluster
+from .checkpoint import resume
 from .run import start
 from .wrappers import AggregationAlgorithm, AveragingAlgorithm
 
@@ -29,6 +30,7 @@ __all__ = sorted([
     "RemoteError",
     "WorkerFailedError",
     "load_history",
+    "resume",
     "start",
 ])
 
