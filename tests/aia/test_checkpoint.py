@@ -190,3 +190,21 @@ def test_bad_checkpoint_argument():
     with pytest.raises(ValueError, match="does not exist"):
         aia.start(GD(), make_problem, {"iteration": 1}, pids=[0], verbose=0,
                   checkpoint="/no/such/dir/run.ckpt")
+
+
+class AsyncGD(GD):
+    def central_step(self, a, worker, problem):
+        self.x = self.x - 0.01 * a[0] / a[1]
+        return self.x
+
+
+def test_asynchronous_resume_counts_on_and_keeps_the_clock(tmp_path):
+    path = tmp_path / "run.ckpt"
+    first = aia.start(AsyncGD(), make_problem, {"iteration": 10}, saveat={"iteration": 5},
+                      cluster=2, verbose=0, checkpoint=path)
+    h = aia.resume(path, make_problem, stopat={"iteration": 25})
+    assert h.iterations == [0, 5, 10, 15, 20, 25]
+    assert sum(h.answer_count.values()) == 25
+    assert sum(len(s) for s in h.staleness.values()) == 25
+    assert h.timestamps[:3] == first.timestamps  # the first run's record, unchanged
+    assert all(b >= a for a, b in zip(h.timestamps, h.timestamps[1:]))  # the clock goes on
