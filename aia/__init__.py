@@ -32,6 +32,7 @@ from .errors import Failure, RemoteError, WorkerFailedError
 from .folder import FolderCluster
 from .history import History, load_history
 from .local import LocalCluster
+from .checkpoint import resume
 from .memory import InMemoryCluster
 from .run import start
 from .wrappers import AggregationAlgorithm, AveragingAlgorithm
@@ -52,6 +53,7 @@ __all__ = sorted([
     "RemoteError",
     "WorkerFailedError",
     "load_history",
+    "resume",
     "start",
 ])
 

@@ -48,6 +48,7 @@ class Recorder:
         self.custom_stop = any(k not in BUILTIN_STOP for k in self.stopat)
         self.custom_save = any(k not in BUILTIN_SAVE for k in self.saveat)
         self._recorded_at = -1
+        self.on_checkpoint = None  # aia.checkpoint.Writer when start(checkpoint=...) is given
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.clock_start
@@ -137,6 +138,8 @@ class Recorder:
             h.answers.append(_copy(answers))
             h.answers_origin.append(copy.copy(workers))
         self.algorithm.savevalues()
+        if self.on_checkpoint is not None:  # after savevalues: the file has its values
+            self.on_checkpoint(self, q)
 
     def finish(self) -> History:
         """Record the last state (if not yet recorded) and the algorithm's report."""

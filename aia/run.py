@@ -19,9 +19,11 @@ whatever happened; any exception carries the history recorded before it as ``exc
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from . import checkpoint as checkpoint_module
 from .checks import (check_all, check_pids_in, check_resilience, serialize)
 from .cluster import BuildProblem, Cluster, Failed
 from .distributed import DistributedObject
@@ -37,7 +39,7 @@ log = logging.getLogger("aia")
 def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = None,
           save_answers: bool = False, pids: Optional[Sequence[int]] = None, cluster=None,
           synchronous: bool = False, resilience: int = 0, verbose: int = 1,
-          progress_file=None) -> History:
+          progress_file=None, checkpoint=None) -> History:
     """Run ``algorithm`` on the workers until a criterion of ``stopat`` is met.
 
     ``problem`` is ``make_problem(pid)``, called in every process that takes part (the
@@ -50,18 +52,35 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
     non-distributed). ``synchronous``: wait for every worker each round. ``resilience``: the
     worker failures tolerated. ``verbose``: 0 silent, 1 a progress bar, 2 the bar and the
     values of ``showvalues``. ``progress_file``: where the bar is written (stderr).
+    ``checkpoint``: a file path; at every recorded checkpoint the central's state is written
+    there atomically, for `aia.resume` (see `aia.checkpoint`).
 
     Returns an `aia.History`. See the README for the counting semantics.
     """
-    clock_start = time.perf_counter()
+    return start_from(None, algorithm, problem, stopat, saveat=saveat,
+                      save_answers=save_answers, pids=pids, cluster=cluster,
+                      synchronous=synchronous, resilience=resilience, verbose=verbose,
+                      progress_file=progress_file, checkpoint=checkpoint)
+
+
+def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
+               save_answers: bool = False, pids=None, cluster=None, synchronous: bool = False,
+               resilience: int = 0, verbose: int = 1, progress_file=None,
+               checkpoint=None) -> History:
+    """`start`, or with ``state`` (a loaded checkpoint) its continuation (`aia.resume`)."""
+    clock_start = time.perf_counter() - (state["elapsed"] if state is not None else 0.0)
+    _check_checkpoint_path(checkpoint)
     stopat, saveat, pids = check_all(algorithm, problem, stopat, saveat, save_answers, pids,
                                      cluster, synchronous, resilience, verbose)
     options = dict(saveat=saveat, save_answers=save_answers, resilience=resilience,
-                   verbose=verbose, progress_file=progress_file, clock_start=clock_start)
+                   verbose=verbose, progress_file=progress_file, clock_start=clock_start,
+                   state=state)
+    run_info = dict(stopat=stopat, saveat=saveat, save_answers=save_answers,
+                    synchronous=synchronous, resilience=resilience)
     if pids == [0]:
         _check_workers(algorithm, [0])
         central = _Central(algorithm, None, stopat, workers=[0], synchronous=True, run=None,
-                           **options)
+                           writer=_writer(checkpoint, run_info, [0]), **options)
         try:
             central.problem = _central_problem(problem)
         except BaseException as exc:  # make_problem(0) raised: the (empty) history too
@@ -88,7 +107,7 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
         spec = BuildProblem(serialize(problem, "problem constructor"))
 
     central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
-                       run=None, **options)
+                       run=None, writer=_writer(checkpoint, run_info, pids), **options)
     try:
         return _run_on(central, _workers_of(cluster, owned, available), owned,
                        algorithm_bytes, spec, pids, problem)
@@ -127,6 +146,25 @@ def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, s
                 # nothing of a temporary cluster's workers is kept
 
 
+def _check_checkpoint_path(path) -> None:
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint: expected a file path (str or os.PathLike) or None, "
+                        f"got {type(path).__name__}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint: the directory {directory!r} of {os.fspath(path)!r} "
+                         f"does not exist")
+
+
+def _writer(path, run_info: dict, pids) -> Optional[checkpoint_module.Writer]:
+    """The checkpoint writer of a run (None without ``checkpoint``)."""
+    if path is None:
+        return None
+    return checkpoint_module.Writer(path, {**run_info, "workers": list(pids)})
+
+
 def _check_workers(algorithm, pids: Sequence[int]) -> None:
     """Let an algorithm that depends on the workers (e.g. averaging weights) check them
     before any process starts."""
@@ -156,13 +194,19 @@ class _Central:
     """The central side of one run: the loop, its recording and its failures."""
 
     def __init__(self, algorithm, problem, stopat, *, workers, synchronous, run, saveat,
-                 save_answers, resilience, verbose, progress_file, clock_start):
+                 save_answers, resilience, verbose, progress_file, clock_start, state=None,
+                 writer=None):
         self.algorithm = algorithm
         self.problem = problem
         self.run = run
         self.synchronous = synchronous
         self.resilience = resilience
         self.recorder = Recorder(algorithm, stopat, saveat, save_answers, workers, clock_start)
+        self.resumed = state is not None  # then the first query is the checkpoint's
+        if self.resumed:
+            checkpoint_module.restore(self.recorder, state)
+            self.first_query = checkpoint_module.copy_query(state["query"])
+        self.recorder.on_checkpoint = writer
         self.verbose = verbose
         self.progress_file = progress_file
         self.progress: Optional[Progress] = None
@@ -210,12 +254,20 @@ class _Central:
         # An algorithm that keeps per-worker state (AggregationAlgorithm) forgets the worker.
         _call_if_defined(self.algorithm, "worker_left", failure.worker)
 
+    def begin(self) -> tuple:
+        """The first query and whether the run is over already: ``initialize``'s (recorded
+        as iteration 0), or a resumed run's from its checkpoint."""
+        if self.resumed:
+            return self.first_query, self.recorder.should_stop()
+        q = self.algorithm.initialize(self.problem)
+        return q, self.recorder.begin(q)
+
     def loop_async(self) -> None:
         alg, rec, run = self.algorithm, self.recorder, self.run
-        q = alg.initialize(self.problem)
-        if rec.begin(q):
+        q, over = self.begin()
+        if over:
             return
-        sent_at = {pid: 0 for pid in rec.active}  # the iteration each outstanding query is from
+        sent_at = {pid: rec.iteration for pid in rec.active}  # the iteration each outstanding query is from
         run.broadcast(sorted(rec.active), q)
         while True:
             events = run.wait(rec.remaining())
@@ -238,8 +290,8 @@ class _Central:
 
     def loop_sync(self) -> None:
         alg, rec, run = self.algorithm, self.recorder, self.run
-        q = alg.initialize(self.problem)
-        if rec.begin(q):
+        q, over = self.begin()
+        if over:
             return
         while True:
             workers = sorted(rec.active)
@@ -275,8 +327,8 @@ class _Central:
     def loop_here(self) -> None:
         """Non-distributed: answer and step in this process (pids=[0])."""
         alg, rec, problem = self.algorithm, self.recorder, self.problem
-        q = alg.initialize(problem)
-        if rec.begin(q):
+        q, over = self.begin()
+        if over:
             return
         while True:
             a = alg.answer(q, problem)
