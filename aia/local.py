@@ -11,7 +11,10 @@ module again in every worker). The algorithm and the problem constructor still t
 cloudpickle, so a persistent cluster started before a class was defined runs it all the same.
 If the central runs threads of its own that hold locks (forking such a process can deadlock
 the child), pass ``start_method="forkserver"`` or ``"spawn"``; ``forkserver`` preloads `aia`
-and numpy in its server so later workers start fast. Other platforms default to ``spawn``.
+and numpy in its server so later workers start fast. A central connected to Ray gets
+``forkserver`` by default: Ray's gRPC threads make a forked child hang at start and, seen in
+the contract suite, leave the driver's next call to Ray's GCS waiting forever. Other platforms
+default to ``spawn``.
 """
 
 from __future__ import annotations
@@ -54,9 +57,19 @@ def cpu_count() -> int:
 
 
 def default_start_method() -> str:
+    """``fork`` on Linux unless this process is connected to Ray (see the module's
+    docstring), ``spawn`` elsewhere."""
     if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
-        return "fork"
+        return "forkserver" if _connected_to_ray() else "fork"
     return "spawn"
+
+
+def _connected_to_ray() -> bool:
+    ray = sys.modules.get("ray")  # never imported here: only a central that uses Ray has it
+    try:
+        return bool(ray is not None and ray.is_initialized())
+    except Exception:  # noqa: BLE001 - a half-imported or stubbed module: not connected
+        return False
 
 
 class _Handle(WorkerClock):

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 import aia
+from tests.processes import living_children
 
 # The test sites consent to sending the level names of numeric columns (C(rank): 1-4), as
 # their operators may (GLM_ALLOW_NUMERIC_LEVELS); set before any worker starts, so every
@@ -66,8 +67,7 @@ def no_leftover_processes():
     yield
     left = []
     for _ in range(50):  # give exiting children up to 5 s to be reaped
-        left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in living_children() if p.pid not in before]
         if not left:
             break
         psutil.wait_procs(left, timeout=0.1)

@@ -24,6 +24,8 @@ import pytest
 import aia
 from algorithms import SGD, make_lrmse_problem
 
+from tests.processes import living_children
+
 from .algorithms_for_tests import Counter, pid_problem
 from .failure_helpers import FailingProblem, FailOnce, FailureError
 
@@ -38,8 +40,7 @@ _MODULE_PROCESSES: set = set()
 
 
 def _children() -> set:
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE}
+    return {p.pid for p in living_children()}
 
 
 def _sgd() -> SGD:
@@ -106,13 +107,12 @@ def no_leftover_processes():
     yield
     left = []
     for _ in range(50):
-        left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.pid not in _MODULE_PROCESSES
-                and p.status() != psutil.STATUS_ZOMBIE and not _is_ray(p)]
+        left = [p for p in living_children() if p.pid not in before
+                and p.pid not in _MODULE_PROCESSES and not _is_ray(p)]
         if not left:
             break
         psutil.wait_procs(left, timeout=0.1)
-    assert not left, f"child processes left behind: {[(p.pid, p.name()) for p in left]}"
+    assert not left, f"child processes left behind: {[(p.pid, p.cmdline()) for p in left]}"
 
 
 def _is_ray(p: psutil.Process) -> bool:
@@ -260,12 +260,6 @@ def test_one_failure_too_many_raises_with_the_history(engine):
 @pytest.mark.timeout(60)
 def test_a_problem_constructor_that_raises_fails_its_worker_at_iteration_0(engine):
     engine.need_any_algorithm()
-    if engine.name == "ray" and "tests.aia.test_ray" in sys.modules:
-        # KNOWN BUG (issue 15, open): a second RayCluster whose actor's constructor raises
-        # times out getting the actor handle ("GCS server is dead or under high load") when
-        # Ray was imported before local workers were forked; alone this file passes.
-        pytest.xfail("a raising actor constructor on a second RayCluster, ray imported "
-                     "before forking (issue 15)")
     h = aia.start(FailOnce(), FailingProblem("raise"), {"iteration": 10},
                   cluster=engine.fresh(), resilience=1, verbose=0)
     (failure,) = h.failures

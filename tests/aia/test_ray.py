@@ -30,6 +30,8 @@ ray = pytest.importorskip("ray")
 import aia  # noqa: E402
 from aia import ray_cluster  # noqa: E402
 
+from tests.processes import living_children  # noqa: E402
+
 from .algorithms_for_tests import Counter, pid_problem  # noqa: E402
 from .failure_helpers import (FailingProblem, FailOnce,  # noqa: E402
                               RaisesUnpicklableError)
@@ -41,8 +43,7 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _children() -> set:
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE}
+    return {p.pid for p in living_children()}
 
 
 def _listening(pids) -> list:
@@ -559,3 +560,15 @@ def test_joining_a_head_started_with_ray_start(runtime, monkeypatch):
         stopped = _ray("stop", timeout=60)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not _ray_processes()
+
+
+def test_local_workers_next_to_a_ray_connection_are_not_forked_from_it(runtime):
+    """Forking a process that holds Ray's gRPC threads can hang the child at start and the
+    driver's next call to Ray: a LocalCluster beside a Ray connection starts its workers from
+    a forkserver unless told otherwise, and they work."""
+    with aia.LocalCluster(2) as local:
+        assert local.start_method == "forkserver"
+        h = aia.start(Counter(), pid_problem, {"iteration": 4}, cluster=local, verbose=0)
+        assert h.iterations[-1] == 4
+    with aia.RayCluster(2) as again:  # the driver still talks to Ray's GCS
+        assert again.alive() == [1, 2]
