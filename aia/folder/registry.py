@@ -19,20 +19,32 @@ reports a refusal as data (a GLM site's guard): like an error, a central that st
 does not replay it but asks the site again.
 
 Names are matched on the exact class: a subclass is a different algorithm and needs its own
-name. Entries of the packages installed with `aia` are imported on first use (`PROVIDERS`).
+name.
+
+Packages offer algorithms to sites through entry points of the group ``aia.folder`` (the
+packaging convention; `aia` itself imports no application): an entry point named ``glm``
+is a module imported, on first use only, when a name ``glm`` or ``glm.<anything>`` is looked
+up, and its import registers those names. A package declares them in its ``pyproject.toml``:
+
+    [project.entry-points."aia.folder"]
+    glm = "algorithms.glm.cli"
+    sgd = "algorithms.folder"
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
+import logging
 import threading
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-#: Name prefixes -> the module whose import registers them (imported on first use only).
-PROVIDERS = {"glm.": "algorithms.glm.cli"}
+#: The entry-point group of the packages that offer algorithms to folder sites.
+GROUP = "aia.folder"
+log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _entries: dict = {}
@@ -167,20 +179,28 @@ def message_name(cls: type) -> Optional[str]:
 
 
 def load_providers() -> None:
-    for module in sorted(set(PROVIDERS.values())):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
+    """Import every provider of the ``aia.folder`` entry points."""
+    for point in _providers():
+        _load(point)
 
 
 def _load_provider(name: str) -> None:
-    for prefix, module in PROVIDERS.items():
-        if name.startswith(prefix):
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                pass
+    """Import the providers of ``name``: the entry points named as its first dotted part."""
+    head = name.split(".", 1)[0]
+    for point in _providers():
+        if point.name == head:
+            _load(point)
+
+
+def _providers() -> list:
+    return sorted(importlib.metadata.entry_points(group=GROUP), key=lambda p: p.name)
+
+
+def _load(point) -> None:
+    try:
+        point.load()
+    except ImportError as exc:  # an optional provider not installed here: its names stay
+        log.debug("aia.folder: provider %s (%s) not loaded: %s", point.name, point.value, exc)
 
 
 def _import(path: str) -> Any:
@@ -226,7 +246,3 @@ def npz_problem(cls: Union[type, str]) -> Callable:
 
     load.__qualname__ = f"npz_problem({cls if isinstance(cls, str) else cls.__qualname__})"
     return load
-
-
-# The manual's quick start: SGD on rows (A, b) of a least-squares problem.
-register("sgd", "algorithms.sgd:SGD", problem=npz_problem("algorithms.sgd:LRMSE"))
