@@ -159,6 +159,10 @@ class Cluster(abc.ABC):
     An engine that can keep objects on its workers also implements `ObjectStore`.
     """
 
+    #: Whether its runs can start a fresh worker in a failed one's slot (``Run.replace``,
+    #: used by ``aia.start(..., replace_failed=True)``).
+    replaces_workers = False
+
     @property
     @abc.abstractmethod
     def pids(self) -> list:

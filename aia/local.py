@@ -174,6 +174,8 @@ class LocalCluster(Cluster, ObjectStore):
     (default: the cores divided among the workers, at least 1).
     """
 
+    replaces_workers = True
+
     def __init__(self, n_workers: Optional[int] = None, *, start_method: Optional[str] = None,
                  blas_threads: Optional[int] = None):
         n = cpu_count() if n_workers is None else n_workers
@@ -735,6 +737,22 @@ class LocalRun(Run):
             self.poller.write_when_ready(h.channel)
         h.sent_at = time.monotonic()
         self.busy.add(pid)
+
+    def replace(self, pid: int, algorithm: bytes, problem, deadline: Optional[float]):
+        """Start a fresh worker in the slot of worker ``pid``, which failed in this run, and
+        set it up for the run (its problem rebuilt from ``problem``). Returns None once it
+        takes part, or the `Failed` of its set-up."""
+        cluster = self.cluster
+        self._lose(cluster._workers[pid])
+        cluster._replace(cluster._workers[pid], "failed; a fresh worker takes its slot")
+        result = cluster._request([pid], ("setup", algorithm, problem), deadline, self.run)[pid]
+        if isinstance(result, Failed):
+            return result
+        h = cluster._workers[pid]
+        self.live[pid] = h
+        self.poller.register(h.channel.fileno(), (h, "message"))
+        self.poller.register(h.death_fd, (h, "dead"))
+        return None
 
     def _answered(self, h: _Handle) -> None:
         self.busy.discard(h.pid)

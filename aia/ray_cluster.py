@@ -348,6 +348,8 @@ class RayCluster(Cluster, ObjectStore):
     runtime the cluster started is stopped.
     """
 
+    replaces_workers = True
+
     def __init__(self, n_workers: Optional[int] = None, address: Optional[str] = None, *,
                  actor_options: Optional[dict] = None, blas_threads: Optional[int] = None,
                  start_timeout: float = START_TIMEOUT, **ray_init_kwargs):
@@ -421,12 +423,13 @@ class RayCluster(Cluster, ObjectStore):
             actor.os_pid, actor.ip = info["os_pid"], info["ip"]
             actor.host, actor.node_id = info["host"], info["node_id"]
 
-    def _replace(self, old: _Actor) -> _Actor:
-        """Kill an actor stuck in an ended run's answer and start a fresh one in its slot (a
-        running actor task cannot be interrupted). Its distributed objects are lost (see
-        `generation`)."""
-        log.warning("aia: worker %d (%s) is still busy with an answer of an ended run; "
-                    "restarting it (its distributed objects are lost)", old.pid, old.where())
+    def _replace(self, old: _Actor, why: str = "is still busy with an answer of an ended "
+                 "run") -> _Actor:
+        """Kill an actor stuck in an ended run's answer (a running actor task cannot be
+        interrupted), or one that failed (``replace_failed``), and start a fresh one in its
+        slot. Its distributed objects are lost (see `generation`)."""
+        log.warning("aia: worker %d (%s) %s; restarting it (its distributed objects are "
+                    "lost)", old.pid, old.where(), why)
         try:
             self._ray.kill(old.handle, no_restart=True)
         except Exception:  # noqa: BLE001 - it may have died meanwhile
@@ -724,6 +727,21 @@ class RayRun(Run):
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return []
+
+    def replace(self, pid: int, algorithm: bytes, problem, deadline: Optional[float]):
+        """A fresh actor in the slot of worker ``pid``, which failed in this run, set up for
+        the run (its problem rebuilt from ``problem``). None once it takes part, or the
+        `Failed` of its set-up."""
+        cluster = self.cluster
+        self.live.pop(pid, None)
+        cluster._replace(cluster._actors[pid], "failed; a fresh actor takes its slot")
+        run = self.run
+        result = cluster._request([pid], lambda h: h.setup.remote(run, algorithm, problem),
+                                  deadline)[pid]
+        if isinstance(result, Failed):
+            return result
+        self.live[pid] = cluster._actors[pid]
+        return None
 
     def close(self) -> None:
         """End the run on every live actor: a late answer of this run is dropped, and an

@@ -18,6 +18,7 @@ whatever happened; any exception carries the history recorded before it as ``exc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger("aia")
 def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = None,
           save_answers: bool = False, pids: Optional[Sequence[int]] = None, cluster=None,
           synchronous: bool = False, resilience: int = 0, verbose: int = 1,
-          progress_file=None, checkpoint=None) -> History:
+          progress_file=None, checkpoint=None, replace_failed: bool = False) -> History:
     """Run ``algorithm`` on the workers until a criterion of ``stopat`` is met.
 
     ``problem`` is ``make_problem(pid)``, called in every process that takes part (the
@@ -53,25 +54,33 @@ def start(algorithm, problem, stopat: Mapping, *, saveat: Optional[Mapping] = No
     worker failures tolerated. ``verbose``: 0 silent, 1 a progress bar, 2 the bar and the
     values of ``showvalues``. ``progress_file``: where the bar is written (stderr).
     ``checkpoint``: a file path; at every recorded checkpoint the central's state is written
-    there atomically, for `aia.resume` (see `aia.checkpoint`).
+    there atomically, for `aia.resume` (see `aia.checkpoint`). ``replace_failed``: a worker
+    that fails (raises, or dies) is counted in ``history.failures`` as always, and a fresh
+    worker takes its slot, its problem rebuilt from ``make_problem`` (asynchronous: it gets
+    the current query; synchronous: it joins the next round), so that a long run's pool does
+    not shrink; ``resilience`` still bounds the failures. Engines that can: `LocalCluster`
+    (and the temporary cluster); not with a `DistributedObject` problem, whose objects the
+    fresh worker would lack.
 
     Returns an `aia.History`. See the README for the counting semantics.
     """
     return start_from(None, algorithm, problem, stopat, saveat=saveat,
                       save_answers=save_answers, pids=pids, cluster=cluster,
                       synchronous=synchronous, resilience=resilience, verbose=verbose,
-                      progress_file=progress_file, checkpoint=checkpoint)
+                      progress_file=progress_file, checkpoint=checkpoint,
+                      replace_failed=replace_failed)
 
 
 def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
                save_answers: bool = False, pids=None, cluster=None, synchronous: bool = False,
                resilience: int = 0, verbose: int = 1, progress_file=None,
-               checkpoint=None) -> History:
+               checkpoint=None, replace_failed: bool = False) -> History:
     """`start`, or with ``state`` (a loaded checkpoint) its continuation (`aia.resume`)."""
     clock_start = time.perf_counter() - (state["elapsed"] if state is not None else 0.0)
     _check_checkpoint_path(checkpoint)
     stopat, saveat, pids = check_all(algorithm, problem, stopat, saveat, save_answers, pids,
                                      cluster, synchronous, resilience, verbose)
+    _check_replace_failed(replace_failed, problem, cluster)
     options = dict(saveat=saveat, save_answers=save_answers, resilience=resilience,
                    verbose=verbose, progress_file=progress_file, clock_start=clock_start,
                    state=state)
@@ -95,7 +104,8 @@ def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
     if pids is None:
         pids = available
     check_pids_in(pids, available)
-    check_resilience(resilience, len(pids))
+    if not replace_failed:  # with replacement the pool keeps its size: any bound will do
+        check_resilience(resilience, len(pids))
     _check_workers(algorithm, pids)
     algorithm_bytes = serialize(algorithm, "algorithm")
     if isinstance(problem, DistributedObject):
@@ -110,7 +120,7 @@ def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
                        run=None, writer=_writer(checkpoint, run_info, pids), **options)
     try:
         return _run_on(central, _workers_of(cluster, owned, available), owned,
-                       algorithm_bytes, spec, pids, problem)
+                       algorithm_bytes, spec, pids, problem, replace_failed)
     except BaseException as exc:
         # Whatever ended the run, and wherever: the set-up, make_problem(0), the loop, or a
         # Ctrl-C during the clean-up (the history recorded so far is complete then).
@@ -124,7 +134,7 @@ def _workers_of(cluster, owned: bool, available: list):
 
 
 def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, spec,
-            pids: Sequence[int], problem) -> History:
+            pids: Sequence[int], problem, replace_failed: bool = False) -> History:
     run = None
     try:
         remaining = central.recorder.remaining()
@@ -132,6 +142,9 @@ def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, s
         run, failed = workers.open_run_tolerating(algorithm_bytes, spec, pids, deadline,
                                                   central.resilience)
         central.run = run
+        if replace_failed:
+            central.replace = functools.partial(run.replace, algorithm=algorithm_bytes,
+                                                problem=spec, deadline=deadline)
         for event in failed:  # a constructor that raised, or a worker that died
             central.fail(event)
         central.problem = _central_problem(problem)
@@ -144,6 +157,23 @@ def _run_on(central: "_Central", workers, owned: bool, algorithm_bytes: bytes, s
             if owned:
                 workers.close(grace=0.0)  # even if run.close was interrupted; no grace:
                 # nothing of a temporary cluster's workers is kept
+
+
+def _check_replace_failed(replace_failed, problem, cluster) -> None:
+    """Before any process starts: ``replace_failed`` is a bool, on an engine that can."""
+    if not isinstance(replace_failed, bool):
+        raise TypeError(f"replace_failed: expected True or False, got {replace_failed!r}")
+    if not replace_failed:
+        return
+    if isinstance(problem, DistributedObject):
+        raise ValueError("replace_failed=True with a DistributedObject problem: a fresh worker "
+                         "would not have the object built on the one it replaces (it is lost "
+                         "with it); pass a make_problem function, or leave replace_failed off")
+    engine = problem.cluster if isinstance(problem, DistributedObject) else cluster
+    if isinstance(engine, Cluster) and not engine.replaces_workers:
+        raise TypeError(f"replace_failed=True: {type(engine).__name__} cannot start a fresh "
+                        f"worker in a failed one's slot; LocalCluster (or cluster=None, a "
+                        f"temporary one) can")
 
 
 def _check_checkpoint_path(path) -> None:
@@ -210,6 +240,9 @@ class _Central:
         self.verbose = verbose
         self.progress_file = progress_file
         self.progress: Optional[Progress] = None
+        #: ``replace(pid) -> None | Failed``: a fresh worker in failed ``pid``'s slot
+        #: (``replace_failed``); None: a failed worker leaves the run.
+        self.replace = None
 
     def go(self) -> History:
         completed = False
@@ -238,8 +271,9 @@ class _Central:
         """Give ``exc`` the history recorded so far (unless it carries one already)."""
         attach_history(exc, self.recorder.snapshot())
 
-    def fail(self, event: Failed) -> None:
-        """Count a failure: past ``resilience`` it ends the run."""
+    def fail(self, event: Failed) -> bool:
+        """Count a failure: past ``resilience`` it ends the run. True if a fresh worker took
+        the failed one's slot (``replace_failed``), False if the run goes on without it."""
         rec = self.recorder
         failure = event.failure(rec.iteration)
         failures = rec.history.failures + [failure]
@@ -248,11 +282,18 @@ class _Central:
                     f"this is failure {len(failures)}.")
             raise WorkerFailedError(failure, failures, rec.snapshot(), hint) \
                 from event.remote_error()
+        if self.replace is not None:
+            log.warning("aia: %s; a fresh worker takes its slot (%d of %d failures "
+                        "tolerated)", failure, len(failures), self.resilience)
+            rec.history.failures.append(failure)
+            again = self.replace(failure.worker)
+            return True if again is None else self.fail(again)  # its set-up failed too
         log.warning("aia: %s; the run goes on without it (%d of %d failures tolerated)",
                     failure, len(failures), self.resilience)
         rec.remove_worker(failure)
         # An algorithm that keeps per-worker state (AggregationAlgorithm) forgets the worker.
         _call_if_defined(self.algorithm, "worker_left", failure.worker)
+        return False
 
     def begin(self) -> tuple:
         """The first query and whether the run is over already: ``initialize``'s (recorded
@@ -275,7 +316,9 @@ class _Central:
                 return  # out of time while waiting
             for event in events:
                 if isinstance(event, Failed):
-                    self.fail(event)
+                    if self.fail(event):  # a fresh worker in its slot: the current query
+                        run.send(event.pid, q)
+                        sent_at[event.pid] = rec.iteration
                     continue
                 pid = event.pid
                 alg.staleness = staleness = rec.iteration - sent_at[pid]

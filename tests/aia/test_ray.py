@@ -572,3 +572,23 @@ def test_local_workers_next_to_a_ray_connection_are_not_forked_from_it(runtime):
         assert h.iterations[-1] == 4
     with aia.RayCluster(2) as again:  # the driver still talks to Ray's GCS
         assert again.alive() == [1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_replace_failed_gives_each_killed_actor_a_fresh_one(runtime):
+    """kill -9 each of three actors once, ``resilience=3``: three failures recorded and three
+    live workers at the end (issue 16)."""
+    from .test_replace_failed import TARGET, KillsEachWorkerOnce  # noqa: PLC0415
+
+    with aia.RayCluster(3, actor_options={"num_cpus": 0}) as cluster:
+        TARGET["cluster"] = cluster
+        before = cluster.os_pids()
+        alg = KillsEachWorkerOnce()
+        h = aia.start(alg, pid_problem, {"iteration": 60}, cluster=cluster, resilience=3,
+                      replace_failed=True, verbose=0)
+        assert sorted(f.worker for f in h.failures) == [1, 2, 3]
+        assert sorted(pid for _, pid in alg.killed) == sorted(before.values())
+        assert h.iterations[-1] == 60
+        assert cluster.alive() == [1, 2, 3]
+        assert all(cluster.generation(w) == 1 for w in (1, 2, 3))
+        assert not set(cluster.os_pids().values()) & set(before.values())
