@@ -27,17 +27,19 @@ from .errors import Failure, RemoteError
 
 @dataclass
 class Answer:
-    """An answer of worker ``pid`` to its latest query."""
+    """An answer of ``worker`` (its id) to its latest query."""
 
-    pid: int
+    worker: int
     value: Any
 
 
 @dataclass
 class Failed:
-    """Worker ``pid`` failed: its answer (or constructor) raised, or its process died."""
+    """``worker`` (its id; ``os_pid`` is its process's) failed: its answer (or constructor)
+    raised, or its process died. As in `aia.Failure`, ``worker`` is an id and a ``pid`` an
+    operating-system process id."""
 
-    pid: int
+    worker: int
     cause: str
     traceback: Optional[str] = None
     os_pid: Optional[int] = None
@@ -45,17 +47,18 @@ class Failed:
     remote: Optional[tuple] = None  # (type name, message, traceback) of a remote exception
 
     @classmethod
-    def raised(cls, pid: int, remote: tuple, os_pid: Optional[int] = None) -> "Failed":
-        """Worker ``pid`` raised ``remote`` = (type name, message, traceback): the one place
+    def raised(cls, worker: int, remote: tuple, os_pid: Optional[int] = None) -> "Failed":
+        """``worker`` raised ``remote`` = (type name, message, traceback): the one place
         that words such a failure ("raised X: msg"), whatever the engine."""
         type_name, message, tb = remote
-        return cls(pid, f"raised {type_name}: {message}", tb, os_pid, remote=tuple(remote))
+        return cls(worker, f"raised {type_name}: {message}", tb, os_pid, remote=tuple(remote))
 
     def remote_error(self) -> Optional[RemoteError]:
         return RemoteError(*self.remote) if self.remote else None
 
     def failure(self, iteration: int) -> Failure:
-        return Failure(self.pid, iteration, self.cause, self.traceback, self.os_pid, self.exitcode)
+        return Failure(self.worker, iteration, self.cause, self.traceback, self.os_pid,
+                       self.exitcode)
 
 
 Event = Union[Answer, Failed]
@@ -148,7 +151,7 @@ class Cluster(abc.ABC):
       its answer. Sending to a dead worker does not raise: ``wait`` reports it.
     - ``run.wait(timeout)`` returns the events ready within ``timeout`` seconds, ``[]`` on a
       timeout; ``wait(None)`` blocks until at least one event is ready. An event is an
-      `Answer` (``pid``, ``value``) or a `Failed` (the worker's answer raised: ``remote``
+      `Answer` (``worker``, ``value``) or a `Failed` (the worker's answer raised: ``remote``
       holds the exception as text; or it died). Each worker fails at most once per run and
       then gets no query of it anymore.
     - ``run.close()`` ends the run on every worker; an answer of an ended run is dropped,

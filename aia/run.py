@@ -317,10 +317,10 @@ class _Central:
             for event in events:
                 if isinstance(event, Failed):
                     if self.fail(event):  # a fresh worker in its slot: the current query
-                        run.send(event.pid, q)
-                        sent_at[event.pid] = rec.iteration
+                        run.send(event.worker, q)
+                        sent_at[event.worker] = rec.iteration
                     continue
-                pid = event.pid
+                pid = event.worker
                 alg.staleness = staleness = rec.iteration - sent_at[pid]
                 rec.consumed((pid,), (staleness,))
                 q = alg.central_step(event.value, pid, self.problem)
@@ -362,9 +362,9 @@ class _Central:
             for event in events:
                 if isinstance(event, Failed):
                     self.fail(event)
-                elif event.pid in pending:
-                    got[event.pid] = event.value
-                pending.discard(event.pid)
+                elif event.worker in pending:
+                    got[event.worker] = event.value
+                pending.discard(event.worker)
         return got
 
     def loop_here(self) -> None:

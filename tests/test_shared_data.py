@@ -28,7 +28,8 @@ def test_needs_nothing():
 def test_absent_shared_data_is_said_once(tmp_path):
     tests = tmp_path / "repo" / "tests"  # no ../shared beside this repository
     tests.mkdir(parents=True)
-    shutil.copy(HERE / "conftest.py", tests / "conftest.py")
+    for name in ("__init__.py", "conftest.py", "processes.py"):  # conftest imports processes
+        shutil.copy(HERE / name, tests / name)
     (tests / "test_data.py").write_text(NEEDS_DATA)
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                           "--rootdir", str(tmp_path / "repo"), str(tests)],

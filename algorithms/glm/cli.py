@@ -446,7 +446,7 @@ def _ask(cluster: FolderCluster, design: Design, query: dict) -> list:
             for event in run.wait(None):
                 if isinstance(event, Failed):
                     raise _SiteFailed(event.cause) from event.remote_error()
-                got[event.pid] = event.value
+                got[event.worker] = event.value
     finally:
         run.close()
     out = []

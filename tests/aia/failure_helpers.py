@@ -19,6 +19,8 @@ import time
 
 import psutil
 
+from tests.processes import living_children
+
 import aia
 
 # -- how a worker fails (the rows of the crash table) ----------------------------------
@@ -246,15 +248,9 @@ class BadQuery(FailOnce):
 
 
 def descendants() -> set:
-    """The pids of every live (non-zombie) descendant of this process."""
-    out = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                out.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    """The pids of every live (non-zombie) descendant of this process (but multiprocessing's
+    forkserver and resource tracker, servers that live as long as it: `tests.processes`)."""
+    return {p.pid for p in living_children()}
 
 
 def alive(pids) -> list:

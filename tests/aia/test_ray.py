@@ -73,6 +73,8 @@ def _ray_processes() -> set:
             text = (p.info["name"] or "") + " " + " ".join(p.info["cmdline"] or [])
         except psutil.Error:
             continue
+        if "multiprocessing.forkserver" in text or "resource_tracker" in text:
+            continue  # multiprocessing's servers (sys.path in their command line names Ray)
         if p.info["name"] in ("gcs_server", "raylet") or "ray::" in text \
                 or "site-packages/ray/" in text:
             try:
@@ -517,6 +519,38 @@ def _ray(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def test_local_workers_next_to_a_ray_connection_are_not_forked_from_it(runtime):
+    """Forking a process that holds Ray's gRPC threads can hang the child at start and the
+    driver's next call to Ray: a LocalCluster beside a Ray connection starts its workers from
+    a forkserver unless told otherwise, and they work."""
+    with aia.LocalCluster(2) as local:
+        assert local.start_method == "forkserver"
+        h = aia.start(Counter(), pid_problem, {"iteration": 4}, cluster=local, verbose=0)
+        assert h.iterations[-1] == 4
+    with aia.RayCluster(2) as again:  # the driver still talks to Ray's GCS
+        assert again.alive() == [1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_replace_failed_gives_each_killed_actor_a_fresh_one(runtime):
+    """kill -9 each of three actors once, ``resilience=3``: three failures recorded and three
+    live workers at the end (issue 16)."""
+    from .test_replace_failed import TARGET, KillsEachWorkerOnce  # noqa: PLC0415
+
+    with aia.RayCluster(3, actor_options={"num_cpus": 0}) as cluster:
+        TARGET["cluster"] = cluster
+        before = cluster.os_pids()
+        alg = KillsEachWorkerOnce()
+        h = aia.start(alg, pid_problem, {"iteration": 60}, cluster=cluster, resilience=3,
+                      replace_failed=True, verbose=0)
+        assert sorted(f.worker for f in h.failures) == [1, 2, 3]
+        assert sorted(pid for _, pid in alg.killed) == sorted(before.values())
+        assert h.iterations[-1] == 60
+        assert cluster.alive() == [1, 2, 3]
+        assert all(cluster.generation(w) == 1 for w in (1, 2, 3))
+        assert not set(cluster.os_pids().values()) & set(before.values())
+
+
 def test_joining_a_head_started_with_ray_start(runtime, monkeypatch):
     """`ray start --head` on 127.0.0.1, a driver that joins it (token authentication), runs
     and resilience; `ray stop` after. Last in the module: a process holds one Ray connection,
@@ -561,34 +595,3 @@ def test_joining_a_head_started_with_ray_start(runtime, monkeypatch):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not _ray_processes()
 
-
-def test_local_workers_next_to_a_ray_connection_are_not_forked_from_it(runtime):
-    """Forking a process that holds Ray's gRPC threads can hang the child at start and the
-    driver's next call to Ray: a LocalCluster beside a Ray connection starts its workers from
-    a forkserver unless told otherwise, and they work."""
-    with aia.LocalCluster(2) as local:
-        assert local.start_method == "forkserver"
-        h = aia.start(Counter(), pid_problem, {"iteration": 4}, cluster=local, verbose=0)
-        assert h.iterations[-1] == 4
-    with aia.RayCluster(2) as again:  # the driver still talks to Ray's GCS
-        assert again.alive() == [1, 2]
-
-
-@pytest.mark.timeout(120)
-def test_replace_failed_gives_each_killed_actor_a_fresh_one(runtime):
-    """kill -9 each of three actors once, ``resilience=3``: three failures recorded and three
-    live workers at the end (issue 16)."""
-    from .test_replace_failed import TARGET, KillsEachWorkerOnce  # noqa: PLC0415
-
-    with aia.RayCluster(3, actor_options={"num_cpus": 0}) as cluster:
-        TARGET["cluster"] = cluster
-        before = cluster.os_pids()
-        alg = KillsEachWorkerOnce()
-        h = aia.start(alg, pid_problem, {"iteration": 60}, cluster=cluster, resilience=3,
-                      replace_failed=True, verbose=0)
-        assert sorted(f.worker for f in h.failures) == [1, 2, 3]
-        assert sorted(pid for _, pid in alg.killed) == sorted(before.values())
-        assert h.iterations[-1] == 60
-        assert cluster.alive() == [1, 2, 3]
-        assert all(cluster.generation(w) == 1 for w in (1, 2, 3))
-        assert not set(cluster.os_pids().values()) & set(before.values())
