@@ -138,7 +138,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         masked, the central learns only the pooled sums. At least 3 sites, synchronous.
     resilience : int
         With ``secure=True``: how many sites may fail mid-fit; a round a site fails in is
-        redone among the others, and the fit is theirs.
+        redone among the others (gradient descent starts again among them), and the fit
+        is theirs.
     """
     if method not in ("fisher", "gradient"):
         raise ValueError(f"method: expected 'fisher' or 'gradient', got {method!r}")

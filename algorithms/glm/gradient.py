@@ -297,6 +297,8 @@ class GradientDescent(SiteAlgorithm):
             return self._next()
         if self._stage == "final":
             return self._after_final(answers, keys)
+        if self._stage == "restart":
+            return self._after_restart(answers)
         return self._after_scores(answers, keys)
 
     def _after_scores(self, scores: Sequence[Score], keys: Sequence[Any]) -> GradientQuery:
@@ -380,6 +382,43 @@ class GradientDescent(SiteAlgorithm):
         if self._used() >= self._maxit:
             return self._final_query(self._x)
         return self._score_query(self._x + self._t * self._d)
+
+    # -- a site left (secure aggregation with resilience) -----------------------------------
+    def sites_left(self, q: GradientQuery) -> GradientQuery:
+        """The query to ask the sites left after one failed answering ``q``.
+
+        The metric, the accepted point and the deviances of the line search are sums over
+        the old sites, so the descent starts again among the others: a full round (their
+        X'WX, X'Wz, deviance and counts) at coefficients the old sites' sums were never
+        decoded at (secure aggregation's differencing guard refuses any other): those of
+        ``q`` itself, or after a failed final round (at the accepted point), the next trial
+        point. In the first round nothing was summed yet, and a restart's full round was
+        never decoded: ``q`` again."""
+        if self._stage in ("metric", "restart"):
+            return q
+        beta = q.beta if self._stage == "descent" else self._x + self._t * self._d
+        self._stage = "restart"
+        return GradientQuery(self._query(beta), beta, full=True)
+
+    def _after_restart(self, contribs: Sequence[Contribution]) -> GradientQuery:
+        """The sites left answered a full round: their metric and first accepted point."""
+        beta = self._betas[contribs[0].version]
+        total = combine(contribs)
+        self.matrix_rounds += 1
+        if not total.valid or self._withheld(contribs):  # a shorter step from the old point
+            self._t /= 4
+            if self._x is None or self._t < T_MIN:
+                raise NonFiniteError("no valid coefficients to go on from after a site left")
+            beta = self._x + self._t * self._d
+            return GradientQuery(self._query(beta), beta, full=True)
+        self._check(contribs)
+        self.nobs, self.n_ok = total.nobs, total.n_ok
+        self._metric = total.xtwx
+        self._factor = factor(total.xtwx, self.column_names, " after a site left")
+        self._x, self._t, self.criterion_dev, self._dev_hint = None, 1.0, None, None
+        self._recent.clear()
+        self._accept(beta, total.xtwz - total.xtwx @ beta, total.deviance)
+        return self._next()
 
     def _after_final(self, contribs: Sequence[Contribution], keys: Sequence[Any]) -> GradientQuery:
         """X'WX at the estimate: the covariance, and the exact criterion."""

@@ -31,7 +31,10 @@ number of sites), is an error at the site, never a wrong sum.
 (phase "unmask") only once the central has every masked vector of the round. When a site
 fails before sending its vector, the central asks the same query again among the others,
 with masks among them only; the first round's vectors stay undecodable, since no site
-revealed its self mask for them. A site failing after its vector arrived (in the unmask
+revealed its self mask for them. (`GradientDescent` starts again among the others instead:
+see its ``sites_left``.) Inherent to going on without a site: the others' sums at the next
+coefficients, set against the last ones that counted it, approximate its sums to within
+the change a step makes. A site failing after its vector arrived (in the unmask
 phase) ends the fit: the others have revealed their self masks for these coefficients and
 will not do so again for another set of sites (below).
 
@@ -399,14 +402,20 @@ class SecureAggregation(AbstractAlgorithm):
 
     def _after_sums(self, answers, workers, problem) -> SecureQuery:
         if self._survivors(workers):
-            if type(self.inner).__name__ not in ("FisherScoring", "SiteSum"):
+            # Fisher scoring and a single sum ask the same query again (each round's sums
+            # are at new coefficients); gradient descent, whose metric and accepted point
+            # are sums over the old sites, starts again among the others.
+            restart = getattr(self.inner, "sites_left", None)
+            if restart is None and type(self.inner).__name__ not in ("FisherScoring",
+                                                                     "SiteSum"):
                 raise SecureAggregationError(
-                    f"a site failed: {type(self.inner).__name__} (method='gradient') cannot "
-                    "yet redo a round among the others (its counts come with the first "
-                    "round only)")
+                    f"a site failed: {type(self.inner).__name__} cannot redo a round among "
+                    "the others")
+            if restart is not None:
+                self._inner_query = restart(self._inner_query)
             self.redone_rounds += 1
             self._changed = True
-            return self._sums_query()  # the same query, masks among the others only
+            return self._sums_query()  # masks among the others only
         for w, a in zip(workers, answers):
             self._check_answer(w, a)
         if not all(a.valid for a in answers):

@@ -20,6 +20,7 @@ from algorithms import glm
 from algorithms.glm import secure
 from algorithms.glm.design import Design, SiteError
 from algorithms.glm.fisher import FisherScoring
+from algorithms.glm.gradient import GradientDescent
 from algorithms.glm.messages import Query
 from algorithms.glm.site import Site
 
@@ -173,6 +174,64 @@ def test_a_site_dying_mid_round_leaves_the_fit_of_the_others(case, monkeypatch):
     assert res.sites == ["a", "b", "c"]
     # The counts, the null deviance, the dispersion and llf are the three sites' too.
     assert_same_fit(plain, res, rtol=1e-7)
+
+
+class DiesInGradient(secure.SecureAggregation):
+    """Site d's process dies while it computes the masked sums of the round ``when`` picks
+    out of gradient descent's: the first (the metric, at R's starting values), a score
+    round, or the final one (X'WX at the estimate)."""
+
+    when = "score"
+    central: list = []
+    queries: list = []
+
+    def initialize(self, problem):
+        DiesInGradient.central.append(self)
+        return super().initialize(problem)
+
+    def _sums_query(self):
+        q = super()._sums_query()
+        if isinstance(self.inner, GradientDescent):  # not the log-likelihood's sum after
+            DiesInGradient.queries.append((q.round, len(q.roster), q.inner.full))
+        return q
+
+    def answer(self, q, problem):
+        if q.phase == "sums" and problem.name == "d" and self._dies_at(q):
+            os._exit(3)
+        return super().answer(q, problem)
+
+    def _dies_at(self, q) -> bool:
+        if not isinstance(self.inner, GradientDescent):
+            return False
+        if self.when == "metric":
+            return q.round == 1
+        if self.when == "score":
+            return q.round == 3
+        return q.round > 1 and q.inner.full  # the final round
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("when", ["metric", "score", "final"])
+def test_gradient_descent_goes_on_among_the_others_when_a_site_dies(when, monkeypatch):
+    DiesInGradient.central, DiesInGradient.queries = [], []
+    monkeypatch.setattr(DiesInGradient, "when", when)
+    monkeypatch.setattr(fit_module, "SecureAggregation", DiesInGradient)
+    data, formula, family, link = CASES["binomial"]
+    sites = _four_sites(data)
+    args = dict(family=family, link=link, tol=1e-10, method="gradient")
+    res = glm.fit(formula, sites, secure=True, resilience=1, **args)
+    others = {k: v for k, v in sites.items() if k != "d"}
+    plain = glm.fit(formula, others, cluster="inprocess", **args)
+    assert DiesInGradient.central[0].redone_rounds == 1
+    assert res.sites == ["a", "b", "c"] and res.converged
+    # After the failed round, every round is among the three others, and the next one
+    # is a full round (their metric) unless the failure came in the first round already.
+    rounds = DiesInGradient.queries
+    failed = next(i for i, (_, n, _) in enumerate(rounds) if n == 3) - 1
+    assert rounds[failed][1] == 4 and all(n == 3 for _, n, _ in rounds[failed + 1:])
+    assert rounds[failed + 1][2]  # full: X'WX, X'Wz, deviance, counts of the three
+    # The estimate, its standard errors, counts, deviances, llf are the three sites' own.
+    assert_same_fit(plain, res, rtol=1e-6)
 
 
 class Truncates(secure.SecureAggregation):
