@@ -6,7 +6,7 @@ local folder.
 - ``sgd``: the README's `FolderCluster` example, `SGD(0.01, x0=zeros(10))` asynchronous to
   ``{"epoch": E}`` over 3 sites (``python -m aia.folder site``, 100 rows x 10 each): seconds,
   answers, milliseconds per answer (sites already waiting, as in the README);
-- ``glm``: ``aia-glm central`` (`algorithms.glm.cli.fit_folder`) of the shipped admissions
+- ``glm``: ``aia-glm central`` (`algorithms.glm.folder.fit_folder`) of the shipped admissions
   data (``admit ~ gre + gpa + rank``, binomial) over 3 ``aia-glm site`` processes already
   waiting in the session: seconds from the central's start to its result (4 runs: describe,
   build, the Fisher iterations, the log-likelihood).

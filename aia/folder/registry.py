@@ -27,7 +27,7 @@ is a module imported, on first use only, when a name ``glm`` or ``glm.<anything>
 up, and its import registers those names. A package declares them in its ``pyproject.toml``:
 
     [project.entry-points."aia.folder"]
-    glm = "algorithms.glm.cli"
+    glm = "algorithms.glm.folder_protocol"
     sgd = "algorithms.folder"
 """
 

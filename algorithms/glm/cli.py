@@ -18,191 +18,38 @@ All sites in local worker processes (the files are read by their own worker)::
 
 (``fit`` may be left out.) ``--method glmnet`` (``--alpha``, ``--nlambda``, ``--lambdas``,
 ``--penalty-factor``...) fits glmnet's elastic-net path instead, over the folder or local
-workers (`algorithms.glm.glmnet`). The folder transport is `aia.FolderCluster`; this module also
-registers the GLM's algorithms and messages under the names ``glm.*`` for it.
+workers (`algorithms.glm.glmnet`). This module parses the command line and prints: the fits
+over a folder are `algorithms.glm.folder`'s (`fit_folder`, `glmnet_folder`), the names a
+folder site knows are `algorithms.glm.folder_protocol`'s, the transport `aia.FolderCluster`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import sys
-import time
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-from statsmodels.genmod import families as smf
-
-import aia
-from aia.algorithm import AbstractAlgorithm
-from aia.cluster import Failed
 from aia.errors import RemoteError, WorkerFailedError
-from aia.folder import FolderCluster, SitesTimeoutError, register, register_message
+from aia.folder import FolderCluster, SitesTimeoutError
 from aia.folder.__main__ import add_site_arguments, read_key, run_site, setup_logging
 
-from .design import Design, FormulaError, SiteError
-from .families import LINKS, NEGATIVE_BINOMIAL
 from .base import DesignMismatchError
-from .fisher import FisherScoring
-from .glmnet import GlmnetPath, GlmnetRun, _FactorSpec, _check_penalty_factor, _path_result
-from .glmnet import _check_options as _glmnet_check_options
-from .glmnet import _run as _glmnet_run
-from .glmnet_path import Ask, Moments, PathSpec, Sums, path_fit
-from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
-from .fit import check_options, fit, fit_steps
-from .gradient import MAX_ITER as GRADIENT_MAX_ITER
-from .gradient import GradientDescent, GradientQuery, Score
-from .guards import Guards, PrivacyError, check_min_sites
-from .messages import Contribution, Query
+from .design import FormulaError, SiteError
+from .fit import fit
+from .folder import _SiteFailed, fit_folder, glmnet_folder, session_name  # noqa: F401
+from .folder_protocol import (METHODS, SITE_ALGORITHMS, design_from,  # noqa: F401
+                              design_params, load_site, with_token)
+from .glmnet import GlmnetPath
+from .guards import PrivacyError
 from .results import GLMResults
-from . import secure as secure_sums
-from .site import Site
 
 log = logging.getLogger("aia.folder")
 
-# -- the GLM on the folder transport: names, parameters, messages ------------------------------
-_FAMILIES = {smf.Gaussian: "gaussian", smf.Binomial: "binomial", smf.Poisson: "poisson",
-             smf.Gamma: "gamma", smf.InverseGaussian: "inverse_gaussian"}
-_LINKS = {cls: name for name, cls in reversed(list(LINKS.items()))}  # the first name of each
-
-
-def design_params(d: Design) -> dict:
-    """A `Design` as plain data (a site rebuilds it with `design_from`)."""
-    fam = d.family
-    if fam.relative_survival:
-        family, link = "relative_survival", None
-    elif fam.theta_estimated:  # glm.nb's stage: Poisson (theta None), then theta
-        family, link = NEGATIVE_BINOMIAL, _LINKS.get(type(fam.sm.link))
-    else:
-        family, link = _FAMILIES.get(type(fam.sm)), _LINKS.get(type(fam.sm.link))
-        if family is not None and fam.quasi:
-            family = fam.quasi
-        if family is None or link is None:
-            raise TypeError(f"the {fam.name} family with the {fam.link_name} link cannot be "
-                            f"named to a site: use a family and a link given by name")
-    guards = None if d.guards is None else {
-        f.name: sorted(v) if isinstance(v, frozenset) else v
-        for f in fields(Guards) if (v := getattr(d.guards, f.name)) is not None}
-    return {"formula": d.formula, "family": family, "link": link, "weights": d.weights,
-            "offset": d.offset, "exposure": d.exposure, "expected": d.expected,
-            "levels": None if d.levels is None else {k: tuple(v) for k, v in d.levels.items()},
-            "moments": None if d.moments is None else {k: tuple(v) for k, v in d.moments.items()},
-            "guards": guards, "token": d.token, "groups": d.groups,
-            **_row_params(d)}
-
-
-def _row_params(d: Design) -> dict:
-    """The fields of issue 13's models, sent only when used (so that every other model's
-    description, and its session name, stays as it was): the missing-value rule, the
-    frequency weights, glm.nb's current theta."""
-    out: dict = {}
-    if d.missing != "drop":
-        out["missing"] = d.missing
-    if d.freq_weights is not None:
-        out["freq_weights"] = d.freq_weights
-    if d.family.theta_estimated and d.family.theta is not None:
-        out["theta"] = float(d.family.theta)
-    return out
-
-
-def design_from(p: dict) -> Design:
-    """The `Design` described by ``p``; the formula passes the site's whitelist first."""
-    d = Design.make(p["formula"], p["family"], p["link"], weights=p["weights"],
-                    offset=p["offset"], exposure=p["exposure"], expected=p["expected"],
-                    guards=p["guards"], missing=p.get("missing", "drop"),
-                    freq_weights=p.get("freq_weights"))
-    family = d.family
-    if p.get("theta") is not None:
-        if not family.theta_estimated:
-            raise ValueError(f"theta: only for the {NEGATIVE_BINOMIAL} family, got "
-                             f"{p['family']!r}")
-        theta = float(p["theta"])
-        if not (math.isfinite(theta) and theta > 0):
-            raise ValueError(f"theta: expected a positive number, got {p['theta']!r}")
-        family = family.with_theta(theta)
-    levels = None if p["levels"] is None else {k: tuple(v) for k, v in p["levels"].items()}
-    moments = None if p["moments"] is None else {k: tuple(v) for k, v in p["moments"].items()}
-    return replace(d, family=family, levels=levels, moments=moments, token=str(p["token"]),
-                   groups=p.get("groups"))
-
-
-def with_token(d: Design) -> Design:
-    """``d`` named by its content, so that a central started again describes it the same."""
-    p = design_params(d)
-    p.pop("token")
-    text = json.dumps(p, sort_keys=True, default=repr)
-    token = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return replace(d, token=token)
-
-
-class SiteTasks(AbstractAlgorithm):
-    """The passes of a fit besides its iterations, one query each: ``{"op": "describe"}``,
-    ``{"op": "build"}``, ``{"op": "loglike", "beta": ..., "scale": ...}``,
-    ``{"op": "theta_sums", "beta": ..., "theta": ...}`` (glm.nb's theta; `Site.theta_sums`
-    answers only at coefficients whose Fisher scoring round the site has answered). A
-    site's refusal comes back as data, so the central can name the site and the guard."""
-
-    def __init__(self, design: Design):
-        self.design = design
-
-    def answer(self, q: dict, site: Site) -> dict:
-        op = q.get("op") if isinstance(q, dict) else None
-        try:
-            if op == "describe":
-                return {"ok": site.describe(self.design)}
-            if op == "build":
-                return {"ok": site.build(self.design, q.get("saturated", True) is not False)}
-            if op == "loglike":
-                return {"ok": site.loglike(self.design, np.asarray(q["beta"], dtype=float),
-                                           float(q["scale"]))}
-            if op == "theta_sums":
-                return {"ok": _theta_sums(site, self.design, q)}
-            if op == "meat":
-                return {"ok": _meat(site, self.design, q)}
-        except PrivacyError as exc:
-            return {"error": {"type": "PrivacyError", "guard": exc.guard,
-                              "threshold": exc.threshold, "detail": exc.detail}}
-        except (FormulaError, SiteError, OSError) as exc:
-            return {"error": {"type": type(exc).__name__, "message": str(exc)}}
-        raise ValueError(f"unknown operation {op!r}")
-
-
-def _theta_sums(site: Site, design: Design, q: dict) -> dict:
-    """`Site.theta_sums` for a folder query (theta None: the sums at the Poisson fit)."""
-    theta = q.get("theta")
-    return site.theta_sums(design, np.asarray(q["beta"], dtype=float),
-                           None if theta is None else float(theta))
-
-
-#: The clusters of `Site.meat`: rows (HC0, HC1), the site, the groups column.
-_MEAT_CLUSTERS = ("rows", "site", "groups")
-
-
-def _meat(site: Site, design: Design, q: dict) -> dict:
-    """`Site.meat` for a folder query: the site's p x p share of a robust covariance."""
-    clusters = q.get("clusters")
-    if clusters not in _MEAT_CLUSTERS:
-        raise ValueError(f"clusters: expected one of {_MEAT_CLUSTERS}, got {clusters!r}")
-    version = q.get("version")
-    return site.meat(design, np.asarray(q["beta"], dtype=float), clusters, str(q["salt"]),
-                     None if version is None else int(version))
-
-
-def load_site(path: Optional[str], name: str, audit_log: Optional[str] = None) -> Site:
-    """A site's problem: its own table (CSV or Parquet), read where it lives, with its audit
-    log (`algorithms.glm.audit`)."""
-    if path is None:
-        raise ValueError(f"site {name} was started without --data")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"site {name}: no data file {path}")
-    return Site(path, name, audit_log=audit_log)
-
-
+# -- a site's files -----------------------------------------------------------------------------
 def site_files(args) -> dict:
     """Check ``aia-glm site``'s files before it starts: the data file exists, and neither
     it nor the audit log (default: beside the data file) lies inside the shared folder,
@@ -220,340 +67,6 @@ def site_files(args) -> dict:
             raise SystemExit(f"aia-glm site: {what} {path} is inside the shared folder "
                              f"{folder}: everyone with the folder would read it")
     return {"audit_log": str(audit)}
-
-
-def _params(alg: FisherScoring) -> dict:
-    return {"design": design_params(alg.design), "null_model": alg.null_model,
-            "n_sites": alg.n_sites, "start": alg.start}
-
-
-def _builder(cls: type):
-    def build(p: dict) -> FisherScoring:
-        start = None if p.get("start") is None else np.asarray(p["start"], dtype=float)
-        return cls(design_from(p["design"]), null_model=bool(p["null_model"]),
-                   n_sites=p.get("n_sites"), start=start)
-
-    return build
-
-
-for _name, _cls in (("glm.Query", Query), ("glm.Contribution", Contribution),
-                    ("glm.GradientQuery", GradientQuery), ("glm.Score", Score)):
-    register_message(_name, _cls)
-def refused(answer: Any) -> bool:
-    """Whether a `SiteTasks` answer is a site's refusal or error (a central that starts
-    again asks the site again instead of replaying it)."""
-    return isinstance(answer, dict) and "error" in answer
-
-
-register("glm.site", SiteTasks, params=lambda a: {"design": design_params(a.design)},
-         build=lambda p: SiteTasks(design_from(p["design"])), problem=load_site,
-         failed=refused)
-register("glm.fisher", FisherScoring, params=_params, build=_builder(FisherScoring),
-         problem=load_site)
-register("glm.gradient", GradientDescent, params=_params, build=_builder(GradientDescent),
-         problem=load_site)
-
-
-def _secure_params(alg: secure_sums.SecureAggregation) -> dict:
-    inner = alg.inner
-    if isinstance(inner, secure_sums.SiteSum):
-        if inner.method not in ("loglike", "theta_sums", "meat"):
-            raise TypeError(f"a secure sum of {inner.method!r} cannot be named to a site")
-        theta = inner.args[1]  # loglike's scale, glm.nb's theta (None: theta.ml's start)
-        out = {"inner": f"glm.{inner.method}", "design": design_params(inner.design),
-               "beta": np.asarray(inner.args[0], dtype=float), "keys": list(inner.keys)}
-        if inner.method == "meat":  # clusters, salt, the coefficients' version
-            clusters, salt, version = inner.args[1:]
-            return {**out, "clusters": str(clusters), "salt": str(salt),
-                    "version": None if version is None else int(version),
-                    "p": int(inner.shapes["meat"][0])}
-        return {**out, "scale": None if theta is None else float(theta)}
-    name = {FisherScoring: "glm.fisher", GradientDescent: "glm.gradient"}[type(inner)]
-    return {"inner": name, "params": _params(inner)}
-
-
-def _secure_build(p: dict) -> secure_sums.SecureAggregation:
-    """A site's copy of a secure run: only the GLM's own algorithms inside."""
-    if p.get("inner") == "glm.meat":
-        inner = secure_sums.SiteSum("meat", design_from(p["design"]),
-                                    np.asarray(p["beta"], dtype=float), p["clusters"],
-                                    p["salt"], p["version"], keys=tuple(p["keys"]),
-                                    shapes={"meat": (int(p["p"]),) * 2})
-    elif p.get("inner") in ("glm.loglike", "glm.theta_sums"):
-        scale = None if p["scale"] is None else float(p["scale"])
-        inner = secure_sums.SiteSum(p["inner"][4:], design_from(p["design"]),
-                                    np.asarray(p["beta"], dtype=float), scale,
-                                    keys=tuple(p.get("keys") or ()))
-    else:
-        cls = {"glm.fisher": FisherScoring, "glm.gradient": GradientDescent}[p.get("inner")]
-        inner = _builder(cls)(p["params"])
-    return secure_sums.SecureAggregation(inner)
-
-
-for _name, _cls in (("glm.SecureQuery", secure_sums.SecureQuery),
-                    ("glm.KeyAnswer", secure_sums.KeyAnswer),
-                    ("glm.MaskedAnswer", secure_sums.MaskedAnswer),
-                    ("glm.Unmask", secure_sums.Unmask), ("glm.SumQuery", secure_sums.SumQuery),
-                    ("glm.Total", secure_sums.Total), ("glm.Totals", secure_sums.Totals)):
-    register_message(_name, _cls)
-register("glm.secure", secure_sums.SecureAggregation, params=_secure_params,
-         build=_secure_build, problem=load_site)
-#: What ``aia-glm site`` runs.
-SITE_ALGORITHMS = ["glm.fisher", "glm.gradient", "glm.glmnet", "glm.site", "glm.secure"]
-#: The algorithm of each method (glmnet: `glmnet_folder`, `glm.glmnet`).
-METHODS = {"fisher": FisherScoring, "gradient": GradientDescent, "glmnet": GlmnetRun}
-
-
-# -- the central over a folder -----------------------------------------------------------------
-def _no_problem(pid: int) -> None:
-    return None  # the central needs no data of its own; each site reads its file
-
-
-def session_name(**description) -> str:
-    """The default session of a model: named by its description, so that running the same
-    command again resumes it."""
-    text = json.dumps(description, sort_keys=True, default=str)
-    return "glm-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "gaussian",
-               link: Any = None, *, weights: Optional[str] = None, offset: Optional[str] = None,
-               exposure: Optional[str] = None, expected: Optional[str] = None,
-               method: str = "fisher", tol: float = 1e-8, max_iter: Optional[int] = None,
-               min_sites: int = 3, timeout: Optional[float] = None, poll: float = 0.5,
-               session: Optional[str] = None, key: Optional[bytes] = None,
-               guards: Any = None, verbose: int = 0, watch: bool = True,
-               missing: str = "drop", freq_weights: Optional[str] = None,
-               scale: Optional[float] = None, cov_type: str = "nonrobust",
-               groups: Optional[str] = None, secure: bool = False) -> GLMResults:
-    """`glm.fit` over sites that share only ``folder``: the same steps and the same result.
-
-    ``sites`` are the sites' names (each runs ``aia-glm site``). ``timeout``: seconds after
-    which the fit fails with `aia.folder.SitesTimeoutError` naming the sites that owe an
-    answer. ``session`` defaults to a name derived from the model, so a central started again
-    resumes. The session is marked finished on success (the sites exit). After a site's
-    error or refusal, a timeout or an interruption it stays open: fix the site, call again
-    with the same arguments, and the fit resumes (the site's error is not replayed: it is
-    asked again); `aia.FolderCluster.cancel` (``aia-glm central --cancel``) ends it.
-    ``method``, ``tol`` and ``max_iter`` are as in `glm.fit` (synchronous). ``watch`` and
-    ``poll``: file events, and the seconds between looks anyway (`aia.FolderCluster`).
-    ``missing``, ``freq_weights``, ``scale``, ``cov_type`` and ``groups`` are as in
-    `glm.fit`; so is ``family="negative_binomial"`` (each site sends glm.nb's theta sums
-    through the folder, and a robust covariance's p x p meat).
-    ``secure`` too (`algorithms.glm.secure`: the answer files hold only masked sums).
-    """
-    if method not in ("fisher", "gradient"):
-        raise ValueError(f"method: expected 'fisher' or 'gradient' (glmnet: glmnet_folder), "
-                         f"got {method!r}")
-    if max_iter is None:
-        max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol: expected a positive number, got {tol!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
-    sites = list(sites)
-    check_min_sites(len(sites), min_sites)
-    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
-    if secure:
-        secure_sums.check_secure(len(sites), True, None, 0, options["cov_type"])
-    design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,
-                                    exposure=exposure, expected=expected, guards=guards,
-                                    missing=missing, freq_weights=freq_weights,
-                                    groups=groups))
-    _fisher_only(design, method)
-    if session is None:  # a robust covariance or a fixed scale is another model's result
-        extra = {} if options == check_options() else {"options": options}
-        session = session_name(design=design.token, sites=sites, method=method, tol=tol,
-                               max_iter=max_iter, **extra,
-                               **({"secure": True} if secure else {}))
-    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
-                            watch=watch)
-    secured = {"secure": True, "resilience": 0} if secure else {}
-    return _on_folder(cluster, lambda sites_: fit_steps(
-        sites_, design, cluster.sites, method, tol, max_iter, True, verbose, **options,
-        **secured))
-
-
-def _on_folder(cluster: FolderCluster, steps):
-    """``steps(sites)`` over the folder's sites; the session is marked finished when they
-    return. A site's error, a timeout or an interruption leaves it open (no cancel): the
-    site can be fixed and the same call resumes; the error carries the session's name."""
-    try:
-        result = steps(_FolderSites(cluster))
-        cluster.finish()
-    except BaseException as exc:
-        exc.folder_session = cluster.session  # open: the command line says how to go on
-        raise
-    finally:
-        cluster.close()
-    return result
-
-
-def _fisher_only(design: Design, method: str) -> None:
-    """`glm.fit`'s rule: frequency weights and glm.nb's theta are fitted by Fisher scoring."""
-    if method == "fisher":
-        return
-    if design.freq_weights is not None:
-        raise ValueError(f"freq_weights: Fisher scoring only (method='fisher'), got "
-                         f"method={method!r}")
-    if design.family.theta_estimated:
-        raise ValueError("family='negative_binomial' (theta estimated as MASS::glm.nb) is "
-                         f"fitted by method='fisher'; got method={method!r}")
-
-
-class _FolderSites:
-    """The sites of a synced folder, as `algorithms.glm.fit.fit_steps` reaches them."""
-
-    def __init__(self, cluster: FolderCluster):
-        self.cluster = cluster
-
-    def call(self, method: str, design: Design, *args) -> list:
-        query = {"op": method}
-        if method == "loglike":
-            query.update(beta=args[0], scale=args[1])
-        elif method == "theta_sums":
-            query.update(beta=args[0], theta=args[1])
-        elif method == "meat":
-            query.update(beta=args[0], clusters=args[1], salt=args[2], version=args[3])
-        elif method == "build":
-            if args:
-                query.update(saturated=bool(args[0]))
-        elif method != "describe":
-            raise TypeError(f"{method}: not among a folder site's operations")
-        return _ask(self.cluster, design, query)
-
-    @staticmethod
-    def prepare(design: Design) -> Design:
-        return with_token(design)  # named by content: a central started again resumes
-
-    def run(self, algorithm, stopat: dict, synchronous: bool, verbose: int) -> None:
-        aia.start(algorithm, _no_problem, stopat, cluster=self.cluster, synchronous=True,
-                  verbose=verbose)
-
-
-class _SiteFailed(RuntimeError):
-    """A site raised while answering one of the passes."""
-
-
-def _ask(cluster: FolderCluster, design: Design, query: dict) -> list:
-    """One query to every site, through one run; the answers in site order."""
-    pids = cluster.pids
-    run, _ = cluster.open_run(b"", None, pids, None, algorithm_object=SiteTasks(design))
-    got: dict = {}
-    try:
-        run.broadcast(pids, query)
-        while len(got) < len(pids):
-            for event in run.wait(None):
-                if isinstance(event, Failed):
-                    raise _SiteFailed(event.cause) from event.remote_error()
-                got[event.worker] = event.value
-    finally:
-        run.close()
-    out = []
-    for pid in pids:
-        value, site = got[pid], cluster.site_of(pid)
-        error = value.get("error") if isinstance(value, dict) else None
-        if error is not None:
-            if error.get("type") == "PrivacyError":
-                raise PrivacyError(error["guard"], error["threshold"], error["detail"], site=site)
-            kind = {"FormulaError": FormulaError, "SiteError": SiteError}.get(error.get("type"),
-                                                                              _SiteFailed)
-            raise kind(f"site {site}: {error.get('message')}")
-        out.append(value["ok"])
-    return out
-
-
-# -- glmnet over a folder ---------------------------------------------------------------------
-# glm.glmnet's steps (`algorithms.glm.glmnet._run`) over the same `_FolderSites`: describe and
-# build through `SiteTasks`, then the path as the algorithm "glm.glmnet", its queries and the
-# sites' sums as registered messages.
-for _name, _cls in (("glm.GlmnetQuery", GlmnetQuery), ("glm.GlmnetAnswer", GlmnetAnswer),
-                    ("glm.Folds", Folds), ("glm.PathSpec", PathSpec), ("glm.Moments", Moments),
-                    ("glm.Sums", Sums), ("glm.Heldout", Heldout), ("glm.Ask", Ask)):
-    register_message(_name, _cls)
-
-
-def _glmnet_params(run: GlmnetRun) -> dict:
-    return {"design": design_params(run.design), "spec": run.spec, "n_sites": run.n_sites,
-            "folds": run.folds, "start": run.start}
-
-
-def _glmnet_build(p: dict) -> GlmnetRun:
-    spec, folds = p["spec"], p.get("folds")
-    if not isinstance(spec, PathSpec) or not (folds is None or isinstance(folds, Folds)):
-        raise TypeError("glm.glmnet: malformed parameters")
-    start = None if p.get("start") is None else np.asarray(p["start"], dtype=float)
-    return GlmnetRun(design_from(p["design"]), spec, p.get("n_sites"), folds, start)
-
-
-register("glm.glmnet", GlmnetRun, params=_glmnet_params, build=_glmnet_build,
-         problem=load_site)
-
-
-def glmnet_folder(formula: str, folder: Any, sites: Sequence[str], family: str = "gaussian",
-                  *, alpha: float = 1.0, weights: Optional[str] = None,
-                  offset: Optional[str] = None,
-                  penalty_factor: Optional[dict] = None, lambdas: Optional[Sequence] = None,
-                  nlambda: int = 100, lambda_min_ratio: Optional[float] = None,
-                  standardize: bool = True, intercept: bool = True, tol: float = 1e-7,
-                  max_iter: int = 100_000, min_sites: int = 3,
-                  timeout: Optional[float] = None, poll: float = 0.5,
-                  session: Optional[str] = None, key: Optional[bytes] = None,
-                  guards: Any = None, verbose: int = 0, watch: bool = True) -> GlmnetPath:
-    """`glm.glmnet` over sites that share only ``folder``: the same path (lambdas, coefs,
-    df, dev_ratio). The folder's arguments are `fit_folder`'s (the session is resumable as
-    there); the model's are `glm.glmnet`'s. ``coef(lam)`` at a lambda off the path needs
-    the sites again: pass it in ``lambdas`` (gaussian refits from the sums it has)."""
-    if not isinstance(family, str):
-        raise TypeError(f"family: expected a name, got {type(family).__name__}")
-    family = family.strip().lower()
-    user = _glmnet_check_options(family, alpha, lambdas, nlambda, lambda_min_ratio, tol,
-                                 max_iter)
-    factors = _check_penalty_factor(penalty_factor, formula)
-    sites = list(sites)
-    check_min_sites(len(sites), min_sites)
-    design = with_token(Design.make(formula, family, None, weights=weights, offset=offset,
-                                    guards=guards))
-    fspec = _FactorSpec(PathSpec(family, (), alpha=float(alpha), penalty_factor=None,
-                                 lambdas=user, nlambda=nlambda,
-                                 lambda_min_ratio=lambda_min_ratio,
-                                 standardize=bool(standardize), intercept=bool(intercept),
-                                 tol=float(tol), max_iter=max_iter), factors)
-    if session is None:
-        session = session_name(design=design.token, sites=sites, method="glmnet",
-                               spec=repr(fspec.spec), factors=factors)
-    cluster = FolderCluster(folder, sites, session=session, poll=poll, timeout=timeout, key=key,
-                            watch=watch)
-    started = time.perf_counter()
-    run = _on_folder(cluster, lambda sites_: _glmnet_run(sites_, design, sites, fspec, None,
-                                                         None, True, verbose))
-    return _path_result(run, family, float(alpha), time.perf_counter() - started,
-                        _folder_refit(run))
-
-
-def _folder_refit(run: GlmnetRun):
-    """glmnet's ``exact = TRUE`` from the sums at hand (gaussian), else a clear error."""
-    moments = run._moments[None]
-    columns = run.column_names
-    order = (["Intercept"] if "Intercept" in columns else []) + \
-        [c for c in columns if c != "Intercept"]
-    index = [columns.index(c) for c in order]
-
-    def refit(lam: float, start_in_order: np.ndarray) -> np.ndarray:
-        one = replace(run.spec, lambdas=(float(lam),))
-        if one.family != "gaussian":
-            raise ValueError(f"coef({lam:g}): a lambda off the path needs the sites again; "
-                             f"fit over the folder with lambdas=[..., {lam:g}, ...]")
-        start = np.zeros(len(columns))
-        start[index] = start_in_order
-        gen = path_fit(one, moments, start)
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value.betas[0][index]
-        raise RuntimeError("the gaussian refit asked for sums")  # pragma: no cover
-
-    return refit
 
 
 def path_dict(path: GlmnetPath, **extra) -> dict:
@@ -721,6 +234,9 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("--secure", action="store_true",
                          help="secure aggregation: the central learns only the pooled sums "
                               "(at least 3 sites)")
+    central.add_argument("--resilience", type=int, default=0, metavar="N",
+                         help="with --secure: up to N sites may fail (answer with an error) "
+                              "and the fit goes on among the others (default 0)")
     central.add_argument("--cancel", action="store_true",
                          help="cancel the model (its sites exit) instead of fitting it")
     _row_arguments(central)
@@ -799,6 +315,7 @@ def _central(args) -> int:
                         poll=args.poll, session=args.session, key=key, verbose=args.verbose,
                         watch=args.watch, missing=args.missing,
                         freq_weights=args.freq_weights, secure=args.secure,
+                        resilience=args.resilience,
                         **_result_options(args))
     _print(result, args.csv)
     _write_output(args, result_dict(result))

@@ -38,16 +38,17 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 import aia
 from aia.checks import check_cluster
 
-from .design import Design, FormulaError, freq_problem, merge_levels, merge_moments
+from .design import Design, freq_problem, merge_levels, merge_moments
 from .base import DesignMismatchError
 from .fisher import FisherScoring
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
-from .guards import PrivacyError, check_min_sites
+from .guards import check_min_sites
 from .negbin import fit_theta
 from .results import GLMResults
 from .secure import SecureAggregation, SiteSum, check_secure
-from .site import site_label, Site, SiteError, SiteGroup
+from .site import site_label, Site, SiteGroup
+from .site_errors import SITE_ERRORS, error_data, site_error
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +165,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
                          f"fitted by method='fisher'; got method={method!r}")
     if not isinstance(secure, bool):
         raise TypeError(f"secure: expected True or False, got {secure!r}")
-    if isinstance(resilience, bool) or not isinstance(resilience, int) or resilience < 0:
-        raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
-    if resilience and not secure:
-        raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
-    if secure and resilience and design.family.theta_estimated:
-        raise ValueError("secure=True: family='negative_binomial' runs several fits and "
-                         "theta passes over the same sites: expected resilience=0")
+    check_resilience(resilience, secure, design)
     if secure:
         check_secure(len(sources), synchronous, cluster, resilience, options["cov_type"],
                      design.groups)
@@ -204,6 +199,18 @@ def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
     return {"scale": None if scale is None else float(scale), "cov_type": cov_type}
 
 
+def check_resilience(resilience: Any, secure: bool, design: Design) -> None:
+    """``resilience``'s rules (`fit`, `fit_folder`): sites may fail only in a secure fit
+    (its rounds are redone among the others), and not in glm.nb's several passes."""
+    if isinstance(resilience, bool) or not isinstance(resilience, int) or resilience < 0:
+        raise ValueError(f"resilience: expected an int >= 0, got {resilience!r}")
+    if resilience and not secure:
+        raise ValueError("resilience: only with secure=True (a plain fit needs every site)")
+    if secure and resilience and design.family.theta_estimated:
+        raise ValueError("secure=True: family='negative_binomial' runs several fits and "
+                         "theta passes over the same sites: expected resilience=0")
+
+
 def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
               tol: float = 1e-8, max_iter: int = 25, synchronous: bool = True,
               verbose: int = 0, start: Any = None, **options) -> GLMResults:
@@ -213,7 +220,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     site, the results in site order; ``run(algorithm, stopat, synchronous, verbose)``:
     `aia.start` of the algorithm over the sites; and ``prepare(design)``: the design with the
     merged levels and moments, as the sites are to see it. `fit` places sites on workers or
-    in this process; ``aia-glm central`` reaches them through a synced folder.
+    in this process; ``aia-glm central`` reaches them through a synced folder. With
+    ``resilience`` (secure), ``without(failed)``: the sites but the failed workers.
 
     ``options``: the result's options of `fit` (``scale``), checked by `check_options`.
     """
@@ -314,9 +322,7 @@ def _without(sites: Any, names: list, built: list, failures: Sequence) -> tuple:
     """The sites, names and build answers of the sites that did not fail."""
     failed = {f.worker for f in failures}
     keep = [i for i, pid in enumerate(sites.pids) if pid not in failed]
-    names = [names[i] for i in keep]
-    placed = _Placed(sites.handle, [sites.pids[i] for i in keep], names, sites.cluster)
-    return placed, names, [built[i] for i in keep]
+    return sites.without(failed), [names[i] for i in keep], [built[i] for i in keep]
 
 
 def _robust_cov(sites: Any, design: Design, main: Any, names: list,
@@ -393,13 +399,13 @@ def _site_list(sites: Any) -> tuple[list, list]:
 
 
 def _call(method: str, args: tuple, site: Optional[Site]):
-    """Run a site method where the site lives; return its errors as values."""
+    """Run a site method where the site lives; its refusals and errors come back as data."""
     if site is None:
         return None
     try:
         return ("ok", getattr(site, method)(*args))
-    except (PrivacyError, FormulaError, SiteError, OSError) as exc:
-        return ("error", exc)
+    except SITE_ERRORS as exc:
+        return ("error", error_data(exc))
 
 
 def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
@@ -407,13 +413,7 @@ def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
     for key, name in zip(order, names):
         status, value = results[key]
         if status == "error":
-            if isinstance(value, PrivacyError):
-                raise PrivacyError(value.guard, value.threshold, value.detail, site=name)
-            if isinstance(value, OSError):
-                raise value
-            message = str(value)  # prefixed with the site unless it names it already
-            label = site_label(name)
-            raise type(value)(message if label in message else f"{label}: {message}")
+            raise site_error(value, name)
         out.append(value)
     return out
 
@@ -427,7 +427,9 @@ def _set_table(table: pd.DataFrame, site: Site) -> None:
 
 
 class _Placed:
-    """The sites, wherever they live, and how to reach them."""
+    """The sites, wherever they live, and how to reach them: the ``sites`` of `fit_steps`
+    for workers of a cluster or sites in this process (a synced folder's are
+    `algorithms.glm.folder._FolderSites`)."""
 
     def __init__(self, handle, pids: list, names: list, cluster, problem=None):
         self.handle, self.pids, self.names, self.cluster = handle, pids, names, cluster
@@ -449,6 +451,12 @@ class _Placed:
                              synchronous=True, verbose=verbose)
         return aia.start(alg, self.problem, stopat, pids=self.pids, cluster=self.cluster,
                          synchronous=synchronous, verbose=verbose, resilience=resilience)
+
+    def without(self, failed) -> "_Placed":
+        """These sites but the ``failed`` workers (which are asked nothing more)."""
+        keep = [i for i, pid in enumerate(self.pids) if pid not in failed]
+        return _Placed(self.handle, [self.pids[i] for i in keep],
+                       [self.names[i] for i in keep], self.cluster, self.problem)
 
 
 class _InProcess:

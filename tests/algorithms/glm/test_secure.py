@@ -384,6 +384,74 @@ def test_a_secure_fit_over_a_synced_folder(tmp_path):
     assert_same_fit(plain, res)
 
 
+# A folder site whose code raises in the masked sums of round 3: it answers with an error
+# (a folder site that merely stops is waited for, not counted as failed).
+FAILING_SITE = """
+import sys
+from algorithms.glm import cli, secure
+answer = secure.SecureAggregation.answer
+def failing(self, q, problem):
+    if q.phase == "sums" and q.round == 3:
+        raise RuntimeError("site d lost its disk")
+    return answer(self, q, problem)
+secure.SecureAggregation.answer = failing
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_secure_fit_over_a_folder_goes_on_when_a_site_fails(tmp_path, capsys):
+    """``aia-glm central --secure --resilience 1`` over four ``aia-glm site`` processes of
+    a real folder, site d raising in round 3: the fit of the other three, and site d asked
+    nothing after its failure."""
+    from algorithms.glm import cli
+
+    from .test_cli import POLL, Processes
+
+    data, formula, family, _ = CASES["binomial"]
+    frames = _four_sites(data)
+    procs = Processes(tmp_path)
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    try:
+        for name, frame in frames.items():
+            data = procs.private / f"{name}.csv"
+            frame.to_csv(data, index=False)
+            procs._spawn(["site", "--folder", str(folder), "--site", name, "--data",
+                          str(data), "--poll", POLL, "--timeout", "80", "--session", "s"],
+                         tmp_path / f"site-{name}.log",
+                         program=("-c", FAILING_SITE) if name == "d" else ("-m",
+                                                                            "algorithms.glm.cli"))
+        out = tmp_path / "result.json"
+        code = cli.main(["central", "--folder", str(folder), "--sites", "a,b,c,d",
+                         "--formula", formula, "--family", family, "--secure",
+                         "--resilience", "1", "--tol", "1e-13", "--session", "s",
+                         "--poll", POLL, "--timeout", "60", "--verbose", "0",
+                         "--output", str(out)])
+        assert code == 0, capsys.readouterr().err
+        assert [p.wait(20) for p in procs.procs[:3]] == [0] * 3
+    finally:
+        procs.stop()
+    import json
+    got = json.loads(out.read_text())
+    plain = glm.fit(formula, {k: frames[k] for k in "abc"}, family=family, tol=1e-13,
+                    cluster="inprocess")
+    assert got["sites"] == ["a", "b", "c"] and got["nobs"] == plain.nobs
+    np.testing.assert_allclose(list(got["params"].values()), plain.params, rtol=1e-7)
+    np.testing.assert_allclose(list(got["bse"].values()), plain.bse, rtol=1e-7)
+    for key in ("deviance", "null_deviance", "llf"):
+        np.testing.assert_allclose(got[key], getattr(plain, key), rtol=1e-7, err_msg=key)
+    # Site d is asked nothing after the run it failed in (the log-likelihood's secure sum
+    # comes after it): every later run's queries go to a, b and c only.
+    runs_dir = folder / "s" / "runs"
+    runs = sorted(p.name for p in runs_dir.iterdir())
+    asked = {r: sorted(p.name for p in (runs_dir / r).iterdir()
+                       if p.is_dir() and any(p.glob("q-*"))) for r in runs}
+    failed_in = max(i for i, r in enumerate(runs) if "d" in asked[r])
+    assert runs[failed_in + 1:] and all(asked[r] == ["a", "b", "c"]
+                                        for r in runs[failed_in + 1:]), asked
+
+
 def test_the_command_line_takes_secure(capsys):
     from algorithms.glm import cli
 
