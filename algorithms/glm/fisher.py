@@ -51,9 +51,16 @@ class FisherScoring(SiteAlgorithm):
     ``fisher_iterations``, ``converged``, ``column_names``.
     """
 
+    #: Ask for the sites' saturated log-likelihood with the first round (`glm.fit` sets it
+    #: for secure fits, where the build sends none in clear).
+    ask_saturated = False
+
     def _reset(self) -> None:
         """The central's state, fresh for each run."""
         super()._reset()
+        #: the pooled saturated log-likelihood, with ``ask_saturated`` (None: not asked, or
+        #: the sites changed since)
+        self.saturated_loglike: Optional[float] = None
         self.halvings = 0
         self._ybar: Optional[float] = None  # the weighted mean of y (the intercept-only fit)
         #: the first step was halved towards the intercept-only coefficients (R gives up)
@@ -81,9 +88,9 @@ class FisherScoring(SiteAlgorithm):
     def initialize(self, problem: Any) -> Query:
         self._reset()
         if self.start is None:
-            return Query(0)
+            return Query(0, saturated=self.ask_saturated)
         self._betas[0] = self._coefold = self.start
-        return Query(0, self.start)
+        return Query(0, self.start, saturated=self.ask_saturated)
 
     def _solve(self, total: Contribution):
         return solve(total.xtwx, total.xtwz, self.column_names,
@@ -154,6 +161,7 @@ class FisherScoring(SiteAlgorithm):
         version = contribs[0].version
         if version == 0:
             self._first_round(contribs)
+            self.saturated_loglike = combine(contribs).saturated_loglike
         if self._stop_withheld(contribs):
             return Query(version, self.beta)  # not sent: the run stops
         total = combine(contribs)

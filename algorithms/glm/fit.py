@@ -232,7 +232,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     design = sites.prepare(design.with_shared(merge_levels([d["levels"] for d in described]),
                                               merge_moments([d["moments"] for d in described])))
     log.info("building the design at every site")
-    # secure: no saturated log-likelihood (a site's own sum); llf by a secure pass instead
+    # secure: no saturated log-likelihood in clear (a site's own sum): it comes masked with
+    # Fisher scoring's first round (`FisherScoring.ask_saturated`)
     built = sites.call("build", design, *((False,) if options.get("secure") else ()))
     _same_columns([b["columns"] for b in built], names)
     log.info("fitting (%s)", "Fisher scoring" if method == "fisher" else "gradient descent")
@@ -247,6 +248,8 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
         main, design, null_design = nb.main, nb.design, nb.theta_design
     else:
         main = algorithm(design, n_sites=len(names), start=start)
+        if options.get("secure") and method == "fisher":
+            main.ask_saturated = True
         history = _run(sites, main, stopat, synchronous, verbose, options)
         if getattr(history, "failures", None):  # secure, resilience: the fit of the others
             sites, names, built = _without(sites, names, built, history.failures)
@@ -264,14 +267,17 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     scale = _scale(main, design, options.get("scale"))
     llf_scale = _llf_scale(main, design)
     saturated = [b.get("saturated_loglike") for b in built]
+    saturated = sum(saturated) if None not in saturated else None
+    if options.get("secure"):
+        saturated = getattr(main, "saturated_loglike", None)
     if nb is not None:  # glm.nb's loglik at the newest theta
         llf = nb.loglik
     elif not design.family.has_likelihood:  # quasi families: R's logLik is NA
         llf = float("nan")
-    elif method == "fisher" and llf_scale == 1.0 and None not in saturated:
+    elif method == "fisher" and llf_scale == 1.0 and saturated is not None:
         # Binomial, Poisson: llf = saturated llf - deviance / 2, the deviance being at the
         # estimate itself; no pass over the rows.
-        llf = sum(saturated) - main.deviance / 2
+        llf = saturated - main.deviance / 2
     else:
         log.info("the log-likelihood")
         llf = _loglike(sites, design, main.beta, llf_scale, options)

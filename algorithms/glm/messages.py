@@ -25,13 +25,16 @@ class Query:
     R's starting values). ``null`` asks for the site's share of the null deviance: the
     pooled weighted mean of y (a float), or ``"offset"`` for ``mu = g^{-1}(offset)`` (a model
     without intercept). ``hold`` > 0 (asynchronous mode) means nothing is new for this site:
-    wait that many seconds, then send the previous answer again.
+    wait that many seconds, then send the previous answer again. ``saturated`` asks for the
+    site's saturated log-likelihood too (secure aggregation, where it comes masked with the
+    first round instead of in clear with the build).
     """
 
     version: int
     beta: Optional[np.ndarray] = None
     null: Union[None, float, str] = None
     hold: float = 0.0
+    saturated: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class Contribution:
     row (`algorithms.glm.disclosure`); ``valid`` is then False too. ``working_chi2``:
     ``sum(w_work * r_work^2)``, R's dispersion numerator (`summary.glm`), with the working
     weights of the site's previous valid contribution (R's last IRLS iteration) and the
-    working residuals at these coefficients; NaN at the first one.
+    working residuals at these coefficients; NaN at the first one. ``saturated_loglike``:
+    the saturated log-likelihood when the query asks for it (a sum, like the deviance).
     """
 
     version: int
@@ -66,6 +70,7 @@ class Contribution:
     site: Optional[str] = None
     repeat: bool = False
     withheld: bool = False
+    saturated_loglike: Optional[float] = None
 
     def again(self) -> "Contribution":
         """This contribution sent once more (asynchronous hold): nothing new in it."""
@@ -76,6 +81,7 @@ def combine(parts: Sequence[Contribution]) -> Contribution:
     """The sum of several sites' contributions (valid only if every part is)."""
     valid = all(p.valid for p in parts)
     nulls = [p.null_deviance for p in parts]
+    saturated = [p.saturated_loglike for p in parts]
     return Contribution(
         version=max(p.version for p in parts),
         valid=valid,
@@ -90,4 +96,5 @@ def combine(parts: Sequence[Contribution]) -> Contribution:
         n_ok=sum(p.n_ok for p in parts),
         sum_wy=sum(p.sum_wy for p in parts),
         sum_w=sum(p.sum_w for p in parts),
+        saturated_loglike=None if any(v is None for v in saturated) else sum(saturated),
     )

@@ -50,8 +50,9 @@ what it sees) and sites that do not collude with it. Not protected: the pooled s
 estimates themselves (what the central is there to compute); a site colluding with the
 central when there are 3 sites (it knows its own sums: the total minus them is the sum of the
 two others); a central that impersonates sites (there is no public-key infrastructure: the
-central relays the keys). The log-likelihood at the estimate is summed securely too
-(`SiteSum`), and the sites send no saturated log-likelihood; sent in clear as without
+central relays the keys). The saturated log-likelihood (binomial, Poisson) comes masked
+with Fisher scoring's first round, from which the log-likelihood at the estimate follows;
+otherwise it is summed securely at the estimate (`SiteSum`). Sent in clear as without
 secure aggregation: the category levels and the moments of ``center()``/``scale()``
 columns at first contact. Masked too: glm.nb's theta sums and the sandwich's meat (HC0,
 HC1, clusters by site; `SiteSum` of a dict), glmnet's binomial and Poisson rounds and
@@ -503,6 +504,11 @@ class SecureAggregation(AbstractAlgorithm):
         (asked with the next query)."""
         inner = self.inner
         inner.nobs, inner.n_ok = total.nobs, total.n_ok
+        if hasattr(inner, "saturated_loglike"):
+            # The others' own only if this was R's starting round redone (not asked again:
+            # its difference with the first total would be the lost site's); else glm.fit
+            # sums the log-likelihood at the estimate instead.
+            inner.saturated_loglike = total.saturated_loglike
         self._changed = False
         if inner._null_mode in ("mean", "offset"):
             inner._null_parts.clear()

@@ -25,7 +25,8 @@ LAYOUTS = {
     "Contribution": (("deviance", 0, False), ("pearson_chi2", 0, False),
                      ("working_chi2", 0, False), ("xtwx", 2, False), ("xtwz", 1, False),
                      ("n_boundary", 0, True), ("null_deviance", 0, False), ("nobs", 0, True),
-                     ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False)),
+                     ("n_ok", 0, True), ("sum_wy", 0, False), ("sum_w", 0, False),
+                     ("saturated_loglike", 0, False)),
     "Score": (("score", 1, False), ("deviance", 0, False)),
     "Total": (("value", 0, False),),
     "Totals": (("values", "v", False),),  # several numbers (glm.nb's theta sums)
@@ -170,7 +171,8 @@ def _unpack(first: Any, values: np.ndarray, absent: set) -> Any:
             chunk = values[at:at + size]
             at += size
             if (i, field) in absent:
-                out[field] = None if dims or field == "null_deviance" else float("nan")
+                out[field] = None if dims or field in ("null_deviance", "saturated_loglike") \
+                    else float("nan")
             elif dims == "v":
                 out[field] = tuple(chunk.tolist()) if kind == "Sums" else chunk
             elif dims == 2:

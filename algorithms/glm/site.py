@@ -381,6 +381,10 @@ class Site:
                       sum_w=float(np.sum(w)), site=self.name,
                       columns=tuple(m.names if subset is None else subset)
                       if query.version == 0 else None)
+        if getattr(query, "saturated", False):
+            with np.errstate(all="ignore"):
+                counts["saturated_loglike"] = design.family.saturated_loglike(
+                    m.y, m.weights, m.trials, m.freq)
         key = (design.token, None if subset is None else tuple(subset))
         with np.errstate(all="ignore"):
             sums, self._work = rounds.irls_round(

@@ -59,6 +59,36 @@ def test_secure_fits_equal_the_plain_fits(case, method, glm_cluster):
     assert_same_fit(plain, masked)
 
 
+class NoSaturated(FisherScoring):
+    """Fisher scoring that never asks for the saturated log-likelihood."""
+
+    ask_saturated = property(lambda self: False, lambda self, value: None)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["binomial", "poisson"])
+def test_the_log_likelihood_needs_no_pass_of_its_own(case, glm_cluster, monkeypatch):
+    """Binomial and Poisson: the saturated log-likelihood comes masked with the first
+    round, so the secure fit makes no log-likelihood pass over the rows; its llf is R's."""
+    sums = []
+
+    class Counted(secure.SiteSum):
+        def __init__(self, method, *args, **kw):
+            sums.append(method)
+            super().__init__(method, *args, **kw)
+
+    monkeypatch.setattr(fit_module, "SiteSum", Counted)
+    data, formula, family, link = CASES[case]
+    plain = glm.fit(formula, v6_sites(data), family=family, cluster=glm_cluster)
+    masked = glm.fit(formula, v6_sites(data), family=family, secure=True, cluster=glm_cluster)
+    assert sums == []
+    assert_same_fit(plain, masked)
+    monkeypatch.setattr(fit_module, "FisherScoring", NoSaturated)
+    masked = glm.fit(formula, v6_sites(data), family=family, secure=True, cluster=glm_cluster)
+    assert sums == ["loglike"]  # the check above can fail: without it, a pass of its own
+    assert_same_fit(plain, masked)
+
+
 @pytest.mark.timeout(120)
 def test_secure_relative_survival_with_its_null_model_fit(glm_cluster):
     """Relative survival: R's null deviance comes from a second (intercept-only) fit, and
@@ -173,6 +203,40 @@ def test_a_site_dying_mid_round_leaves_the_fit_of_the_others(case, monkeypatch):
     assert ("unmask", 3, 4) not in DiesInRound3.queries
     assert res.sites == ["a", "b", "c"]
     # The counts, the null deviance, the dispersion and llf are the three sites' too.
+    assert_same_fit(plain, res, rtol=1e-7)
+
+
+class DiesInRound1(secure.SecureAggregation):
+    """Site d's process dies in the masked sums of R's starting round."""
+
+    def answer(self, q, problem):
+        if q.phase == "sums" and q.round == 1 and problem.name == "d":
+            os._exit(3)
+        return super().answer(q, problem)
+
+
+@pytest.mark.timeout(120)
+def test_a_site_dying_in_the_first_round_leaves_the_others_log_likelihood(monkeypatch):
+    """Poisson (a saturated log-likelihood that is not 0): the starting round redone among
+    the others carries theirs, and llf is the three sites' own, with no pass of its own."""
+    monkeypatch.setenv("GLM_MAX_PCT_VARS_VS_OBS", "100")  # site b's half: 32 rows
+    monkeypatch.setattr(fit_module, "SecureAggregation", DiesInRound1)
+    sums = []
+
+    class Counted(secure.SiteSum):
+        def __init__(self, method, *args, **kw):
+            sums.append(method)
+            super().__init__(method, *args, **kw)
+
+    monkeypatch.setattr(fit_module, "SiteSum", Counted)
+    _, formula, family, _ = CASES["poisson"]
+    a, b, c = read(v6_sites("poisson"))
+    sites = {"a": a, "b": b.iloc[::2], "c": c, "d": b.iloc[1::2]}
+    res = glm.fit(formula, sites, family=family, secure=True, resilience=1, tol=1e-13)
+    plain = glm.fit(formula, {k: sites[k] for k in "abc"}, family=family, tol=1e-13,
+                    cluster="inprocess")
+    assert res.sites == ["a", "b", "c"] and sums == []
+    assert abs(plain.llf) > 100  # the saturated part is far from 0
     assert_same_fit(plain, res, rtol=1e-7)
 
 
