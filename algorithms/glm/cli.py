@@ -249,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
     _row_arguments(local)
     local.add_argument("--secure", action="store_true",
                        help="secure aggregation: the central learns only the pooled sums")
+    local.add_argument("--resilience", type=int, default=0, metavar="N",
+                       help="with --secure: up to N sites may fail and the fit goes on among "
+                            "the others (default 0)")
     return p
 
 
@@ -355,7 +358,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      max_iter=args.max_iter,
                      min_sites=args.min_sites, synchronous=not args.asynchronous,
                      verbose=args.verbose, freq_weights=args.freq_weights,
-                     missing=args.missing, secure=args.secure, **_result_options(args))
+                     missing=args.missing, secure=args.secure,
+                     resilience=args.resilience, **_result_options(args))
         _print(result, args.csv)
         return 0
     setup_logging(1 if args.verbose else 0)

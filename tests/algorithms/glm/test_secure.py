@@ -526,6 +526,12 @@ def test_the_command_line_takes_secure(capsys):
     two = [str(p) for p in v6_sites("binomial")[:2]]
     with pytest.raises(ValueError, match="at least 3 sites, got 2"):
         cli.main(["fit", "admit ~ gre", *two, "--family", "binomial", "--secure"])
+    three = [str(p) for p in v6_sites("binomial")]
+    with pytest.raises(ValueError, match="3 sites could fall to 2"):
+        cli.main(["fit", "admit ~ gre", *three, "--family", "binomial", "--secure",
+                  "--resilience", "1"])
+    with pytest.raises(ValueError, match="resilience: only with secure=True"):
+        cli.main(["fit", "admit ~ gre", *three, "--family", "binomial", "--resilience", "1"])
 
 
 @pytest.mark.timeout(60)
