@@ -164,7 +164,9 @@ class SiteAlgorithm(AbstractAlgorithm):
 
     def report(self) -> dict:
         """The fit: ``params``, ``cov_unscaled``, ``deviance``, ``pearson_chi2``,
-        ``null_deviance``, ``nobs``, ``converged``, ``column_names``."""
+        ``working_chi2``, ``null_deviance``, ``nobs``, ``n_ok``, ``n_boundary``,
+        ``converged``, ``boundary``, ``withheld``, ``column_names``, ``accepted_version``
+        (what `glm.fit` reads back: `algorithms.glm.fit_record.FitRecord`)."""
         names = self.column_names if self._subset is None else list(self._subset)
         params = None if self.beta is None else pd.Series(self.beta, index=names)
         return {
@@ -172,8 +174,14 @@ class SiteAlgorithm(AbstractAlgorithm):
             "cov_unscaled": self.cov_unscaled,
             "deviance": self.deviance,
             "pearson_chi2": self.pearson_chi2,
+            "working_chi2": self.working_chi2,
             "null_deviance": self.null_deviance,
             "nobs": self.nobs,
+            "n_ok": self.n_ok,
+            "n_boundary": self.n_boundary,
             "converged": self.converged,
+            "boundary": self.boundary,
+            "withheld": list(self.withheld),
             "column_names": names,
+            "accepted_version": self.accepted_version,
         }

@@ -329,4 +329,5 @@ class FisherScoring(SiteAlgorithm):
         return [("deviance", dev), ("criterion", self.criterion)]
 
     def report(self) -> dict:
-        return {**super().report(), "fisher_iterations": self.iterations}
+        return {**super().report(), "fisher_iterations": self.iterations,
+                "rescued": self.rescued, "saturated_loglike": self.saturated_loglike}

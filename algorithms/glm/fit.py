@@ -41,6 +41,7 @@ from aia.checks import check_cluster
 from .design import Design, freq_problem, merge_levels, merge_moments
 from .base import DesignMismatchError
 from .fisher import FisherScoring
+from .fit_record import FitRecord
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import check_min_sites
@@ -247,19 +248,21 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
                        **secure)
         main, design, null_design = nb.main, nb.design, nb.theta_design
     else:
-        main = algorithm(design, n_sites=len(names), start=start)
+        alg = algorithm(design, n_sites=len(names), start=start)
         if options.get("secure") and method == "fisher":
-            main.ask_saturated = True
-        history = _run(sites, main, stopat, synchronous, verbose, options)
-        if getattr(history, "failures", None):  # secure, resilience: the fit of the others
+            alg.ask_saturated = True
+        history = _run(sites, alg, stopat, synchronous, verbose, options)
+        main = FitRecord.from_history(history)
+        if history.failures:  # secure, resilience: the fit of the others
             sites, names, built = _without(sites, names, built, history.failures)
     null_deviance = main.null_deviance
     if null_deviance is None:  # an offset: R fits the intercept-only model
         # (one coefficient: Fisher scoring sends no more than a gradient would)
         log.info("Fisher scoring of the intercept-only model (the null deviance)")
-        null = FisherScoring(null_design or design, null_model=True, n_sites=len(names))
-        _run(sites, null, stopat if method == "fisher" else {"tol": tol, "maxit": 25},
-             synchronous, 0, options)
+        null = FitRecord.from_history(_run(
+            sites, FisherScoring(null_design or design, null_model=True, n_sites=len(names)),
+            stopat if method == "fisher" else {"tol": tol, "maxit": 25}, synchronous, 0,
+            options))
         if not null.converged:
             warnings.warn("the intercept-only fit behind the null deviance did not "
                           "converge", ConvergenceWarning, stacklevel=3)
@@ -269,7 +272,7 @@ def fit_steps(sites: Any, design: Design, names: list, method: str = "fisher",
     saturated = [b.get("saturated_loglike") for b in built]
     saturated = sum(saturated) if None not in saturated else None
     if options.get("secure"):
-        saturated = getattr(main, "saturated_loglike", None)
+        saturated = main.saturated_loglike
     if nb is not None:  # glm.nb's loglik at the newest theta
         llf = nb.loglik
     elif not design.family.has_likelihood:  # quasi families: R's logLik is NA
@@ -511,11 +514,11 @@ def _same_columns(columns: list, names: list) -> None:
 
 
 # -- the result --------------------------------------------------------------------------------
-def _df_resid(main: FisherScoring) -> int:
+def _df_resid(main: FitRecord) -> int:
     return main.n_ok - len(main.column_names)
 
 
-def _scale(main: FisherScoring, design: Design, fixed: Optional[float] = None) -> float:
+def _scale(main: FitRecord, design: Design, fixed: Optional[float] = None) -> float:
     """The dispersion as R's ``summary.glm``: ``fixed`` when given (``dispersion=``); 1 for
     the binomial and Poisson families; else ``sum(w_work r_work^2) / df_resid``, with the
     working weights of the last IRLS iteration and the working residuals at the estimate
@@ -530,7 +533,7 @@ def _scale(main: FisherScoring, design: Design, fixed: Optional[float] = None) -
     return chi2 / df if df > 0 else float("nan")
 
 
-def _llf_scale(main: FisherScoring, design: Design) -> float:
+def _llf_scale(main: FitRecord, design: Design) -> float:
     """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity,
     else the Pearson chi-square at the estimate / df_resid (1 for binomial and Poisson)."""
     sm = design.family.sm
@@ -542,7 +545,7 @@ def _llf_scale(main: FisherScoring, design: Design) -> float:
     return main.pearson_chi2 / df if df > 0 else float("nan")
 
 
-def _results(main: FisherScoring, design: Design, scale: float, null_deviance: float,
+def _results(main: FitRecord, design: Design, scale: float, null_deviance: float,
              llf: float, names: list, synchronous: bool,
              scale_fixed: bool = False) -> GLMResults:
     cols = main.column_names
@@ -569,10 +572,10 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         notes.append("the algorithm did not converge")
         warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
                       ConvergenceWarning, stacklevel=4)
-    if isinstance(main, GradientDescent) and main.stalled:
+    if main.stalled:
         notes.append("gradient descent stalled: the line search found no step that "
                      "decreases the deviance")
-    if getattr(main, "rescued", False):
+    if main.rescued:
         notes.append("R's glm.fit gives up here (no valid set of coefficients has been found: "
                      "its first step leaves the family's range); the step was halved towards "
                      "the intercept-only coefficients instead")
@@ -600,5 +603,5 @@ def _results(main: FisherScoring, design: Design, scale: float, null_deviance: f
         sites=list(names),
         synchronous=synchronous,
         notes=notes,
-        method="gradient" if isinstance(main, GradientDescent) else "fisher",
+        method=main.method,
     )

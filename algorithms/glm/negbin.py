@@ -36,6 +36,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from .base import NonFiniteError
 from .design import Design
 from .fisher import FisherScoring
+from .fit_record import FitRecord
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ThetaFit:
     offset uses it), ``theta_se``, the log-likelihood ``loglik``, ``alternations`` and the
     warnings of theta.ml and of the alternation."""
 
-    main: FisherScoring
+    main: FitRecord
     design: Design
     theta_design: Design
     theta: float
@@ -97,14 +98,17 @@ def fit_theta(sites: Any, design: Design, n_sites: int, stopat: dict, synchronou
     family = design.family
     maxit, eps = int(stopat["maxit"]), float(stopat["tol"])
 
-    def run(theta: Optional[float], beta) -> FisherScoring:
+    stages: list = []  # the design of each fit (the last one's is the result's)
+
+    def run(theta: Optional[float], beta) -> FitRecord:
         stage = replace(design, family=family.with_theta(theta))  # same token: built once
+        stages.append(stage)
         alg = FisherScoring(stage, n_sites=n_sites, start=beta)
         if runner is not None:
-            runner(alg)
+            history = runner(alg)
         else:
-            sites.run(alg, stopat, synchronous, verbose)
-        return alg
+            history = sites.run(alg, stopat, synchronous, verbose)
+        return FitRecord.from_history(history)
 
     def sums(beta: np.ndarray, theta: Optional[float]) -> dict:
         if summer is not None:
@@ -150,5 +154,5 @@ def fit_theta(sites: Any, design: Design, n_sites: int, stopat: dict, synchronou
         notes.append("glm.nb: alternation limit reached")
     for note in notes:
         warnings.warn(note, ConvergenceWarning, stacklevel=3)
-    return ThetaFit(fit, fit.design, replace(design, family=family.with_theta(theta)), theta,
+    return ThetaFit(fit, stages[-1], replace(design, family=family.with_theta(theta)), theta,
                     se, loglik, alternation - 1, notes)

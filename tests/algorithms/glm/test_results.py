@@ -89,3 +89,35 @@ def test_public_names_are_listed():
               and not isinstance(getattr(glm, n), types.ModuleType)}
     assert sorted(glm.__all__) == glm.__all__
     assert public | {"fit"} == set(glm.__all__)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kwargs", [dict(family="binomial"),
+                                    dict(family="binomial", method="gradient"),
+                                    dict(family="negative_binomial", formula="gre ~ gpa"),
+                                    dict(family="binomial", secure=True)])
+def test_the_result_comes_from_what_the_run_returns(kwargs, glm_cluster, monkeypatch):
+    """glm.fit reads its result off the History that aia.start returns, not off the
+    algorithm object it handed over: an engine that runs a copy gives the same fit."""
+    import copy
+
+    import aia
+
+    kwargs = dict(kwargs)
+    formula = kwargs.pop("formula", ADMIT)
+    expected = glm.fit(formula, v6_sites("binomial"), cluster=glm_cluster, **kwargs)
+    start = aia.start
+    copies = []
+
+    def on_a_copy(algorithm, *args, **kw):
+        copies.append(type(algorithm).__name__)
+        return start(copy.deepcopy(algorithm), *args, **kw)
+
+    monkeypatch.setattr(aia, "start", on_a_copy)
+    got = glm.fit(formula, v6_sites("binomial"), cluster=glm_cluster, **kwargs)
+    assert copies  # the runs went through the copying engine
+    pd.testing.assert_series_equal(got.params, expected.params, rtol=1e-12)
+    pd.testing.assert_series_equal(got.bse, expected.bse, rtol=1e-12)
+    for key in ("deviance", "null_deviance", "llf", "scale", "iterations", "nobs"):
+        assert getattr(got, key) == pytest.approx(getattr(expected, key), rel=1e-12), key
+    assert got.notes == expected.notes and got.converged == expected.converged
