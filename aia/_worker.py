@@ -25,21 +25,19 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Optional
 
 import cloudpickle
 
 from . import transport
-from .cluster import BuildProblem, StoredProblem
 from .transport import ANSWER, ERROR, QUERY, REPLY, Channel, ChannelClosed
+from .worker_state import WorkerState, remote_error
+from .worker_state import limit_blas as _limit_blas
 
 #: Sockets of the central, registered so a forked worker can close its inherited copies
 #: (a copy left open would hide the central's death from the other workers).
 central_sockets: "set[Any]" = set()
 
-_BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
@@ -79,14 +77,13 @@ class Interrupted(BaseException):
     not swallow it."""
 
 
-class Worker:
+class Worker(WorkerState):
+    """A `WorkerState` served over a channel to the central, with the end-of-run interrupt
+    (SIGUSR1) that abandons an answer of an ended run."""
+
     def __init__(self, pid: int, channel: Channel):
-        self.pid = pid
+        super().__init__(pid)
         self.channel = channel
-        self.objects: dict[int, Any] = {}
-        self.run = 0
-        self.algorithm = None
-        self.problem = None
         self.answering = False
         # An interrupt that came while we were not answering (the query still arriving, or
         # being unpickled): the answer it was meant for is abandoned as soon as it starts.
@@ -120,7 +117,7 @@ class Worker:
                 continue
             if kind == QUERY:
                 if run == self.run:
-                    self.reply(run, lambda: self.answer(message), ANSWER)
+                    self.reply(run, lambda: self.answer_now(run, message), ANSWER)
             elif message[0] == "stop":
                 return
             else:
@@ -129,40 +126,33 @@ class Worker:
     def control(self, run: int, message: tuple) -> None:
         command = message[0]
         if command == "setup":
-            self.run, self.algorithm, self.problem = run, None, None
+            self.begin(run)
             self.interrupt_pending = False
-            self.reply(run, lambda: self.setup(*message[1:]))
+            self.reply(run, lambda: self.setup(run, *message[1:]))
         elif command == "end":
-            self.run, self.algorithm, self.problem = 0, None, None
+            self.end()
             self.interrupt_pending = False
         elif command == "store":
             obj_id, make = message[1], message[2]
             self.reply(run, lambda: self.store(obj_id, cloudpickle.loads(make)))
         elif command == "apply":
             obj_id, fn = message[1], message[2]
-            self.reply(run, lambda: cloudpickle.loads(fn)(self.objects[obj_id]))
+            self.reply(run, lambda: self.apply(obj_id, cloudpickle.loads(fn)))
         elif command == "set":
-            self.objects[message[1]] = message[2]
+            self.set(message[1], message[2])
         elif command == "free":
-            self.objects.pop(message[1], None)
+            self.free(message[1])
 
-    def answer(self, q: Any) -> Any:
+    def answer_now(self, run: int, q: Any) -> Any:
+        """`WorkerState.answer`, abandoned if the run ends before or while it runs."""
         self.answering = True
         try:
             if self.interrupt_pending:  # the run ended before this answer began
                 self.interrupt_pending = False
                 raise Interrupted("the run this answer was for had ended before it began")
-            return self.algorithm.answer(q, self.problem)
+            return self.answer(run, q)
         finally:
             self.answering = False
-
-    def setup(self, algorithm: bytes, problem: tuple) -> bool:
-        self.algorithm, self.problem = load_run(self.pid, self.objects, algorithm, problem)
-        return True
-
-    def store(self, obj_id: int, make) -> bool:
-        self.objects[obj_id] = make(self.pid)
-        return True
 
     def reply(self, run: int, compute, kind: int = REPLY) -> None:
         """Send ``compute()`` back, or the exception it raised as text."""
@@ -172,50 +162,6 @@ class Worker:
             self.channel.send(ERROR, remote_error(exc), run)
             return
         self.channel.send_pickled(kind, run, data, buffers)
-
-
-def load_run(pid: int, objects: dict, algorithm: bytes, problem: tuple) -> tuple:
-    """A worker's copy of the algorithm and its problem for a run (any engine's worker).
-
-    ``problem`` is a `BuildProblem`: build it here, or a `StoredProblem`: the object of a
-    DistributedObject this worker holds.
-    """
-    if isinstance(problem, StoredProblem):
-        if problem.obj_id not in objects:
-            raise LookupError(f"this worker holds no object of DistributedObject "
-                              f"{problem.obj_id}")
-        return cloudpickle.loads(algorithm), objects[problem.obj_id]
-    if not isinstance(problem, BuildProblem):
-        raise TypeError(f"problem: expected a BuildProblem or a StoredProblem, got "
-                        f"{type(problem).__name__}")
-    return cloudpickle.loads(algorithm), cloudpickle.loads(problem.constructor)(pid)
-
-
-def remote_error(exc: BaseException) -> tuple[str, str, str]:
-    """An exception as text: (type name, message, traceback). Never raises: an exception
-    whose ``__str__`` fails still gets reported."""
-    name = type(exc).__module__ + "." + type(exc).__qualname__
-    if name.startswith("builtins."):
-        name = name[len("builtins."):]
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type(exc).__name__} object>"
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        text = "".join(traceback.format_tb(exc.__traceback__)) + f"{name}: {message}\n"
-    return name, message, text
-
-
-def _limit_blas(threads: int) -> None:
-    """Cap the BLAS and OpenMP threads so that n workers do not oversubscribe the cores."""
-    for name in _BLAS_VARIABLES:  # for libraries loaded after this point
-        os.environ[name] = str(threads)
-    if "numpy" in sys.modules or "scipy" in sys.modules:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
 
 
 def _release_forkserver() -> None:

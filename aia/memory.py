@@ -21,8 +21,8 @@ from typing import Any, Optional, Sequence
 
 import cloudpickle
 
-from ._worker import load_run, remote_error
 from .cluster import Answer, Cluster, Failed, ObjectStore, Run, raise_failures
+from .worker_state import WorkerState, remote_error
 
 
 class InjectedFailure(RuntimeError):
@@ -53,7 +53,8 @@ class InMemoryCluster(Cluster, ObjectStore):
             raise TypeError(f"n: expected a positive int (the number of workers), got {n!r}")
         self._pids = list(range(1, n + 1))
         self._rng = None if seed is None else random.Random(seed)
-        self._objects: dict = {pid: {} for pid in self._pids}
+        self._workers = {pid: WorkerState(pid) for pid in self._pids}
+        self._runs = 0
         self._dead: set = set()
         self._faults: dict = {}
         self._run: Optional[InMemoryRun] = None
@@ -83,7 +84,7 @@ class InMemoryCluster(Cluster, ObjectStore):
 
     def _die(self, pid: int) -> None:
         self._dead.add(pid)
-        self._objects[pid] = {}
+        self._workers[pid].drop_objects()
 
     def _check_pid(self, pid: int) -> None:
         if pid not in self._pids:
@@ -113,14 +114,16 @@ class InMemoryCluster(Cluster, ObjectStore):
             raise RuntimeError("this InMemoryCluster is closed")
         if self._run is not None:
             self._run.close()
-        run = InMemoryRun(self, self._rng)
+        self._runs += 1
+        run = InMemoryRun(self, self._runs, self._rng)
         failed = []
         for pid in pids:
             if pid in self._dead:
                 failed.append(Failed(pid, "worker is dead"))
                 continue
             try:
-                run.workers[pid] = load_run(pid, self._objects[pid], algorithm, problem)
+                self._workers[pid].setup(run.id, algorithm, problem)
+                run.workers.add(pid)
             except BaseException as exc:  # noqa: BLE001 - as a worker process reports it
                 failed.append(Failed.raised(pid, remote_error(exc)))
         self._run = run
@@ -142,7 +145,7 @@ class InMemoryCluster(Cluster, ObjectStore):
 
     def store(self, obj_id: int, make: bytes, pids: Sequence[int]) -> None:
         def build(pid):
-            self._objects[pid][obj_id] = cloudpickle.loads(make)(pid)
+            self._workers[pid].store(obj_id, cloudpickle.loads(make))
         raise_failures(self._request(pids, build), "building the object")
 
     def apply(self, obj_id: int, pid: int, fn: bytes) -> Any:
@@ -150,7 +153,7 @@ class InMemoryCluster(Cluster, ObjectStore):
 
     def apply_all(self, obj_id: int, pids: Sequence[int], fn: bytes) -> dict:
         def call(pid):
-            result = cloudpickle.loads(fn)(self._objects[pid][obj_id])
+            result = self._workers[pid].apply(obj_id, cloudpickle.loads(fn))
             return cloudpickle.loads(cloudpickle.dumps(result))
         results = self._request(pids, call)
         raise_failures(results, "applying the function")
@@ -158,7 +161,8 @@ class InMemoryCluster(Cluster, ObjectStore):
 
     def free(self, obj_id: int, pids: Sequence[int]) -> None:
         for pid in pids:
-            self._objects.get(pid, {}).pop(obj_id, None)
+            if pid in self._workers:
+                self._workers[pid].free(obj_id)
 
     def alive(self) -> list:
         return [] if self._closed else [p for p in self._pids if p not in self._dead]
@@ -168,7 +172,8 @@ class InMemoryCluster(Cluster, ObjectStore):
         if self._run is not None:
             self._run.close()
         self._closed = True
-        self._objects = {pid: {} for pid in self._pids}
+        for worker in self._workers.values():
+            worker.drop_objects()
 
     def __repr__(self) -> str:
         return f"InMemoryCluster({len(self._pids)}, {len(self.alive())} alive)"
@@ -177,10 +182,12 @@ class InMemoryCluster(Cluster, ObjectStore):
 class InMemoryRun(Run):
     """A run of an `InMemoryCluster`: queries wait in ``pending`` until the central waits."""
 
-    def __init__(self, cluster: InMemoryCluster, rng: Optional[random.Random]):
+    def __init__(self, cluster: InMemoryCluster, run: int, rng: Optional[random.Random]):
         self.cluster = cluster
+        self.id = run
         self.rng = rng
-        self.workers: dict = {}   # pid -> (algorithm, problem), the worker's own copies
+        self.workers: set = set()  # the workers set up for this run (each `WorkerState`
+        # holds its own copies of the algorithm and problem)
         self.pending: dict = {}   # pid -> the pickled query, in the order sent
         self.failed: list = []    # failures found while sending, reported by wait
         self.closed = False
@@ -196,7 +203,7 @@ class InMemoryRun(Run):
             if pid not in self.workers:
                 continue  # failed before: gets no query of this run anymore
             if pid in self.cluster._dead:
-                del self.workers[pid]
+                self.workers.discard(pid)
                 self.failed.append(Failed(pid, "worker is dead"))
                 continue
             self.pending.pop(pid, None)
@@ -217,22 +224,24 @@ class InMemoryRun(Run):
         return [self._answer(pid, self.pending.pop(pid))]
 
     def _answer(self, pid: int, data: bytes):
-        algorithm, problem = self.workers[pid]
+        worker = self.cluster._workers[pid]
         try:
-            event = self.cluster._answer(pid, lambda: algorithm.answer(cloudpickle.loads(data),
-                                                                       problem))
+            event = self.cluster._answer(pid, lambda: worker.answer(self.id,
+                                                                    cloudpickle.loads(data)))
             if isinstance(event, Failed):  # an injected death
-                del self.workers[pid]
+                self.workers.discard(pid)
                 return event
             return Answer(pid, cloudpickle.loads(cloudpickle.dumps(event)))
         except BaseException as exc:  # noqa: BLE001 - a worker's exception is its failure
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            del self.workers[pid]
+            self.workers.discard(pid)
             return Failed.raised(pid, remote_error(exc))
 
     def close(self) -> None:
         """End the run: outstanding queries are dropped, never answered."""
         self.closed = True
         self.pending.clear()
+        for pid in self.workers:
+            self.cluster._workers[pid].end(self.id)
         self.workers.clear()

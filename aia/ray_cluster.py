@@ -57,10 +57,10 @@ from typing import Any, Optional, Sequence
 import cloudpickle
 import numpy as np
 
-from . import _worker
+from .worker_state import WorkerState, limit_blas, remote_error
 from .cluster import (Answer, Cluster, Failed, ObjectStore, Run, WorkerClock,
                       raise_failures)
-from .local import _SHIELD
+from .shield import SHIELD as _SHIELD
 
 log = logging.getLogger("aia")
 
@@ -122,20 +122,14 @@ def _call(compute) -> tuple:
     try:
         return "ok", compute()
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the central
-        return "error", _worker.remote_error(exc)
+        return "error", remote_error(exc)
 
 
 # -- the actor ---------------------------------------------------------------------------
 
-class _Worker:
-    """One worker: the state of a local worker process (`aia._worker.Worker`), in an actor."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.objects: dict[int, Any] = {}
-        self.run = 0
-        self.algorithm = None
-        self.problem = None
+class _Worker(WorkerState):
+    """One worker (`aia.worker_state.WorkerState`, as a local worker process holds it), in
+    an actor: each method is a call of the central, its result a tagged value."""
 
     def info(self) -> dict:
         import socket  # noqa: PLC0415
@@ -147,25 +141,20 @@ class _Worker:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     def limit_blas(self, threads: int) -> bool:
-        _worker._limit_blas(threads)
+        limit_blas(threads)
         return True
 
     def ping(self) -> bool:
         return True
 
     def setup(self, run: int, algorithm: bytes, problem: tuple) -> tuple:
-        self.run, self.algorithm, self.problem = run, None, None
-        return _call(lambda: self._setup(algorithm, problem))
-
-    def _setup(self, algorithm: bytes, problem: tuple) -> bool:
-        self.algorithm, self.problem = _worker.load_run(self.pid, self.objects, algorithm,
-                                                        problem)
-        return True
+        self.begin(run)
+        return _call(lambda: super(_Worker, self).setup(run, algorithm, problem))
 
     def answer(self, run: int, packed: tuple) -> tuple:
         if run != self.run:
             return "stale", None  # a query of a run that has ended
-        return _call(lambda: _pack(self.algorithm.answer(self._query(packed), self.problem)))
+        return _call(lambda: _pack(super(_Worker, self).answer(run, self._query(packed))))
 
     @staticmethod
     def _query(packed: tuple) -> Any:
@@ -175,22 +164,11 @@ class _Worker:
             raise RuntimeError(f"the worker cannot unpickle what the central sent: "
                                f"{type(exc).__name__}: {exc}") from exc
 
-    def end(self, run: int) -> None:
-        if run == self.run:
-            self.run, self.algorithm, self.problem = 0, None, None
-
     def store(self, obj_id: int, make: bytes) -> tuple:
-        def build() -> bool:
-            self.objects[obj_id] = cloudpickle.loads(make)(self.pid)
-            return True
-
-        return _call(build)
+        return _call(lambda: super(_Worker, self).store(obj_id, cloudpickle.loads(make)))
 
     def apply(self, obj_id: int, fn: bytes) -> tuple:
-        return _call(lambda: _pack(cloudpickle.loads(fn)(self.objects[obj_id])))
-
-    def free(self, obj_id: int) -> None:
-        self.objects.pop(obj_id, None)
+        return _call(lambda: _pack(super(_Worker, self).apply(obj_id, cloudpickle.loads(fn))))
 
 
 _actor_class = None

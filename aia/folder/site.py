@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .._worker import remote_error
+from ..worker_state import remote_error
 from . import codec, registry
 from .central import as_key
 from .layout import QUERY, Reader, Session, check_name, sessions
