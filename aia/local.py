@@ -31,7 +31,8 @@ import time
 import weakref
 from typing import Any, Optional, Sequence
 
-from . import _worker, transport
+from . import _worker, requests, transport
+from .requests import SETUP_PATIENCE
 from .cluster import Answer, BuildProblem, Cluster, Failed, ObjectStore, raise_failures
 from .local_handle import _Handle, describe_exit  # noqa: F401 (describe_exit: aia.local's)
 from .local_run import LocalRun
@@ -43,9 +44,6 @@ from .transport import ANSWER, CONTROL, ERROR, ChannelClosed
 log = logging.getLogger("aia")
 
 START_TIMEOUT = 60.0  # seconds for a worker to come up (spawn imports numpy afresh)
-#: Seconds (at least) a worker's set-up may outlast the others' before it counts as failed,
-#: when the run tolerates failures (`aia.start`'s ``resilience``).
-SETUP_PATIENCE = 1.0
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
 
@@ -284,114 +282,8 @@ class LocalCluster(Cluster, ObjectStore):
 
     def _request_all(self, pids: Sequence[int], message: tuple, deadline: Optional[float],
                      run: Optional[int], tolerate: Optional[int]) -> dict:
-        if run is None:
-            run = self._new_id()
-        results: dict[int, Any] = {}
-        waiting = {}
-        began = time.monotonic()
-        bound = None  # when the last workers of a tolerant request are given up
-        started: dict[int, float] = {}  # when each worker was sent the message
-
-        def give_up_at(h: _Handle) -> float:  # a fresh replacement gets its patience too
-            return max(bound, started.get(h.pid, began) + SETUP_PATIENCE)
-
-        def boundable(h: _Handle) -> bool:  # stuck in an earlier run: replaced, not failed
-            return h.abandoned is None or h.abandoned[0] == run
-
-        # A worker stuck in an earlier run is replaced after its patience, and at the latest
-        # halfway to the time limit, so that its replacement still has time to set up.
-        halfway = None if deadline is None else began + (deadline - began) / 2
-
-        def replace_at(h: _Handle) -> float:
-            at = h.give_up_at()
-            return at if halfway is None else min(at, halfway)
-        for pid in pids:
-            h = self._handle(pid)
-            if h.channel.torn and not h.channel.closed:
-                # Cut mid-message (Ctrl-C, or stalled past a time limit): its stream is out
-                # of step for good, so a fresh worker takes its place.
-                h = self._replace(h, "has a channel cut in the middle of a message")
-            if h.dead:
-                results[pid] = Failed(pid, "worker process is dead", None, h.os_pid,
-                                      h.process.exitcode)
-                continue
-            h.channel.deadline = deadline
-            started[pid] = time.monotonic()
-            try:
-                h.channel.send(CONTROL, message, run)
-                waiting[pid] = h
-            except ChannelClosed:
-                failed = h.exit_failure()
-                if h.abandoned is not None and _builds_its_problem(message):
-                    # Died in an ended run's answer: a fresh worker in its place.
-                    self._resend(self._replace(h, "died in an answer of an ended run"),
-                                 message, run, deadline, waiting, results, started)
-                else:
-                    results[pid] = failed
-        while waiting:
-            if bound is None and tolerate is not None:
-                failed = sum(isinstance(r, Failed) for r in results.values())
-                if len(waiting) <= tolerate - failed:  # the run can go on without them
-                    now = time.monotonic()
-                    bound = now + max(SETUP_PATIENCE, 2 * (now - began))
-            limit = deadline
-            cut = [give_up_at(h) for h in waiting.values() if bound is not None and boundable(h)]
-            if cut:
-                limit = min(cut) if deadline is None else min(min(cut), deadline)
-            stale = [replace_at(h) for h in waiting.values() if h.abandoned]
-            if stale:
-                limit = min(stale) if limit is None else min(min(stale), limit)
-            ready = self._wait_on(waiting.values(), limit)
-            for h, what in ready:
-                event = self._receive(h, run) if what == "message" else h.exit_failure()
-                if (isinstance(event, Failed) and h.abandoned is not None
-                        and h.abandoned[0] != run and _builds_its_problem(message)):
-                    # It died finishing the answer of an ended run: that run's failure, not
-                    # this one's. A fresh worker builds the problem in its place.
-                    self._resend(self._replace(h, "died in an answer of an ended run"),
-                                 message, run, deadline, waiting, results, started)
-                    continue
-                if event is not None:
-                    results[h.pid] = event
-                    waiting.pop(h.pid, None)
-            if ready:
-                continue
-            now = time.monotonic()
-            late = [h for h in waiting.values()
-                    if bound is not None and boundable(h) and now >= give_up_at(h)]
-            for h in late:
-                h.abandoned = (run, now)  # replaced at the next request if still stuck
-                waiting.pop(h.pid)
-                results[h.pid] = Failed(
-                    h.pid, f"did not finish its set-up within {now - started[h.pid]:.1f} s, "
-                    "while the other workers were ready (frozen, or far slower than they)",
-                    None, h.os_pid)
-            if not waiting:
-                break
-            stuck = [h for h in waiting.values() if h.abandoned and now >= replace_at(h)]
-            for h in stuck:  # stuck in an ended run's answer: a new worker
-                self._resend(self._replace(h), message, run, deadline, waiting, results, started)
-            if deadline is not None and now >= deadline:
-                for pid, h in waiting.items():
-                    h.abandoned = (run, now)  # replaced at the next request if still stuck
-                    results[pid] = Failed(pid, "did not reply before the time limit", None,
-                                          h.os_pid)
-                break
-        return results
-
-    @staticmethod
-    def _resend(fresh: _Handle, message: tuple, run: int, deadline: Optional[float],
-                waiting: dict, results: dict, started: dict) -> None:
-        """Send ``message`` again, to the worker that took another's place."""
-        fresh.channel.deadline = deadline
-        started[fresh.pid] = time.monotonic()
-        try:
-            fresh.channel.send(CONTROL, message, run)
-            waiting[fresh.pid] = fresh
-        except ChannelClosed:
-            results[fresh.pid] = fresh.exit_failure()
-            waiting.pop(fresh.pid, None)
-
+        request = _Request(self, message, self._new_id() if run is None else run, deadline)
+        return requests.request(request, pids, deadline, tolerate, SETUP_PATIENCE)
 
     def _receive(self, h: _Handle, run: int):
         """The next message of ``h`` for ``run`` as an event (None: a stale one, dropped, or
@@ -458,6 +350,46 @@ class LocalCluster(Cluster, ObjectStore):
                     h.channel.send(CONTROL, ("free", obj_id))
                 except ChannelClosed:
                     pass
+
+
+class _Request(requests.Requester):
+    """A control message to workers of a `LocalCluster` (`aia.requests.request`)."""
+
+    def __init__(self, cluster: LocalCluster, message: tuple, run: int,
+                 deadline: Optional[float]):
+        self.cluster, self.message, self.run, self.deadline = cluster, message, run, deadline
+        self.rebuildable = _builds_its_problem(message)
+
+    def prepare(self, pid: int) -> _Handle:
+        h = self.cluster._handle(pid)
+        if h.channel.torn and not h.channel.closed:
+            # Cut mid-message (Ctrl-C, or stalled past a time limit): its stream is out of
+            # step for good, so a fresh worker takes its place.
+            h = self.cluster._replace(h, "has a channel cut in the middle of a message")
+        return h
+
+    def dead(self, h: _Handle) -> Optional[Failed]:
+        if not h.dead:
+            return None
+        return Failed(h.pid, "worker process is dead", None, h.os_pid, h.process.exitcode)
+
+    def post(self, h: _Handle) -> Optional[Failed]:
+        h.channel.deadline = self.deadline
+        try:
+            h.channel.send(CONTROL, self.message, self.run)
+        except ChannelClosed:
+            return h.exit_failure()
+        return None
+
+    def token(self, h: _Handle) -> int:
+        return self.run
+
+    def collect(self, handles: list, limit: Optional[float]) -> list:
+        return [(h, self.cluster._receive(h, self.run) if what == "message"
+                 else h.exit_failure()) for h, what in self.cluster._wait_on(handles, limit)]
+
+    def replace(self, h: _Handle, why: Optional[str] = None) -> _Handle:
+        return self.cluster._replace(h) if why is None else self.cluster._replace(h, why)
 
 
 def _builds_its_problem(message: tuple) -> bool:

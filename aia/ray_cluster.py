@@ -57,6 +57,7 @@ from typing import Any, Optional, Sequence
 import cloudpickle
 import numpy as np
 
+from . import requests
 from .worker_state import WorkerState, limit_blas, remote_error
 from .cluster import (Answer, Cluster, Failed, ObjectStore, Run, WorkerClock,
                       raise_failures)
@@ -557,56 +558,25 @@ class RayCluster(Cluster, ObjectStore):
                           f"({type(exc).__name__}: {exc}); answers must be made of classes "
                           f"importable on the central", None, actor.os_pid)
 
-    def _request(self, pids: Sequence[int], call, deadline: Optional[float] = None) -> dict:
-        """``call(actor handle)`` on each of ``pids``; ``{pid: ("ok", value) | Failed}``.
-
-        An actor still busy with the answer of an ended run gets its patience (`_Actor`);
-        then it is replaced and the call goes to the fresh actor.
-        """
-        ray = self._ray
-        results: dict[int, Any] = {}
-        waiting = {}
-        for pid in pids:
-            actor = self._actor(pid)
-            if actor.dead:
-                results[pid] = Failed(pid, f"its {actor.where()} is dead", None, actor.os_pid)
-            else:
-                waiting[call(actor.handle)] = actor
-        while waiting:
-            now = time.monotonic()
-            limits = [a.give_up_at() for a in waiting.values() if a.abandoned]
-            if deadline is not None:
-                limits.append(deadline)
-            timeout = max(0.0, min(limits) - now) if limits else None
-            ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=timeout)
-            for ref in ready:
-                actor = waiting.pop(ref)
-                results[actor.pid] = self._result(actor, ref)
-            now = time.monotonic()
-            for ref, actor in list(waiting.items()):
-                if actor.stuck(ray, now):
-                    del waiting[ref]
-                    try:
-                        fresh = self._replace(actor)
-                    except Exception as exc:  # noqa: BLE001 - a failure of that worker
-                        results[actor.pid] = Failed(
-                            actor.pid, f"was stuck in an ended run's answer and could not be "
-                            f"restarted: {exc}", None, actor.os_pid)
-                        continue
-                    waiting[call(fresh.handle)] = fresh
-            if waiting and deadline is not None and now >= deadline:
-                for actor in waiting.values():
-                    results[actor.pid] = Failed(actor.pid, "did not reply before the time "
-                                                "limit", None, actor.os_pid)
-                break
-        return results
+    def _request(self, pids: Sequence[int], call, deadline: Optional[float] = None,
+                 tolerate: Optional[int] = None) -> dict:
+        """``call(actor handle)`` on each of ``pids``; ``{pid: ("ok", value) | Failed}``,
+        by the rules of `aia.requests.request` (an actor still busy with the answer of an
+        ended run gets its patience, then a fresh actor takes the call; with ``tolerate``,
+        a set-up far slower than the others' fails)."""
+        return requests.request(_RayRequest(self, call), pids, deadline, tolerate)
 
     # -- the Cluster interface --------------------------------------------------------------
     def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
                  deadline: Optional[float]) -> tuple:
+        return self.open_run_tolerating(algorithm, problem, pids, deadline, None)
+
+    def open_run_tolerating(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
+                            deadline: Optional[float], tolerate: Optional[int]) -> tuple:
         run = next(self._ids)
         shared = self._shared(algorithm, len(pids))
-        results = self._request(pids, lambda h: h.setup.remote(run, shared, problem), deadline)
+        results = self._request(pids, lambda h: h.setup.remote(run, shared, problem), deadline,
+                                tolerate)
         failed = [r for r in results.values() if isinstance(r, Failed)]
         live = [pid for pid in pids if not isinstance(results[pid], Failed)]
         return RayRun(self, run, live), failed
@@ -639,6 +609,44 @@ class RayCluster(Cluster, ObjectStore):
                     actor.handle.free.remote(obj_id)
                 except Exception:  # noqa: BLE001 - a finalizer: never raise
                     pass
+
+
+class _RayRequest(requests.Requester):
+    """An actor call on workers of a `RayCluster` (`aia.requests.request`)."""
+
+    def __init__(self, cluster: RayCluster, call):
+        self.cluster, self.call = cluster, call
+        self.pending: dict = {}  # pid -> the ref of its call
+
+    def prepare(self, pid: int) -> _Actor:
+        return self.cluster._actor(pid)
+
+    def dead(self, actor: _Actor) -> Optional[Failed]:
+        if not actor.dead:
+            return None
+        return Failed(actor.pid, f"its {actor.where()} is dead", None, actor.os_pid)
+
+    def post(self, actor: _Actor) -> Optional[Failed]:
+        self.pending[actor.pid] = (self.call(actor.handle), actor)
+        return None
+
+    def token(self, actor: _Actor):
+        return self.pending[actor.pid][0]
+
+    def collect(self, actors: list, limit: Optional[float]) -> list:
+        ray = self.cluster._ray
+        refs = {self.pending[a.pid][0]: a for a in actors}
+        timeout = None if limit is None else max(0.0, limit - time.monotonic())
+        ready, rest = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        if ready and rest:  # and whatever else is in already
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return [(refs[ref], self.cluster._result(refs[ref], ref)) for ref in ready]
+
+    def replace(self, actor: _Actor, why: Optional[str] = None) -> _Actor:
+        return self.cluster._replace(actor) if why is None else self.cluster._replace(actor, why)
+
+    def refresh(self, actor: _Actor) -> None:
+        actor.stuck(self.cluster._ray, time.monotonic())  # clears it once back
 
 
 def _summary(exc: BaseException) -> str:

@@ -392,6 +392,32 @@ def test_a_constructor_that_raises_is_tolerated(runtime):
     assert h.answer_count[2] == 20
 
 
+def freezes_on_worker_1(pid):
+    if pid == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen in its constructor
+    return pid
+
+
+@pytest.mark.timeout(120)
+def test_an_actor_frozen_at_set_up_counts_as_failed_under_resilience(runtime):
+    """The set-up rules of every engine (`aia.requests`): once the others are ready, a set-up
+    far slower than theirs fails, and the run goes on; the next run replaces the actor."""
+    with aia.RayCluster(3) as cluster:
+        frozen = cluster.os_pids()[1]
+        t0 = time.monotonic()
+        h = aia.start(FailOnce(), freezes_on_worker_1, {"iteration": 50, "time": 30},
+                      cluster=cluster, resilience=1, verbose=0)
+        elapsed = time.monotonic() - t0
+        assert h.iterations[-1] == 50 and [f.worker for f in h.failures] == [1]
+        assert "set-up" in h.failures[0].cause and h.failures[0].iteration == 0
+        assert elapsed < 10, f"start took {elapsed:.2f} s (the time limit is 30 s)"
+        # No time limit, no resilience: the next run does not wait for ever on actor 1.
+        h = aia.start(FailOnce(), pid_problem, {"iteration": 20}, cluster=cluster, verbose=0)
+        assert h.failures == [] and h.answer_count[1] > 0
+        assert cluster.generation(1) == 1 and cluster.os_pids()[1] != frozen
+        assert _gone(frozen)
+
+
 @pytest.mark.parametrize("how,synchronous", [("ray.kill", False), ("SIGKILL", True)])
 def test_an_actor_that_dies_is_a_failure(runtime, how, synchronous):
     with aia.RayCluster(3) as cluster:
