@@ -43,24 +43,18 @@ This module imports Ray only when a `RayCluster` is created, so ``import aia`` n
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import logging
-import os
-import pickle
-import threading
 import time
 import uuid
 import weakref
 from typing import Any, Optional, Sequence
 
-import cloudpickle
-import numpy as np
-
 from . import requests
-from .worker_state import WorkerState, limit_blas, remote_error
-from .cluster import (Answer, Cluster, Failed, ObjectStore, Run, WorkerClock,
-                      raise_failures)
+from .ray_actor import _import_ray, _remote_worker, _unpack
+from .ray_connect import _connect, _release
+from .ray_run import BROADCAST_PUT, RayRun
+from .cluster import Answer, Cluster, Failed, ObjectStore, WorkerClock, raise_failures
 from .shield import SHIELD as _SHIELD
 
 log = logging.getLogger("aia")
@@ -68,212 +62,9 @@ log = logging.getLogger("aia")
 START_TIMEOUT = 120.0  # seconds for the actors to be placed and come up
 PING_TIMEOUT = 0.2  # seconds `alive` waits for the actors' replies
 STOP_TIMEOUT = 10.0  # seconds `close` waits for killed actors to be reported dead
-BROADCAST_PUT = 64 * 1024  # a broadcast query at least this large goes to the object store once
-LOOPBACK = "127.0.0.1"
 
 _clusters: "weakref.WeakSet[RayCluster]" = weakref.WeakSet()
-_lock = threading.RLock()
-# The Ray connection this process holds when a RayCluster made it (started a runtime or joined
-# an address): how many clusters use it, and which connection it is (``ray.shutdown`` by hand
-# and a new connection must not let a cluster of the old one close the new one).
-_connection: dict = {"users": 0, "generation": 0}
 
-
-def _import_ray():
-    try:
-        import ray  # noqa: PLC0415 - Ray is optional and heavy: imported on first use
-    except ImportError as exc:
-        raise ImportError(
-            "aia.RayCluster needs Ray: pip install \"aia[ray]\" (or pip install -e \".[ray]\" "
-            "in a clone), on this machine and on every node of the Ray cluster") from exc
-    return ray
-
-
-# -- what crosses between the central and the actors -----------------------------------------
-
-def _pack(obj: Any) -> tuple:
-    """``obj`` pickled (cloudpickle, protocol 5), with its large buffers as byte arrays that
-    Ray moves through its object store without copying them into the pickle stream."""
-    buffers: list = []
-    try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    except Exception as exc:
-        raise TypeError(
-            f"cannot send an object of type {type(obj).__name__!r} to another process: {exc}. "
-            "What crosses between processes must be picklable (numbers, arrays, lists, "
-            "dicts, classes; not open files, locks, sockets or generators).") from exc
-    return data, [np.frombuffer(b.raw(), dtype=np.uint8) for b in buffers]
-
-
-def _unpack(packed: tuple) -> Any:
-    """The object of `_pack`; each buffer is copied into a ``bytearray`` so that the arrays
-    built on it are writable (Ray hands out read-only views of its object store)."""
-    data, buffers = packed
-    return pickle.loads(data, buffers=[bytearray(b) for b in buffers])
-
-
-def _nbytes(packed: tuple) -> int:
-    data, buffers = packed
-    return len(data) + sum(b.nbytes for b in buffers)
-
-
-def _call(compute) -> tuple:
-    """``("ok", compute())``, or ``("error", (type name, message, traceback))``: an exception
-    returned as text, never raised, so that any exception reaches the central."""
-    try:
-        return "ok", compute()
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the central
-        return "error", remote_error(exc)
-
-
-# -- the actor ---------------------------------------------------------------------------
-
-class _Worker(WorkerState):
-    """One worker (`aia.worker_state.WorkerState`, as a local worker process holds it), in
-    an actor: each method is a call of the central, its result a tagged value."""
-
-    def info(self) -> dict:
-        import socket  # noqa: PLC0415
-
-        import ray  # noqa: PLC0415 - the actor runs in a Ray worker process
-
-        return {"os_pid": os.getpid(), "host": socket.gethostname(),
-                "ip": ray.util.get_node_ip_address(),
-                "node_id": ray.get_runtime_context().get_node_id()}
-
-    def limit_blas(self, threads: int) -> bool:
-        limit_blas(threads)
-        return True
-
-    def ping(self) -> bool:
-        return True
-
-    def setup(self, run: int, algorithm: bytes, problem: tuple) -> tuple:
-        self.begin(run)
-        return _call(lambda: super(_Worker, self).setup(run, algorithm, problem))
-
-    def answer(self, run: int, packed: tuple) -> tuple:
-        if run != self.run:
-            return "stale", None  # a query of a run that has ended
-        return _call(lambda: _pack(super(_Worker, self).answer(run, self._query(packed))))
-
-    @staticmethod
-    def _query(packed: tuple) -> Any:
-        try:
-            return _unpack(packed)
-        except Exception as exc:
-            raise RuntimeError(f"the worker cannot unpickle what the central sent: "
-                               f"{type(exc).__name__}: {exc}") from exc
-
-    def store(self, obj_id: int, make: bytes) -> tuple:
-        return _call(lambda: super(_Worker, self).store(obj_id, cloudpickle.loads(make)))
-
-    def apply(self, obj_id: int, fn: bytes) -> tuple:
-        return _call(lambda: _pack(super(_Worker, self).apply(obj_id, cloudpickle.loads(fn))))
-
-
-_actor_class = None
-
-
-def _remote_worker():
-    """The actor class, made once Ray is imported."""
-    global _actor_class
-    if _actor_class is None:
-        ray = _import_ray()
-        _actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
-    return _actor_class
-
-
-# -- connecting to Ray -----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _ray_addresses(loopback: bool):
-    """Ray's choice of the node address, during ``ray.init``.
-
-    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when it is imported; when the
-    variable is 0 every address it picks is 127.0.0.1, else it takes the machine's network
-    address even for ``_node_ip_address="127.0.0.1"``, and its servers listen on every
-    interface. ``loopback`` sets the variable (for the processes the runtime starts) and the
-    constant (for this process); otherwise the constant follows the variable as it is now,
-    in case Ray was imported before it was set.
-    """
-    from ray._private import ray_constants  # noqa: PLC0415
-
-    var = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR",
-                  "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved_env = os.environ.get(var)
-    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    if loopback:
-        os.environ[var] = "0"
-    value = os.environ.get(var)
-    if value is not None and saved is not None:
-        ray_constants.ENABLE_RAY_CLUSTER = value.lower() in ("1", "true")
-    try:
-        yield
-    finally:
-        if loopback:
-            if saved_env is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = saved_env
-        if saved is not None:
-            ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-_JOIN_HINT = (
-    "If the cluster runs, check: a head started with token authentication (the default of "
-    "`ray start --head`) needs RAY_AUTH_MODE=token in this process's environment and the "
-    "cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); a head bound "
-    "to 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is reachable only by a driver with "
-    "the same variable set")
-
-
-def _connect(ray, address: Optional[str], kwargs: dict) -> Optional[int]:
-    """Connect this process to Ray. Returns the generation of the connection if a RayCluster
-    made it (this cluster then takes part in closing it), None for the user's own."""
-    with _lock:
-        if ray.is_initialized():
-            if address is not None or kwargs:
-                raise RuntimeError(
-                    "this process is already connected to Ray: RayCluster uses that "
-                    "connection, and takes no address or ray.init arguments then (close the "
-                    "other RayCluster or call ray.shutdown() first to connect elsewhere)")
-            if _connection["users"] > 0:
-                _connection["users"] += 1
-                return _connection["generation"]
-            return None  # the user's own ray.init: theirs to shut down
-        kwargs = dict(kwargs)
-        # A driver run by `ray job submit` (or told so) finds its cluster in RAY_ADDRESS.
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            kwargs.setdefault("include_dashboard", False)
-            loopback = "_node_ip_address" not in kwargs
-            if loopback:
-                kwargs["_node_ip_address"] = LOOPBACK
-            with _ray_addresses(loopback):
-                ray.init(**kwargs)
-        else:
-            with _ray_addresses(False):
-                try:
-                    ray.init(address=address, **kwargs)
-                except ConnectionError as exc:
-                    raise ConnectionError(f"{exc}. {_JOIN_HINT}") from exc
-        _connection["generation"] += 1
-        _connection["users"] = 1
-        return _connection["generation"]
-
-
-def _release(ray, generation: int) -> None:
-    """One cluster less on the connection ``generation``; the last one shuts it down."""
-    with _lock:
-        if generation != _connection["generation"] or _connection["users"] <= 0:
-            return  # shut down by hand since: not ours any more
-        _connection["users"] -= 1
-        if _connection["users"] == 0:
-            ray.shutdown()
-
-
-# -- the cluster -----------------------------------------------------------------------------
 
 class _Actor(WorkerClock):
     """The central's view of one actor."""
@@ -656,96 +447,6 @@ def _summary(exc: BaseException) -> str:
         ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:"))]
     text = " ".join(lines[1:] if len(lines) > 1 else lines)
     return text if len(text) <= 400 else text[:397] + "..."
-
-
-class RayRun(Run):
-    """The workers of one run on a `RayCluster`: one outstanding call per busy worker."""
-
-    def __init__(self, cluster: RayCluster, run: int, pids: Sequence[int]):
-        self.cluster = cluster
-        self.ray = cluster._ray
-        self.run = run
-        self.live = {pid: cluster._actors[pid] for pid in pids}
-        self.pending: dict = {}  # ObjectRef of an answer -> its actor
-
-    def send(self, pid: int, query: Any) -> None:
-        self._submit(pid, _pack(query))
-
-    def broadcast(self, pids: Sequence[int], query: Any) -> None:
-        packed = _pack(query)  # serialized once for every worker
-        if len(pids) > 1 and _nbytes(packed) >= BROADCAST_PUT:
-            packed = self.ray.put(packed)  # and stored once in the object store
-        for pid in pids:
-            self._submit(pid, packed)
-
-    def _submit(self, pid: int, packed) -> None:
-        actor = self.live.get(pid)
-        if actor is not None:
-            self.pending[actor.handle.answer.remote(self.run, packed)] = actor
-            actor.sent_at = time.monotonic()
-
-    def wait(self, timeout: Optional[float]) -> list:
-        ray = self.ray
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if not self.pending:  # nothing can arrive: wait out the timeout
-                if timeout is not None and timeout > 0:
-                    time.sleep(timeout)
-                return []
-            # One ready answer at a time: a second ray.wait for the others costs more than
-            # it saves (the central loop comes back at once for the next).
-            # Dict order puts the worker served last at the end: no worker is starved.
-            ready, _ = ray.wait(list(self.pending), num_returns=1,
-                                timeout=None if timeout is None else max(0.0, timeout))
-            events = []
-            for ref in ready:
-                actor = self.pending.pop(ref)
-                actor.answer_time = time.monotonic() - actor.sent_at
-                event = self.cluster._event(actor, ref)
-                if event is None:
-                    continue
-                if isinstance(event, Failed):
-                    self.live.pop(actor.pid, None)
-                events.append(event)
-            if events or not ready:
-                return events
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    return []
-
-    def replace(self, pid: int, algorithm: bytes, problem, deadline: Optional[float]):
-        """A fresh actor in the slot of worker ``pid``, which failed in this run, set up for
-        the run (its problem rebuilt from ``problem``). None once it takes part, or the
-        `Failed` of its set-up."""
-        cluster = self.cluster
-        self.live.pop(pid, None)
-        cluster._replace(cluster._actors[pid], "failed; a fresh actor takes its slot")
-        run = self.run
-        result = cluster._request([pid], lambda h: h.setup.remote(run, algorithm, problem),
-                                  deadline)[pid]
-        if isinstance(result, Failed):
-            return result
-        self.live[pid] = cluster._actors[pid]
-        return None
-
-    def close(self) -> None:
-        """End the run on every live actor: a late answer of this run is dropped, and an
-        answer still queued returns at once. An answer still running finishes first: its
-        actor is replaced if the next request finds it busy with it beyond its patience."""
-        now = time.monotonic()
-        for ref, actor in self.pending.items():
-            if actor.pid in self.live:
-                actor.abandoned = (ref, now)
-        self.pending.clear()
-        if self.cluster._closed or not self.ray.is_initialized():
-            return
-        for actor in self.live.values():
-            try:
-                actor.handle.end.remote(self.run)
-            except Exception:  # noqa: BLE001 - the actor may be gone
-                pass
-        self.live.clear()
 
 
 @atexit.register
