@@ -38,27 +38,27 @@ A receive waits for the rest of a frame at most until the channel's ``deadline``
 whose send or receive was cut in the middle of a frame (Ctrl-C, a stalled peer) is ``torn``:
 its stream is out of step for good, every later use raises `ChannelClosed`, and the cluster
 replaces its worker.
+
+The arenas are `aia.arena`'s; the Ctrl-C guard of channel operations is `aia.interrupts`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import mmap
 import os
 import pickle
 import select
-import signal
 import socket
 import struct
-import threading
 import time
-import weakref
 from collections import deque
 from typing import Any, Optional
 
 import cloudpickle
 import numpy as np
+
+from .arena import _ALIGN, Arena, _channels, _layout, _pool, _unmap  # noqa: F401 (Arena)
+from .interrupts import _whole, interrupts  # noqa: F401 (interrupts: aia.transport's)
 
 # Message kinds.
 QUERY = 1  # central -> worker: a query of the current run
@@ -73,7 +73,6 @@ _LENGTH = struct.Struct("!Q")
 _HEAD_AND_LENGTH = struct.Struct("!BBIIQQ6xQ")  # a frame without buffers: header, stream length
 _ARENA = struct.Struct("!QQBQ")  # arena id, arena size, descriptor follows, retired ids
 _SHARED = 1  # flag: the out-of-band buffers are in the sender's arena
-_ALIGN = 16  # out-of-band buffers start on this boundary, so arrays built on them are aligned
 # Every frame is at least this long (small ones are padded), so the receiver reads the header
 # and a small payload in one recv without ever reading into the next frame.
 _MIN_FRAME = 256
@@ -159,239 +158,6 @@ def encode(obj: Any) -> Message:
 def _length_table(data: bytes, buffers: list) -> bytes:
     """The table of lengths: the pickle stream's, then each out-of-band buffer's."""
     return _LENGTH.pack(len(data)) + b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
-
-
-def _layout(lengths) -> tuple[list[int], int]:
-    """Offsets of consecutive buffers, each aligned, and the total size."""
-    offsets, end = [], 0
-    for n in lengths:
-        end += -end % _ALIGN
-        offsets.append(end)
-        end += n
-    return offsets, end
-
-
-# -- shared memory -----------------------------------------------------------------------
-class Arena:
-    """A shared-memory region of the sending process (a memfd, mapped for good), reused for
-    the large buffers of one message at a time. ``pending`` maps each channel the current
-    message went to, to that frame's number on it: the arena is free again once every such
-    peer has acknowledged the frame (or is gone)."""
-
-    def __init__(self, ident: int, size: int):
-        self.ident = ident
-        self.size = size
-        self.fd = os.memfd_create(f"aia-arena-{ident}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, size)
-            # Reserve the pages now: without memory, an OSError here (and the message goes
-            # in the frame) rather than a SIGBUS at the first write.
-            os.posix_fallocate(self.fd, 0, size)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.pending: dict[Channel, int] = {}
-        self.known_by: set[Channel] = set()  # channels whose peer has the descriptor
-        self.closed = False
-
-    def free(self) -> bool:
-        pending = self.pending
-        for channel, frame in list(pending.items()):
-            if channel.closed or channel.peer_received > frame:
-                del pending[channel]
-        return not pending
-
-    def write(self, buffers: list) -> None:
-        offsets, _ = _layout(b.nbytes for b in buffers)
-        view = memoryview(self.map)
-        try:
-            for offset, b in zip(offsets, buffers):
-                view[offset : offset + b.nbytes] = b.cast("B")
-        finally:
-            view.release()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        _unmap(self.map)
-        os.close(self.fd)
-
-
-class _ArenaPool:
-    """The arenas of this process. Messages of similar sizes reuse the same few arenas; one
-    too small for a new message is replaced by a larger one when it is free."""
-
-    def __init__(self) -> None:
-        self.arenas: list[Arena] = []
-        self.next_id = 0
-
-    def acquire(self, nbytes: int) -> Arena:
-        small = None
-        for arena in self.arenas:
-            if arena.free():
-                if arena.size >= nbytes:
-                    return arena
-                small = small or arena
-        if small is not None:  # grow: retire a free arena that is too small
-            self.retire(small)
-        self.next_id += 1
-        size = 1 << max(20, (nbytes - 1).bit_length())  # powers of two, 1 MiB at least
-        arena = Arena(self.next_id, size)
-        self.arenas.append(arena)
-        return arena
-
-    def retire(self, arena: Arena) -> None:
-        self.arenas.remove(arena)
-        for channel in arena.known_by:  # told with the next shared frame on each channel
-            channel.retired.append(arena.ident)
-        arena.close()
-
-    def forget(self, channel: "Channel") -> None:
-        """A channel closed: arenas no open channel uses any more are closed (their memory
-        goes back to the system with the cluster)."""
-        for arena in list(self.arenas):
-            arena.pending.pop(channel, None)
-            arena.known_by.discard(channel)
-            if not arena.known_by and arena.free():
-                self.arenas.remove(arena)
-                arena.close()
-
-
-_pool = _ArenaPool()
-_channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()  # for a forked child to clean up
-
-
-def _new_pool_in_child() -> None:
-    """A forked child drops the shared memory it inherited: its parent's arenas are not its
-    own to write, and holding them (or the parent's mappings of other processes' arenas)
-    would keep their memory alive as long as the child lives."""
-    global _pool
-    inherited, _pool = _pool, _ArenaPool()
-    for arena in inherited.arenas:
-        arena.close()
-    for channel in list(_channels):
-        channel.unmap_peer_arenas()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_pool_in_child)
-
-
-# -- Ctrl-C ------------------------------------------------------------------------------
-class _Interrupts:
-    """Holds a Ctrl-C off while a channel operation runs, so that it never lands between a
-    read (or a write) and the accounting of what it moved: the stream stays in step.
-
-    It works only while ``installed`` (the central, during a run or a request: see `held`):
-    then its SIGINT handler, if the interrupt lands inside an operation, only remembers it,
-    and the operation delivers it (to the handler it replaced, normally raising
-    KeyboardInterrupt) as it returns. The central's operations never block (its end of each
-    channel is non-blocking), so the interrupt waits microseconds, at most the unpickling of
-    one message. Elsewhere (a worker, another thread) ``torn`` is the fallback.
-    """
-
-    def __init__(self) -> None:
-        self.inside = False  # a channel operation is running
-        self.pending: Optional[tuple] = None  # (signum, frame) of an interrupt held off
-        self.depth = 0
-        self.previous: Any = None
-
-    def install(self) -> bool:
-        """Take over SIGINT (main thread only; nested calls count). Whether it did."""
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        if self.depth == 0:
-            try:
-                previous = signal.signal(signal.SIGINT, self._handler)
-            except ValueError:
-                return False
-            # Ours still there (replaced over by someone who did not restore it): the default.
-            self.previous = signal.default_int_handler if previous == self._handler else previous
-        self.depth += 1
-        return True
-
-    def uninstall(self) -> None:
-        self.depth -= 1
-        if self.depth == 0:
-            previous = self.previous
-            if signal.getsignal(signal.SIGINT) == self._handler:  # a bound method: ==, not is
-                signal.signal(signal.SIGINT, previous)
-            self.deliver()  # one held off at the very end still arrives
-            self.previous = None
-
-    @contextlib.contextmanager
-    def held(self):
-        """Channel operations within are not cut by a Ctrl-C (delivered right after each)."""
-        installed = self.install()
-        try:
-            yield
-        finally:
-            if installed:
-                self.uninstall()
-
-    @contextlib.contextmanager
-    def deferred(self):
-        """A Ctrl-C within is delivered as the block ends (while `held`; elsewhere a no-op).
-
-        For steps a KeyboardInterrupt must not cut, beyond channel operations: a fork, whose
-        at-fork hooks in the parent (logging's lock release) run Python code that an
-        interrupt's exception escapes only as "Exception ignored", so the Ctrl-C would be
-        lost; and the start of a worker, whose handle must be recorded before anything
-        raises (else its process and socket are owned by nobody).
-        """
-        if self.inside:  # nested in an operation that delivers it
-            yield
-            return
-        self.inside = True
-        try:
-            yield
-        finally:
-            self.inside = False
-            self.deliver()
-
-    def _handler(self, signum, frame) -> None:
-        if self.inside:
-            self.pending = (signum, frame)
-        else:
-            self._call(signum, frame)
-
-    def deliver(self) -> None:
-        if self.pending is not None:
-            signum, frame = self.pending
-            self.pending = None
-            self._call(signum, frame)
-
-    def _call(self, signum, frame) -> None:
-        previous = self.previous
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:  # SIG_DFL, or None once uninstalled
-            raise KeyboardInterrupt
-
-
-interrupts = _Interrupts()
-
-
-def _whole(operation):
-    """A channel operation that a Ctrl-C does not cut in the middle (see `_Interrupts`)."""
-
-    @functools.wraps(operation)
-    def whole(*args, **kwargs):
-        guard = interrupts
-        if guard.inside:  # nested
-            return operation(*args, **kwargs)
-        guard.inside = True
-        try:
-            return operation(*args, **kwargs)
-        finally:
-            guard.inside = False
-            if guard.pending is not None:
-                guard.deliver()
-
-    return whole
 
 
 # -- channels ----------------------------------------------------------------------------
@@ -832,14 +598,6 @@ def _loads(kind: int, run: int, data: memoryview, buffers: list) -> Any:
         return pickle.loads(data, buffers=buffers)
     except Exception as exc:  # e.g. a class that exists only on the sender's side
         raise Undecodable(kind, run, exc) from exc
-
-
-def _unmap(mapped: Optional[mmap.mmap]) -> None:
-    if mapped is not None:
-        try:
-            mapped.close()
-        except BufferError:
-            pass
 
 
 def _drop_prefix(parts: list, n: int) -> list:
