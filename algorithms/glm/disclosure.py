@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
-from .design import ExpressionVisitor
+from .formula_whitelist import ExpressionVisitor
 from .guards import ENVIRONMENT, Guards, PrivacyError
 
 #: Rows per block when the leverage is computed (bounds the memory to a few MiB).
@@ -224,7 +224,7 @@ class _Evaluator(ExpressionVisitor):
         raise KeyError(type(node).__name__)
 
 
-#: The arithmetic and comparisons of the whitelist (`design._BINOPS`, `design._COMPARE`).
+#: The arithmetic and comparisons of the whitelist (`formula_whitelist._BINOPS`, `formula_whitelist._COMPARE`).
 _BINARY = {ast.Add: _op.add, ast.Sub: _op.sub, ast.Mult: _op.mul, ast.Div: _op.truediv,
            ast.Pow: _op.pow}
 _COMPARE = {ast.Gt: _op.gt, ast.GtE: _op.ge, ast.Lt: _op.lt, ast.LtE: _op.le, ast.Eq: _op.eq,

@@ -11,6 +11,7 @@ import statsmodels.api as sm
 
 from algorithms import glm
 from algorithms.glm import design as design_module
+from algorithms.glm import matrices
 from algorithms.glm import site as site_module
 from algorithms.glm.design import Design, ModelData, direct_columns, model_data
 
@@ -189,7 +190,7 @@ def test_fit_uses_the_direct_build(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("formulaic's build was called")
 
-    monkeypatch.setattr(design_module, "_formulaic_design", refuse)
+    monkeypatch.setattr(matrices, "_formulaic_design", refuse)  # where the design is built
     paths = []
     for i, path in enumerate(v6_sites("binomial")):
         paths.append(tmp_path / f"site{i}.parquet")
