@@ -14,15 +14,21 @@ Architecture, from the user's code down::
     cluster seam           aia.cluster: Cluster / Run (the contract run.py relies on),
           |                ObjectStore (the capability aia.distributed needs), Answer/Failed,
           |                BuildProblem/StoredProblem (the typed problem spec)
-    engines                aia.memory (InMemoryCluster), aia.local (+ aia._worker),
-          |                aia.ray_cluster, aia.folder (central, site, registry)
-    transport              aia.transport (frames, shared memory), aia.folder.codec/layout
+    worker's side, once    aia.worker_state (WorkerState: set-up, answer, end, objects),
+          |                aia.requests (one request loop: set-up bounds, replacement)
+    engines                aia.memory (InMemoryCluster); aia.local (+ local_handle,
+          |                local_run, local_stop, poller, _worker); aia.ray_cluster (+
+          |                ray_actor, ray_connect, ray_run); aia.folder (central, site,
+          |                registry); aia.shield (clean-up through a Ctrl-C)
+    transport              aia.transport (frames), aia.arena (shared memory),
+                           aia.interrupts (Ctrl-C and channels), aia.folder.codec/layout
 
 `aia` imports nothing from the applications built on it (`algorithms`): the algorithms a
 folder site offers by name come from the entry points of group ``aia.folder``.
 
-Exceptions: `WorkerFailedError` (a RuntimeError: one failure more than ``resilience``; its
-``failures`` are `Failure` records) caused by a `RemoteError` (a worker's exception as text).
+Exceptions: see `aia.errors` for the whole tree. `WorkerFailedError` (a RuntimeError: one
+failure more than ``resilience``; its ``failures`` are `Failure` records) caused by a
+`RemoteError` (a worker's exception as text).
 """
 
 from .algorithm import AbstractAlgorithm

@@ -1,12 +1,27 @@
 """Errors raised by `aia`.
 
-The tree::
+The tree of every exception `aia` raises to its user::
 
     RuntimeError
-     └── WorkerFailedError          a worker failed once more than `resilience` allows
+     ├── WorkerFailedError          a worker failed once more than `resilience` allows
+     └── InjectedFailure            aia.memory: the failure `InMemoryCluster.fail` injects
     Exception
      └── RemoteError                the text of an exception raised on a worker, attached as
                                     the ``__cause__`` of WorkerFailedError
+    ValueError
+     ├── CheckpointError            aia.checkpoint: a checkpoint that cannot be resumed (a
+     │                              corrupt file, another algorithm class)
+     └── aia.folder.Rejected        a folder file refused (not ours, tampered, too large)
+          └── aia.folder.codec.Undecodable   its contents do not decode
+    TimeoutError
+     └── aia.folder.SitesTimeoutError   no answer from the named sites within ``timeout``
+    OSError
+     └── aia.folder.safefs.UnsafePath   a path of the folder that is not what it must be (a
+                                        link, a FIFO, a device, too large)
+
+Internal, never raised to the user (each engine turns them into failures): ChannelClosed
+(EOFError) and Undecodable of `aia.transport`, Stale of `aia.worker_state` (a query of an
+ended run), and Interrupted (a BaseException) in a local worker whose run ended.
 
 Bad arguments are the standard ``TypeError`` / ``ValueError``, raised before any process
 starts. Exceptions raised in the central's own code (the central step, a hook) propagate

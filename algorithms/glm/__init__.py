@@ -20,6 +20,32 @@ workers' problems:
 (`fit` adds what needs more passes over the sites: the union of the categorical levels,
 the global moments of ``center``/``scale``, the intercept-only fit behind the null
 deviance with an offset, and the log-likelihood.)
+
+The exceptions (a site's refusals and errors reach the central as data and are raised there,
+naming the site: `algorithms.glm.site_errors`)::
+
+    ValueError
+     ├── FormulaError              the formula is malformed or outside the whitelist
+     │                             (BoundsError, too large for a site, becomes one)
+     ├── SiteError                 a site cannot take part (a missing column, an invalid
+     │    └── BuildLimitError      response...); its design would be too large to build
+     ├── DesignMismatchError       the sites built different design columns
+     └── SingularDesignError       X'WX is singular: it names the aliased columns (also a
+                                   numpy LinAlgError)
+    PermissionError (OSError)
+     └── PrivacyError              a site's privacy guard refused (its guard and threshold)
+    FloatingPointError
+     └── NonFiniteError            no valid coefficients: non-finite sums or fitted values
+    RuntimeError
+     ├── SecureAggregationError    secure aggregation: a malformed masked answer, too few
+     │                             sites left, a failure it cannot go on from
+     ├── CoordinateDescentError    glmnet's coordinate descent did not converge
+     ├── GlmnetConvergenceError    glmnet's IRLS at one lambda did not settle
+     └── folder.SiteFailedError    a folder site raised in a pass besides the iterations
+
+Warnings: statsmodels' ``ConvergenceWarning`` and ``PerfectSeparationWarning`` (the result's
+``notes`` say the same). Over a synced folder, `aia.folder.SitesTimeoutError` names the
+sites that owe an answer.
 """
 
 from .anova import anova

@@ -40,7 +40,7 @@ from aia.folder.__main__ import add_site_arguments, read_key, run_site, setup_lo
 from .base import DesignMismatchError
 from .design import FormulaError, SiteError
 from .fit import fit
-from .folder import _SiteFailed, fit_folder, glmnet_folder, session_name  # noqa: F401
+from .folder import SiteFailedError, fit_folder, glmnet_folder, session_name  # noqa: F401
 from .folder_protocol import (METHODS, SITE_ALGORITHMS, design_from,  # noqa: F401
                               design_params, load_site, with_token)
 from .glmnet import GlmnetPath
@@ -366,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _central(args)
     except (SitesTimeoutError, PrivacyError, FormulaError, SiteError, DesignMismatchError,
-            _SiteFailed, WorkerFailedError, ValueError, RuntimeError, OSError) as exc:
+            SiteFailedError, WorkerFailedError, ValueError, RuntimeError, OSError) as exc:
         cause = exc.__cause__
         detail = f"\n{cause.message}" if isinstance(cause, RemoteError) and \
             cause.message not in str(exc) else ""

@@ -35,7 +35,7 @@ from .guards import check_min_sites
 from .results import GLMResults
 from .site_errors import site_error
 
-__all__ = ["fit_folder", "glmnet_folder", "session_name"]
+__all__ = ["SiteFailedError", "fit_folder", "glmnet_folder", "session_name"]
 
 
 def _no_problem(pid: int) -> None:
@@ -180,7 +180,7 @@ class _FolderSites:
         return _FolderSites(self.cluster, [p for p in self.pids if p not in failed])
 
 
-class _SiteFailed(RuntimeError):
+class SiteFailedError(RuntimeError):
     """A site raised while answering one of the passes."""
 
 
@@ -193,7 +193,7 @@ def _ask(cluster: FolderCluster, pids: list, design: Design, query: dict) -> lis
         while len(got) < len(pids):
             for event in run.wait(None):
                 if isinstance(event, Failed):
-                    raise _SiteFailed(event.cause) from event.remote_error()
+                    raise SiteFailedError(event.cause) from event.remote_error()
                 got[event.worker] = event.value
     finally:
         run.close()

@@ -77,3 +77,34 @@ def test_all_lists_every_public_name_and_only_names_that_exist(package):
     assert public <= listed, f"public but not in __all__: {sorted(public - listed)}"
     for name in listed:  # lazy names (aia.RayCluster) resolve on access
         assert getattr(package, name) is not None
+
+
+def _exceptions(package: str) -> dict:
+    """Every exception class defined in the package's modules: name -> module."""
+    import importlib
+    import pkgutil
+
+    root = importlib.import_module(package)
+    found = {}
+    for info in pkgutil.walk_packages(root.__path__, package + "."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, BaseException) \
+                    and value.__module__ == info.name:
+                found[name] = info.name
+    return found
+
+
+@pytest.mark.parametrize("package,tree", [("aia", "aia.errors"), ("algorithms.glm",
+                                                                  "algorithms.glm")])
+def test_the_exception_trees_name_every_exception(package, tree):
+    """The trees drawn in `aia.errors` and `algorithms.glm` are complete."""
+    import importlib
+
+    doc = importlib.import_module(tree).__doc__
+    found = _exceptions(package)
+    assert len(found) >= 6  # the check finds them
+    missing = {name: module for name, module in found.items() if name not in doc}
+    assert not missing, f"not in the tree of {tree}'s docstring: {missing}"
