@@ -22,34 +22,27 @@ only; for small data and tests).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import secrets
 import warnings
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from statsmodels.genmod import families as smf
-from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
-
-import aia
-from aia.checks import check_cluster
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .design import Design, freq_problem, merge_levels, merge_moments
-from .base import DesignMismatchError
 from .fisher import FisherScoring
 from .fit_record import FitRecord
 from .gradient import MAX_ITER as GRADIENT_MAX_ITER
 from .gradient import GradientDescent
 from .guards import check_min_sites
 from .negbin import fit_theta
+from .fit_result import _llf_scale, _results, _scale
+from .placement import _placed, _same_columns, _site_list
 from .results import GLMResults
 from .secure import SecureAggregation, SiteSum, check_secure
-from .site import site_label, Site, SiteGroup
-from .site_errors import SITE_ERRORS, error_data, site_error
+from .site import site_label
 
 log = logging.getLogger(__name__)
 
@@ -385,223 +378,3 @@ def _check_frames(sources: list, names: list, freq_weights: Optional[str]) -> No
             if problem:
                 raise ValueError(f"freq_weights: column {freq_weights!r} at {site_label(name)}: "
                                  f"{problem}")
-
-
-# -- placing the sites -------------------------------------------------------------------------
-def _site_list(sites: Any) -> tuple[list, list]:
-    if isinstance(sites, (str, Path, pd.DataFrame)):
-        raise TypeError("sites: expected a list (or dict) of sites, one entry per site")
-    if isinstance(sites, Mapping):
-        names, sources = [str(k) for k in sites], list(sites.values())
-    else:
-        sources = list(sites)
-        names = [Path(s).name if isinstance(s, (str, Path)) else f"site {i + 1}"
-                 for i, s in enumerate(sources)]
-        if len(set(names)) < len(names):
-            names = [f"site {i + 1} ({n})" for i, n in enumerate(names)]
-    if not sources:
-        raise ValueError("sites: expected at least one site")
-    for s in sources:
-        if not isinstance(s, (str, Path, pd.DataFrame)):
-            raise TypeError(f"sites: expected paths or DataFrames, got {type(s).__name__}")
-    return names, sources
-
-
-def _call(method: str, args: tuple, site: Optional[Site]):
-    """Run a site method where the site lives; its refusals and errors come back as data."""
-    if site is None:
-        return None
-    try:
-        return ("ok", getattr(site, method)(*args))
-    except SITE_ERRORS as exc:
-        return ("error", error_data(exc))
-
-
-def _unwrap(results: Mapping, order: Sequence, names: Sequence[str]) -> list:
-    out = []
-    for key, name in zip(order, names):
-        status, value = results[key]
-        if status == "error":
-            raise site_error(value, name)
-        out.append(value)
-    return out
-
-
-def _new_site(paths: dict, names: dict, pid: int) -> Optional[Site]:
-    return Site(paths.get(pid), names[pid]) if pid in names else None
-
-
-def _set_table(table: pd.DataFrame, site: Site) -> None:
-    site.set_table(table)
-
-
-class _Placed:
-    """The sites, wherever they live, and how to reach them: the ``sites`` of `fit_steps`
-    for workers of a cluster or sites in this process (a synced folder's are
-    `algorithms.glm.folder._FolderSites`)."""
-
-    def __init__(self, handle, pids: list, names: list, cluster, problem=None):
-        self.handle, self.pids, self.names, self.cluster = handle, pids, names, cluster
-        self.problem = handle if problem is None else problem
-
-    def call(self, method: str, *args) -> list:
-        """``site.method(*args)`` on every site, in site order."""
-        results = self.handle.map(functools.partial(_call, method, args))
-        return _unwrap(results, self.pids, self.names)
-
-    @staticmethod
-    def prepare(design: Design) -> Design:
-        return design
-
-    def run(self, alg: FisherScoring, stopat: dict, synchronous: bool, verbose: int,
-            resilience: int = 0):
-        if self.cluster is None:  # in process
-            return aia.start(alg, lambda pid: self.problem, stopat, pids=[0],
-                             synchronous=True, verbose=verbose)
-        return aia.start(alg, self.problem, stopat, pids=self.pids, cluster=self.cluster,
-                         synchronous=synchronous, verbose=verbose, resilience=resilience)
-
-    def without(self, failed) -> "_Placed":
-        """These sites but the ``failed`` workers (which are asked nothing more)."""
-        keep = [i for i, pid in enumerate(self.pids) if pid not in failed]
-        return _Placed(self.handle, [self.pids[i] for i in keep],
-                       [self.names[i] for i in keep], self.cluster, self.problem)
-
-
-class _InProcess:
-    """`aia.DistributedObject`'s ``map`` for sites held by this process."""
-
-    def __init__(self, sites: list):
-        self.sites = sites
-
-    def map(self, fn) -> dict:
-        return {i + 1: fn(site) for i, site in enumerate(self.sites)}
-
-
-@contextlib.contextmanager
-def _placed(sources: list, names: list, cluster: Any):
-    n = len(sources)
-    if cluster != "inprocess":
-        try:  # aia.start's check, so that the same mistake reads the same everywhere
-            check_cluster(cluster)
-        except TypeError as exc:
-            raise TypeError(f"{exc}; or 'inprocess' (every site in this process)") from None
-    if isinstance(cluster, str):
-        sites = [Site(src, name) for src, name in zip(sources, names)]
-        yield _Placed(_InProcess(sites), list(range(1, n + 1)), names, None, SiteGroup(sites))
-        return
-    with contextlib.ExitStack() as stack:
-        if cluster is None or isinstance(cluster, int) and not isinstance(cluster, bool):
-            cluster = stack.enter_context(aia.LocalCluster(n if cluster is None else cluster))
-        if len(cluster.pids) < n:
-            raise ValueError(f"cluster: {n} sites need {n} workers, the cluster has "
-                             f"{len(cluster.pids)}")
-        pids = list(cluster.pids[:n])
-        by_pid = dict(zip(pids, names))
-        paths = {pid: src for pid, src in zip(pids, sources) if not isinstance(src, pd.DataFrame)}
-        handle = aia.DistributedObject(functools.partial(_new_site, paths, by_pid), cluster)
-        stack.callback(handle.free)  # the sites' rows leave the workers with the fit
-        for pid, src in zip(pids, sources):
-            if isinstance(src, pd.DataFrame):  # sent to its worker only
-                handle.apply(pid, functools.partial(_set_table, src))
-        yield _Placed(handle, pids, names, cluster)
-
-
-def _same_columns(columns: list, names: list) -> None:
-    if any(c != columns[0] for c in columns):
-        detail = "; ".join(f"{n}: {list(c)}" for n, c in zip(names, columns))
-        raise DesignMismatchError(f"the sites built different design columns ({detail})")
-
-
-# -- the result --------------------------------------------------------------------------------
-def _df_resid(main: FitRecord) -> int:
-    return main.n_ok - len(main.column_names)
-
-
-def _scale(main: FitRecord, design: Design, fixed: Optional[float] = None) -> float:
-    """The dispersion as R's ``summary.glm``: ``fixed`` when given (``dispersion=``); 1 for
-    the binomial and Poisson families; else ``sum(w_work r_work^2) / df_resid``, with the
-    working weights of the last IRLS iteration and the working residuals at the estimate
-    (the Pearson chi-square at the estimate where that iteration is not known: asynchronous
-    rounds, gradient descent)."""
-    if fixed is not None:
-        return float(fixed)
-    if not design.family.scale_estimated:
-        return 1.0
-    df = _df_resid(main)
-    chi2 = main.working_chi2 if np.isfinite(main.working_chi2) else main.pearson_chi2
-    return chi2 / df if df > 0 else float("nan")
-
-
-def _llf_scale(main: FitRecord, design: Design) -> float:
-    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity,
-    else the Pearson chi-square at the estimate / df_resid (1 for binomial and Poisson)."""
-    sm = design.family.sm
-    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
-        return main.deviance / main.nobs
-    if not design.family.scale_estimated or isinstance(sm, smf.NegativeBinomial):
-        return 1.0  # statsmodels' and R's negative binomial likelihood has no dispersion
-    df = _df_resid(main)
-    return main.pearson_chi2 / df if df > 0 else float("nan")
-
-
-def _results(main: FitRecord, design: Design, scale: float, null_deviance: float,
-             llf: float, names: list, synchronous: bool,
-             scale_fixed: bool = False) -> GLMResults:
-    cols = main.column_names
-    converged, notes = main.converged, []
-    if main.n_boundary:
-        what = ("fitted probabilities numerically 0 or 1 occurred"
-                if isinstance(design.family.sm, smf.Binomial)
-                else "fitted rates numerically 0 occurred")
-        notes.append(f"{what}: (quasi-)complete separation; the maximum likelihood estimate "
-                     "does not exist and some coefficients diverge")
-        warnings.warn(f"glm.fit: {notes[-1]}", PerfectSeparationWarning, stacklevel=4)
-        converged = False
-    if main.withheld:
-        notes.append(
-            f"the fit stopped after {main.iterations} iterations: site(s) {main.withheld} "
-            "withheld their sums at the next coefficients, whose weights would single out a "
-            "row (GLM_MAX_LEVERAGE): the fit diverges, as in a (quasi-)complete separation, "
-            "and the estimate is the last one before")
-        kind = PerfectSeparationWarning if isinstance(
-            design.family.sm, (smf.Binomial, smf.Poisson)) else ConvergenceWarning
-        warnings.warn(f"glm.fit: {notes[-1]}", kind, stacklevel=4)
-        converged = False
-    elif not converged and not main.n_boundary:
-        notes.append("the algorithm did not converge")
-        warnings.warn(f"glm.fit: algorithm did not converge in {main.iterations} iterations",
-                      ConvergenceWarning, stacklevel=4)
-    if main.stalled:
-        notes.append("gradient descent stalled: the line search found no step that "
-                     "decreases the deviance")
-    if main.rescued:
-        notes.append("R's glm.fit gives up here (no valid set of coefficients has been found: "
-                     "its first step leaves the family's range); the step was halved towards "
-                     "the intercept-only coefficients instead")
-    elif main.boundary:
-        notes.append("the step was halved to keep the fit valid (R: algorithm stopped at "
-                     "boundary value)")
-    has_intercept = "Intercept" in cols
-    return GLMResults(
-        params=pd.Series(main.beta, index=cols),
-        cov_unscaled=pd.DataFrame(main.cov_unscaled, index=cols, columns=cols),
-        scale=scale,
-        scale_estimated=design.family.scale_estimated and not scale_fixed,
-        deviance=main.deviance,
-        null_deviance=null_deviance,
-        pearson_chi2=main.pearson_chi2,
-        llf=llf,
-        nobs=main.nobs,
-        df_resid=_df_resid(main),
-        df_null=main.n_ok - int(has_intercept),
-        iterations=main.iterations,
-        converged=converged,
-        family=design.family.name,
-        link=design.family.link_name,
-        formula=design.formula,
-        sites=list(names),
-        synchronous=synchronous,
-        notes=notes,
-        method=main.method,
-    )
