@@ -71,7 +71,7 @@ import hashlib
 import logging
 import secrets
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -90,64 +90,15 @@ from .secure_codec import (ENTRY_BYTES, FRACTION_BITS, KEY_BYTES, LAYOUTS, MIN_S
                            _parts_of, _unpack, decode, encode, entries, from_bytes, stream,
                            to_bytes)
 
+from .secure_messages import KeyAnswer, MaskedAnswer, SecureQuery, Unmask
+from .secure_sum import SiteSum, SumQuery  # noqa: F401 (algorithms.glm.secure's names)
+
 log = logging.getLogger(__name__)
 
 
 class SecureAggregationError(RuntimeError):
     """The secure aggregation cannot go on (a site failed after sending its masked sums, too
     few sites are left, or an answer is malformed)."""
-
-
-# -- messages ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SecureQuery:
-    """The central's request: ``phase`` "keys" (make a key pair), "sums" (answer the GLM
-    algorithm's query ``inner``, masked among the sites of ``roster``: (name, public key)
-    pairs in mask order) or "unmask" (reveal the self mask of round ``round``)."""
-
-    phase: str
-    session: bytes
-    round: int = 0
-    roster: tuple = ()
-    inner: Any = None
-
-
-@dataclass(frozen=True)
-class KeyAnswer:
-    """A site's public key for this session."""
-
-    site: str
-    public_key: bytes
-
-
-@dataclass(frozen=True)
-class MaskedAnswer:
-    """A site's masked sums: ``payload`` holds the entries of the ``parts`` ((fit, kind of
-    `LAYOUTS`) pairs) one after the other (the fields in ``absent``, (part, field) pairs of
-    NaN or None values, encoded as 0), 24 bytes each, masked. ``valid``, ``withheld``,
-    ``columns``, ``parts`` and ``width`` (p) are sent in clear: they are not data."""
-
-    kind: str
-    site: str
-    round: int
-    version: int
-    valid: bool
-    width: int = 0
-    withheld: bool = False
-    columns: Optional[tuple] = None
-    absent: tuple = ()
-    payload: bytes = b""
-    parts: tuple = ()
-    lengths: tuple = ()  # (part, field, length) of the variable fields (`secure_codec`)
-
-
-@dataclass(frozen=True)
-class Unmask:
-    """A site's key of its self mask for round ``round``."""
-
-    site: str
-    round: int
-    key: bytes
 
 
 def _label(session: bytes, round_: int, what: bytes) -> bytes:
@@ -532,64 +483,3 @@ class SecureAggregation(AbstractAlgorithm):
     def report(self) -> dict:
         return {**self.inner.report(), "secure_rounds": self.secure_rounds,
                 "redone_rounds": self.redone_rounds}
-
-
-@dataclass(frozen=True)
-class SumQuery:
-    """`SiteSum`'s query: ``site.method(design, *args)`` at every site; ``beta`` (the first
-    argument) identifies the coefficients for the differencing guard."""
-
-    version: int
-    beta: Any = None
-
-
-
-class SiteSum(AbstractAlgorithm):
-    """One round: the sum over the sites of ``site.method(design, *args)`` (a number, or a
-    dict with the names ``keys``, each a number or an array of its shape in ``shapes``),
-    for `SecureAggregation` to sum securely (the log-likelihood at the estimate, glm.nb's
-    theta sums, the sandwich's meat). Stop with ``stopat={"maxit": 1}``; the sum is
-    ``value`` (a dict with ``keys``)."""
-
-    def __init__(self, method: str, design: Any, *args, keys: Sequence[str] = (),
-                 shapes: Optional[Mapping[str, tuple]] = None):
-        self.method, self.design, self.args = method, design, args
-        self.keys = tuple(sorted(keys))
-        self.shapes = {k: tuple((shapes or {}).get(k, ())) for k in self.keys}
-        self._subset = None
-        self.value: Any = None
-
-    def initialize(self, problem: Any) -> SumQuery:
-        self.value = None
-        return SumQuery(0, self.args[0] if self.args else None)
-
-    def answer(self, q: SumQuery, problem: Any):
-        value = getattr(problem, self.method)(self.design, *self.args)
-        if not self.keys:
-            return Total(q.version, True, float(value))
-        if sorted(value) != list(self.keys) or \
-                any(np.shape(value[k]) != self.shapes[k] for k in self.keys):
-            raise SiteError(f"site {problem.name}: {self.method} gave "
-                            f"{ {k: np.shape(v) for k, v in value.items()} }, expected "
-                            f"{self.shapes}")
-        return Totals(q.version, True, np.concatenate(
-            [np.ravel(np.asarray(value[k], dtype=float)) for k in self.keys]))
-
-    def sync_central_step(self, answers, workers, problem) -> SumQuery:
-        if not self.keys:
-            self.value = float(answers[0].value)
-            return SumQuery(1)
-        values, at, self.value = np.asarray(answers[0].values, float), 0, {}
-        for k in self.keys:
-            size = int(np.prod(self.shapes[k], dtype=int))
-            chunk = values[at:at + size]
-            at += size
-            self.value[k] = chunk.reshape(self.shapes[k]) if self.shapes[k] else float(chunk[0])
-        return SumQuery(1)
-
-    def stopnow(self, stopat: Mapping[str, Any]) -> bool:
-        return stopat["maxit"] > 0 and self.value is not None
-
-    def report(self) -> dict:
-        return {"value": self.value}
-
