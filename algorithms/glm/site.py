@@ -4,7 +4,8 @@ Every method checks the privacy guards before it returns, and returns sums only:
 categorical columns and their moments at first contact (`Site.describe`), the design's
 column names (`Site.build`), X'WX, X'Wz and a few scalars at each step
 (`Site.contribution`), the log-likelihood at the end (`Site.loglike`), and for glm.nb's
-theta a few sums at coefficients already answered (`Site.theta_sums`). Rows with a missing
+theta a few sums at coefficients already answered (`Site.theta_sums`; these passes are
+`site_passes`'). Rows with a missing
 value in a used column are left out first and counted (R's ``na.omit``).
 
 Errors raised here travel to the analyst. Those this package raises (`PrivacyError`,
@@ -15,9 +16,6 @@ is logged at the site only.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
 import logging
 import os
 from pathlib import Path
@@ -28,41 +26,17 @@ import pandas as pd
 
 from . import disclosure, limits, rounds
 from .audit import AUDIT_LOG, Audit
-from .design import (CONTEXT, Design, FormulaError, ModelData, SiteError, categorical_columns,
-                     model_data, site_levels, site_moments, used_columns)
-from .families import negbin_sums
+from .design import (CONTEXT, Design, ModelData, SiteError, categorical_columns, model_data,
+                     site_levels, site_moments, used_columns)
 from .guards import ENVIRONMENT, Guards, PrivacyError
 from .messages import Contribution, Query
+from .site_guard import _guarded
+from .site_passes import SitePasses
 
 log = logging.getLogger(__name__)
 
-#: How many coefficients of one design a site remembers for `Site.theta_sums`.
-MAX_REMEMBERED = 4096
 #: The environment variable of a secret key the sites share for the digests of cluster ids.
 GROUPS_KEY = "GLM_GROUPS_KEY"
-
-
-def _guarded(method):
-    """Let this package's errors through; replace any other by a message without data."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except PrivacyError as exc:
-            design = args[0] if args and isinstance(args[0], Design) else None
-            self.audit.refused(None if design is None else design.model_key, exc)
-            raise
-        except (FormulaError, SiteError, OSError):
-            raise
-        except Exception as exc:
-            log.exception("site %s: %s failed", self.name, method.__name__)
-            raise SiteError(
-                f"{type(exc).__name__} in {method.__name__} at site {self.name or ''} "
-                "(details are logged at the site, not sent: they may quote data)"
-            ) from None
-
-    return wrapper
 
 
 def read_parquet(path: Any, columns: Optional[Collection[str]] = None) -> pd.DataFrame:
@@ -107,7 +81,7 @@ def _non_missing(column: pd.Series) -> int:
     return int(column.count())
 
 
-class Site:
+class Site(SitePasses):
     """One site's table. ``source`` is a path (CSV, or Parquet for ``.parquet``/``.pq``),
     read lazily by the process that holds the site, or a DataFrame. Of a Parquet file, only
     the columns a model uses are read.
@@ -451,105 +425,6 @@ class Site:
         if version is None or held is None or held[0] != version:
             return None
         return held[2]
-
-    @_guarded
-    def loglike(self, design: Design, beta: np.ndarray, scale: float,
-                subset: Optional[Sequence[str]] = None) -> float:
-        """The site's share of the log-likelihood at ``beta`` (statsmodels' definition)."""
-        m = self.model(design)
-        X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
-        fam = design.family.bind(m.d_star)
-        with np.errstate(all="ignore"):
-            mu = fam.linkinv(X @ beta + m.offset)
-            return fam.loglike(m.y, mu, m.weights, scale, m.trials, m.freq)
-
-
-    def _passed(self, design: Design, beta: np.ndarray) -> None:
-        """Remember coefficients whose round passed the leverage check (`theta_sums` answers
-        at those only)."""
-        if self._answered[0] != design.token:
-            self._answered = (design.token, set())
-        if len(self._answered[1]) < MAX_REMEMBERED:
-            self._answered[1].add(np.asarray(beta, dtype=float).tobytes())
-
-    @_guarded
-    def theta_sums(self, design: Design, beta: np.ndarray,
-                   theta: Optional[float] = None) -> dict:
-        """The site's sums for glm.nb's theta at the fitted values of ``beta``
-        (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood).
-
-        Only at coefficients of this design whose X'WX this site has sent (their weights
-        passed the check that they single out no row, `disclosure.check_round`): the central
-        cannot choose fitted values for these sums alone."""
-        key = np.asarray(beta, dtype=float).tobytes()
-        if self._answered[0] != design.token or key not in self._answered[1]:
-            raise SiteError("theta sums are sent only at coefficients whose Fisher scoring "
-                            "round this site has answered")
-        m = self.model(design)
-        fam = design.family.bind(m.d_star)
-        with np.errstate(all="ignore"):
-            mu = fam.linkinv(m.X @ np.asarray(beta, dtype=float) + m.offset)
-            sums = negbin_sums(m.y, mu, m.fit_weights, theta)
-        if not all(np.isfinite(v) for v in sums.values()):
-            raise SiteError(f"{self.label}: non-finite sums for theta at these "
-                            "coefficients")
-        return sums
-
-    @_guarded
-    def meat(self, design: Design, beta: np.ndarray, clusters: str,
-             salt: str = "", version: Optional[int] = None) -> dict:
-        """The site's share of the sandwich's meat at ``beta`` (a p x p sum) for a robust
-        covariance: ``clusters="rows"`` (HC0/HC1) ``sum_i u_i u_i'``; ``"site"`` (the site is
-        one cluster) ``U U'`` with ``U = sum_i u_i``; ``"groups"`` ``sum_g U_g U_g'`` over the
-        clusters of the column ``design.groups``. ``u_i = x_i w_i (y_i - mu_i) g'(mu_i)``,
-        the working weight times the working residual (sandwich's ``estfun.glm``): the
-        weights of R's last iteration when ``version`` (the coefficients' version in the
-        fit) is that of this site's last contribution, else the weights at ``beta``.
-
-        With ``"groups"`` the site also sends its number of clusters and a keyed digest of
-        each cluster id (never the id), for the central to refuse an id seen at two sites:
-        keyed with ``GLM_GROUPS_KEY`` of the site's environment when set (a secret shared
-        by the sites, so that the central cannot test guesses of ids), else with ``salt``.
-        The cluster column passes the level checks of a categorical column, and the rows'
-        weights ``u_i`` the weighted-leverage check of every round."""
-        m = self.model(design)
-        guards = self.round_guards(design)
-        fam = design.family.bind(m.d_star)
-        last = self._last_weights(design, version)
-        with np.errstate(all="ignore"):
-            mu = fam.linkinv(m.X @ beta + m.offset)
-            weights = m.fit_weights * fam.working_weights(mu) if last is None else last
-            score = weights * (m.y - mu) * fam.deriv(mu)
-        score = np.where(weights > 0, score, 0.0)
-        if not np.all(np.isfinite(score)):
-            raise SiteError(f"{self.label}: non-finite scores at the estimate")
-        rows = m.X * score[:, None]  # with frequency weights f: f u_i, the sum of f copies
-        if clusters == "rows":  # each copy of a row is an observation: sum f u_i u_i'
-            single = rows if m.freq is None else rows / np.sqrt(np.where(
-                m.freq > 0, m.freq, 1.0))[:, None]
-            disclosure.check_round(guards, single, single.T @ single)
-            return {"meat": single.T @ single, "clusters": m.rows}
-        disclosure.check_round(guards, rows, rows.T @ rows)
-        if clusters == "site":
-            total = rows.sum(axis=0)
-            return {"meat": np.outer(total, total), "clusters": 1}
-        codes, ids = pd.factorize(pd.Series(m.groups), sort=False)
-        guards.check_levels(design.groups, np.bincount(codes, minlength=len(ids)).tolist())
-        sums = np.zeros((len(ids), rows.shape[1]))
-        np.add.at(sums, codes, rows)
-        key = (self._groups_key or salt).encode("utf-8")
-        digests = sorted(hmac.new(key, _id_text(v).encode("utf-8"), hashlib.sha256).hexdigest()
-                         for v in ids)
-        return {"meat": sums.T @ sums, "clusters": len(ids), "digests": digests}
-
-
-def _id_text(value) -> str:
-    """A cluster id as text, the same at every site (2 and 2.0 read from two files agree)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"{type(value).__name__ if not isinstance(value, (int, float)) else 'n'}:{value}"
 
 
 class SiteGroup:
