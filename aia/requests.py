@@ -65,7 +65,8 @@ class Requester(abc.ABC):
 
     @abc.abstractmethod
     def replace(self, handle: Any, why: Optional[str] = None) -> Any:
-        """A fresh worker in ``handle``'s slot; its handle."""
+        """A fresh worker in ``handle``'s slot; its handle (``why``: for the log; None: the
+        engine's reason for a worker stuck in an ended run)."""
 
     def refresh(self, handle: Any) -> None:
         """Learn, where the engine can only ask, whether an abandoned worker is back."""
@@ -125,7 +126,7 @@ class _Request:
 
     def replace(self, h, why: Optional[str] = None) -> None:
         try:
-            fresh = self.engine.replace(h, why) if why else self.engine.replace(h)
+            fresh = self.engine.replace(h, why)
         except Exception as exc:  # noqa: BLE001 - a failure of that worker
             self.waiting.pop(h.pid, None)
             self.results[h.pid] = Failed(h.pid, f"could not be restarted: {exc}", None,

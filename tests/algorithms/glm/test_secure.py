@@ -59,6 +59,19 @@ def test_secure_fits_equal_the_plain_fits(case, method, glm_cluster):
     assert_same_fit(plain, masked)
 
 
+def _count_site_sums(monkeypatch) -> list:
+    """The methods of the `SiteSum` passes glm.fit makes from here on, in order."""
+    sums = []
+
+    class Counted(secure.SiteSum):
+        def __init__(self, method, *args, **kw):
+            sums.append(method)
+            super().__init__(method, *args, **kw)
+
+    monkeypatch.setattr(fit_module, "SiteSum", Counted)
+    return sums
+
+
 class NoSaturated(FisherScoring):
     """Fisher scoring that never asks for the saturated log-likelihood."""
 
@@ -70,14 +83,7 @@ class NoSaturated(FisherScoring):
 def test_the_log_likelihood_needs_no_pass_of_its_own(case, glm_cluster, monkeypatch):
     """Binomial and Poisson: the saturated log-likelihood comes masked with the first
     round, so the secure fit makes no log-likelihood pass over the rows; its llf is R's."""
-    sums = []
-
-    class Counted(secure.SiteSum):
-        def __init__(self, method, *args, **kw):
-            sums.append(method)
-            super().__init__(method, *args, **kw)
-
-    monkeypatch.setattr(fit_module, "SiteSum", Counted)
+    sums = _count_site_sums(monkeypatch)
     data, formula, family, link = CASES[case]
     plain = glm.fit(formula, v6_sites(data), family=family, cluster=glm_cluster)
     masked = glm.fit(formula, v6_sites(data), family=family, secure=True, cluster=glm_cluster)
@@ -221,14 +227,7 @@ def test_a_site_dying_in_the_first_round_leaves_the_others_log_likelihood(monkey
     the others carries theirs, and llf is the three sites' own, with no pass of its own."""
     monkeypatch.setenv("GLM_MAX_PCT_VARS_VS_OBS", "100")  # site b's half: 32 rows
     monkeypatch.setattr(fit_module, "SecureAggregation", DiesInRound1)
-    sums = []
-
-    class Counted(secure.SiteSum):
-        def __init__(self, method, *args, **kw):
-            sums.append(method)
-            super().__init__(method, *args, **kw)
-
-    monkeypatch.setattr(fit_module, "SiteSum", Counted)
+    sums = _count_site_sums(monkeypatch)
     _, formula, family, _ = CASES["poisson"]
     a, b, c = read(v6_sites("poisson"))
     sites = {"a": a, "b": b.iloc[::2], "c": c, "d": b.iloc[1::2]}
