@@ -19,8 +19,9 @@ Architecture, from the user's code down::
     engines                aia.memory (InMemoryCluster); aia.local (+ local_handle,
           |                local_run, local_stop, poller, _worker); aia.ray_cluster (+
           |                ray_actor, ray_connect, ray_run); aia.folder (central, site,
-          |                registry); aia.shield (clean-up through a Ctrl-C)
-    transport              aia.transport (frames), aia.arena (shared memory),
+          |                registry; a site's runs are WorkerStates); aia.shield (clean-up through a Ctrl-C)
+    transport              aia.transport (channels: sending), aia.receive (receiving),
+                           aia.frames (the frame, pickling), aia.arena (shared memory),
                            aia.interrupts (Ctrl-C and channels), aia.folder.codec/layout
 
 `aia` imports nothing from the applications built on it (`algorithms`): the algorithms a

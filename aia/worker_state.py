@@ -13,8 +13,9 @@ its transitions; the engines add only how messages reach it:
     store(id, make) / apply(id, fn) / set(id, obj) / free(id)
                                      the distributed objects
 
-Local worker processes (`aia._worker`), Ray actors (`aia.ray_cluster`) and the in-memory
-engine (`aia.memory`) each wrap one. `remote_error` is how any worker reports an exception
+Local worker processes (`aia._worker`), Ray actors (`aia.ray_actor`), the in-memory
+engine (`aia.memory`) and each run of a folder site (`aia.folder.site`, which enters an
+algorithm it built itself: `enter`) each wrap one. `remote_error` is how any worker reports an exception
 (as text, so that every exception reaches the central) and `limit_blas` how it caps its
 BLAS threads.
 """
@@ -57,7 +58,12 @@ class WorkerState:
     def setup(self, run: int, algorithm: bytes, problem: Any) -> bool:
         """Set up ``run``: load the algorithm and build (or look up) the problem."""
         self.begin(run)
-        self.algorithm, self.problem = load_run(self.pid, self.objects, algorithm, problem)
+        return self.enter(run, *load_run(self.pid, self.objects, algorithm, problem))
+
+    def enter(self, run: Any, algorithm: Any, problem: Any) -> bool:
+        """Set up ``run`` with an algorithm and a problem already built (a folder site
+        builds its algorithm from its own registry, by name, and loads its own data)."""
+        self.run, self.algorithm, self.problem = run, algorithm, problem
         return True
 
     def answer(self, run: int, query: Any) -> Any:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..worker_state import remote_error
+from ..worker_state import WorkerState, remote_error
 from . import codec, registry
 from .central import as_key
 from .layout import QUERY, Reader, Session, check_name, sessions
@@ -63,8 +63,9 @@ def serve(folder: Union[str, Path], site: str, data: Union[None, str, Path] = No
 
 @dataclass
 class _RunState:
-    algorithm: Any = None
-    problem: Any = None
+    """What a site knows of one run; ``worker`` holds the run's algorithm and problem (the
+    worker's side, as every engine's worker holds it), None until set up here."""
+    worker: Optional[WorkerState] = None
     mine: bool = True  # False: the run does not name this site
     ended: bool = False  # its end.json exists (a central that starts again may remove it)
     failed: bool = False
@@ -271,7 +272,7 @@ class _Server:
                 st.ended = True
             return
         if st is not None and st.ended:  # reopened by a central that started again
-            if st.algorithm is None:
+            if st.worker is None:
                 st = None  # never set up here (or its set-up failed): try now
             else:
                 st.ended = False  # go on with this site's copy of the algorithm
@@ -324,9 +325,10 @@ class _Server:
             except KeyError:
                 raise LookupError(f"algorithm {name!r} is not installed at site "
                                   f"{self.site}") from None
-            st.algorithm = entry.make(params)
-            st.problem = self.problem(entry)
-            self.enter_run(st.problem, run)
+            worker = WorkerState(self.site)
+            worker.enter(run, entry.make(params), self.problem(entry))
+            self.enter_run(worker.problem, run)
+            st.worker = worker
         except Exception as exc:
             log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
             status = {"state": "failed", "error": _error(exc), "attempt": self.attempt,
@@ -412,7 +414,7 @@ class _Server:
                                                f"{failure}"), with_traceback=False)}
         else:
             try:
-                body = {"answer": st.algorithm.answer(query, st.problem)}
+                body = {"answer": st.worker.answer(where["run"], query)}
             except Exception as exc:
                 log.warning("site %s: the answer to query %s raised %s: %s", self.site,
                             where["iteration"], type(exc).__name__, exc)

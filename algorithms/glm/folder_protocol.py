@@ -28,7 +28,7 @@ from .design import Design
 from .families import LINKS, NEGATIVE_BINOMIAL
 from .fisher import FisherScoring
 from .glmnet import GlmnetRun
-from .glmnet_path import Ask, Moments, PathSpec, Sums
+from .glmnet_messages import Ask, Moments, PathSpec, Sums
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, Heldout
 from .gradient import GradientDescent, GradientQuery, Score
 from .guards import Guards

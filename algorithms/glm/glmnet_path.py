@@ -23,6 +23,9 @@ intercept unpenalised. As glmnet does, the gaussian response is scaled by its we
 standard deviation ``ys`` before the fit, so that its ridge term is ``(1 - alpha) / (2 ys)``
 times the above (glmnet's documented behaviour; the lasso part is unaffected).
 
+The messages are `algorithms.glm.glmnet_messages`', the penalised least squares of one fit
+`algorithms.glm.glmnet_problem`'s.
+
 The default path is glmnet's: ``lambda_max`` (the smallest lambda at which every penalised
 coefficient is 0, at ``max(alpha, 1e-3)``) down to ``lambda_min_ratio * lambda_max`` in
 ``nlambda`` geometric steps, stopped early as glmnet stops it (after 5 lambdas, when the
@@ -31,12 +34,12 @@ fraction of deviance explained passes 0.999 or stops moving by 1e-5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Generator, Optional, Sequence
 
 import numpy as np
 
-from .coordinate_descent import elastic_net
+from .glmnet_messages import Ask, Moments, PathResult, PathSpec, Sums
+from .glmnet_problem import PenalisedProblem
 
 #: glmnet.control() defaults.
 FDEV, DEVMAX, EPS, MNLAM = 1e-5, 0.999, 1e-6, 5
@@ -48,198 +51,6 @@ class GlmnetConvergenceError(RuntimeError):
     """The IRLS loop at one lambda did not settle."""
 
 
-@dataclass
-class Moments:
-    """Prior-weighted sums over a fit's rows, with ``z0 = y - offset``: sum w, X'w, X'WX,
-    X'W z0, z0'W z0, sum w y, and the row counts (all rows, and rows of positive weight)."""
-
-    sum_w: float
-    xw: np.ndarray
-    xwx: np.ndarray
-    xwz: np.ndarray
-    zwz: float
-    sum_wy: float
-    nobs: int
-    n_ok: int
-
-    def __add__(self, other: "Moments") -> "Moments":
-        return Moments(*(a + b for a, b in zip(self._values(), other._values())))
-
-    def __sub__(self, other: "Moments") -> "Moments":
-        return Moments(*(a - b for a, b in zip(self._values(), other._values())))
-
-    def _values(self) -> tuple:
-        return (self.sum_w, self.xw, self.xwx, self.xwz, self.zwz, self.sum_wy, self.nobs,
-                self.n_ok)
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What one fit needs from the sites in one round: the IRLS sums at ``beta`` (None:
-    none) and the deviance at each of ``deviance_at`` (earlier solutions; one product with
-    the rows each, against the two of the gram: it saves the round at each solution)."""
-
-    beta: Optional[np.ndarray]
-    deviance_at: tuple = ()
-    columns: Optional[tuple] = None  # the gram's columns (the strong set); None: all
-
-
-@dataclass
-class Sums:
-    """IRLS sums at one set of coefficients over a fit's rows (``valid`` False when the
-    coefficients give fitted values outside the family's range), and the deviances at the
-    `Ask`'s ``deviance_at`` (nan where invalid)."""
-
-    xtwx: Optional[np.ndarray]
-    xtwz: Optional[np.ndarray]
-    deviance: float
-    valid: bool = True
-    deviances: tuple = ()
-    score: Optional[np.ndarray] = None  # X'W(z - eta), every column (the KKT check)
-
-    def __add__(self, other: "Sums") -> "Sums":
-        valid = self.valid and other.valid
-        both = valid and self.xtwx is not None and other.xtwx is not None
-        return Sums(self.xtwx + other.xtwx if both else None,
-                    self.xtwz + other.xtwz if both else None,
-                    self.deviance + other.deviance, valid,
-                    tuple(a + b for a, b in zip(self.deviances, other.deviances)),
-                    self.score + other.score if both else None)
-
-
-@dataclass(frozen=True)
-class PathSpec:
-    """What one path fit needs besides the data: see `algorithms.glm.glmnet.glmnet`."""
-
-    family: str
-    columns: tuple
-    alpha: float = 1.0
-    penalty_factor: Optional[tuple] = None  # one per column; the intercept's is ignored
-    lambdas: Optional[tuple] = None  # a user path (decreasing), or None: glmnet's default
-    nlambda: int = 100
-    lambda_min_ratio: Optional[float] = None
-    standardize: bool = True
-    intercept: bool = True
-    tol: float = 1e-7
-    max_iter: int = 100_000
-
-    @property
-    def intercept_index(self) -> Optional[int]:
-        return self.columns.index("Intercept") if self.intercept and \
-            "Intercept" in self.columns else None
-
-    @property
-    def predictors(self) -> np.ndarray:
-        return np.array([j for j, c in enumerate(self.columns) if c != "Intercept"])
-
-
-@dataclass
-class PathResult:
-    """One fitted path: ``lambdas`` (decreasing), ``betas`` (one row per lambda, one column
-    per design column, original scale), ``dev_ratio``, ``null_deviance``, ``rounds`` (IRLS
-    rounds of site sums at each lambda) and the standardisation used."""
-
-    lambdas: np.ndarray
-    betas: np.ndarray
-    dev_ratio: np.ndarray
-    null_deviance: float
-    rounds: np.ndarray
-    xs: np.ndarray = field(repr=False, default=None)
-    passes: int = 0
-
-
-class _Problem:
-    """The standardisation and penalties of one fit, and its weighted least squares."""
-
-    def __init__(self, spec: PathSpec, moments: Moments):
-        self.spec = spec
-        self.sw = moments.sum_w
-        self.ic = spec.intercept_index
-        self.pred = spec.predictors
-        m = moments
-        xm = m.xw[self.pred] / m.sum_w
-        var = np.diag(m.xwx)[self.pred] / m.sum_w - xm ** 2
-        # glmnet drops constant columns (chkvars); relative to the column's size
-        scale2 = np.diag(m.xwx)[self.pred] / m.sum_w
-        self.exclude = ~(var > 1e-13 * np.maximum(scale2, 1e-300))
-        self.xs = np.where(spec.standardize & ~self.exclude, np.sqrt(np.abs(var)), 1.0)
-        pf = np.ones(len(self.pred)) if spec.penalty_factor is None else \
-            np.asarray(spec.penalty_factor, float)[self.pred]
-        pf = np.maximum(pf, 0.0)
-        total = pf[~self.exclude].sum()
-        # glmnet rescales the penalty factors to sum to the number of predictors
-        self.pf = pf * (len(self.pred) / total) if total > 0 else pf
-        self.ridge_scale = 1.0  # gaussian: 1 / ys (set by path_fit)
-
-    def penalties(self, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        a = self.spec.alpha
-        if np.isinf(lam):  # glmnet's first point ("big"): only unpenalised columns move
-            l1 = np.where(self.pf > 0, np.inf, 0.0)
-            return l1, np.zeros_like(self.pf)
-        return lam * a * self.pf, lam * (1 - a) * self.pf * self.ridge_scale
-
-    def reduced(self, G: np.ndarray, c: np.ndarray) -> tuple:
-        """``(A, r)`` of the predictors on the standardised scale, the intercept eliminated
-        (it is unpenalised: its optimum given the others is closed form), over sum w."""
-        p, ic = self.pred, self.ic
-        d = 1.0 / self.xs
-        A = G[np.ix_(p, p)] * d[:, None] * d[None, :]
-        r = c[p] * d
-        if ic is not None:
-            g0 = G[ic, p] * d
-            A = A - np.outer(g0, g0) / G[ic, ic]
-            r = r - g0 * c[ic] / G[ic, ic]
-        return A / self.sw, r / self.sw
-
-    def gradient(self, G, c, beta) -> np.ndarray:
-        """The standardised gradient of the quadratic at ``beta`` (the score there)."""
-        A, r = self.reduced(G, c)
-        return r - A @ (beta[self.pred] * self.xs)
-
-    def solve(self, G, c, lam, beta, thr, outside=None) -> tuple[np.ndarray, int]:
-        """The penalised weighted least squares at ``lam`` from warm start ``beta``;
-        ``outside``: predictors held at 0 (not in the strong set: their gram is not sent)."""
-        A, r = self.reduced(G, c)
-        l1, l2 = self.penalties(lam)
-        held = self.exclude if outside is None else self.exclude | outside
-        b, passes = elastic_net(A, r, l1, l2, beta[self.pred] * self.xs, thr,
-                                self.spec.max_iter, held)
-        out = np.zeros(len(self.spec.columns))
-        out[self.pred] = b / self.xs
-        if self.ic is not None:
-            p = self.pred
-            out[self.ic] = (c[self.ic] - G[self.ic, p] @ out[p]) / G[self.ic, self.ic]
-        return out, passes
-
-    def score_gradient(self, score: np.ndarray) -> np.ndarray:
-        """The standardised gradient of the likelihood part of the objective from the
-        sites' score X'W(z - eta) (at the intercept's optimum, as `gradient`)."""
-        return score[self.pred] / (self.xs * self.sw)
-
-    def strong(self, gradient: np.ndarray, lam: float, previous: float) -> np.ndarray:
-        """glmnet's sequential strong rule: the predictors that may be nonzero at ``lam``
-        (``|g_j| >= alpha pf_j (2 lam - previous)``), the unpenalised ones always."""
-        cut = self.spec.alpha * self.pf * (2 * lam - previous)
-        return ~self.exclude & ((self.pf == 0) | (np.abs(gradient) >= cut))
-
-    def violations(self, gradient: np.ndarray, lam: float, outside: np.ndarray) -> np.ndarray:
-        """The KKT check of the predictors held at 0: ``|g_j| > alpha lam pf_j``."""
-        return outside & ~self.exclude & (np.abs(gradient) > self.spec.alpha * lam * self.pf)
-
-    def change(self, G, new, old) -> float:
-        """glmnet's IRLS criterion: the largest weighted squared change of a coordinate
-        (standardised; the intercept as the one of W-centred columns)."""
-        d = new - old
-        A, _ = self.reduced(G, np.zeros(len(d)))
-        ds = d[self.pred] * self.xs
-        largest = float(np.max(np.diag(A) * ds ** 2)) if len(ds) else 0.0
-        if self.ic is not None:
-            ic, p = self.ic, self.pred
-            centred = d[ic] + G[ic, p] @ d[p] / G[ic, ic]
-            largest = max(largest, G[ic, ic] / self.sw * centred ** 2)
-        return largest
-
-
 def default_lambda_min_ratio(nobs: int, nvars: int) -> float:
     """glmnet: 1e-4 when there are more rows than predictors, else 0.01."""
     return 0.01 if nobs < nvars else 1e-4
@@ -249,13 +60,13 @@ def path_fit(spec: PathSpec, moments: Moments, start: Optional[np.ndarray] = Non
              ) -> Generator[Ask, Sums, PathResult]:
     """The path of one fit (see the module docstring): yields `Ask`s, is sent the
     `Sums` at them, returns the `PathResult`. ``start`` warm-starts a user path."""
-    prob = _Problem(spec, moments)
+    prob = PenalisedProblem(spec, moments)
     if spec.family == "gaussian":
         return _gaussian_path(spec, prob, moments, start)
     return (yield from _irls_path(spec, prob, moments, start))
 
 
-def _lambda_sequence(spec: PathSpec, prob: _Problem, gradient: Optional[np.ndarray],
+def _lambda_sequence(spec: PathSpec, prob: PenalisedProblem, gradient: Optional[np.ndarray],
                      nobs: int):
     """glmnet's lambdas: user ones as given; else inf first (reported as lambda_max), then
     lambda_max * alf^m, lambda_max from the gradient at the first point (the fit of the
@@ -305,7 +116,7 @@ def _report_lambdas(lambdas: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gaussian_path(spec, prob: _Problem, m: Moments, start) -> PathResult:
+def _gaussian_path(spec, prob: PenalisedProblem, m: Moments, start) -> PathResult:
     G, c, zwz, sw = m.xwx, m.xwz, m.zwz, m.sum_w
     ic = prob.ic
     null = np.zeros(len(spec.columns))
@@ -344,7 +155,7 @@ def _link(family: str, mean: float) -> float:
     return np.log(mean / (1 - mean)) if family == "binomial" else np.log(mean)
 
 
-def _irls_path(spec, prob: _Problem, m: Moments, start):
+def _irls_path(spec, prob: PenalisedProblem, m: Moments, start):
     """Binomial and Poisson: the intercept-only fit, then the path (see module docstring).
 
     Rounds: each IRLS iteration at a lambda is one round (the sums at its new coefficients).
@@ -453,7 +264,7 @@ class _StrongSet:
     it in when it must move. On 1M rows x 50 predictors the gram is most of a site's time
     (n q^2 for q columns): the strong set averages far fewer than 50 columns along a path."""
 
-    def __init__(self, prob: _Problem):
+    def __init__(self, prob: PenalisedProblem):
         self.prob = prob
         self.have: Optional[np.ndarray] = None  # the predictors of the sums in hand; None: all
         self.want: Optional[np.ndarray] = None  # those of the next ask
@@ -521,7 +332,7 @@ class _Found:
                 return
 
 
-def default_is_null(prob: _Problem) -> bool:
+def default_is_null(prob: PenalisedProblem) -> bool:
     """Every kept predictor is penalised: glmnet's first point is the intercept-only fit."""
     return bool((prob.pf[~prob.exclude] > 0).all())
 

@@ -13,7 +13,8 @@ from aia.algorithm import AbstractAlgorithm
 
 from .base import _HOLD_MAX, _HOLD_START, DesignMismatchError
 from .design import Design
-from .glmnet_path import PathResult, PathSpec, Sums, interpolate, path_fit
+from .glmnet_messages import PathResult, PathSpec, Sums
+from .glmnet_path import interpolate, path_fit
 from .glmnet_site import Folds, GlmnetAnswer, GlmnetQuery, glmnet_answer
 from .site import SiteGroup
 

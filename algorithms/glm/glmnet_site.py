@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from scipy.linalg.blas import daxpy, dsyrk
 
 from . import disclosure
 from .guards import ENVIRONMENT, PrivacyError
-from .glmnet_path import Ask, Moments, Sums
+from .glmnet_messages import Ask, Moments, Sums
 from .linalg import weighted_sums
 from .site import Site, _guarded
 

@@ -30,7 +30,7 @@ LAYOUTS = {
     "Score": (("score", 1, False), ("deviance", 0, False)),
     "Total": (("value", 0, False),),
     "Totals": (("values", "v", False),),  # several numbers (glm.nb's theta sums)
-    # the parts of a glmnet answer (`algorithms.glm.glmnet_path`)
+    # the parts of a glmnet answer (`algorithms.glm.glmnet_messages`)
     "Moments": (("sum_w", 0, False), ("xw", 1, False), ("xwx", 2, False), ("xwz", 1, False),
                 ("zwz", 0, False), ("sum_wy", 0, False), ("nobs", 0, True), ("n_ok", 0, True)),
     # binomial and Poisson rounds: "v" is a variable length (`_lengths`), sent in clear
@@ -183,7 +183,7 @@ def _unpack(first: Any, values: np.ndarray, absent: set) -> Any:
                 out[field] = int(round(chunk[0])) if integer else float(chunk[0])
         rebuilt.append((fit, kind, out))
     if first.kind in MULTIPART:
-        from .glmnet_path import Moments, Sums
+        from .glmnet_messages import Moments, Sums
         from .glmnet_site import GlmnetAnswer, Heldout
 
         classes = {"Moments": Moments, "Sums": Sums, "Heldout": Heldout}
@@ -205,7 +205,7 @@ def _flags(a: Any) -> Any:
     from .gradient import Score
 
     if a.kind in MULTIPART:
-        from .glmnet_path import Sums
+        from .glmnet_messages import Sums
         from .glmnet_site import GlmnetAnswer
 
         if any(n for _, _, n in a.lengths):
