@@ -7,7 +7,8 @@ extra), sites sharing a folder (`FolderCluster`), or objects in this process
 
 Architecture, from the user's code down::
 
-    algorithm protocol     aia.algorithm (AbstractAlgorithm), aia.wrappers
+    algorithm protocol     aia.algorithm (AbstractAlgorithm), aia.wrappers (+ averaging,
+          |                wrapper_base)
           |
     run and recording      aia.run (start: the central loop), aia.recording, aia.history,
           |                aia.progress, aia.checks (argument checks)
@@ -18,8 +19,9 @@ Architecture, from the user's code down::
           |                aia.requests (one request loop: set-up bounds, replacement)
     engines                aia.memory (InMemoryCluster); aia.local (+ local_handle,
           |                local_run, local_stop, poller, _worker); aia.ray_cluster (+
-          |                ray_actor, ray_connect, ray_run); aia.folder (central, site,
-          |                registry; a site's runs are WorkerStates); aia.shield (clean-up through a Ctrl-C)
+          |                ray_actor, ray_connect, ray_handle, ray_run); aia.folder
+          |                (central, folder_run, site: its runs are WorkerStates,
+          |                registry); aia.shield (clean-up through a Ctrl-C)
     transport              aia.transport (channels: sending), aia.receive (receiving),
                            aia.frames (the frame, pickling), aia.arena (shared memory),
                            aia.interrupts (Ctrl-C and channels), aia.folder.codec/layout

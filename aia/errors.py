@@ -31,6 +31,7 @@ unchanged after the workers are shut down; they carry the history recorded so fa
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -47,11 +48,18 @@ class Failure:
     iteration: int
     cause: str
     traceback: Optional[str] = None
-    pid: Optional[int] = None  # the operating-system process id, where there is one
+    os_pid: Optional[int] = None  # the operating-system process id, where there is one
     exitcode: Optional[int] = None
 
+    @property
+    def pid(self) -> Optional[int]:
+        """Deprecated: ``os_pid`` (a ``pid`` is a worker id in aia, as in ``start(pids=)``)."""
+        warnings.warn("Failure.pid is deprecated: use os_pid (the worker's id is worker)",
+                      DeprecationWarning, stacklevel=2)
+        return self.os_pid
+
     def __str__(self) -> str:
-        where = f"worker {self.worker}" + (f" (pid {self.pid})" if self.pid else "")
+        where = f"worker {self.worker}" + (f" (process {self.os_pid})" if self.os_pid else "")
         return f"{where} at iteration {self.iteration}: {self.cause}"
 
 
@@ -75,7 +83,7 @@ class RemoteError(Exception):
 class WorkerFailedError(RuntimeError):
     """A worker failed and the run could not tolerate it.
 
-    Attributes: ``worker`` (its id), ``pid`` (its process id, where there is one),
+    Attributes: ``worker`` (its id), ``os_pid`` (its process id, where there is one),
     ``exitcode`` (for a process that died), ``iteration``, ``traceback`` (the remote
     traceback as text, for an exception), ``failures`` (every failure of the run so far, this
     one last) and ``history`` (the `aia.History` recorded before the failure).
@@ -83,7 +91,7 @@ class WorkerFailedError(RuntimeError):
 
     def __init__(self, failure: Failure, failures: list, history=None, hint: str = ""):
         self.worker = failure.worker
-        self.pid = failure.pid
+        self.os_pid = failure.os_pid
         self.exitcode = failure.exitcode
         self.iteration = failure.iteration
         self.traceback = failure.traceback
@@ -97,6 +105,13 @@ class WorkerFailedError(RuntimeError):
         if failure.traceback:
             message += f"\n\nRemote traceback:\n{failure.traceback}"
         super().__init__(message)
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Deprecated: ``os_pid`` (a ``pid`` is a worker id in aia, as in ``start(pids=)``)."""
+        warnings.warn("WorkerFailedError.pid is deprecated: use os_pid (the worker's id is "
+                      "worker)", DeprecationWarning, stacklevel=2)
+        return self.os_pid
 
 
 def attach_history(exc: BaseException, history) -> None:

@@ -234,7 +234,7 @@ def load_history(path) -> History:
     h.timestamps = list(doc["timestamps"])
     h.answer_count = {_decode(w, arrays): n for w, n in doc["answer_count"]}
     h.staleness = {_decode(w, arrays): list(v) for w, v in doc["staleness"]}
-    h.failures = [Failure(**f) for f in doc["failures"]]
+    h.failures = [Failure(**_renamed(f)) for f in doc["failures"]]
     h.add_report({k: _decode(v, arrays) for k, v in doc["report"].items()})
     return h
 
@@ -304,6 +304,13 @@ def _decode(spec, arrays: dict):
     if tag == "complex":
         return complex(*body)
     raise ValueError(f"history file: unknown tag {tag!r}")
+
+
+def _renamed(fields: dict) -> dict:
+    """A failure's fields as saved by an earlier version (``pid``: now ``os_pid``)."""
+    if "pid" in fields and "os_pid" not in fields:
+        fields = {("os_pid" if k == "pid" else k): v for k, v in fields.items()}
+    return fields
 
 
 def _encode_failure(failure) -> dict:

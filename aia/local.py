@@ -149,7 +149,7 @@ class LocalCluster(Cluster, ObjectStore):
         """Stop a worker that is stuck (it ignored the interrupt of an ended run) or whose
         channel is torn, and start a fresh one in its slot. Its distributed objects are lost
         (see `generation`)."""
-        log.warning("aia: worker %d (pid %s) %s; restarting it (its distributed objects are "
+        log.warning("aia: worker %d (process %s) %s; restarting it (its distributed objects are "
                     "lost)", h.pid, h.os_pid, why)
         _stop([h], grace=0.0)
         _worker.central_sockets.discard(h.channel.sock)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import time
 import uuid
 import weakref
 from typing import Any, Optional, Sequence
@@ -53,8 +52,9 @@ from typing import Any, Optional, Sequence
 from . import requests
 from .ray_actor import _import_ray, _remote_worker, _unpack
 from .ray_connect import _connect, _release
+from .ray_handle import Actor, RayRequest, call_event, summary
 from .ray_run import BROADCAST_PUT, RayRun
-from .cluster import Answer, Cluster, Failed, ObjectStore, WorkerClock, raise_failures
+from .cluster import Cluster, Failed, ObjectStore, raise_failures
 from .shield import SHIELD as _SHIELD
 
 log = logging.getLogger("aia")
@@ -64,39 +64,6 @@ PING_TIMEOUT = 0.2  # seconds `alive` waits for the actors' replies
 STOP_TIMEOUT = 10.0  # seconds `close` waits for killed actors to be reported dead
 
 _clusters: "weakref.WeakSet[RayCluster]" = weakref.WeakSet()
-
-
-class _Actor(WorkerClock):
-    """The central's view of one actor."""
-
-    def __init__(self, pid: int, handle, name: str, generation: int = 0):
-        self.pid = pid
-        self.handle = handle
-        self.name = name
-        self.generation = generation
-        self.os_pid: Optional[int] = None
-        self.ip: Optional[str] = None
-        self.host: Optional[str] = None
-        self.node_id: Optional[str] = None
-        self.dead = False
-        # abandoned: (answer ref, when) of an ended run still answering when the run ended.
-        WorkerClock.__init__(self)
-
-    def stuck(self, ray, now: float) -> Optional[bool]:
-        """None: not busy with an ended run; False: still within its patience (or back from
-        that answer, which clears it); True: out of patience."""
-        if self.abandoned is None:
-            return None
-        if ray.wait([self.abandoned[0]], timeout=0)[0]:
-            self.abandoned = None
-            return None
-        return now >= self.give_up_at()
-
-    def where(self) -> str:
-        place = f"pid {self.os_pid}" if self.os_pid else "pid unknown"
-        if self.ip:
-            place += f" on {self.host} ({self.ip})" if self.host else f" on {self.ip}"
-        return f"Ray actor {self.name}, {place}"
 
 
 class RayCluster(Cluster, ObjectStore):
@@ -137,7 +104,7 @@ class RayCluster(Cluster, ObjectStore):
                              "must be unique); leave out 'name'")
         ray = _import_ray()
         self._ray = ray
-        self._actors: dict[int, _Actor] = {}
+        self._actors: dict[int, Actor] = {}
         self._ids = itertools.count(1)
         self._closed = False
         self._connection: Optional[int] = None
@@ -167,10 +134,10 @@ class RayCluster(Cluster, ObjectStore):
         log.debug("started %d Ray actors on %d node(s)", n,
                   len({a.node_id for a in self._actors.values()}))
 
-    def _spawn(self, pid: int, generation: int = 0) -> _Actor:
+    def _spawn(self, pid: int, generation: int = 0) -> Actor:
         name = f"aia-{self._tag}-worker-{pid}" + (f"-{generation}" if generation else "")
         handle = _remote_worker().options(name=name, **self._options).remote(pid)
-        return _Actor(pid, handle, name, generation)
+        return Actor(pid, handle, name, generation)
 
     def _await_started(self, actors: list) -> None:
         """Wait for the actors to be placed and up; learn where they run."""
@@ -189,12 +156,12 @@ class RayCluster(Cluster, ObjectStore):
                 info = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 raise RuntimeError(f"worker {actor.pid} failed to start: "
-                                   f"{_summary(exc)}") from None
+                                   f"{summary(exc)}") from None
             actor.os_pid, actor.ip = info["os_pid"], info["ip"]
             actor.host, actor.node_id = info["host"], info["node_id"]
 
-    def _replace(self, old: _Actor, why: str = "is still busy with an answer of an ended "
-                 "run") -> _Actor:
+    def _replace(self, old: Actor, why: str = "is still busy with an answer of an ended "
+                 "run") -> Actor:
         """Kill an actor stuck in an ended run's answer (a running actor task cannot be
         interrupted), or one that failed (``replace_failed``), and start a fresh one in its
         slot. Its distributed objects are lost (see `generation`)."""
@@ -310,44 +277,14 @@ class RayCluster(Cluster, ObjectStore):
         return f"RayCluster({len(self._actors)} workers, {state}, {where})"
 
     # -- results of actor calls ---------------------------------------------------------------
-    def _actor(self, pid: int) -> _Actor:
+    def _actor(self, pid: int) -> Actor:
         if self._closed:
             raise RuntimeError("this RayCluster is closed")
         return self._actors[pid]
 
-    def _result(self, actor: _Actor, ref):
-        """The outcome of one actor call: ``("ok", value)``, a `Failed`, or None (the answer
-        of a run that has ended)."""
-        ray = self._ray
-        try:
-            tag, value = ray.get(ref)
-        except ray.exceptions.ActorDiedError as exc:
-            actor.dead = True
-            return Failed(actor.pid, f"its {actor.where()} died: {_summary(exc)}", None,
-                          actor.os_pid)
-        except ray.exceptions.RayActorError as exc:
-            return Failed(actor.pid, f"its {actor.where()} is unreachable: {_summary(exc)}",
-                          None, actor.os_pid)
-        except ray.exceptions.RayError as exc:
-            return Failed(actor.pid, f"its {actor.where()} lost a result: "
-                          f"{type(exc).__name__}: {_summary(exc)}", None, actor.os_pid)
-        if tag == "error":
-            return Failed.raised(actor.pid, value, actor.os_pid)
-        if tag == "stale":
-            return None
-        return "ok", value
-
-    def _event(self, actor: _Actor, ref):
-        """An `Answer` or a `Failed` (None: a stale answer)."""
-        result = self._result(actor, ref)
-        if not isinstance(result, tuple):
-            return result
-        try:
-            return Answer(actor.pid, _unpack(result[1]))
-        except Exception as exc:
-            return Failed(actor.pid, f"sent a message the central cannot unpickle "
-                          f"({type(exc).__name__}: {exc}); answers must be made of classes "
-                          f"importable on the central", None, actor.os_pid)
+    def _event(self, actor: Actor, ref):
+        """An `Answer` or a `Failed` of one actor call (None: a stale answer)."""
+        return call_event(self._ray, actor, ref)
 
     def _request(self, pids: Sequence[int], call, deadline: Optional[float] = None,
                  tolerate: Optional[int] = None) -> dict:
@@ -355,7 +292,7 @@ class RayCluster(Cluster, ObjectStore):
         by the rules of `aia.requests.request` (an actor still busy with the answer of an
         ended run gets its patience, then a fresh actor takes the call; with ``tolerate``,
         a set-up far slower than the others' fails)."""
-        return requests.request(_RayRequest(self, call), pids, deadline, tolerate)
+        return requests.request(RayRequest(self, call), pids, deadline, tolerate)
 
     # -- the Cluster interface --------------------------------------------------------------
     def open_run(self, algorithm: bytes, problem: tuple, pids: Sequence[int],
@@ -400,53 +337,6 @@ class RayCluster(Cluster, ObjectStore):
                     actor.handle.free.remote(obj_id)
                 except Exception:  # noqa: BLE001 - a finalizer: never raise
                     pass
-
-
-class _RayRequest(requests.Requester):
-    """An actor call on workers of a `RayCluster` (`aia.requests.request`)."""
-
-    def __init__(self, cluster: RayCluster, call):
-        self.cluster, self.call = cluster, call
-        self.pending: dict = {}  # pid -> the ref of its call
-
-    def prepare(self, pid: int) -> _Actor:
-        return self.cluster._actor(pid)
-
-    def dead(self, actor: _Actor) -> Optional[Failed]:
-        if not actor.dead:
-            return None
-        return Failed(actor.pid, f"its {actor.where()} is dead", None, actor.os_pid)
-
-    def post(self, actor: _Actor) -> Optional[Failed]:
-        self.pending[actor.pid] = (self.call(actor.handle), actor)
-        return None
-
-    def token(self, actor: _Actor):
-        return self.pending[actor.pid][0]
-
-    def collect(self, actors: list, limit: Optional[float]) -> list:
-        ray = self.cluster._ray
-        refs = {self.pending[a.pid][0]: a for a in actors}
-        timeout = None if limit is None else max(0.0, limit - time.monotonic())
-        ready, rest = ray.wait(list(refs), num_returns=1, timeout=timeout)
-        if ready and rest:  # and whatever else is in already
-            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        return [(refs[ref], self.cluster._result(refs[ref], ref)) for ref in ready]
-
-    def replace(self, actor: _Actor, why: Optional[str] = None) -> _Actor:
-        return self.cluster._replace(actor) if why is None else self.cluster._replace(actor, why)
-
-    def refresh(self, actor: _Actor) -> None:
-        actor.stuck(self.cluster._ray, time.monotonic())  # clears it once back
-
-
-def _summary(exc: BaseException) -> str:
-    """The gist of a Ray error: its message without the indented actor details."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    lines = [line for line in lines if line and not line.startswith(
-        ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:"))]
-    text = " ".join(lines[1:] if len(lines) > 1 else lines)
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @atexit.register

@@ -38,7 +38,8 @@ See `aia.folder.layout` for the files, `aia.folder.central` and `aia.folder.site
 side.
 """
 
-from .central import FolderCluster, FolderRun, SitesTimeoutError
+from .central import FolderCluster
+from .folder_run import FolderRun, SitesTimeoutError
 from .codec import Rejected
 from .registry import npz_problem, register, register_message
 from .site import serve

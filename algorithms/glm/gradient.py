@@ -7,7 +7,8 @@ coefficients. Only two rounds carry a p x p matrix: the first (the metric, below
 last (X'WX at the estimate, for the standard errors), so the fit returns the same results
 object as Fisher scoring, with the full coefficient table.
 
-Its messages are `gradient_messages`' and its asynchronous central `gradient_async`'.
+Its messages are `gradient_messages`', its synchronous step's metric and line search
+`gradient_linesearch`' and its asynchronous central `gradient_async`'.
 
 The method
 ----------
@@ -93,23 +94,20 @@ from collections import deque
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from scipy.linalg import cho_solve
 
 from .base import NonFiniteError, SiteAlgorithm
-from .gradient_async import MAX_INVALID, T_MIN, Asynchronous, _clip
+from .gradient_async import MAX_INVALID, T_MIN, Asynchronous
+from .gradient_linesearch import MEMORY, LineSearch
 from .gradient_messages import GradientQuery, Score, site_score
 from .linalg import factor, solve
 from .guards import ENVIRONMENT, PrivacyError
 from .messages import Contribution, Query, combine
 from .site import SiteGroup
 
-MEMORY = 10  # accepted deviances the non-monotone line search looks back on
-ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
-DEV_NOISE = 1e-12  # relative deviance change below which the score decides (rounding)
 MAX_ITER = 1000  # the default budget of gradient rounds
 
 
-class GradientDescent(Asynchronous, SiteAlgorithm):
+class GradientDescent(Asynchronous, LineSearch, SiteAlgorithm):
     """A GLM by preconditioned gradient descent, as an `aia` algorithm (see the module
     docstring). The arguments are `FisherScoring`'s: a `Design` (or a formula, family and
     link), ``n_sites`` (needed in asynchronous mode) and ``start``.
@@ -174,22 +172,6 @@ class GradientDescent(Asynchronous, SiteAlgorithm):
     def initialize(self, problem: Any) -> GradientQuery:
         self._reset()
         return GradientQuery(0, self.start, full=True)
-
-    def _minv(self, v: np.ndarray) -> np.ndarray:
-        """M^-1 v."""
-        L, s = self._factor
-        return s * cho_solve((L, True), s * v)
-
-    def _phi(self, deviance: float) -> float:
-        """The dispersion that puts the criteria in standard errors (deviance / df)."""
-        if not self.design.family.scale_estimated:
-            return 1.0
-        df = self.n_ok - len(self.column_names)
-        phi = deviance / df if df > 0 else float("nan")
-        return phi if np.isfinite(phi) and phi > 0 else 1.0
-
-    def _crit(self, quad: float, deviance: float) -> float:
-        return math.sqrt(max(quad, 0.0) / self._phi(deviance))
 
     def _setup(self, contribs: Sequence[Contribution]) -> Contribution:
         """The first round: columns, counts, null model, and the metric M = X'W0X."""
@@ -270,41 +252,6 @@ class GradientDescent(Asynchronous, SiteAlgorithm):
                 "link; supply starting values (start=...)")
         self._retreats += 1
         return self._score_query((beta + site.beta) / 2)
-
-    def _acceptable(self, U: np.ndarray, D: float) -> bool:
-        """The non-monotone Armijo test, or near the estimate the approximate one."""
-        if D <= max(self._recent) - 2 * ARMIJO * self._t * self._g2:
-            return True
-        noise = DEV_NOISE * (abs(self._D) + 0.1)
-        return D <= self._D + noise and float(U @ self._d) >= -0.8 * self._g2
-
-    def _accept(self, beta: np.ndarray, U: np.ndarray, D: float) -> None:
-        d = self._minv(U)
-        if self._x is not None:
-            s = beta - self._x
-            sy = float(s @ (self._U - U))
-            sms = float(s @ self._metric @ s)
-            self._t = _clip(sms / sy if sy > 0 and sms > 0 else 2 * self._t)
-            self.criterion_dev = abs(D - self._D) / (abs(D) + 0.1)
-        elif self._dev_hint is not None:
-            self.criterion_dev = abs(D - self._dev_hint) / (abs(D) + 0.1)
-        self._x, self._U, self._D, self._d = beta, U, D, d
-        self._g2 = float(U @ d)
-        self._recent.append(D)
-        self.beta, self.deviance = beta, D
-        self.criterion = self._crit(self._g2, D)
-
-    def _shrink(self, D: Optional[float]) -> None:
-        """A rejected step: a shorter one (quadratic interpolation of the deviance)."""
-        t = self._t
-        if D is None or not np.isfinite(D):
-            t_new = t / 4
-        else:
-            curvature = (D - self._D + 2 * t * self._g2) / t**2
-            t_new = self._g2 / curvature if curvature > 0 else t / 2
-            t_new = min(max(t_new, t / 10), t / 2)
-        self._t = max(t_new, T_MIN / 2)
-        self.rejections += 1
 
     def _next(self) -> GradientQuery:
         crit_dev = self.criterion_dev

@@ -42,8 +42,9 @@ will not do so again for another set of sites (below).
 only: the sums of two sets at the same coefficients would give, by difference, the sums of
 the sites in one and not the other (the sums of a site that "failed", or was left out).
 Each site keeps the set it unmasked for each coefficients it answered (across runs, for as
-long as its process lives; see `_ledger`) and refuses another. It also refuses a roster of fewer than 3 sites:
-with 2, the total minus its own sums is the other site's.
+long as its process lives; see `secure_guards.ledger_of`) and refuses another. It also
+refuses a roster of fewer than 3 sites: with 2, the total minus its own sums is the other
+site's.
 
 Threat model: an honest-but-curious central (it follows the protocol and tries to learn from
 what it sees) and sites that do not collude with it. Not protected: the pooled sums and the
@@ -67,15 +68,11 @@ an asynchronous central steps on each answer as it comes, none of which it can d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
-import weakref
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -90,6 +87,7 @@ from .secure_codec import (ENTRY_BYTES, FRACTION_BITS, KEY_BYTES, LAYOUTS, MIN_S
                            _parts_of, _unpack, decode, encode, entries, from_bytes, stream,
                            to_bytes)
 
+from .secure_guards import check_secure, ledger_of, query_key  # noqa: F401 (check_secure)
 from .secure_messages import KeyAnswer, MaskedAnswer, SecureQuery, Unmask
 from .secure_sum import SiteSum, SumQuery  # noqa: F401 (algorithms.glm.secure's names)
 
@@ -111,67 +109,6 @@ def _hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
 
 def _raw(public: X25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _query_key(design: Any, subset: Any, inner: Any) -> bytes:
-    """What identifies the coefficients of a query for the differencing guard: the model,
-    the subset of columns and the coefficients (None: R's starting values; glmnet's
-    ``betas``: every fit's). Not the kind of sums asked: a score at beta is
-    X'Wz - X'WX beta at beta."""
-    h = hashlib.sha256(repr((design.token, subset)).encode())
-    betas = getattr(inner, "betas", None)
-    pairs = [(None, getattr(inner, "beta", None))] if betas is None else list(betas)
-    if not pairs:
-        h.update(b"moments:" + repr(getattr(inner, "kind", None)).encode())
-    for fit, beta in pairs:
-        h.update(repr(fit).encode())
-        # glmnet's IRLS asks: the coefficients and the earlier solutions (not the columns:
-        # a strong set's sums are part of the full sums at the same coefficients)
-        at = [beta] if not hasattr(beta, "deviance_at") else [beta.beta, *beta.deviance_at]
-        for b in at:
-            h.update(b"none" if b is None else np.ascontiguousarray(b, dtype=float).tobytes())
-    return h.digest()
-
-
-#: Per site: query key -> the set of site names it revealed its self mask for. A site read
-#: from a file keeps its ledger for the life of the process that holds it (a worker serves
-#: many fits); a site given as a DataFrame, for the life of the `Site` object.
-_LEDGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_LEDGERS_BY_FILE: dict = {}
-
-
-def _ledger(site: Any) -> dict:
-    source = getattr(site, "source", None)
-    if isinstance(source, (str, Path)):
-        return _LEDGERS_BY_FILE.setdefault((site.name, str(Path(source).resolve())), {})
-    return _LEDGERS.setdefault(site, {})
-
-
-# -- checks before any process ---------------------------------------------------------------
-def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
-                 cov_type: str = "nonrobust", groups: Optional[str] = None) -> None:
-    """``secure=True``'s requirements, checked before any process starts."""
-    if cov_type == "cluster" and groups is not None:
-        raise ValueError("secure=True: cov_type='cluster' with groups sends each site's "
-                         "digests of its cluster ids (to refuse an id at two sites); expected "
-                         "cov_type 'nonrobust', 'HC0', 'HC1' or 'cluster' without groups "
-                         "(each site one cluster)")
-    if n_sites < MIN_SITES:
-        raise ValueError(f"secure=True: expected at least {MIN_SITES} sites, got {n_sites}: "
-                         "with 2, the pooled sums minus one site's own give the other's")
-    if n_sites - resilience < MIN_SITES:
-        raise ValueError(f"secure=True with resilience={resilience}: {n_sites} sites could "
-                         f"fall to {n_sites - resilience}, below the {MIN_SITES} the secure "
-                         "sums need")
-    if not synchronous:
-        raise ValueError("secure=True: expected synchronous=True; asynchronous mode is "
-                         "refused by design: the masks cancel only in the sum of every "
-                         "site's answer to the same query, so no single answer the "
-                         "asynchronous central steps on could be decoded")
-    if isinstance(cluster, str):
-        raise ValueError("secure=True: expected one worker per site (cluster=None, an int or "
-                         f"a cluster), got cluster={cluster!r}: sites in one process share "
-                         "their sums anyway")
 
 
 # -- the algorithm -----------------------------------------------------------------------------
@@ -263,7 +200,7 @@ class SecureAggregation(AbstractAlgorithm):
         own = stream(self._self_key(q.round), b"self", len(ring))
         ring = [(v + m) % MODULUS for v, m in zip(ring, own)]
         names = frozenset(name for name, _ in q.roster)
-        self._rounds[q.round] = (names, _query_key(self.inner.design,
+        self._rounds[q.round] = (names, query_key(self.inner.design,
                                                     getattr(self.inner, "_subset", None),
                                                     q.inner))
         return MaskedAnswer(**base, width=width, absent=absent, payload=to_bytes(ring))
@@ -279,7 +216,7 @@ class SecureAggregation(AbstractAlgorithm):
             raise SiteError(f"site {site.name}: refused to unmask a sum over {len(names)} sites")
         # The differencing guard (see the module docstring): the self mask is revealed for
         # one set of sites per coefficients, ever.
-        ledger = _ledger(site)
+        ledger = ledger_of(site)
         before = ledger.get(key)
         if before is not None and before != names:
             raise SiteError(

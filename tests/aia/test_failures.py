@@ -57,6 +57,22 @@ MODES = {"async": False, "sync": True}
 STOPAT = {"epoch": 10}
 
 
+def test_the_process_id_is_os_pid_and_pid_is_its_deprecated_name():
+    """A ``pid`` is a worker id in aia (``start(pids=)``, ``make_problem(pid)``); the process
+    id of a failed worker is ``os_pid``. The old name still reads it, with a warning."""
+    with aia.LocalCluster(2) as cluster:
+        os_pid = cluster.os_pids()[1]
+        with pytest.raises(aia.WorkerFailedError) as info:
+            aia.start(FailOnce("raise"), pid_problem, STOPAT, cluster=cluster, verbose=0)
+    exc = info.value
+    assert exc.worker == 1 and exc.os_pid == os_pid and exc.failures[0].os_pid == os_pid
+    assert f"worker 1 (process {os_pid})" in str(exc)
+    with pytest.warns(DeprecationWarning, match="os_pid"):
+        assert exc.pid == os_pid
+    with pytest.warns(DeprecationWarning, match="os_pid"):
+        assert exc.failures[0].pid == os_pid
+
+
 @pytest.mark.parametrize("resilience", [0, 1])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("how", list(CRASHES))
@@ -73,7 +89,7 @@ def test_crash_table(how, mode, resilience, caplog, no_leftover):
                           resilience=0, verbose=0)
             exc = info.value
             assert exc.worker == 1
-            assert exc.pid == os_pid
+            assert exc.os_pid == os_pid
             assert exc.exitcode == exitcode
             assert exc.iteration >= 2  # worker 1 answered twice before failing
             if synchronous:
@@ -100,7 +116,7 @@ def test_crash_table(how, mode, resilience, caplog, no_leftover):
             assert h.epochs[-1] == 10
             assert len(h.failures) == 1
             failure = h.failures[0]
-            assert failure.worker == 1 and failure.pid == os_pid
+            assert failure.worker == 1 and failure.os_pid == os_pid
             assert failure.exitcode == exitcode
             assert failure.iteration >= 2
             assert all(w in failure.cause for w in words[:1])

@@ -194,3 +194,26 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     h = aia.History()
     with pytest.raises(ImportError, match=r"pip install 'aia\[plot\]'"):
         h.plot()
+
+
+def test_a_file_of_an_earlier_version_names_the_process_pid(tmp_path):
+    """Files written before ``Failure.pid`` became ``os_pid`` still load, with the id."""
+    import json
+
+    from aia import history as history_module
+
+    h = aia.start(FailOnce("raise"), pid_problem, {"iteration": 20}, cluster=2,
+                  resilience=1, verbose=0)
+    path = tmp_path / "new.npz"
+    h.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    key = history_module._DOC
+    doc = json.loads(arrays[key].tobytes().decode("utf-8"))
+    for failure in doc["failures"]:
+        failure["pid"] = failure.pop("os_pid")
+    arrays[key] = np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8)
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    g = aia.load_history(old)
+    assert g.failures == h.failures and g.failures[0].os_pid == h.failures[0].os_pid > 0

@@ -366,7 +366,7 @@ def test_an_exception_in_answer_names_the_worker_with_its_traceback(runtime):
         aia.start(FailOnce("raise"), pid_problem, {"iteration": 100}, cluster=runtime,
                   verbose=0)
     err = info.value
-    assert err.worker == 1 and err.pid == runtime.os_pids()[1]
+    assert err.worker == 1 and err.os_pid == runtime.os_pids()[1]
     assert "FailureError: boom on worker 1" in str(err)
     assert "in _raise" in err.traceback
     assert isinstance(err.__cause__, aia.RemoteError)
@@ -427,7 +427,7 @@ def test_an_actor_that_dies_is_a_failure(runtime, how, synchronous):
         h = aia.start(KillDuringRun(how), pid_problem, {"iteration": 300}, cluster=cluster,
                       verbose=0, resilience=1, synchronous=synchronous)
         (failure,) = h.failures
-        assert failure.worker == 2 and failure.pid == cluster.os_pids()[2]
+        assert failure.worker == 2 and failure.os_pid == cluster.os_pids()[2]
         assert "Ray actor aia-" in failure.cause and "worker-2" in failure.cause
         assert "died" in failure.cause
         assert h.iterations[-1] == 300 and h.answer_count[1] > 0 and h.answer_count[3] > 0
@@ -447,7 +447,7 @@ def test_an_actor_that_exits_by_itself(runtime):
         with pytest.raises(aia.WorkerFailedError, match="worker 1 .* died") as info:
             aia.start(FailOnce("exit"), pid_problem, {"iteration": 100}, cluster=cluster,
                       verbose=0)
-        assert info.value.pid == cluster.os_pids()[1] and _gone(info.value.pid)
+        assert info.value.os_pid == cluster.os_pids()[1] and _gone(info.value.os_pid)
         assert cluster.alive() == [2]
         # An actor killed between runs: alive() pings it and finds out.
         ray.kill(cluster.actor(2))

@@ -64,7 +64,7 @@ def test_three_workers_killed_once_each_are_replaced(synchronous):
         assert sorted(f.worker for f in h.failures) == [1, 2, 3]
         assert all("SIGKILL" in f.cause or "killed" in f.cause or "signal 9" in f.cause
                    for f in h.failures), [f.cause for f in h.failures]
-        assert sorted(f.pid for f in h.failures) == sorted(pid for _, pid in alg.killed)
+        assert sorted(f.os_pid for f in h.failures) == sorted(pid for _, pid in alg.killed)
         assert h.iterations[-1] == 60
         assert cluster.alive() == [1, 2, 3], "three live workers at the end"
         fresh = cluster.os_pids()
