@@ -20,8 +20,8 @@ Architecture, from the user's code down::
     engines                aia.memory (InMemoryCluster); aia.local (+ local_handle,
           |                local_run, local_stop, poller, _worker); aia.ray_cluster (+
           |                ray_actor, ray_connect, ray_handle, ray_run); aia.folder
-          |                (central, folder_run, site: its runs are WorkerStates,
-          |                registry); aia.shield (clean-up through a Ctrl-C)
+          |                (central, folder_run, site, site_answers: a site's runs are
+          |                WorkerStates, registry); aia.shield (clean-up through a Ctrl-C)
     transport              aia.transport (channels: sending), aia.receive (receiving),
                            aia.frames (the frame, pickling), aia.arena (shared memory),
                            aia.interrupts (Ctrl-C and channels), aia.folder.codec/layout

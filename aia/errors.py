@@ -20,8 +20,9 @@ The tree of every exception `aia` raises to its user::
                                         link, a FIFO, a device, too large)
 
 Internal, never raised to the user (each engine turns them into failures): ChannelClosed
-(EOFError) and Undecodable of `aia.transport`, Stale of `aia.worker_state` (a query of an
-ended run), and Interrupted (a BaseException) in a local worker whose run ended.
+(EOFError) and Undecodable of `aia.frames` (both named by `aia.transport` too), Stale of
+`aia.worker_state` (a query of an ended run), and Interrupted (a BaseException) in a local
+worker whose run ended.
 
 Bad arguments are the standard ``TypeError`` / ``ValueError``, raised before any process
 starts. Exceptions raised in the central's own code (the central step, a hook) propagate

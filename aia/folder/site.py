@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..worker_state import WorkerState, remote_error
+from ..worker_state import WorkerState
 from . import codec, registry
 from .central import as_key
-from .layout import QUERY, Reader, Session, check_name, sessions
+from .layout import Reader, Session, check_name, sessions
+from .site_answers import Answering, error_body
 from .watch import Waiter
 
 log = logging.getLogger("aia.folder")
@@ -76,7 +77,7 @@ class _RunState:
     logged: float = field(default=0.0)
 
 
-class _Server:
+class _Server(Answering):
     def __init__(self, folder, site, data, session, poll, key, allow, min_sites, timeout,
                  max_bytes, stop, peers=None, loader_options=None, watch=True):
         self.folder = Path(folder).expanduser()
@@ -331,7 +332,7 @@ class _Server:
             st.worker = worker
         except Exception as exc:
             log.error("site %s: cannot take part in run %s (%s): %s", self.site, run, name, exc)
-            status = {"state": "failed", "error": _error(exc), "attempt": self.attempt,
+            status = {"state": "failed", "error": error_body(exc), "attempt": self.attempt,
                       "process": self.process}
             st = _RunState(failed=True)
         path = lay.status(run, self.site)
@@ -378,67 +379,3 @@ class _Server:
         hook = getattr(problem, "enter_run", None)
         if callable(hook):
             hook(self.layout.name, run)
-
-    def answer_latest(self, run: str, st: _RunState) -> None:
-        """Answer the run's latest valid query, unless it is answered already."""
-        lay = self.layout
-        for seq in lay.numbered(run, self.site, QUERY):
-            path = lay.query(run, self.site, seq)
-            sig = self.reader.signature(path)
-            if st.answered is not None and st.answered[0] == seq and st.answered_sig == sig:
-                return
-            where = self.where(run=run, site=self.site, iteration=seq)
-            try:
-                got = self.reader.read(path, {"kind": "query", **where}, undecodable=True)
-            except codec.Undecodable as exc:
-                got, failure = (exc.envelope, None), exc
-            else:
-                failure = None
-            if got is None:
-                continue  # rejected (or gone): the one before may be the valid latest
-            digest = got[0].get(self.field)
-            st.answered_sig = sig
-            if st.answered == (seq, digest):
-                return
-            old = self.reader.read(lay.answer(run, self.site, seq),
-                                   {"kind": "answer", **where})
-            if old is None or old[0].get("query") != digest:
-                self.reply(lay.answer(run, self.site, seq), where, digest, st, got[1], failure)
-            st.answered = (seq, digest)
-            return
-
-    def reply(self, path: Path, where: dict, digest: str, st: _RunState, query: Any,
-              failure: Optional[Exception]) -> None:
-        if failure is not None:
-            body = {"error": _error(ValueError(f"site {self.site} cannot read the query: "
-                                               f"{failure}"), with_traceback=False)}
-        else:
-            try:
-                body = {"answer": st.worker.answer(where["run"], query)}
-            except Exception as exc:
-                log.warning("site %s: the answer to query %s raised %s: %s", self.site,
-                            where["iteration"], type(exc).__name__, exc)
-                body = {"error": _error(exc)}
-        # No fsync (durable=False): an answer lost to a power cut, or torn (its digest
-        # fails), is answered again by this site once it runs again; see the central's
-        # queries.
-        try:
-            self.layout.write(path, "answer", where, body, self.key, extra={"query": digest},
-                              durable=False)
-        except TypeError as exc:  # an answer the folder cannot carry
-            self.layout.write(path, "answer", where, {"error": _error(exc)}, self.key,
-                              extra={"query": digest}, durable=False)
-        st.count += 1
-        now = time.monotonic()
-        if now - st.logged >= 1.0:  # at most a line a second
-            st.logged = now
-            log.info("site %s: answered query %d of run %s (%d in this process)", self.site,
-                     where["iteration"], where["run"], st.count)
-        else:
-            log.debug("site %s: answered query %d of run %s", self.site, where["iteration"],
-                      where["run"])
-
-
-def _error(exc: BaseException, with_traceback: bool = True) -> dict:
-    name, message, tb = remote_error(exc)  # as a local worker reports it
-    return {"type": name, "message": message, "traceback": tb if with_traceback else ""}

@@ -13,6 +13,7 @@ from algorithms import glm
 from algorithms.glm import design as design_module
 from algorithms.glm import matrices
 from algorithms.glm import site as site_module
+from algorithms.glm import site_frame
 from algorithms.glm.design import Design, ModelData, direct_columns, model_data
 
 from .conftest import close, distribglm_sites, reference, v6_sites
@@ -259,4 +260,4 @@ def test_read_parquet_is_pandas_read_parquet(tmp_path):
 ])
 def test_non_missing_counts_as_pandas(values):
     column = pd.Series(values)
-    assert site_module._non_missing(column) == column.count()
+    assert site_frame._non_missing(column) == column.count()
