@@ -281,8 +281,11 @@ def check_design(guards: Guards, X: np.ndarray, weights: Optional[np.ndarray],
 
         w = np.ones(len(X)) if weights is None else np.maximum(weights, 0.0)
         gram = np.zeros((X.shape[1], X.shape[1]))
-        for rows in _blocks(len(X)):
-            gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
+        if np.all(w == 1.0) and X.dtype == np.float64 and X.flags.f_contiguous:
+            gram = dsyrk(1.0, X, trans=1, lower=0)  # unit weights: X'X, X read as it is
+        else:
+            for rows in _blocks(len(X)):
+                gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
         gram = np.triu(gram) + np.triu(gram, 1).T
         heaviest = np.maximum.reduceat(w, np.arange(0, len(X), SUB_ROWS))
         if round_bound(gram, peaks * heaviest[:, None]) <= guards.max_leverage:

@@ -286,6 +286,8 @@ class Family:
         if type(sm) is smf.Poisson:
             return float(np.sum(f * w * (special.xlogy(y, y) - y - special.gammaln(y + 1))))
         if type(sm) is smf.Binomial:
+            if trials is None and _ones(w) and not np.any(y * (1.0 - y)):
+                return 0.0  # 0/1 outcomes of one trial each: every term is log(1) = 0
             m = _binomial_trials(w, trials)
             whole = lambda v: np.all(np.abs(v - np.round(v)) <= 1e-9 * np.maximum(1.0, v))
             if whole(m) and whole(m * y):  # R's rounding changes nothing
@@ -383,6 +385,11 @@ def negbin_sums(y, mu, w, theta: Optional[float]) -> dict:
 
 #: Rows per block of `binomial_loglike`.
 _ROWS = 1 << 16
+
+
+def _ones(w) -> bool:
+    w = np.asarray(w)
+    return bool(np.all(w == 1.0)) if w.ndim else float(w) == 1.0
 
 
 def _binomial_trials(w, trials) -> np.ndarray:

@@ -62,16 +62,9 @@ def _binomial_logit(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     np.clip(mu, _EPS, 1 - _EPS, out=mu)  # then 0 < mu < 1: valid
     q = 1.0 - mu
     v = mu * q
-    # statsmodels' Binomial._resid_dev, term by term
-    t = y / (mu + 1e-20)
-    np.clip(t, _EPS, np.inf, out=t)
-    np.log(t, out=t)
-    t *= y
-    s = (1.0 - y) / (q + 1e-20)
-    np.clip(s, _EPS, np.inf, out=s)
-    np.log(s, out=s)
-    s *= 1.0 - y
-    t += s
+    t = _binary_terms(y, mu, q)
+    if t is None:
+        t = _binomial_terms(y, mu, q)
     dev = 2.0 * float(np.dot(w, t))
     if not np.isfinite(dev):
         return None
@@ -84,6 +77,38 @@ def _binomial_logit(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     pearson = float(np.dot(w, t))
     boundary = int(np.count_nonzero(mu < _BOUNDARY_EPS) + np.count_nonzero(q < _BOUNDARY_EPS))
     return mu, dev, pearson, boundary, v, resid
+
+
+def _binomial_terms(y, mu, q):
+    """statsmodels' Binomial._resid_dev, term by term."""
+    t = y / (mu + 1e-20)
+    np.clip(t, _EPS, np.inf, out=t)
+    np.log(t, out=t)
+    t *= y
+    s = (1.0 - y) / (q + 1e-20)
+    np.clip(s, _EPS, np.inf, out=s)
+    np.log(s, out=s)
+    s *= 1.0 - y
+    t += s
+    return t
+
+
+def _binary_terms(y, mu, q):
+    """The same terms when every y is 0 or 1 (None otherwise), bit for bit, with one log
+    instead of two: for y = 1 statsmodels' term is log(1 / (mu + 1e-20)) plus
+    0 * log(eps), for y = 0 log(1 / (q + 1e-20)) plus 0 * log(eps); ``y mu + (1 - y) q``
+    is exactly mu or q, and adding -0.0 changes nothing."""
+    other = 1.0 - y
+    t = y * other
+    if t.any():  # a proportion (0 < y < 1): both terms are needed
+        return None
+    np.multiply(y, mu, out=t)
+    other *= q
+    t += other
+    t += 1e-20
+    np.divide(1.0, t, out=t)  # >= 1: statsmodels' clip at eps changes nothing
+    np.log(t, out=t)
+    return t
 
 
 def _poisson_log(fam, eta, y, w, full: bool = True) -> Optional[Step]:
@@ -119,6 +144,12 @@ def _gaussian_identity(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     if not np.isfinite(dev):
         return None
     return eta, dev, dev, 0, np.ones_like(eta), resid
+
+
+#: The fused steps whose working weights and residuals are finite whenever they return
+#: (mu is clipped inside the family's range, eta checked finite): a round needs no mask of
+#: the non-finite rows after them.
+FINITE = frozenset({_binomial_logit, _poisson_log, _gaussian_identity})
 
 
 def step_for(fam) -> Callable:

@@ -66,10 +66,12 @@ def _levels(factor: Factor, frame: pd.DataFrame, levels: Optional[dict]) -> int:
 
 
 def check_width(frame: pd.DataFrame, formula: str, levels: Optional[dict], context: dict,
-                check_parameters) -> int:
+                check_parameters):
     """The exact number of columns, refused past `MAX_COLUMNS`, past the site's parameter
     guard (``check_parameters(columns, rows)``) or past its free memory; it builds the
-    design of a few rows only."""
+    design of a few rows only, and returns those model matrices (formulaic's
+    ``ModelMatrices`` of ``SPEC_ROWS`` rows: their model spec tells how to build the rest,
+    see `algorithms.glm.matrices.direct_columns`)."""
     if upper_width(frame, formula, levels) > MAX_COLUMNS:
         raise BuildLimitError(f"the design would have more than {MAX_COLUMNS} columns")
     spec = Formula(formula).get_model_matrix(frame.head(SPEC_ROWS), context=context,
@@ -83,7 +85,7 @@ def check_width(frame: pd.DataFrame, formula: str, levels: Optional[dict], conte
     if need > free:
         raise BuildLimitError(f"the design needs about {need / 2**30:.1f} GiB and the site "
                               f"has {free / 2**30:.1f} GiB free")
-    return columns
+    return spec
 
 
 def build_seconds(environ=None) -> float:

@@ -68,7 +68,9 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     When formulaic's model spec says that the design is plain numeric columns of the table
     (and the intercept), X is filled from those columns directly (`direct_columns`), unless
     ``direct`` is False; the matrices are the same. ``width_check(frame)``, given the frame
-    with its categorical columns cast, may refuse the design before it is built.
+    with its categorical columns cast, may refuse the design before it is built; what it
+    returns, the model matrices of the first ``SPEC_ROWS`` rows (or None), spares
+    `direct_columns` building them again.
     ``consume``: ``frame`` is the caller's to empty (see `_direct_design`).
     """
     info = design.info
@@ -86,9 +88,8 @@ def model_data(frame: pd.DataFrame, design: Design, direct: bool = True,
     if info.standardized and design.moments is None:
         raise SiteError("center() and scale() need the mean and standard deviation of all "
                          "sites: build the design with glm.fit or glm.prepare")
-    if width_check is not None:
-        width_check(frame)
-    columns = direct_columns(frame, design) if direct else None
+    spec = width_check(frame) if width_check is not None else None
+    columns = direct_columns(frame, design, spec) if direct else None
     if columns is not None:
         y, X, names = _direct_design(frame, *columns, consume=consume,
                                      keep=set(design.extra_columns.values()))
@@ -190,7 +191,7 @@ def _formulaic_design(frame: pd.DataFrame, design: Design) -> tuple:
 SPEC_ROWS = 5
 
 
-def direct_columns(frame: pd.DataFrame, design: Design) -> Optional[tuple]:
+def direct_columns(frame: pd.DataFrame, design: Design, spec=None) -> Optional[tuple]:
     """When the design is plain numeric columns of ``frame`` and the intercept: the
     response's column, the source of each column of X (a column name, None for the
     intercept) and X's column names; otherwise None.
@@ -199,15 +200,16 @@ def direct_columns(frame: pd.DataFrame, design: Design) -> Optional[tuple]:
     show one numeric response column and, on the right, terms that are the intercept or a
     numeric column looked up by name, each giving one column of the same name. A model
     matrix (a pandas frame) then a float copy of it would move the whole table twice; filled
-    from the columns directly, X is written once.
+    from the columns directly, X is written once. ``spec``: those model matrices, when the
+    caller has them already (of ``frame.head(SPEC_ROWS)``, the design's formula and context).
     """
     info = design.info
     if info.categorical or info.standardized or len(frame) == 0:
         return None
     if not all(_plain_numeric(frame, col) for col in info.variables):
         return None  # formulaic would encode (or convert) some column: leave it the work
-    mm = Formula(design.formula).get_model_matrix(frame.head(SPEC_ROWS), context=CONTEXT,
-                                                  na_action="ignore")
+    mm = spec if spec is not None else Formula(design.formula).get_model_matrix(
+        frame.head(SPEC_ROWS), context=CONTEXT, na_action="ignore")
     response, sources = _sources(mm.lhs.model_spec), _sources(mm.rhs.model_spec)
     if response is None or len(response) != 1 or response[0] is None or sources is None:
         return None

@@ -96,6 +96,13 @@ class Rows:
         self.n = len(y)
         self.p = X.shape[1] if cols is None else len(self.cols)
         self._peaks = peaks
+        self._positive: Optional[bool] = None
+
+    def all_positive(self) -> bool:
+        """Whether every prior weight is > 0 (then no row is masked out of the sums)."""
+        if self._positive is None:
+            self._positive = bool(np.all(self.w > 0))
+        return self._positive
 
     def peaks(self) -> np.ndarray:
         if self._peaks is None:
@@ -115,14 +122,20 @@ class Rows:
 
 def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = None,
                previous: Optional[np.ndarray] = None, null=None,
-               work: Optional[np.ndarray] = None) -> tuple[Optional[RoundSums], np.ndarray]:
+               work: Optional[np.ndarray] = None,
+               masked: bool = False) -> tuple[Optional[RoundSums], np.ndarray]:
     """The sums of one IRLS round at ``beta`` (or at R's starting ``(eta, mu)`` when
     ``beta`` is None), and the block buffer (to reuse). None instead of the sums when the
     coefficients leave the family's range or the deviance is not finite.
 
     ``previous``: the working weights of the site's previous valid round (R's last IRLS
     iteration), for ``summary.glm``'s ``sum(w_work * r_work^2)``; ``null``: the null
-    model's fitted value (a number, or ``"offset"``), whose deviance is added."""
+    model's fitted value (a number, or ``"offset"``), whose deviance is added.
+
+    ``masked``: mask the rows of non-finite working weights or responses out of the sums
+    in every block (otherwise only where the step can give them, `kernels.FINITE`: with
+    every prior weight > 0 there is nothing to mask; a product that overflows all the same
+    shows in the gram, and the round is done again masked)."""
     n, p = rows.n, rows.p
     size = block_rows(p)
     # Column-major, as X is (formulaic's and the direct designs are): the copy of a block
@@ -137,6 +150,7 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
     deviance = pearson = working = null_dev = 0.0
     boundary = 0
     y, w, offset = rows.y, rows.w, rows.offset
+    unmasked = not masked and rows.all_positive()
     for r in blocks(n, size):
         fam = rows.family_of(r)
         Xb = rows.block(r)
@@ -144,10 +158,13 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         if beta is None:
             eta, mu = start[0][r], start[1][r]
             got = kernels.generic_at(fam, eta, mu, yb, wb)
+            finite = False
         else:
             eta = Xb @ beta
             eta += offset[r]
-            got = kernels.step_for(fam)(fam, eta, yb, wb)
+            step = kernels.step_for(fam)
+            got = step(fam, eta, yb, wb)
+            finite = step in kernels.FINITE
         if got is None:
             return None, work
         mu, dev, chi2, edge, ww, residual = got
@@ -162,26 +179,35 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         weights = wb * ww
         z = eta - offset[r]
         z += residual
-        good = np.isfinite(weights)
-        good &= np.isfinite(z)
-        good &= wb > 0
         ub = used[r]
-        ub.fill(0.0)
-        np.copyto(ub, weights, where=good)
+        k = r.stop - r.start
+        A = work[:k]
+        last = A[:, p]
+        if finite and unmasked:  # every row counts: no mask, the same sums
+            np.copyto(ub, weights)
+            good = None
+        else:
+            good = np.isfinite(weights)
+            good &= np.isfinite(z)
+            good &= wb > 0
+            ub.fill(0.0)
+            np.copyto(ub, weights, where=good)
         if chi2_ok:
             prev = previous[r]
             kept = prev > 0
             working += float(np.sum(prev[kept] * residual[kept] ** 2))
-        k = r.stop - r.start
-        A = work[:k]
         # in place, into the block buffer (no n-long temporaries beyond these two)
         root = np.sqrt(ub, out=weights)
         np.multiply(Xb, root[:, None], out=A[:, :p])
-        last = A[:, p]
-        last.fill(0.0)
-        np.copyto(last, z, where=good)
-        last *= root
+        if good is None:
+            np.multiply(z, root, out=last)
+        else:
+            last.fill(0.0)
+            np.copyto(last, z, where=good)
+            last *= root
         gram = dsyrk(1.0, A, beta=1.0, c=gram, trans=1, overwrite_c=1)
+    if unmasked and not np.all(np.isfinite(gram)):
+        return irls_round(rows, beta, start, previous, null, work, masked=True)
     peaks = None
     if several:  # max_i w_i x_ij^2 <= max_i w_i * max_i x_ij^2 over a sub-block
         heaviest = np.maximum.reduceat(used, np.arange(0, n, SUB_ROWS))
@@ -214,29 +240,38 @@ def _null_deviance(fam, y, w, offset, null) -> float:
     return fam.deviance(y, np.full_like(y, float(null)), w)
 
 
-def score_round(rows: Rows, beta: np.ndarray) -> Optional[tuple[np.ndarray, float]]:
+def score_round(rows: Rows, beta: np.ndarray,
+                masked: bool = False) -> Optional[tuple[np.ndarray, float]]:
     """A gradient-descent site's score ``X'W g'(mu) (y - mu)`` and deviance at ``beta``,
-    each block of X read once for both products; None outside the family's range."""
+    each block of X read once for both products; None outside the family's range.
+    ``masked``: as in `irls_round`."""
     n, p = rows.n, rows.p
     score = np.zeros(p)
     deviance = 0.0
     y, w, offset = rows.y, rows.w, rows.offset
+    unmasked = not masked and rows.all_positive()
     for r in blocks(n, block_rows(p)):
         fam = rows.family_of(r)
         Xb = rows.block(r)
         eta = Xb @ beta
         eta += offset[r]
         yb, wb = y[r], w[r]
-        got = kernels.step_for(fam)(fam, eta, yb, wb, full=False)
+        step = kernels.step_for(fam)
+        got = step(fam, eta, yb, wb, full=False)
         if got is None:
             return None
         _, dev, _, _, ww, residual = got
         deviance += dev
         weights = wb * ww
-        good = np.isfinite(weights)
-        good &= np.isfinite(residual)
-        good &= wb > 0
-        g = np.zeros_like(weights)
-        np.multiply(weights, residual, out=g, where=good)
+        if unmasked and step in kernels.FINITE:  # every row counts: no mask, the same sums
+            g = np.multiply(weights, residual, out=weights)
+        else:
+            good = np.isfinite(weights)
+            good &= np.isfinite(residual)
+            good &= wb > 0
+            g = np.zeros_like(weights)
+            np.multiply(weights, residual, out=g, where=good)
         score += Xb.T @ g
+    if unmasked and not np.all(np.isfinite(score)):
+        return score_round(rows, beta, masked=True)
     return score, float(deviance)

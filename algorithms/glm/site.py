@@ -201,9 +201,9 @@ class Site(SiteFrame, SitePasses):
         self._admit(design, guards, frame)
         for col in categorical_columns(frame, design.info):
             guards.check_levels(col, frame[col].value_counts().tolist())
-        def width(cast: pd.DataFrame) -> None:  # refused before it is built
-            limits.check_width(cast, design.formula, design.levels, CONTEXT,
-                               guards.check_parameters)
+        def width(cast: pd.DataFrame):  # refused before it is built
+            return limits.check_width(cast, design.formula, design.levels, CONTEXT,
+                                      guards.check_parameters)
 
         consume = self._consumable(frame, design)
         with limits.time_limit(self.build_seconds):

@@ -197,3 +197,21 @@ def test_unknown_family_and_link():
     with pytest.raises(ValueError, match="not a link of the Poisson family"):
         glm.fit(AWARDS, v6_sites("poisson"), family="poisson", link="logit",
                 cluster="inprocess", tol=TOL)
+
+
+def test_the_saturated_binomial_log_likelihood_of_01_outcomes_is_zero_without_a_pass():
+    """0/1 outcomes with unit weights: the shortcut gives what the full formula gives."""
+    from algorithms.glm import families
+
+    fam = families.resolve("binomial")
+    rng = np.random.default_rng(2)
+    y = (rng.random(1000) < 0.4) * 1.0
+    w = np.ones(1000)
+    assert fam.saturated_loglike(y, w) == 0.0
+    assert families.binomial_loglike(y, y, w) == 0.0
+    assert fam.saturated_loglike(y, w, freq=np.full(1000, 2.0)) == 0.0
+    assert families.binomial_loglike(y, y, w, freq=np.full(1000, 2.0)) == 0.0
+    # weights of 2 (two trials each): the binomial coefficient log 2 of each y = 1/2 row
+    y2 = np.array([0.0, 0.5, 1.0])
+    assert fam.saturated_loglike(y2, np.full(3, 2.0)) == pytest.approx(
+        families.binomial_loglike(y2, y2, np.full(3, 2.0)))
