@@ -113,7 +113,7 @@ class LocalCluster(Cluster, ObjectStore):
 
     def _spawn(self, pid: int, generation: int = 0) -> "_Handle":
         """Start worker ``pid`` and record its handle in ``_workers``; a Ctrl-C meanwhile is
-        raised only once it is recorded (see `transport._Interrupts.deferred`), so that
+        raised only once it is recorded (see `aia.interrupts`' ``deferred``), so that
         closing the cluster stops it."""
         with transport.interrupts.held(), transport.interrupts.deferred():
             handle = self._start_process(pid, generation)

@@ -23,11 +23,10 @@ from formulaic import Formula
 from formulaic.parser.types import Factor
 
 from .design import SiteError
+from .matrices import SPEC_ROWS  # the rows of the spec (direct_columns reuses it)
 
 #: The most columns a design may have (X'WX is then 200 MB).
 MAX_COLUMNS = 5000
-#: The rows formulaic builds a model spec from to count the columns.
-SPEC_ROWS = 5
 #: The variable, and default, of the time a site gives one build.
 BUILD_SECONDS = ("GLM_MAX_BUILD_SECONDS", 300.0)
 #: Bytes per cell while a design is built (pandas and formulaic copy it about twice).

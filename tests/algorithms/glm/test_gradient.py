@@ -230,7 +230,11 @@ def test_asynchronous_from_a_start_with_steps_outside_the_range(glm_cluster):
 
 
 def test_a_stalled_line_search_is_reported(monkeypatch):
-    monkeypatch.setattr(gradient, "T_MIN", 10.0)  # any step is now "too short"
+    from algorithms.glm import gradient_linesearch
+
+    # any step is now "too short": where the step's floor is read and where it is checked
+    monkeypatch.setattr(gradient, "T_MIN", 10.0)
+    monkeypatch.setattr(gradient_linesearch, "T_MIN", 10.0)
     with pytest.warns(ConvergenceWarning):
         res = glm.fit(ADMIT, v6_sites("binomial"), family="binomial", method="gradient",
                       cluster="inprocess")
