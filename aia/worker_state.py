@@ -15,9 +15,9 @@ its transitions; the engines add only how messages reach it:
 
 Local worker processes (`aia._worker`), Ray actors (`aia.ray_actor`), the in-memory
 engine (`aia.memory`) and each run of a folder site (`aia.folder.site`, which enters an
-algorithm it built itself: `enter`) each wrap one. `remote_error` is how any worker reports an exception
-(as text, so that every exception reaches the central) and `limit_blas` how it caps its
-BLAS threads.
+algorithm it built itself: `enter`) each wrap one. `remote_error` is how any worker reports
+an exception (as text, so that every exception reaches the central) and `limit_blas` how
+it caps its BLAS threads.
 """
 
 from __future__ import annotations

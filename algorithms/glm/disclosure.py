@@ -280,10 +280,10 @@ def check_design(guards: Guards, X: np.ndarray, weights: Optional[np.ndarray],
         from .rounds import SUB_ROWS  # the sub-blocks of the peaks
 
         w = np.ones(len(X)) if weights is None else np.maximum(weights, 0.0)
-        gram = np.zeros((X.shape[1], X.shape[1]))
         if np.all(w == 1.0) and X.dtype == np.float64 and X.flags.f_contiguous:
             gram = dsyrk(1.0, X, trans=1, lower=0)  # unit weights: X'X, X read as it is
         else:
+            gram = np.zeros((X.shape[1], X.shape[1]))
             for rows in _blocks(len(X)):
                 gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
         gram = np.triu(gram) + np.triu(gram, 1).T
