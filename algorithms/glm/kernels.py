@@ -20,6 +20,7 @@ uses these steps where they apply).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional
 
@@ -31,12 +32,16 @@ _EPS = np.finfo(float).eps
 _BOUNDARY_EPS = 10 * _EPS
 
 #: (mu, deviance, pearson, boundary, working weights without prior weights, g'(mu)(y-mu));
-#: with ``full=False`` (gradient rounds) Pearson's sum and the boundary count are 0.
+#: with ``full=False`` (gradient rounds) Pearson's sum and the boundary count are 0, and
+#: the fused steps (canonical links, where w_work g'(mu)(y - mu) is y - mu) give None for
+#: the working weights and y - mu for the residual: the score's terms without a product.
 Step = tuple
 
 
-def generic_step(fam, eta, y, w, full: bool = True) -> Optional[Step]:
-    """The block step through the family's own methods (every family and link)."""
+def generic_step(fam, eta, y, w, full: bool = True, unit: bool = False,
+                 ones=None) -> Optional[Step]:
+    """The block step through the family's own methods (every family and link);
+    ``unit`` and ``ones`` (what the fused steps may know of the rows) are not used."""
     return generic_at(fam, eta, fam.linkinv(eta), y, w, full)
 
 
@@ -45,7 +50,7 @@ def generic_at(fam, eta, mu, y, w, full: bool = True) -> Optional[Step]:
     if not fam.valid(eta, mu):
         return None
     dev = fam.deviance(y, mu, w)
-    if not np.isfinite(dev):
+    if not math.isfinite(dev):
         return None
     if not full:
         return mu, dev, 0.0, 0, fam.working_weights(mu), fam.deriv(mu) * (y - mu)
@@ -53,30 +58,50 @@ def generic_at(fam, eta, mu, y, w, full: bool = True) -> Optional[Step]:
             fam.working_weights(mu), fam.deriv(mu) * (y - mu))
 
 
-def _binomial_logit(fam, eta, y, w, full: bool = True) -> Optional[Step]:
-    if not np.all(np.isfinite(eta)):
+#: Within |eta| <= _INNER, logit's mu is inside [eps, 1 - eps] (exp(30) ~ 1e13 << 1 / eps)
+#: and no row is at the boundary (mu < 10 eps needs eta < -33.7): statsmodels' clip and the
+#: boundary count change nothing there, and are skipped.
+_INNER = 30.0
+
+
+def _binomial_logit(fam, eta, y, w, full: bool = True, unit: bool = False,
+                    ones=None) -> Optional[Step]:
+    """Binomial-logit. ``unit``: every prior weight is 1; ``ones``: y == 1 of the block's
+    rows when every y is 0 or 1, False when some is not, None when not known."""
+    lo, hi = eta.min(), eta.max()  # a NaN or an infinity shows in one of them
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
-    mu = np.exp(-eta)
+    mu = np.negative(eta)
+    np.exp(mu, out=mu)
     mu += 1.0
     np.divide(1.0, mu, out=mu)
-    np.clip(mu, _EPS, 1 - _EPS, out=mu)  # then 0 < mu < 1: valid
+    inner = -_INNER <= lo and hi <= _INNER
+    if not inner:
+        np.clip(mu, _EPS, 1 - _EPS, out=mu)  # then 0 < mu < 1: valid
     q = 1.0 - mu
     v = mu * q
-    t = _binary_terms(y, mu, q)
-    if t is None:
-        t = _binomial_terms(y, mu, q)
-    dev = 2.0 * float(np.dot(w, t))
-    if not np.isfinite(dev):
+    if ones is None:
+        ones = _ones(y)
+    t = _binomial_terms(y, mu, q) if ones is False else _binary_terms(ones, mu, q)
+    dev = 2.0 * float(t.sum() if unit else np.dot(w, t))
+    if not math.isfinite(dev):
         return None
-    resid = y - mu
-    np.divide(resid, v, out=resid)  # g'(mu)(y - mu) = (y - mu) / (mu(1 - mu))
-    if not full:  # a gradient round needs neither Pearson's sum nor the boundary count
-        return mu, dev, 0.0, 0, v, resid
-    np.multiply(resid, resid, out=t)
-    t *= v  # (y - mu)^2 / V(mu)
-    pearson = float(np.dot(w, t))
-    boundary = int(np.count_nonzero(mu < _BOUNDARY_EPS) + np.count_nonzero(q < _BOUNDARY_EPS))
+    d = y - mu
+    if not full:  # a gradient round: the score's y - mu (see `Step`)
+        return mu, dev, 0.0, 0, None, d
+    resid = np.divide(d, v, out=t)  # g'(mu)(y - mu) = (y - mu) / (mu(1 - mu))
+    if not unit:
+        d *= w
+    pearson = float(np.dot(d, resid))  # w (y - mu)^2 / V(mu)
+    boundary = 0 if inner else int(np.count_nonzero(mu < _BOUNDARY_EPS)
+                                   + np.count_nonzero(q < _BOUNDARY_EPS))
     return mu, dev, pearson, boundary, v, resid
+
+
+def _ones(y):
+    """y == 1 when every y is 0 or 1, else False (a proportion: both deviance terms)."""
+    ones = y == 1.0
+    return ones if np.all(ones | (y == 0.0)) else False
 
 
 def _binomial_terms(y, mu, q):
@@ -93,30 +118,26 @@ def _binomial_terms(y, mu, q):
     return t
 
 
-def _binary_terms(y, mu, q):
-    """The same terms when every y is 0 or 1 (None otherwise), bit for bit, with one log
-    instead of two: for y = 1 statsmodels' term is log(1 / (mu + 1e-20)) plus
-    0 * log(eps), for y = 0 log(1 / (q + 1e-20)) plus 0 * log(eps); ``y mu + (1 - y) q``
-    is exactly mu or q, and adding -0.0 changes nothing."""
-    other = 1.0 - y
-    t = y * other
-    if t.any():  # a proportion (0 < y < 1): both terms are needed
-        return None
-    np.multiply(y, mu, out=t)
-    other *= q
-    t += other
+def _binary_terms(ones, mu, q):
+    """The same terms when every y is 0 or 1 (``ones``: y == 1), bit for bit, with one
+    log: for y = 1 statsmodels' term is log(1 / (mu + 1e-20)) plus 0 * log(eps), for y = 0
+    log(1 / (q + 1e-20)) plus 0 * log(eps), and adding -0.0 changes nothing."""
+    t = np.where(ones, mu, q)
     t += 1e-20
     np.divide(1.0, t, out=t)  # >= 1: statsmodels' clip at eps changes nothing
     np.log(t, out=t)
     return t
 
 
-def _poisson_log(fam, eta, y, w, full: bool = True) -> Optional[Step]:
-    if not np.all(np.isfinite(eta)):
+def _poisson_log(fam, eta, y, w, full: bool = True, unit: bool = False,
+                 ones=None) -> Optional[Step]:
+    lo, hi = eta.min(), eta.max()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
     mu = np.exp(eta)
-    np.maximum(mu, _EPS, out=mu)  # then mu > 0: valid
-    if not np.all(np.isfinite(mu)):
+    if lo < _POISSON_FLOOR:
+        np.maximum(mu, _EPS, out=mu)  # then mu > 0: valid
+    if hi > 700.0 and not np.isfinite(mu.max()):  # exp(700) ~ 1e304 is finite
         return None
     t = y / mu  # statsmodels' Poisson._resid_dev
     np.clip(t, _EPS, np.inf, out=t)
@@ -124,25 +145,35 @@ def _poisson_log(fam, eta, y, w, full: bool = True) -> Optional[Step]:
     t *= y
     d = y - mu
     t -= d
-    dev = 2.0 * float(np.dot(w, t))
-    if not np.isfinite(dev):
+    dev = 2.0 * float(t.sum() if unit else np.dot(w, t))
+    if not math.isfinite(dev):
         return None
-    resid = d / mu  # g'(mu)(y - mu)
     if not full:
-        return mu, dev, 0.0, 0, mu, resid
-    np.multiply(resid, d, out=t)  # (y - mu)^2 / mu
-    pearson = float(np.dot(w, t))
-    return mu, dev, pearson, int(np.count_nonzero(mu < _BOUNDARY_EPS)), mu, resid
+        return mu, dev, 0.0, 0, None, d
+    resid = np.divide(d, mu, out=t)  # g'(mu)(y - mu)
+    if not unit:
+        d *= w
+    pearson = float(np.dot(d, resid))  # w (y - mu)^2 / mu
+    boundary = 0 if lo >= _POISSON_FLOOR else int(np.count_nonzero(mu < _BOUNDARY_EPS))
+    return mu, dev, pearson, boundary, mu, resid
 
 
-def _gaussian_identity(fam, eta, y, w, full: bool = True) -> Optional[Step]:
-    if not np.all(np.isfinite(eta)):
+#: Above this eta, exp(eta) > 10 eps: no clip at eps and no boundary row.
+_POISSON_FLOOR = -33.0
+
+
+def _gaussian_identity(fam, eta, y, w, full: bool = True, unit: bool = False,
+                       ones=None) -> Optional[Step]:
+    lo, hi = eta.min(), eta.max()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
     resid = y - eta
     t = resid * resid
-    dev = float(np.dot(w, t))
-    if not np.isfinite(dev):
+    dev = float(t.sum() if unit else np.dot(w, t))
+    if not math.isfinite(dev):
         return None
+    if not full:
+        return eta, dev, 0.0, 0, None, resid
     return eta, dev, dev, 0, np.ones_like(eta), resid
 
 

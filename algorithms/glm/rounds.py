@@ -25,26 +25,90 @@ last bits only (measured: below 1e-14 relative on the deviance and X'WX).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
+from scipy.linalg.blas import dgemm, dsyrk
 
 from . import disclosure, kernels
 from .guards import Guards
 
-#: The bytes of X in one block: within a core's share of the last-level cache, and large
-#: enough that numpy's per-call overhead (a few microseconds per step) stays small.
-BLOCK_BYTES = 2 << 20
+def _l2_bytes(default: int = 1 << 20) -> int:
+    """The size of a core's level-2 cache (Linux's sysfs), else ``default``."""
+    try:
+        for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return default
+
+
+#: The bytes of X in one block of a Fisher-scoring round: a core's level-2 cache, clamped
+#: to [256 KB, 4 MB]. The block's X, read for eta, is read again from that cache for
+#: sqrt(W) X; blocks much smaller pay numpy's per-call overhead (a few microseconds per
+#: step) too often. Measured on 500k x 21 (1 MB L2): 0.5 MB blocks 29.3 ms a round, 1 MB
+#: 27.1, 1.5 MB 32.7.
+BLOCK_BYTES = min(4 << 20, max(256 << 10, _l2_bytes()))
+#: A gradient round reads each block twice with less in between: twice the bytes
+#: (measured: 9.8 ms against 10.4 at the Fisher round's blocks).
+SCORE_BLOCK_FACTOR = 2
 #: The rows over which one maximum of each column of (sqrt(w) x)^2 is kept for the
 #: leverage bound (n / SUB_ROWS x p numbers per round).
 SUB_ROWS = 256
 
 
-def block_rows(p: int) -> int:
-    """The rows of one block for a design of ``p`` columns (a multiple of ``SUB_ROWS``)."""
-    rows = BLOCK_BYTES // (8 * (p + 1))
-    return max(SUB_ROWS, rows // SUB_ROWS * SUB_ROWS)
+def block_rows(p: int, factor: int = 1) -> int:
+    """The rows of one block (of ``factor`` x ``BLOCK_BYTES``) for a design of ``p``
+    columns: an odd multiple of ``SUB_ROWS``. Odd, because the block buffer's columns are then not 4 KB apart (or a
+    multiple of it): with OpenBLAS, dsyrk of a buffer whose columns are an even multiple of
+    2 KB apart took 1.2x as long (``benchmarks/gram.py`` prints both)."""
+    units = max(1, factor * BLOCK_BYTES // (8 * (p + 1)) // SUB_ROWS)
+    return (units if units % 2 else units - 1) * SUB_ROWS
+
+
+def gram_split(q: int) -> int:
+    """The leading columns of a q-column block whose gram one ``dsyrk`` sums (the last
+    ``q - m`` rows of the gram are one ``dgemm`` against all q columns), or q for one
+    dsyrk of all. OpenBLAS's dsyrk of a few columns past a multiple of 4 is slow: on 22
+    columns, dsyrk of 16 and dgemm of the other 6 took 0.8x the time of one dsyrk of 22
+    (``benchmarks/gram.py``: the best split keeps 4 to 7 columns for the dgemm)."""
+    if q <= 4:
+        return q
+    return 4 if q < 8 else 4 * ((q - 4) // 4)
+
+
+class BlockGram:
+    """A'A of a q-column matrix A given block by block (`add`), as `gram_split` sums it."""
+
+    def __init__(self, q: int):
+        self.q, self.m = q, gram_split(q)
+        self._top = np.zeros((self.m, self.m), order="F")
+        self._rest = np.zeros((q - self.m, q), order="F") if self.m < q else None
+
+    def add(self, A: np.ndarray) -> None:
+        m = self.m
+        self._top = dsyrk(1.0, A if m == self.q else A[:, :m], beta=1.0, c=self._top,
+                          trans=1, overwrite_c=1)
+        if self._rest is not None:
+            self._rest = dgemm(1.0, A[:, m:], A, beta=1.0, c=self._rest, trans_a=1,
+                               overwrite_c=1)
+
+    def total(self) -> np.ndarray:
+        """The symmetric q x q sum (each entry from the upper triangle of its part)."""
+        m, top = self.m, self._top
+        G = np.empty((self.q, self.q))
+        G[:m, :m] = np.triu(top) + np.triu(top, 1).T
+        if self._rest is not None:
+            rest = self._rest
+            G[m:, :m] = rest[:, :m]
+            G[:m, m:] = rest[:, :m].T
+            corner = rest[:, m:]
+            G[m:, m:] = np.triu(corner) + np.triu(corner, 1).T
+        return G
 
 
 def blocks(n: int, rows: int):
@@ -86,23 +150,41 @@ def x_peaks(X: np.ndarray) -> np.ndarray:
 class Rows:
     """One site's model rows as a round reads them: X (or its columns ``cols``), y, the
     prior weights, the offset, the family bound to each block's rows, and ``peaks``, the
-    `x_peaks` of X (computed here when not given)."""
+    `x_peaks` of X (computed here when not given). ``facts``: a dict kept by the site for
+    the model's rows (what is learnt of y, the weights and the offset once, not per round:
+    `all_positive`, `unit_weights`, `zero_offset`, `ones`)."""
 
     def __init__(self, X: np.ndarray, y, weights, offset, family, d_star=None,
-                 cols: Optional[Sequence[int]] = None, peaks: Optional[np.ndarray] = None):
+                 cols: Optional[Sequence[int]] = None, peaks: Optional[np.ndarray] = None,
+                 facts: Optional[dict] = None):
         self.X, self.y, self.w, self.offset = X, y, weights, offset
         self.family, self.d_star = family, d_star
         self.cols = None if cols is None else list(cols)
         self.n = len(y)
         self.p = X.shape[1] if cols is None else len(self.cols)
         self._peaks = peaks
-        self._positive: Optional[bool] = None
+        self._facts = {} if facts is None else facts
+
+    def _fact(self, name: str, learn):
+        if name not in self._facts:
+            self._facts[name] = learn()
+        return self._facts[name]
 
     def all_positive(self) -> bool:
         """Whether every prior weight is > 0 (then no row is masked out of the sums)."""
-        if self._positive is None:
-            self._positive = bool(np.all(self.w > 0))
-        return self._positive
+        return self._fact("positive", lambda: bool(np.all(self.w > 0)))
+
+    def unit_weights(self) -> bool:
+        """Whether every prior weight is 1 (then the working weights are the family's)."""
+        return self._fact("unit", lambda: bool(np.all(self.w == 1.0)))
+
+    def zero_offset(self) -> bool:
+        """Whether the offset is 0 everywhere (then eta is X beta, and z is eta + r)."""
+        return self._fact("zero_offset", lambda: not np.any(self.offset))
+
+    def ones(self):
+        """y == 1 when every y is 0 or 1, else False (`kernels._binomial_logit`)."""
+        return self._fact("ones", lambda: kernels._ones(self.y))
 
     def peaks(self) -> np.ndarray:
         if self._peaks is None:
@@ -144,13 +226,14 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
     if work is None or work.shape != (min(size, n), p + 1):
         work = np.empty((min(size, n), p + 1), order="F")
     several = n > size
-    gram = np.zeros((p + 1, p + 1), order="F")
+    gram = BlockGram(p + 1)
     used = np.empty(n)
     chi2_ok = previous is not None and len(previous) == n
     deviance = pearson = working = null_dev = 0.0
     boundary = 0
     y, w, offset = rows.y, rows.w, rows.offset
     unmasked = not masked and rows.all_positive()
+    fast = _fast_path(rows, beta)
     for r in blocks(n, size):
         fam = rows.family_of(r)
         Xb = rows.block(r)
@@ -161,10 +244,11 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
             finite = False
         else:
             eta = Xb @ beta
-            eta += offset[r]
-            step = kernels.step_for(fam)
-            got = step(fam, eta, yb, wb)
-            finite = step in kernels.FINITE
+            if not fast.zero_offset:
+                eta += offset[r]
+            got = fast.step(fam, eta, yb, wb, unit=fast.unit,
+                            ones=fast.ones_of(r))
+            finite = fast.finite
         if got is None:
             return None, work
         mu, dev, chi2, edge, ww, residual = got
@@ -176,9 +260,12 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         # The working weights and response of IRLS (statsmodels' and R's formulas); R
         # drops the rows where they are not finite from the weighted least squares: a
         # zero weight does the same to the sums.
-        weights = wb * ww
-        z = eta - offset[r]
-        z += residual
+        weights = ww if fast.unit else wb * ww
+        if fast.zero_offset:  # eta is this round's own: z = eta + r, in place
+            z = np.add(eta, residual, out=eta)
+        else:
+            z = eta - offset[r]
+            z += residual
         ub = used[r]
         k = r.stop - r.start
         A = work[:k]
@@ -194,8 +281,11 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
             np.copyto(ub, weights, where=good)
         if chi2_ok:
             prev = previous[r]
-            kept = prev > 0
-            working += float(np.sum(prev[kept] * residual[kept] ** 2))
+            if good is None:  # finite residuals: a row of weight 0 adds 0
+                working += float(np.dot(prev * residual, residual))
+            else:
+                kept = prev > 0
+                working += float(np.sum(prev[kept] * residual[kept] ** 2))
         # in place, into the block buffer (no n-long temporaries beyond these two)
         root = np.sqrt(ub, out=weights)
         np.multiply(Xb, root[:, None], out=A[:, :p])
@@ -205,14 +295,15 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
             last.fill(0.0)
             np.copyto(last, z, where=good)
             last *= root
-        gram = dsyrk(1.0, A, beta=1.0, c=gram, trans=1, overwrite_c=1)
+        gram.add(A)
+    gram = gram.total()
     if unmasked and not np.all(np.isfinite(gram)):
         return irls_round(rows, beta, start, previous, null, work, masked=True)
     peaks = None
     if several:  # max_i w_i x_ij^2 <= max_i w_i * max_i x_ij^2 over a sub-block
         heaviest = np.maximum.reduceat(used, np.arange(0, n, SUB_ROWS))
         peaks = rows.peaks() * heaviest[:, None]
-    xtwx = np.triu(gram[:p, :p]) + np.triu(gram[:p, :p], 1).T
+    xtwx = gram[:p, :p].copy()
     return RoundSums(
         deviance=float(deviance), pearson_chi2=float(pearson),
         working_chi2=float(working) if chi2_ok else float("nan"),
@@ -220,6 +311,29 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         null_deviance=float(null_dev) if null is not None else None, weights=used,
         peaks=peaks, whole=None if several else work[:n, :p],
     ), work
+
+
+@dataclass
+class _Fast:
+    """What a round at coefficients knows before its first block: the step, whether its
+    results are finite (`kernels.FINITE`), and the facts of the rows it uses."""
+
+    step: object
+    finite: bool
+    unit: bool
+    zero_offset: bool
+    ones: object  # the rows' y == 1, False, or None (not known: the step checks)
+
+    def ones_of(self, rows: slice):
+        return self.ones[rows] if isinstance(self.ones, np.ndarray) else self.ones
+
+
+def _fast_path(rows: Rows, beta) -> _Fast:
+    step = kernels.step_for(rows.family_of(slice(0, rows.n)))
+    if beta is None or step is kernels.generic_step:
+        return _Fast(step, False, False, False, None)
+    ones = rows.ones() if step is kernels._binomial_logit else None
+    return _Fast(step, step in kernels.FINITE, rows.unit_weights(), rows.zero_offset(), ones)
 
 
 def check_leverage(guards: Guards, rows: Rows, sums: RoundSums) -> None:
@@ -250,27 +364,32 @@ def score_round(rows: Rows, beta: np.ndarray,
     deviance = 0.0
     y, w, offset = rows.y, rows.w, rows.offset
     unmasked = not masked and rows.all_positive()
-    for r in blocks(n, block_rows(p)):
+    fast = _fast_path(rows, beta)
+    for r in blocks(n, block_rows(p, SCORE_BLOCK_FACTOR)):
         fam = rows.family_of(r)
         Xb = rows.block(r)
         eta = Xb @ beta
-        eta += offset[r]
+        if not fast.zero_offset:
+            eta += offset[r]
         yb, wb = y[r], w[r]
-        step = kernels.step_for(fam)
-        got = step(fam, eta, yb, wb, full=False)
+        got = fast.step(fam, eta, yb, wb, full=False, unit=fast.unit,
+                        ones=fast.ones_of(r))
         if got is None:
             return None
         _, dev, _, _, ww, residual = got
         deviance += dev
-        weights = wb * ww
-        if unmasked and step in kernels.FINITE:  # every row counts: no mask, the same sums
-            g = np.multiply(weights, residual, out=weights)
+        if ww is None:  # a canonical link: the terms are y - mu, times the prior weights
+            terms = residual if fast.unit else np.multiply(residual, wb, out=residual)
         else:
-            good = np.isfinite(weights)
-            good &= np.isfinite(residual)
+            terms = np.multiply(wb, ww)
+            terms *= residual
+        if not (unmasked and fast.finite):  # mask the rows of non-finite terms
+            good = np.isfinite(terms)
             good &= wb > 0
-            g = np.zeros_like(weights)
-            np.multiply(weights, residual, out=g, where=good)
+            g = np.zeros_like(terms)
+            np.copyto(g, terms, where=good)
+        else:  # every row counts: no mask, the same sums
+            g = terms
         score += Xb.T @ g
     if unmasked and not np.all(np.isfinite(score)):
         return score_round(rows, beta, masked=True)

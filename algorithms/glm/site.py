@@ -99,6 +99,7 @@ class Site(SiteFrame, SitePasses):
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._work: Optional[np.ndarray] = None  # the block buffer of the rounds, reused
         self._peaks: Optional[tuple] = None  # (design token, rounds.x_peaks of its X)
+        self._facts: Optional[tuple] = None  # (ModelData, what its rounds learnt of its rows)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
         # (design token, subset) -> the working weights of the last valid contribution
         self._working: dict = {}
@@ -122,7 +123,7 @@ class Site(SiteFrame, SitePasses):
     def set_table(self, table: pd.DataFrame, name: Optional[str] = None) -> None:
         """Give the site its rows (a DataFrame sent to the process that holds it)."""
         self._table, self._built, self._frame_cache, self._work = table, None, None, None
-        self._peaks = None
+        self._peaks = self._facts = None
         self._some_columns = None
         if name is not None:
             self.name = name
@@ -255,8 +256,11 @@ class Site(SiteFrame, SitePasses):
                                     f"{self.name}: supply start=...")
             start = (eta, mu)
         w = m.fit_weights  # with frequency weights: a row counts as that many rows
-        counts = dict(nobs=m.rows, n_ok=m.rows_ok, sum_wy=float(np.sum(w * y)),
-                      sum_w=float(np.sum(w)), site=self.name,
+        facts = self._model_facts(m)
+        if "sums" not in facts:  # the model's own, the same in every round
+            facts["sums"] = dict(nobs=m.rows, n_ok=m.rows_ok, sum_wy=float(np.sum(w * y)),
+                                 sum_w=float(np.sum(w)))
+        counts = dict(**facts["sums"], site=self.name,
                       columns=tuple(m.names if subset is None else subset)
                       if query.version == 0 else None)
         if getattr(query, "saturated", False):
@@ -297,9 +301,15 @@ class Site(SiteFrame, SitePasses):
         return self._peaks[1]
 
     def _rows(self, design: Design, m: ModelData, cols) -> rounds.Rows:
-        """The model's rows for a round."""
+        """The model's rows for a round (with the facts of them learnt in earlier rounds)."""
         return rounds.Rows(m.X, m.y, m.fit_weights, m.offset, design.family, m.d_star, cols,
-                           self._design_peaks(design, m))
+                           self._design_peaks(design, m), self._model_facts(m))
+
+    def _model_facts(self, m: ModelData) -> dict:
+        """What the rounds of the model ``m`` learn of its rows once (kept while it is)."""
+        if self._facts is None or self._facts[0] is not m:
+            self._facts = (m, {})
+        return self._facts[1]
 
     def _previous_weights(self, design: Design, key: tuple,
                           version: int) -> Optional[np.ndarray]:

@@ -20,10 +20,10 @@ from .conftest import read, survival_frames, v6_sites
 
 @pytest.fixture
 def tiny_blocks(monkeypatch):
-    """Blocks of a few dozen rows (16 for p = 9), leverage maxima over 8 rows."""
+    """Blocks of a few dozen rows (24 for p = 9), leverage maxima over 8 rows."""
     monkeypatch.setattr(rounds, "SUB_ROWS", 8)
-    monkeypatch.setattr(rounds, "BLOCK_BYTES", 8 * 16 * 10)
-    assert rounds.block_rows(9) == 16 and rounds.block_rows(100) == 8
+    monkeypatch.setattr(rounds, "BLOCK_BYTES", 8 * 24 * 10)
+    assert rounds.block_rows(9) == 24 and rounds.block_rows(100) == 8
 
 
 def awards():
@@ -224,13 +224,20 @@ def test_binary_outcomes_give_the_generic_deviance_bit_for_bit():
     y[:6] = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     w = rng.uniform(0, 3, 4000)
     mu = kernels.generic_step(fam, eta, y, w)[0]
-    assert kernels._binary_terms(y, mu, 1.0 - mu) is not None  # the path is taken
-    terms = kernels._binary_terms(y, mu, 1.0 - mu)
+    ones = kernels._ones(y)
+    assert ones is not False  # the path is taken
+    terms = kernels._binary_terms(ones, mu, 1.0 - mu)
     np.testing.assert_array_equal(terms, kernels._binomial_terms(y, mu, 1.0 - mu))
-    fused, generic = kernels._binomial_logit(fam, eta, y, w), kernels.generic_step(fam, eta, y, w)
-    assert fused[1] == generic[1]
+    generic = kernels.generic_step(fam, eta, y, w)
+    assert kernels._binomial_logit(fam, eta, y, w)[1] == generic[1]
+    assert kernels._binomial_logit(fam, eta, y, w, ones=ones)[1] == generic[1]
+    unit = np.ones_like(w)  # unit prior weights: the sum without the product
+    assert (kernels._binomial_logit(fam, eta, y, unit, unit=True, ones=ones)[1]
+            == pytest.approx(kernels.generic_step(fam, eta, y, unit)[1], rel=1e-14))
     y[100] = 0.5  # one proportion: both terms
-    assert kernels._binary_terms(y, mu, 1.0 - mu) is None
+    assert kernels._ones(y) is False
+    assert (kernels._binomial_logit(fam, eta, y, w)[1]
+            == pytest.approx(kernels.generic_step(fam, eta, y, w)[1], rel=1e-14))
 
 
 @pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
@@ -258,3 +265,66 @@ def test_rounds_without_masks_give_the_masked_sums_bit_for_bit(family):
     assert dev == dev_m
     rows.w[5] = 0.0  # a row of zero prior weight: the masked path, and it drops out
     assert not rounds.Rows(X, y, rows.w, np.zeros(n), fam).all_positive()
+
+
+@pytest.mark.parametrize("q", [1, 3, 4, 5, 7, 8, 9, 22, 23, 31])
+def test_block_gram_is_the_gram(q):
+    """dsyrk of the leading columns and dgemm of the rest, block by block (a short last
+    block too): the whole A'A, symmetric, to the last bits of the sums."""
+    rng = np.random.default_rng(q)
+    A = np.asfortranarray(rng.normal(size=(1000, q)) * rng.uniform(0.1, 100, q))
+    gram = rounds.BlockGram(q)
+    assert 0 < gram.m <= q and (gram.m == q or q - gram.m <= 7)
+    for r in rounds.blocks(len(A), 384):
+        gram.add(np.asfortranarray(A[r]))
+    G = gram.total()
+    np.testing.assert_array_equal(G, G.T)
+    np.testing.assert_allclose(G, A.T @ A, rtol=1e-13, atol=1e-13 * np.abs(A.T @ A).max())
+
+
+def test_block_rows_are_odd_multiples_of_the_sub_blocks():
+    for p in (1, 5, 20, 21, 40, 100, 400):
+        for factor in (1, 2):
+            rows = rounds.block_rows(p, factor)
+            assert rows % rounds.SUB_ROWS == 0 and (rows // rounds.SUB_ROWS) % 2 == 1
+            assert rows * 8 * (p + 1) <= max(factor * rounds.BLOCK_BYTES,
+                                             8 * (p + 1) * rounds.SUB_ROWS)
+    assert 256 << 10 <= rounds.BLOCK_BYTES <= 4 << 20
+
+
+@pytest.mark.parametrize("outcome", ["binary", "proportions", "poisson", "gaussian"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unit-weights", "weights-offset"])
+def test_fused_rounds_give_the_generic_sums(outcome, weighted, monkeypatch):
+    """The fused round's shortcuts (what `Rows` learns once: unit weights, no offset, 0/1
+    outcomes) give the generic round's sums to 1e-12, over several blocks, in a Fisher
+    round and in a gradient round."""
+    rng = np.random.default_rng(8)
+    n, p = 3 * rounds.block_rows(4) + 17, 4
+    X = np.asfortranarray(np.column_stack([np.ones(n), rng.normal(size=(n, p - 1))]))
+    beta = np.array([0.2, 0.5, -0.3, 0.1])
+    eta = X @ beta
+    family = {"binary": "binomial", "proportions": "binomial"}.get(outcome, outcome)
+    y = {"binary": (rng.random(n) < 1 / (1 + np.exp(-eta))) * 1.0,
+         "proportions": rng.binomial(5, 1 / (1 + np.exp(-eta))) / 5.0,
+         "poisson": rng.poisson(np.exp(eta)).astype(float),
+         "gaussian": eta + rng.normal(size=n)}[outcome]
+    w = rng.uniform(0.5, 2, n) if weighted else np.ones(n)
+    offset = rng.normal(0, 0.1, n) if weighted else np.zeros(n)
+    fam = glm.families.resolve(family)
+
+    def sums():
+        rows = rounds.Rows(X, y, w, offset, fam)
+        first, _ = rounds.irls_round(rows, beta)
+        again, _ = rounds.irls_round(rows, beta, previous=first.weights)
+        return again, rounds.score_round(rows, beta)
+
+    fused, fused_score = sums()
+    monkeypatch.setenv("AIA_GLM_KERNEL", "generic")
+    generic, generic_score = sums()
+    for name in ("deviance", "pearson_chi2", "working_chi2", "n_boundary", "xtwx", "xtwz",
+                 "weights"):
+        np.testing.assert_allclose(getattr(fused, name), getattr(generic, name),
+                                   rtol=1e-12, atol=0, err_msg=name)
+    np.testing.assert_allclose(fused_score[0], generic_score[0], rtol=1e-11,
+                               atol=1e-12 * np.abs(generic_score[0]).max())
+    assert fused_score[1] == pytest.approx(generic_score[1], rel=1e-12)
