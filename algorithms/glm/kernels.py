@@ -45,7 +45,8 @@ def generic_step(fam, eta, y, w, full: bool = True, unit: bool = False,
     return generic_at(fam, eta, fam.linkinv(eta), y, w, full)
 
 
-def generic_at(fam, eta, mu, y, w, full: bool = True) -> Optional[Step]:
+def generic_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False,
+               ones=None) -> Optional[Step]:
     """`generic_step` at a given ``mu`` (R's starting values are not g^{-1}(g(mu)))."""
     if not fam.valid(eta, mu):
         return None
@@ -68,8 +69,8 @@ def _binomial_logit(fam, eta, y, w, full: bool = True, unit: bool = False,
                     ones=None) -> Optional[Step]:
     """Binomial-logit. ``unit``: every prior weight is 1; ``ones``: y == 1 of the block's
     rows when every y is 0 or 1, False when some is not, None when not known."""
-    lo, hi = eta.min(), eta.max()  # a NaN or an infinity shows in one of them
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    lo, hi = _range(eta)
+    if lo is None:
         return None
     mu = np.negative(eta)
     np.exp(mu, out=mu)
@@ -78,12 +79,22 @@ def _binomial_logit(fam, eta, y, w, full: bool = True, unit: bool = False,
     inner = -_INNER <= lo and hi <= _INNER
     if not inner:
         np.clip(mu, _EPS, 1 - _EPS, out=mu)  # then 0 < mu < 1: valid
+    return _binomial_at_mu(mu, y, w, full, unit, ones, edges=not inner)
+
+
+def _binomial_logit_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False,
+                       ones=None) -> Optional[Step]:
+    """`_binomial_logit` at a given mu (R's starting values) and eta = logit(mu)."""
+    if _range(eta)[0] is None or not (mu.min() > 0.0 and mu.max() < 1.0):
+        return None
+    return _binomial_at_mu(mu, y, w, full, unit, ones, edges=True)
+
+
+def _binomial_at_mu(mu, y, w, full, unit, ones, edges) -> Optional[Step]:
+    """``edges``: some mu may be within 10 eps of 0 or 1 (count them)."""
     q = 1.0 - mu
     v = mu * q
-    if ones is None:
-        ones = _ones(y)
-    t = _binomial_terms(y, mu, q) if ones is False else _binary_terms(ones, mu, q)
-    dev = 2.0 * float(t.sum() if unit else np.dot(w, t))
+    dev, t = _binomial_deviance(mu, q, y, w, unit, ones)
     if not math.isfinite(dev):
         return None
     d = y - mu
@@ -93,9 +104,25 @@ def _binomial_logit(fam, eta, y, w, full: bool = True, unit: bool = False,
     if not unit:
         d *= w
     pearson = float(np.dot(d, resid))  # w (y - mu)^2 / V(mu)
-    boundary = 0 if inner else int(np.count_nonzero(mu < _BOUNDARY_EPS)
-                                   + np.count_nonzero(q < _BOUNDARY_EPS))
+    boundary = int(np.count_nonzero(mu < _BOUNDARY_EPS)
+                   + np.count_nonzero(q < _BOUNDARY_EPS)) if edges else 0
     return mu, dev, pearson, boundary, v, resid
+
+
+def _binomial_deviance(mu, q, y, w, unit, ones) -> tuple:
+    """The deviance, and its terms (an array the caller may reuse)."""
+    if ones is None:
+        ones = _ones(y)
+    t = _binomial_terms(y, mu, q) if ones is False else _binary_terms(ones, mu, q)
+    return 2.0 * float(t.sum() if unit else np.dot(w, t)), t
+
+
+def _range(eta) -> tuple:
+    """(min, max) of eta, or (None, None) when some eta is not finite."""
+    lo, hi = eta.min(), eta.max()  # a NaN or an infinity shows in one of them
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None, None
+    return lo, hi
 
 
 def _ones(y):
@@ -131,21 +158,27 @@ def _binary_terms(ones, mu, q):
 
 def _poisson_log(fam, eta, y, w, full: bool = True, unit: bool = False,
                  ones=None) -> Optional[Step]:
-    lo, hi = eta.min(), eta.max()
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    lo, hi = _range(eta)
+    if lo is None:
         return None
     mu = np.exp(eta)
     if lo < _POISSON_FLOOR:
         np.maximum(mu, _EPS, out=mu)  # then mu > 0: valid
     if hi > 700.0 and not np.isfinite(mu.max()):  # exp(700) ~ 1e304 is finite
         return None
-    t = y / mu  # statsmodels' Poisson._resid_dev
-    np.clip(t, _EPS, np.inf, out=t)
-    np.log(t, out=t)
-    t *= y
-    d = y - mu
-    t -= d
-    dev = 2.0 * float(t.sum() if unit else np.dot(w, t))
+    return _poisson_at_mu(mu, y, w, full, unit, edges=lo < _POISSON_FLOOR)
+
+
+def _poisson_log_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False,
+                    ones=None) -> Optional[Step]:
+    """`_poisson_log` at a given mu (R's starting values) and eta = log(mu)."""
+    if _range(eta)[0] is None or not (mu.min() > 0.0 and np.isfinite(mu.max())):
+        return None
+    return _poisson_at_mu(mu, y, w, full, unit, edges=True)
+
+
+def _poisson_at_mu(mu, y, w, full, unit, edges) -> Optional[Step]:
+    dev, t, d = _poisson_deviance(mu, y, w, unit)
     if not math.isfinite(dev):
         return None
     if not full:
@@ -154,8 +187,19 @@ def _poisson_log(fam, eta, y, w, full: bool = True, unit: bool = False,
     if not unit:
         d *= w
     pearson = float(np.dot(d, resid))  # w (y - mu)^2 / mu
-    boundary = 0 if lo >= _POISSON_FLOOR else int(np.count_nonzero(mu < _BOUNDARY_EPS))
+    boundary = int(np.count_nonzero(mu < _BOUNDARY_EPS)) if edges else 0
     return mu, dev, pearson, boundary, mu, resid
+
+
+def _poisson_deviance(mu, y, w, unit) -> tuple:
+    """The deviance, its terms and y - mu (arrays the caller may reuse)."""
+    t = y / mu  # statsmodels' Poisson._resid_dev
+    np.clip(t, _EPS, np.inf, out=t)
+    np.log(t, out=t)
+    t *= y
+    d = y - mu
+    t -= d
+    return 2.0 * float(t.sum() if unit else np.dot(w, t)), t, d
 
 
 #: Above this eta, exp(eta) > 10 eps: no clip at eps and no boundary row.
@@ -164,23 +208,46 @@ _POISSON_FLOOR = -33.0
 
 def _gaussian_identity(fam, eta, y, w, full: bool = True, unit: bool = False,
                        ones=None) -> Optional[Step]:
-    lo, hi = eta.min(), eta.max()
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    return _gaussian_identity_at(fam, eta, eta, y, w, full, unit)
+
+
+def _gaussian_identity_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False,
+                          ones=None) -> Optional[Step]:
+    if _range(mu)[0] is None:
         return None
-    resid = y - eta
-    t = resid * resid
-    dev = float(t.sum() if unit else np.dot(w, t))
+    dev, resid = _gaussian_deviance(mu, y, w, unit)
     if not math.isfinite(dev):
         return None
     if not full:
-        return eta, dev, 0.0, 0, None, resid
-    return eta, dev, dev, 0, np.ones_like(eta), resid
+        return mu, dev, 0.0, 0, None, resid
+    return mu, dev, dev, 0, np.ones_like(mu), resid
+
+
+def _gaussian_deviance(mu, y, w, unit) -> tuple:
+    resid = y - mu
+    t = resid * resid
+    return float(t.sum() if unit else np.dot(w, t)), resid
+
+
+def null_deviance(step: Callable, fam, mu, y, w, unit: bool = False, ones=None) -> float:
+    """The deviance at ``mu`` (the null model's fitted values) by the fused step's own
+    terms when ``step`` is one, else the family's."""
+    if step is _binomial_logit:
+        return _binomial_deviance(mu, 1.0 - mu, y, w, unit, ones)[0]
+    if step is _poisson_log:
+        return _poisson_deviance(mu, y, w, unit)[0]
+    if step is _gaussian_identity:
+        return _gaussian_deviance(mu, y, w, unit)[0]
+    return fam.deviance(y, mu, w)
 
 
 #: The fused steps whose working weights and residuals are finite whenever they return
 #: (mu is clipped inside the family's range, eta checked finite): a round needs no mask of
 #: the non-finite rows after them.
 FINITE = frozenset({_binomial_logit, _poisson_log, _gaussian_identity})
+#: The same steps at given (eta, mu), for R's starting values (finite as well).
+AT = {_binomial_logit: _binomial_logit_at, _poisson_log: _poisson_log_at,
+      _gaussian_identity: _gaussian_identity_at}
 
 
 def step_for(fam) -> Callable:

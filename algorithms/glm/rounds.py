@@ -233,22 +233,20 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
     boundary = 0
     y, w, offset = rows.y, rows.w, rows.offset
     unmasked = not masked and rows.all_positive()
-    fast = _fast_path(rows, beta)
+    fast = _fast_path(rows)
     for r in blocks(n, size):
         fam = rows.family_of(r)
         Xb = rows.block(r)
         yb, wb = y[r], w[r]
         if beta is None:
             eta, mu = start[0][r], start[1][r]
-            got = kernels.generic_at(fam, eta, mu, yb, wb)
-            finite = False
+            got = fast.at(fam, eta, mu, yb, wb, unit=fast.unit, ones=fast.ones_of(r))
         else:
             eta = Xb @ beta
             if not fast.zero_offset:
                 eta += offset[r]
-            got = fast.step(fam, eta, yb, wb, unit=fast.unit,
-                            ones=fast.ones_of(r))
-            finite = fast.finite
+            got = fast.step(fam, eta, yb, wb, unit=fast.unit, ones=fast.ones_of(r))
+        finite = fast.finite
         if got is None:
             return None, work
         mu, dev, chi2, edge, ww, residual = got
@@ -256,13 +254,16 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         pearson += chi2
         boundary += edge
         if null is not None:
-            null_dev += _null_deviance(fam, yb, wb, offset[r], null)
+            null_dev += kernels.null_deviance(fast.step, fam, _null_mu(fam, yb, offset[r], null),
+                                              yb, wb, fast.unit, fast.ones_of(r))
         # The working weights and response of IRLS (statsmodels' and R's formulas); R
         # drops the rows where they are not finite from the weighted least squares: a
         # zero weight does the same to the sums.
         weights = ww if fast.unit else wb * ww
-        if fast.zero_offset:  # eta is this round's own: z = eta + r, in place
+        if fast.zero_offset and beta is not None:  # eta is this round's own: in place
             z = np.add(eta, residual, out=eta)
+        elif fast.zero_offset:
+            z = eta + residual
         else:
             z = eta - offset[r]
             z += residual
@@ -319,6 +320,7 @@ class _Fast:
     results are finite (`kernels.FINITE`), and the facts of the rows it uses."""
 
     step: object
+    at: object  # the step at given (eta, mu), for R's starting values
     finite: bool
     unit: bool
     zero_offset: bool
@@ -328,12 +330,13 @@ class _Fast:
         return self.ones[rows] if isinstance(self.ones, np.ndarray) else self.ones
 
 
-def _fast_path(rows: Rows, beta) -> _Fast:
+def _fast_path(rows: Rows) -> _Fast:
     step = kernels.step_for(rows.family_of(slice(0, rows.n)))
-    if beta is None or step is kernels.generic_step:
-        return _Fast(step, False, False, False, None)
+    if step is kernels.generic_step:
+        return _Fast(step, kernels.generic_at, False, False, False, None)
     ones = rows.ones() if step is kernels._binomial_logit else None
-    return _Fast(step, step in kernels.FINITE, rows.unit_weights(), rows.zero_offset(), ones)
+    return _Fast(step, kernels.AT[step], step in kernels.FINITE, rows.unit_weights(),
+                 rows.zero_offset(), ones)
 
 
 def check_leverage(guards: Guards, rows: Rows, sums: RoundSums) -> None:
@@ -348,10 +351,11 @@ def check_leverage(guards: Guards, rows: Rows, sums: RoundSums) -> None:
     disclosure.check_round(guards, A, sums.xtwx)
 
 
-def _null_deviance(fam, y, w, offset, null) -> float:
+def _null_mu(fam, y, offset, null) -> np.ndarray:
+    """The null model's fitted values of a block's rows."""
     if null == "offset":  # no intercept: R's null model is mu = g^{-1}(offset)
-        return fam.deviance(y, fam.linkinv(offset), w)
-    return fam.deviance(y, np.full_like(y, float(null)), w)
+        return fam.linkinv(offset)
+    return np.full_like(y, float(null))
 
 
 def score_round(rows: Rows, beta: np.ndarray,
@@ -364,7 +368,7 @@ def score_round(rows: Rows, beta: np.ndarray,
     deviance = 0.0
     y, w, offset = rows.y, rows.w, rows.offset
     unmasked = not masked and rows.all_positive()
-    fast = _fast_path(rows, beta)
+    fast = _fast_path(rows)
     for r in blocks(n, block_rows(p, SCORE_BLOCK_FACTOR)):
         fam = rows.family_of(r)
         Xb = rows.block(r)
