@@ -174,7 +174,9 @@ def _poisson_log_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False,
     """`_poisson_log` at a given mu (R's starting values) and eta = log(mu)."""
     if _range(eta)[0] is None or not (mu.min() > 0.0 and np.isfinite(mu.max())):
         return None
-    return _poisson_at_mu(mu, y, w, full, unit, edges=True)
+    # a copy: the working weights are mu, and a round writes into them (sqrt in place);
+    # the given mu is the caller's
+    return _poisson_at_mu(mu.copy(), y, w, full, unit, edges=True)
 
 
 def _poisson_at_mu(mu, y, w, full, unit, edges) -> Optional[Step]:

@@ -317,9 +317,14 @@ def test_fused_rounds_give_the_generic_sums(outcome, weighted, monkeypatch):
         mu = fam.start_mu(y, w, None)  # R's starting values, and the null deviance
         start, _ = rounds.irls_round(rows, None, (fam.linkfun(mu), mu),
                                      null=float(np.average(y, weights=w)))
+        # No intercept: R's null model is mu = g^{-1}(offset), some of it at the edges
+        edges = offset.copy()
+        edges[:4] = [40.0, -40.0, 30.0, -50.0]
+        at_offset, _ = rounds.irls_round(rounds.Rows(X, y, w, edges, fam), None,
+                                         (fam.linkfun(mu), mu), null="offset")
         first, _ = rounds.irls_round(rows, beta)
         again, _ = rounds.irls_round(rows, beta, previous=first.weights)
-        return start, again, rounds.score_round(rows, beta)
+        return start, at_offset, again, rounds.score_round(rows, beta)
 
     *fused, fused_score = sums()
     monkeypatch.setenv("AIA_GLM_KERNEL", "generic")
