@@ -271,26 +271,34 @@ def max_leverage(X: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
 
 
 def check_design(guards: Guards, X: np.ndarray, weights: Optional[np.ndarray],
-                 peaks: Optional[np.ndarray] = None) -> None:
+                 peaks: Optional[np.ndarray] = None,
+                 gram: Optional[np.ndarray] = None) -> None:
     """The leverage of every row of the prior-weighted design against
     ``GLM_MAX_LEVERAGE``: from `round_bound` when ``peaks`` (`rounds.x_peaks` of X, by
-    sub-blocks of ``sub_rows``) settle it, one pass for the gram; else exactly
+    sub-blocks of ``sub_rows``) settle it, one pass for the gram (none when ``gram``, the
+    gram of sqrt(w) X, comes with the peaks: `rounds.design_sums`); else exactly
     (`max_leverage`, two passes)."""
     if peaks is not None and len(X):
         from .rounds import SUB_ROWS  # the sub-blocks of the peaks
 
         w = np.ones(len(X)) if weights is None else np.maximum(weights, 0.0)
-        if np.all(w == 1.0) and X.dtype == np.float64 and X.flags.f_contiguous:
-            gram = dsyrk(1.0, X, trans=1, lower=0)  # unit weights: X'X, X read as it is
-        else:
-            gram = np.zeros((X.shape[1], X.shape[1]))
-            for rows in _blocks(len(X)):
-                gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
-        gram = np.triu(gram) + np.triu(gram, 1).T
+        if gram is None:
+            gram = _design_gram(X, w)
         heaviest = np.maximum.reduceat(w, np.arange(0, len(X), SUB_ROWS))
         if round_bound(gram, peaks * heaviest[:, None]) <= guards.max_leverage:
             return
     guards.check_leverage(max_leverage(X, weights))
+
+
+def _design_gram(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The symmetric gram of sqrt(w) X."""
+    if np.all(w == 1.0) and X.dtype == np.float64 and X.flags.f_contiguous:
+        gram = dsyrk(1.0, X, trans=1, lower=0)  # unit weights: X'X, X read as it is
+    else:
+        gram = np.zeros((X.shape[1], X.shape[1]))
+        for rows in _blocks(len(X)):
+            gram += dsyrk(1.0, _weighted(X[rows], np.sqrt(w[rows])), trans=1, lower=0)
+    return np.triu(gram) + np.triu(gram, 1).T
 
 
 def check_round(guards: Guards, A: np.ndarray, gram: np.ndarray) -> None:

@@ -93,13 +93,13 @@ def _binomial_logit_at(fam, eta, mu, y, w, full: bool = True, unit: bool = False
 def _binomial_at_mu(mu, y, w, full, unit, ones, edges) -> Optional[Step]:
     """``edges``: some mu may be within 10 eps of 0 or 1 (count them)."""
     q = 1.0 - mu
-    v = mu * q
     dev, t = _binomial_deviance(mu, q, y, w, unit, ones)
     if not math.isfinite(dev):
         return None
     d = y - mu
     if not full:  # a gradient round: the score's y - mu (see `Step`)
         return mu, dev, 0.0, 0, None, d
+    v = mu * q
     resid = np.divide(d, v, out=t)  # g'(mu)(y - mu) = (y - mu) / (mu(1 - mu))
     if not unit:
         d *= w

@@ -63,9 +63,10 @@ SUB_ROWS = 256
 
 def block_rows(p: int, factor: int = 1) -> int:
     """The rows of one block (of ``factor`` x ``BLOCK_BYTES``) for a design of ``p``
-    columns: an odd multiple of ``SUB_ROWS``. Odd, because the block buffer's columns are then not 4 KB apart (or a
-    multiple of it): with OpenBLAS, dsyrk of a buffer whose columns are an even multiple of
-    2 KB apart took 1.2x as long (``benchmarks/gram.py`` prints both)."""
+    columns: an odd multiple of ``SUB_ROWS``. Odd, because the block buffer's columns are
+    then not 4 KB apart (or a multiple of it): with OpenBLAS, dsyrk of a buffer whose
+    columns are an even multiple of 2 KB apart took 1.2x as long (``benchmarks/gram.py``
+    prints both)."""
     units = max(1, factor * BLOCK_BYTES // (8 * (p + 1)) // SUB_ROWS)
     return (units if units % 2 else units - 1) * SUB_ROWS
 
@@ -145,6 +146,28 @@ def x_peaks(X: np.ndarray) -> np.ndarray:
         first = r.start // SUB_ROWS
         peaks[first:first + len(starts)] = np.maximum.reduceat(X[r] ** 2, starts, axis=0)
     return peaks
+
+
+def design_sums(X: np.ndarray, weights: Optional[np.ndarray]) -> tuple:
+    """The design check's gram and `x_peaks` of X in one pass over X, by blocks that stay
+    in cache: (the gram of sqrt(w) X, the peaks of X). ``weights``: the prior weights
+    (>= 0), or None when every one is 1."""
+    n, p = X.shape
+    peaks = np.empty(((n + SUB_ROWS - 1) // SUB_ROWS, p))
+    gram = BlockGram(p)
+    step = block_rows(p)
+    buffer = np.empty((min(n, step), p), order="F")
+    for r in blocks(n, step):
+        k = r.stop - r.start
+        B = buffer[:k]
+        np.copyto(B, X[r])
+        first = r.start // SUB_ROWS
+        starts = np.arange(0, k, SUB_ROWS)
+        peaks[first:first + len(starts)] = np.maximum.reduceat(B * B, starts, axis=0)
+        if weights is not None:
+            B *= np.sqrt(weights[r])[:, None]
+        gram.add(B)
+    return gram.total(), peaks
 
 
 class Rows:

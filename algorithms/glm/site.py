@@ -217,7 +217,7 @@ class Site(SiteFrame, SitePasses):
             raise SiteError(problem)
         disclosure.check_columns(guards, data.X, data.names, data.y, data.weights,
                                  data.offset)
-        disclosure.check_design(guards, data.X, data.weights, self._design_peaks(design, data))
+        disclosure.check_design(guards, data.X, data.weights, *self._design_sums(design, data))
         disclosure.check_expressions(guards, frame, design.info.expressions,
                                      used=np.asarray(data.weights) > 0)
         self._built = (design.token, data, guards)
@@ -290,6 +290,16 @@ class Site(SiteFrame, SitePasses):
             working_chi2=sums.working_chi2, xtwx=sums.xtwx, xtwz=sums.xtwz,
             n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
         )
+
+    def _design_sums(self, design: Design, m: ModelData) -> tuple:
+        """(peaks, gram) for `disclosure.check_design`: `rounds.design_sums` in one pass
+        over X, its peaks kept for the rounds; (None, None) for a design of one block."""
+        if m.X.shape[0] <= rounds.block_rows(m.X.shape[1]):
+            return None, None
+        w = None if m.weights is None else np.maximum(m.weights, 0.0)
+        gram, peaks = rounds.design_sums(m.X, None if w is None or np.all(w == 1.0) else w)
+        self._peaks = (design.token, peaks)
+        return peaks, gram
 
     def _design_peaks(self, design: Design, m: ModelData) -> Optional[np.ndarray]:
         """The design's `rounds.x_peaks` (kept), for the leverage bounds of a design of

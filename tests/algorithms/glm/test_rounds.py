@@ -340,3 +340,20 @@ def test_fused_rounds_give_the_generic_sums(outcome, weighted, monkeypatch):
     np.testing.assert_allclose(fused_score[0], generic_score[0], rtol=1e-11,
                                atol=1e-12 * np.abs(generic_score[0]).max())
     assert fused_score[1] == pytest.approx(generic_score[1], rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_design_sums_are_the_gram_and_the_peaks(tiny_blocks, weighted):
+    """The design check's one pass (`rounds.design_sums`) gives the gram of sqrt(w) X and
+    `x_peaks` of X, over several blocks and a short last one, X in C or F order."""
+    rng = np.random.default_rng(11)
+    n, p = 5 * rounds.block_rows(9) + 13, 9
+    X = rng.normal(size=(n, p)) * rng.uniform(0.1, 10, p)
+    w = rng.uniform(0, 3, n) if weighted else None
+    root = np.ones(n) if w is None else np.sqrt(w)
+    for order in ("C", "F"):
+        gram, peaks = rounds.design_sums(np.asarray(X, order=order), w)
+        np.testing.assert_allclose(gram, (X * root[:, None]).T @ (X * root[:, None]),
+                                   rtol=1e-12, atol=1e-12 * n)
+        np.testing.assert_array_equal(peaks, rounds.x_peaks(X))
+        assert peaks.shape == (-(-n // rounds.SUB_ROWS), p)
