@@ -129,6 +129,21 @@ def _row_folds(site: Site, n: int, folds: Optional[Folds]) -> Optional[np.ndarra
     return cached[1]
 
 
+#: The folds whose rows passed `_check_fold` at each site, by (design token, `Folds`).
+_CHECKED_FOLDS: "weakref.WeakKeyDictionary[Site, set]" = weakref.WeakKeyDictionary()
+
+
+def _require_checked(site: Site, design, folds: Folds) -> None:
+    """Refuse sums or held-out sums over folds this site has not checked (in a "moments"
+    query of this design). Every query names its folds: without this, a central could ask
+    the moments over honest folds, then sums over one row a fold (``Folds(k=n)``), whose
+    differences with the full sums are the rows."""
+    if (design.token, folds) not in _CHECKED_FOLDS.get(site, ()):
+        raise PrivacyError(ENVIRONMENT["minimum_rows"], site.round_guards(design).minimum_rows,
+                           f"folds {folds} were not checked by this site: sums over folds "
+                           "are sent only for the folds of the path's moments query")
+
+
 def _check_fold(site: Site, guards, m, rows: np.ndarray, fold: int) -> None:
     """A fold's rows, and the rows outside it, pass the guards of a site's rows."""
     used = m.weights > 0
@@ -289,6 +304,8 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
     folds = _row_folds(site, len(m.y), q.folds)
     X, y, w, off = m.X, m.y, m.weights, m.offset
     parts = []
+    if q.kind != "moments" and folds is not None and q.folds.sites is None:
+        _require_checked(site, design, q.folds)
     if q.kind == "moments":
         gram = design.family.name.lower() == "gaussian"  # its path runs on these sums
         parts.append((None, _moments(X, y, w, off, gram)))
@@ -297,6 +314,7 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
                 rows = folds == k
                 _check_fold(site, guards, m, rows, k)
                 parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows], gram)))
+            _CHECKED_FOLDS.setdefault(site, set()).add((design.token, q.folds))
     elif q.kind == "sums":
         fam = design.family.bind(m.d_star)
         for fit, ask in q.betas:

@@ -3,6 +3,7 @@ site computes it (`site_score`)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
@@ -10,7 +11,10 @@ import numpy as np
 
 from . import rounds
 from .design import Design
+from .guards import PrivacyError
 from .site import Site, _guarded
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,18 @@ def site_score(site: Site, design: Design, query: GradientQuery,
     m = site.model(design)  # built (and guarded) once per design
     cols = None if subset is None else [m.names.index(c) for c in subset]
     rows = site._rows(design, m, cols)
+    weights = np.empty(rows.n)
     with np.errstate(all="ignore"):
-        found = rounds.score_round(rows, query.beta)
+        found = rounds.score_round(rows, query.beta, weights=weights)
     if found is None:
         return Score(query.version, False, site=site.name)
+    try:  # the coefficients choose the weights: they must not single out a row
+        rounds.check_score_weights(site.round_guards(design), rows, weights)
+    except PrivacyError as exc:  # as a Fisher round withholds: the line search steps back
+        site.audit.refused(design.model_key, exc)
+        log.warning("site %s: score withheld at coefficients %d: %s", site.name,
+                    query.version, exc)
+        return Score(query.version, False, site=site.name)
+    if subset is None:
+        site._passed(design, query.beta)  # the estimate's log-likelihood and meat
     return Score(query.version, True, score=found[0], deviance=found[1], site=site.name)

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
 
 from . import disclosure, kernels
-from .guards import Guards
+from .guards import ENVIRONMENT, Guards, PrivacyError
 
 def _l2_bytes(default: int = 1 << 20) -> int:
     """The size of a core's level-2 cache (Linux's sysfs), else ``default``."""
@@ -209,6 +209,16 @@ class Rows:
         """y == 1 when every y is 0 or 1, else False (`kernels._binomial_logit`)."""
         return self._fact("ones", lambda: kernels._ones(self.y))
 
+    def row_norms(self) -> np.ndarray:
+        """||x_i||^2 of every row of the round's columns (`check_score_weights`)."""
+        def learn():
+            out = np.empty(self.n)
+            for r in blocks(self.n, block_rows(self.p)):
+                B = self.block(r)
+                out[r] = np.einsum("ij,ij->i", B, B)
+            return out
+        return self._fact(("norms", None if self.cols is None else tuple(self.cols)), learn)
+
     def peaks(self) -> np.ndarray:
         if self._peaks is None:
             self._peaks = x_peaks(self.X)
@@ -362,9 +372,71 @@ def _fast_path(rows: Rows) -> _Fast:
                  rows.zero_offset(), ones)
 
 
+#: A row's working weight under this fraction of the largest is saturated: its fitted value
+#: is pinned at the family's edge (|eta| > ~18 for the logit) and moves with no coefficient.
+SATURATED = 1e-8
+
+
+def check_saturation(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
+    """Refuse coefficients that saturate more than half of the rows (`SATURATED`).
+
+    Steep coefficients make the fitted values a step: mu is 0 or 1 on either side of a
+    hyperplane the central chooses, every working weight is the same tiny number (the
+    weighted leverages are then the design's, and pass), and the score, X'(y - mu), is
+    X'y less the sum of x over the rows past the hyperplane. Two such rounds with the
+    hyperplane moved past one row give that row by difference. At coefficients that leave
+    half the rows unsaturated the step is smooth over many rows. A fit whose coefficients
+    genuinely go there is (quasi-)separated, and its estimate does not exist (R warns at
+    fitted values within 10 eps of the edge). Off with ``GLM_MAX_LEVERAGE`` >= 1, as the
+    leverage checks."""
+    if guards.max_leverage >= 1.0 or rows.n == 0:
+        return
+    top = float(np.max(weights))
+    if _bounded(rows.family):  # every row at the edge has the same tiny weight: compare
+        top = max(top, 0.25 * float(np.max(rows.w)))  # with the weight at mu = 1/2
+    if not top > 0.0:
+        return
+    low = int(np.count_nonzero(weights < SATURATED * top))
+    idle = 0 if rows.all_positive() else int(np.count_nonzero(~(rows.w > 0)))
+    active = rows.n - idle
+    if low - idle > active / 2:
+        raise PrivacyError(
+            ENVIRONMENT["max_leverage"], guards.max_leverage,
+            f"the coefficients pin {low - idle} of {active} rows at the family's edge "
+            f"(working weights under {SATURATED:g} of the largest): so steep a fit "
+            "singles out rows between two rounds")
+
+
+def _bounded(family) -> bool:
+    """Whether the family's variance is bounded (the binomial's mu(1 - mu) <= 1/4)."""
+    from statsmodels.genmod import families as smf
+
+    return isinstance(getattr(family, "sm", None), smf.Binomial)
+
+
+def check_score_weights(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
+    """The guards of a gradient round, whose score ``X' W g'(mu)(y - mu)`` has no gram to
+    check leverages against: `check_saturation`, and no row's share of
+    ``sum_i w_i ||x_i||^2`` (``weights``: the working weights of the round, prior weights
+    included) above ``GLM_MAX_LEVERAGE`` (steep coefficients of a Poisson fit make the
+    largest fitted value carry the score)."""
+    check_saturation(guards, rows, weights)
+    if guards.max_leverage >= 1.0 or rows.n == 0:
+        return
+    mass = weights * rows.row_norms()
+    total = float(mass.sum())
+    if total > 0.0 and float(mass.max()) > guards.max_leverage * total:
+        raise PrivacyError(
+            ENVIRONMENT["max_leverage"], guards.max_leverage,
+            "at these coefficients one row carries more than this share of the score's "
+            "weight (sum of w_i ||x_i||^2): its fitted value would single it out")
+
+
 def check_leverage(guards: Guards, rows: Rows, sums: RoundSums) -> None:
-    """`disclosure.check_round` on this round's weighted design, from the block bound when
-    it settles the check (see the module docstring), exactly otherwise."""
+    """`check_saturation`, then `disclosure.check_round` on this round's weighted design,
+    from the block bound when it settles the check (see the module docstring), exactly
+    otherwise."""
+    check_saturation(guards, rows, sums.weights)
     if sums.whole is not None:
         disclosure.check_round(guards, sums.whole, sums.xtwx)
         return
@@ -381,11 +453,12 @@ def _null_mu(fam, y, offset, null) -> np.ndarray:
     return np.full_like(y, float(null))
 
 
-def score_round(rows: Rows, beta: np.ndarray,
-                masked: bool = False) -> Optional[tuple[np.ndarray, float]]:
+def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
+                weights: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, float]]:
     """A gradient-descent site's score ``X'W g'(mu) (y - mu)`` and deviance at ``beta``,
     each block of X read once for both products; None outside the family's range.
-    ``masked``: as in `irls_round`."""
+    ``masked``: as in `irls_round`. ``weights``: an array of the rows to fill with the
+    round's working weights, prior weights included (for `check_score_weights`)."""
     n, p = rows.n, rows.p
     score = np.zeros(p)
     deviance = 0.0
@@ -403,8 +476,10 @@ def score_round(rows: Rows, beta: np.ndarray,
                         ones=fast.ones_of(r))
         if got is None:
             return None
-        _, dev, _, _, ww, residual = got
+        mu, dev, _, _, ww, residual = got
         deviance += dev
+        if weights is not None:
+            _working_weights(fast.step, mu, ww, wb, fast.unit, out=weights[r])
         if ww is None:  # a canonical link: the terms are y - mu, times the prior weights
             terms = residual if fast.unit else np.multiply(residual, wb, out=residual)
         else:
@@ -419,5 +494,22 @@ def score_round(rows: Rows, beta: np.ndarray,
             g = terms
         score += Xb.T @ g
     if unmasked and not np.all(np.isfinite(score)):
-        return score_round(rows, beta, masked=True)
+        return score_round(rows, beta, masked=True, weights=weights)
     return score, float(deviance)
+
+
+def _working_weights(step, mu, ww, wb, unit: bool, out: np.ndarray) -> None:
+    """A block's working weights into ``out``: the step's, or the canonical link's
+    variance where the fused step skipped it (logit mu(1 - mu), log mu, identity 1)."""
+    if ww is not None:
+        np.copyto(out, ww)
+    elif step is kernels._binomial_logit:
+        np.subtract(1.0, mu, out=out)
+        out *= mu
+    elif step is kernels._poisson_log:
+        np.copyto(out, mu)
+    else:
+        out.fill(1.0)
+    if not unit:
+        out *= wb
+    np.copyto(out, 0.0, where=~np.isfinite(out))

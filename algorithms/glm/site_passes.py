@@ -26,7 +26,10 @@ class SitePasses:
     @_guarded
     def loglike(self, design: Design, beta: np.ndarray, scale: float,
                 subset: Optional[Sequence[str]] = None) -> float:
-        """The site's share of the log-likelihood at ``beta`` (statsmodels' definition)."""
+        """The site's share of the log-likelihood at ``beta`` (statsmodels' definition).
+
+        Only at coefficients whose round this site has answered (`_require_answered`)."""
+        self._require_answered(design, beta, "the log-likelihood")
         m = self.model(design)
         X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
         fam = design.family.bind(m.d_star)
@@ -36,12 +39,22 @@ class SitePasses:
 
 
     def _passed(self, design: Design, beta: np.ndarray) -> None:
-        """Remember coefficients whose round passed the leverage check (`theta_sums` answers
-        at those only)."""
+        """Remember coefficients whose round passed the round's guards (`theta_sums`,
+        `loglike` and `meat` answer at those only)."""
         if self._answered[0] != design.token:
             self._answered = (design.token, set())
         if len(self._answered[1]) < MAX_REMEMBERED:
             self._answered[1].add(np.asarray(beta, dtype=float).tobytes())
+
+    def _require_answered(self, design: Design, beta: np.ndarray, what: str) -> None:
+        """Refuse a pass at coefficients whose round (Fisher scoring or gradient) this site
+        has not answered for this design. Otherwise the central could choose coefficients
+        for these passes alone, past the rounds' guards: two steep coefficients on either
+        side of a row make the meat's or the log-likelihood's difference that row's."""
+        key = np.asarray(beta, dtype=float).tobytes()
+        if self._answered[0] != design.token or key not in self._answered[1]:
+            raise SiteError(f"{what}: sent only at coefficients whose round (Fisher scoring "
+                            "or gradient) this site has answered")
 
     @_guarded
     def theta_sums(self, design: Design, beta: np.ndarray,
@@ -52,10 +65,7 @@ class SitePasses:
         Only at coefficients of this design whose X'WX this site has sent (their weights
         passed the check that they single out no row, `disclosure.check_round`): the central
         cannot choose fitted values for these sums alone."""
-        key = np.asarray(beta, dtype=float).tobytes()
-        if self._answered[0] != design.token or key not in self._answered[1]:
-            raise SiteError("theta sums are sent only at coefficients whose Fisher scoring "
-                            "round this site has answered")
+        self._require_answered(design, beta, "theta sums")
         m = self.model(design)
         fam = design.family.bind(m.d_star)
         with np.errstate(all="ignore"):
@@ -82,7 +92,9 @@ class SitePasses:
         keyed with ``GLM_GROUPS_KEY`` of the site's environment when set (a secret shared
         by the sites, so that the central cannot test guesses of ids), else with ``salt``.
         The cluster column passes the level checks of a categorical column, and the rows'
-        weights ``u_i`` the weighted-leverage check of every round."""
+        weights ``u_i`` the weighted-leverage check of every round. Only at coefficients
+        whose round this site has answered (`_require_answered`)."""
+        self._require_answered(design, beta, "the meat of the sandwich")
         m = self.model(design)
         guards = self.round_guards(design)
         fam = design.family.bind(m.d_star)

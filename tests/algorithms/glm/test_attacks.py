@@ -325,3 +325,81 @@ def test_audit_log_unreadable_lines_do_not_reset_the_budget(tmp_path):
     with open(log, "a") as f:
         f.write('{"torn')
     assert Audit(log)._models_today() == {"m1"}
+
+
+# -- steep coefficients, passes at coefficients of their own, folds of their own -----------
+def _site(frame, formula, family, audit_log=None):
+    from algorithms.glm.site import Site
+
+    site = Site(frame, "a", audit_log=audit_log)
+    design = glm.Design.make(formula, family)
+    site.describe(design)
+    site.build(design)
+    return site, design
+
+
+@pytest.mark.parametrize("slope", [1e8, 1e3])
+def test_a_step_of_fitted_values_gets_no_sums(frames, slope):
+    """Coefficients so steep that mu is 0 or 1 either side of a point the central chooses:
+    every working weight is the same tiny number (the weighted leverages are the design's)
+    and X'Wz - X'WX beta is x'y less the sum of x past the point; two such rounds either
+    side of a row give it. Refused, at either steepness."""
+    t = float(np.median(frames[0]["x"]))
+    err = refusal("b ~ x", frames, "binomial", start=[-slope * t, slope], max_iter=1)
+    assert err.guard == "GLM_MAX_LEVERAGE" and "withheld" in str(err)
+
+
+@pytest.mark.parametrize("family,beta", [("binomial", lambda t: [-1e3 * t, 1e3]),
+                                         ("poisson", lambda t: [-40.0 * t, 40.0])])
+def test_a_gradient_round_at_steep_coefficients_gets_no_score(frames, family, beta, tmp_path):
+    """A score round has no gram to check leverages against: steep coefficients (a step of
+    fitted values; a Poisson mean carried by the largest row) get no score, honest ones do,
+    and the refusal is in the site's audit log."""
+    from algorithms.glm.gradient_messages import GradientQuery, site_score
+
+    log = tmp_path / "audit.jsonl"
+    site, design = _site(frames[0], "b ~ x", family, audit_log=log)
+    steep = np.asarray(beta(float(frames[0]["x"].max()) if family == "poisson"
+                            else float(np.median(frames[0]["x"]))))
+    assert not site_score(site, design, GradientQuery(1, steep)).valid
+    assert site_score(site, design, GradientQuery(2, np.array([0.1, 0.5]))).valid
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["guard"] for e in events if e["event"] == "refused"] == ["GLM_MAX_LEVERAGE"]
+
+
+def test_passes_besides_the_rounds_take_only_coefficients_of_answered_rounds(frames):
+    """The log-likelihood, the sandwich's meat and glm.nb's theta sums at coefficients the
+    central picks for them alone would skip the rounds' guards (two steep cuts either side
+    of a row: the meat's difference is x x' of that row): refused until a round at those
+    coefficients has passed."""
+    from algorithms.glm.messages import Query
+
+    site, design = _site(frames[0], "b ~ x", "binomial")
+    beta = np.array([0.2, 0.7])
+    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
+        site.meat(design, beta, "rows")
+    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
+        site.loglike(design, beta, 1.0)
+    assert site.contribution(design, Query(1, beta)).valid
+    assert np.isfinite(site.loglike(design, beta, 1.0))
+    assert site.meat(design, beta, "rows")["meat"].shape == (2, 2)
+    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
+        site.meat(design, beta + 1e-9, "rows")
+
+
+def test_glmnet_sums_only_over_the_folds_the_site_checked(frames):
+    """Every glmnet query names its folds; only the moments query checks them. A central
+    that asks the moments over honest folds, then sums over a fold of one row each
+    (k = n), would read the rows as differences: refused, and the checked folds answer."""
+    from algorithms.glm.glmnet_site import Folds, GlmnetQuery, glmnet_answer
+
+    site, design = _site(frames[0], "y ~ x", "gaussian")
+    honest = Folds(k=3)
+    glmnet_answer(site, design, GlmnetQuery(0, "moments", folds=honest))
+    one_row = Folds(k=len(frames[0]))
+    B = np.zeros((1, 2))
+    with pytest.raises(PrivacyError, match="not checked by this site"):
+        glmnet_answer(site, design, GlmnetQuery(1, "heldout", betas=((0, B),), folds=one_row))
+    answer = glmnet_answer(site, design, GlmnetQuery(2, "heldout", betas=((0, B),),
+                                                     folds=honest))
+    assert len(answer.parts) == 1
