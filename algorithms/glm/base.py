@@ -63,6 +63,7 @@ class SiteAlgorithm(AbstractAlgorithm):
         self.converged = False
         self.column_names: Optional[list] = None
         self.nobs = self.n_ok = 0
+        self.sum_w = float("nan")  # the prior weights' sum (R's dispersion in the likelihood)
         self.n_boundary = 0
         self.boundary = False  # R's flag: step-halving happened
         self.withheld: list = []  # sites that withheld their sums (disclosure)
@@ -116,7 +117,7 @@ class SiteAlgorithm(AbstractAlgorithm):
             raise DesignMismatchError(f"the sites built different design columns ({detail})")
         self.column_names = list(columns[0])
         total = combine(contribs)
-        self.nobs, self.n_ok = total.nobs, total.n_ok
+        self.nobs, self.n_ok, self.sum_w = total.nobs, total.n_ok, total.sum_w
         if self.null_model:
             self._null_mode = None
         elif INTERCEPT not in self.column_names:
@@ -164,7 +165,7 @@ class SiteAlgorithm(AbstractAlgorithm):
 
     def report(self) -> dict:
         """The fit: ``params``, ``cov_unscaled``, ``deviance``, ``pearson_chi2``,
-        ``working_chi2``, ``null_deviance``, ``nobs``, ``n_ok``, ``n_boundary``,
+        ``working_chi2``, ``null_deviance``, ``nobs``, ``n_ok``, ``sum_w``, ``n_boundary``,
         ``converged``, ``boundary``, ``withheld``, ``column_names``, ``accepted_version``
         (what `glm.fit` reads back: `algorithms.glm.fit_record.FitRecord`)."""
         names = self.column_names if self._subset is None else list(self._subset)
@@ -178,6 +179,7 @@ class SiteAlgorithm(AbstractAlgorithm):
             "null_deviance": self.null_deviance,
             "nobs": self.nobs,
             "n_ok": self.n_ok,
+            "sum_w": self.sum_w,
             "n_boundary": self.n_boundary,
             "converged": self.converged,
             "boundary": self.boundary,

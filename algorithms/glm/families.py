@@ -271,6 +271,16 @@ class Family:
             return float("nan")
         if type(self.sm) is smf.Binomial:
             return binomial_loglike(y, mu, w, trials, freq)
+        if type(self.sm) in (smf.Gamma, smf.InverseGaussian):
+            # R's family$aic: each row's log-density at the dispersion, times its prior
+            # weight (statsmodels divides the dispersion by the weight instead)
+            f = 1.0 if freq is None else freq
+            return float(np.sum(f * w * self.sm.loglike_obs(y, mu, var_weights=1.0,
+                                                             scale=scale)))
+        used = w > 0  # R's Gaussian sum(log(wt)) is -Inf with a zero weight: left out
+        if not np.all(used):
+            y, mu, w = y[used], mu[used], w[used]
+            freq = None if freq is None else freq[used]
         return float(self.sm.loglike(y, mu, var_weights=w, scale=scale,
                                      freq_weights=1.0 if freq is None else freq))
 

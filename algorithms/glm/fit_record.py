@@ -42,6 +42,8 @@ class FitRecord:
     column_names: list
     accepted_version: Optional[int]
     saturated_loglike: Optional[float]
+    #: the sum of the prior weights (NaN in a history written before it was recorded)
+    sum_w: float = float("nan")
 
     @classmethod
     def from_history(cls, history: Any) -> "FitRecord":
@@ -66,4 +68,5 @@ class FitRecord:
             withheld=list(history["withheld"]), column_names=list(history["column_names"]),
             accepted_version=history["accepted_version"],
             saturated_loglike=history["saturated_loglike"]
-            if "saturated_loglike" in history else None)
+            if "saturated_loglike" in history else None,
+            sum_w=float(history["sum_w"]) if "sum_w" in history else float("nan"))

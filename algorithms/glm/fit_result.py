@@ -36,15 +36,30 @@ def _scale(main: FitRecord, design: Design, fixed: Optional[float] = None) -> fl
 
 
 def _llf_scale(main: FitRecord, design: Design) -> float:
-    """statsmodels' scale in the log-likelihood: deviance / nobs for Gaussian identity,
-    else the Pearson chi-square at the estimate / df_resid (1 for binomial and Poisson)."""
+    """R's dispersion in the log-likelihood (``family$aic``): deviance / nobs for the
+    Gaussian (every link), deviance / sum of the prior weights for Gamma and the inverse
+    Gaussian (statsmodels takes the Pearson chi-square / df_resid for all but the Gaussian
+    identity), 1 for the binomial, Poisson and negative binomial; else the Pearson
+    chi-square at the estimate / df_resid, as statsmodels."""
     sm = design.family.sm
-    if isinstance(sm, smf.Gaussian) and isinstance(sm.link, smf.links.Identity):
-        return main.deviance / main.nobs
+    if isinstance(sm, smf.Gaussian):  # the rows of weight > 0 (see `Family.loglike`)
+        return main.deviance / main.n_ok
+    if isinstance(sm, (smf.Gamma, smf.InverseGaussian)):
+        total = main.sum_w if np.isfinite(main.sum_w) and main.sum_w > 0 else main.nobs
+        return main.deviance / total
     if not design.family.scale_estimated or isinstance(sm, smf.NegativeBinomial):
         return 1.0  # statsmodels' and R's negative binomial likelihood has no dispersion
     df = _df_resid(main)
     return main.pearson_chi2 / df if df > 0 else float("nan")
+
+
+def dispersion_parameters(design: Design) -> int:
+    """The parameters R's AIC counts besides the coefficients: 1 for the Gaussian, Gamma
+    and inverse Gaussian (their dispersion), 0 otherwise (glm.nb's theta is added by the
+    negative binomial fit)."""
+    sm = design.family.sm
+    has = design.family.has_likelihood
+    return int(has and isinstance(sm, (smf.Gaussian, smf.Gamma, smf.InverseGaussian)))
 
 
 def _results(main: FitRecord, design: Design, scale: float, null_deviance: float,
@@ -106,4 +121,5 @@ def _results(main: FitRecord, design: Design, scale: float, null_deviance: float
         synchronous=synchronous,
         notes=notes,
         method=main.method,
+        extra_params=dispersion_parameters(design),
     )

@@ -293,7 +293,7 @@ class GradientDescent(Asynchronous, LineSearch, SiteAlgorithm):
             beta = self._x + self._t * self._d
             return GradientQuery(self._query(beta), beta, full=True)
         self._check(contribs)
-        self.nobs, self.n_ok = total.nobs, total.n_ok
+        self.nobs, self.n_ok, self.sum_w = total.nobs, total.n_ok, total.sum_w
         self._metric = total.xtwx
         self._factor = factor(total.xtwx, self.column_names, " after a site left")
         self._x, self._t, self.criterion_dev, self._dev_hint = None, 1.0, None, None

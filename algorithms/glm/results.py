@@ -5,10 +5,14 @@ Conventions where statsmodels and R differ:
 - p-values and confidence intervals follow R's ``summary.glm``: Student's t with
   ``df_resid`` degrees of freedom when the dispersion is estimated (Gaussian, Gamma,
   inverse Gaussian), the normal distribution otherwise (statsmodels uses the normal always).
-- ``llf``, ``aic`` and ``bic`` follow statsmodels (``aic = -2 llf + 2 k``, ``bic`` is
-  statsmodels' ``bic_llf``); for the families with an estimated dispersion, R's AIC counts
-  the dispersion as one more parameter and, for Gamma, uses ``deviance / nobs`` as the
-  dispersion in the likelihood.
+- ``llf``, ``aic`` and ``bic`` are R's ``logLik``, ``AIC`` and ``BIC``: ``aic = -2 llf +
+  2 k`` with k the coefficients plus one for the dispersion of the Gaussian, Gamma and
+  inverse Gaussian (and glm.nb's theta); the likelihood takes R's dispersion, deviance /
+  nobs for the Gaussian and deviance / sum of the prior weights for Gamma and the inverse
+  Gaussian, and multiplies each row's log-density by its prior weight (statsmodels takes
+  the Pearson chi-square / df_resid as the dispersion and counts no dispersion parameter).
+  With a zero prior weight R's Gaussian log-likelihood is -Inf (``sum(log(wt))``); here
+  the rows of zero weight are left out of it.
 """
 
 from __future__ import annotations
@@ -108,12 +112,13 @@ class GLMResults:
 
     @property
     def aic(self) -> float:
-        """``-2 llf + 2 k``, k the coefficients (and glm.nb's theta)."""
+        """R's ``AIC``: ``-2 llf + 2 k``, k the coefficients, the dispersion of the families
+        that have one and glm.nb's theta (``extra_params``)."""
         return -2 * self.llf + 2 * (self.df_model + 1 + self.extra_params)
 
     @property
     def bic(self) -> float:
-        """``-2 llf + k log(nobs)`` (statsmodels' ``bic_llf``; R's ``BIC``, up to R's AIC)."""
+        """R's ``BIC``: ``-2 llf + k log(nobs)``, k as in `aic`."""
         return -2 * self.llf + (self.df_model + 1 + self.extra_params) * np.log(self.nobs)
 
     @property

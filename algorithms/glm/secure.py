@@ -391,7 +391,7 @@ class SecureAggregation(AbstractAlgorithm):
         """The sites changed: counts, and the null deviance at the mean of the sites left
         (asked with the next query)."""
         inner = self.inner
-        inner.nobs, inner.n_ok = total.nobs, total.n_ok
+        inner.nobs, inner.n_ok, inner.sum_w = total.nobs, total.n_ok, total.sum_w
         if hasattr(inner, "saturated_loglike"):
             # The others' own only if this was R's starting round redone (not asked again:
             # its difference with the first total would be the lost site's); else glm.fit

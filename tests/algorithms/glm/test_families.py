@@ -1,4 +1,6 @@
-"""Every family and the main links against statsmodels on the pooled rows (in process).
+"""Every family and the main links against statsmodels on the pooled rows (in process),
+and the log-likelihood, AIC and BIC of the families with a dispersion against R (whose
+dispersion in the likelihood and count of parameters statsmodels does not follow).
 
 statsmodels is run to full precision; these fits use ``tol=1e-10`` so that R's rule stops
 as close to the optimum (the standard errors use X'WX of the previous iteration, as in R
@@ -71,6 +73,27 @@ def check_against(res, ref, scale_estimated, likelihood=True):
     assert list(res.params.index) == list(ref.model.exog_names)
 
 
+R_FAMILIES = {"gaussian": ("gaussian", "identity"), "gamma": ("Gamma", "inverse"),
+              "inverse_gaussian": ("inverse.gaussian", "1/mu^2")}
+
+
+def check_likelihood_against_r(res, formula, frames, family, link, weights=None,
+                               keys=("llf", "aic", "bic")):
+    """R's logLik, AIC and BIC of the same model on the pooled rows (started at the fit's
+    estimate, so that R stops at the same optimum)."""
+    name, canonical = R_FAMILIES[family]
+    r_link = {None: canonical, "inverse": "inverse"}.get(link, link)
+    frames = {f"s{i}": f for i, f in enumerate(read(frames))}
+    start = ", ".join(repr(float(v)) for v in res.params)
+    extra = f", weights = {weights}" if weights else ""
+    R = r_values(f"d <- rbind({', '.join(frames)}); f <- glm({formula.replace('**', '^')}, "
+                 f"{name}(link = '{r_link}'), d{extra}, start = c({start}), "
+                 "control = glm.control(1e-12, 100)); out('llf', logLik(f)); "
+                 "out('aic', AIC(f)); out('bic', BIC(f))", frames=frames)
+    for key in keys:
+        close(getattr(res, key), R[key])
+
+
 @pytest.mark.parametrize("data,formula,family,link,smfamily", CASES,
                          ids=[f"{c[2]}-{c[3] or 'canonical'}" for c in CASES])
 def test_family_and_link_match_statsmodels(data, formula, family, link, smfamily):
@@ -80,7 +103,9 @@ def test_family_and_link_match_statsmodels(data, formula, family, link, smfamily
     # statsmodels' own starting values are invalid for the canonical inverse Gaussian here.
     ref = reference(formula, sites, smfamily, use_t=estimated, start_params=res.params)
     assert res.converged
-    check_against(res, ref, estimated)
+    check_against(res, ref, estimated, likelihood=not estimated)
+    if estimated:
+        check_likelihood_against_r(res, formula, sites, family, link)
 
 
 def test_statsmodels_family_object_is_accepted():
@@ -99,8 +124,11 @@ def test_statsmodels_family_object_is_accepted():
 def test_distribglm_sites(family, smfamily, formula):
     sites = distribglm_sites()
     res = glm.fit(formula, sites, family=family, cluster="inprocess", tol=TOL)
-    check_against(res, reference(formula, sites, smfamily, use_t=family == "gaussian"),
-                  family == "gaussian")
+    gaussian = family == "gaussian"
+    check_against(res, reference(formula, sites, smfamily, use_t=gaussian), gaussian,
+                  likelihood=not gaussian)
+    if gaussian:
+        check_likelihood_against_r(res, formula, sites, family, None)
 
 
 def weighted(frames):
@@ -122,7 +150,9 @@ def test_prior_weights(family, smfamily, data, formula):
     # statsmodels' binomial likelihood ignores the prior weights as numbers of trials
     # (binomial()$aic in R); R's is the reference (tests/algorithms/glm/test_r_models.py)
     check_against(res, reference(formula, frames, smfamily, weights="w", use_t=estimated),
-                  estimated, likelihood=family != "binomial")
+                  estimated, likelihood=family == "poisson")
+    if estimated:  # each row's log-density times its weight, R's dispersion
+        check_likelihood_against_r(res, formula, frames, family, link, weights="w")
     if family == "binomial":
         frames = {f"s{i}": f for i, f in enumerate(frames)}
         R = r_values(f"d <- rbind({', '.join(frames)}); f <- glm(admit ~ gre + gpa + "
@@ -215,3 +245,21 @@ def test_the_saturated_binomial_log_likelihood_of_01_outcomes_is_zero_without_a_
     y2 = np.array([0.0, 0.5, 1.0])
     assert fam.saturated_loglike(y2, np.full(3, 2.0)) == pytest.approx(
         families.binomial_loglike(y2, y2, np.full(3, 2.0)))
+
+
+@pytest.mark.parametrize("family", ["gaussian", "gamma"])
+def test_a_zero_weight_row_is_left_out_of_the_likelihood(family):
+    """R's Gaussian logLik is -Inf with a zero prior weight (its sum(log(wt))): here the
+    row is left out, so the likelihood is R's of the fit without it. Gamma's is R's own
+    (its BIC counts the row, as R's: logLik's nobs are the rows with a residual)."""
+    frames = weighted(read(v6_sites("gaussian")))
+    frames[0].loc[frames[0].index[0], "w"] = 0.0
+    link = "log" if family == "gamma" else None
+    res = glm.fit(TREES, frames, family=family, link=link, weights="w", cluster="inprocess",
+                  tol=TOL)
+    assert np.isfinite(res.llf)
+    if family == "gaussian":
+        without = [frames[0].iloc[1:]] + frames[1:]
+        check_likelihood_against_r(res, TREES, without, family, link, "w", ("llf", "aic"))
+    else:
+        check_likelihood_against_r(res, TREES, frames, family, link, "w")
