@@ -40,7 +40,7 @@ from __future__ import annotations
 import ast
 import operator as _op
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.linalg.blas import dsyrk
@@ -90,14 +90,17 @@ def check_columns(guards: Guards, X: np.ndarray, names: Sequence[str], y: np.nda
 
 
 def check_expressions(guards: Guards, frame, expressions: Sequence[str],
-                      used: Optional[np.ndarray] = None) -> None:
+                      used: Optional[np.ndarray] = None,
+                      moments: Optional[Mapping[str, tuple]] = None) -> None:
     """Every sub-expression the formula computes (see the module docstring), on the rows of
     ``frame`` that enter the sums (``used``: a mask of them), checked as a column would be.
     The expressions have passed the formula's whitelist; what cannot be evaluated here is
-    left to the design's own build, which refuses it."""
+    left to the design's own build, which refuses it. ``moments``: the design's (column ->
+    mean, sd), with which ``center(x)`` and ``scale(x)`` are evaluated: the central sends
+    them, and a mean put on one row's value would make ``exp(-scale(x) ** 2)`` a spike."""
     minimum = guards.min_rows_per_category_level
     for text in expressions:
-        for sub, values in _intermediates(text, frame, used):
+        for sub, values in _intermediates(text, frame, used, moments):
             what = f"the expression {sub!r} inside the formula"
             finite = np.isfinite(values)
             if not finite.all():
@@ -136,14 +139,15 @@ CALLS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "I": "same", "center": "
 _OPAQUE = object()
 
 
-def _intermediates(text: str, frame, used: Optional[np.ndarray]) -> list:
+def _intermediates(text: str, frame, used: Optional[np.ndarray],
+                   moments: Optional[Mapping[str, tuple]] = None) -> list:
     """``(sub-expression text, float values)`` for each computed node of ``text`` that
     varies with the rows (plain columns and constants are checked elsewhere)."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         return []
-    evaluator = _Evaluator(frame, used)
+    evaluator = _Evaluator(frame, used, moments)
     with np.errstate(all="ignore"):
         try:
             evaluator.visit(tree.body)
@@ -158,8 +162,9 @@ class _Evaluator(ExpressionVisitor):
     ones that vary with the rows. A node with no row values of its own (`_OPAQUE`) makes
     its parents opaque, and its siblings are still evaluated."""
 
-    def __init__(self, frame, used: Optional[np.ndarray]):
-        self.frame, self.used = frame, used
+    def __init__(self, frame, used: Optional[np.ndarray],
+                 moments: Optional[Mapping[str, tuple]] = None):
+        self.frame, self.used, self.moments = frame, used, moments or {}
         self.n = len(frame) if used is None else int(np.count_nonzero(used))
         self.found: list = []
 
@@ -216,7 +221,14 @@ class _Evaluator(ExpressionVisitor):
         if not node.args:
             raise KeyError(name)
         value = self.visit(node.args[0])
-        if rule == "same" or value is _OPAQUE:
+        if value is _OPAQUE:
+            return value
+        if name in ("center", "scale") and isinstance(node.args[0], ast.Name) \
+                and node.args[0].id in self.moments:
+            mean, sd = self.moments[node.args[0].id]
+            value = value - float(mean)
+            return value / float(sd) if name == "scale" else value
+        if rule == "same":
             return value
         return self._computed(node, rule(value))
 

@@ -94,6 +94,7 @@ class Site(SiteFrame, SitePasses):
         self.build_seconds = limits.build_seconds(env)
         self._groups_key = env.get(GROUPS_KEY, "")
         self._queries: dict = {}  # model key -> the sums asked of it
+        self._moments: dict = {}  # model key -> the moments of center()/scale() it came with
         self._table: Optional[pd.DataFrame] = source if isinstance(source, pd.DataFrame) else None
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
@@ -155,6 +156,21 @@ class Site(SiteFrame, SitePasses):
         self._some_columns = read_parquet(self.source, wanted)
         return self._some_columns
 
+    def _check_moments(self, design: Design, guards: Guards) -> None:
+        """One set of moments per model in a session. The central sends the mean and sd of
+        ``center()``/``scale()``; two fits of one formula with moments moved by a little
+        differ, past a nonlinear function, by the rows between: refused (the budget of
+        models counts formulas, not moments)."""
+        if not design.moments:
+            return
+        given = tuple(sorted((k, tuple(map(float, v))) for k, v in design.moments.items()))
+        first = self._moments.setdefault(design.model_key, given)
+        if first != given:
+            raise PrivacyError(ENVIRONMENT["max_models_per_session"],
+                               guards.max_models_per_session,
+                               "this model came with other moments for center()/scale() "
+                               "earlier in the session: one set of moments per model")
+
     def _count_query(self, design: Design, guards: Guards) -> None:
         key = design.model_key
         count = self._queries.get(key, 0) + 1
@@ -200,6 +216,7 @@ class Site(SiteFrame, SitePasses):
             return self._built[1]
         frame, guards = self._frame(design)
         self._admit(design, guards, frame)
+        self._check_moments(design, guards)
         for col in categorical_columns(frame, design.info):
             guards.check_levels(col, frame[col].value_counts().tolist())
         def width(cast: pd.DataFrame):  # refused before it is built
@@ -219,7 +236,8 @@ class Site(SiteFrame, SitePasses):
                                  data.offset)
         disclosure.check_design(guards, data.X, data.weights, *self._design_sums(design, data))
         disclosure.check_expressions(guards, frame, design.info.expressions,
-                                     used=np.asarray(data.weights) > 0)
+                                     used=np.asarray(data.weights) > 0,
+                                     moments=design.moments)
         self._built = (design.token, data, guards)
         self._count_query(design, guards)
         return data

@@ -403,3 +403,24 @@ def test_glmnet_sums_only_over_the_folds_the_site_checked(frames):
     answer = glmnet_answer(site, design, GlmnetQuery(2, "heldout", betas=((0, B),),
                                                      folds=honest))
     assert len(answer.parts) == 1
+
+
+def test_the_moments_the_central_sends_are_checked_and_fixed_per_model(frames):
+    """The central sends the mean and sd of scale(): a mean put on one row's value and a
+    tiny sd make exp(-scale(x) ** 2) a spike at that row (evaluated with those moments, it
+    is refused); moving the moments a little between two fits of one formula would
+    difference the rows between (one set of moments per model)."""
+    from algorithms.glm.site import Site
+
+    f = frames[0]
+    base = glm.Design.make("y ~ x + I(exp(-scale(x) ** 2))", "gaussian")
+    spike = base.with_shared({}, {"x": (float(f["x"].iloc[17]), 1e-4)})
+    site = Site(f, "a")
+    site.describe(base)
+    with pytest.raises(PrivacyError):
+        site.build(spike)
+    site = Site(f, "b")
+    mean, sd = float(f["x"].mean()), float(f["x"].std())
+    site.build(base.with_shared({}, {"x": (mean, sd)}))
+    with pytest.raises(PrivacyError, match="other moments"):
+        site.build(base.with_shared({}, {"x": (mean + 1e-3, sd)}))
