@@ -342,6 +342,8 @@ class _Central:
             got = self._collect_round(set(workers))
             if got is None:
                 return  # out of time while waiting
+            if not got:  # every worker of the round failed, and fresh ones took their
+                continue  # slots (replace_failed): no round to step on, ask them again
             order = [w for w in workers if w in got]
             answers = [got[w] for w in order]
             alg.staleness = [0] * len(order)
