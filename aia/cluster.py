@@ -189,7 +189,19 @@ class Cluster(abc.ABC):
     def close(self) -> None:
         """Stop every worker; idempotent."""
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has stopped this cluster's workers (its engines set ``_closed``)."""
+        return bool(getattr(self, "_closed", False))
+
+    def check_open(self) -> None:
+        """Raise if the cluster is closed: nothing can run on it any more."""
+        if self.closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed: its workers are "
+                               "stopped (make a new cluster)")
+
     def __enter__(self):
+        self.check_open()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -39,6 +39,7 @@ class DistributedObject:
                             f"aia.LocalCluster, aia.RayCluster or aia.InMemoryCluster)")
         if not callable(make):
             raise TypeError(f"make: expected a callable make(pid), got {type(make).__name__}")
+        cluster.check_open()
         pids = list(cluster.pids if pids is None else pids)
         missing = [p for p in pids if p not in cluster.pids]
         if missing:
@@ -82,12 +83,14 @@ class DistributedObject:
         """``fn(object on pid)``, run where the object lives; its result."""
         if pid == 0:
             return fn(self.local)
+        self.cluster.check_open()
         self._check_held(pid)
         return self.cluster.apply(self.id, pid, cloudpickle.dumps(fn))
 
     def map(self, fn: Callable[[Any], Any], pids: Optional[Sequence[int]] = None) -> dict:
         """``{pid: fn(object on pid)}`` for every pid of ``where()`` (or of ``pids``), the
         workers in parallel."""
+        self.cluster.check_open()  # (a closed cluster has no live worker: not an empty map)
         alive = set(self.cluster.alive())  # once: on Ray it pings every actor
         pids = self._where(alive) if pids is None else list(pids)
         out = {0: fn(self.local)} if 0 in pids else {}

@@ -154,3 +154,17 @@ def test_a_worker_replaced_for_being_stuck_loses_its_object(cluster, tmp_path):
     assert d.where() == [2, 3]
     with pytest.raises(RuntimeError, match="worker 1 was restarted"):
         d.apply(1, lambda o: o)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("engine", [lambda: aia.LocalCluster(2), lambda: aia.InMemoryCluster(2)])
+def test_a_closed_cluster_is_a_clear_error_not_an_empty_answer(engine):
+    """A closed cluster has no live worker: map would be {} and look like success."""
+    c = engine()
+    d = aia.DistributedObject(lambda pid: pid, c)
+    assert d.map(lambda o: o * 10) == {1: 10, 2: 20}
+    c.close()
+    for call in (lambda: d.map(lambda o: o), lambda: d.apply(1, lambda o: o),
+                 lambda: aia.DistributedObject(lambda pid: pid, c), c.__enter__):
+        with pytest.raises(RuntimeError, match="is closed"):
+            call()
