@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 from typing import Optional
 
@@ -82,7 +83,12 @@ def _connect(ray, address: Optional[str], kwargs: dict) -> Optional[int]:
             if loopback:
                 kwargs["_node_ip_address"] = LOOPBACK
             with _ray_addresses(loopback):
-                ray.init(**kwargs)
+                try:
+                    with _interrupt_after():
+                        ray.init(**kwargs)
+                except BaseException:  # an error, or Ctrl-C held off until the init ended
+                    _shutdown_quietly(ray)
+                    raise
         else:
             with _ray_addresses(False):
                 try:
@@ -92,6 +98,34 @@ def _connect(ray, address: Optional[str], kwargs: dict) -> Optional[int]:
         _connection["generation"] += 1
         _connection["users"] = 1
         return _connection["generation"]
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold Ctrl-C off while ``ray.init`` starts a local runtime (a second or two), then
+    raise it: an init interrupted part way leaves processes it no longer knows (the
+    raylet's agents, which outlive it with parent 1), a finished one is shut down whole.
+    In the main thread only (elsewhere signals do not arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt  # with the runtime up: `_connect`'s caller shuts it down
+
+
+def _shutdown_quietly(ray) -> None:
+    """``ray.shutdown()`` after a failed ``ray.init``; Ray's own errors held off (the
+    init's error is the one to see)."""
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _release(ray, generation: int) -> None:
