@@ -48,6 +48,9 @@ def main(pid: int, channel: Channel, blas_threads: int, inherited: list,
     parent); ``kernel_guard`` asks the kernel to kill us when that parent dies.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM ends a worker at once (the central's stop): a forked worker would otherwise
+    # inherit the handler `aia.start` gives the central during a run (SystemExit)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A process group of our own: what we fork (a process pool in answer) is in it, and the
     # central kills the group once we are gone, so that nothing we started is orphaned.
     try:

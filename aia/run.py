@@ -18,9 +18,12 @@ whatever happened; any exception carries the history recorded before it as ``exc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -119,13 +122,35 @@ def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
     central = _Central(algorithm, None, stopat, workers=pids, synchronous=synchronous,
                        run=None, writer=_writer(checkpoint, run_info, pids), **options)
     try:
-        return _run_on(central, _workers_of(cluster, owned, available), owned,
-                       algorithm_bytes, spec, pids, problem, replace_failed)
+        with _terminate_as_exit():
+            return _run_on(central, _workers_of(cluster, owned, available), owned,
+                           algorithm_bytes, spec, pids, problem, replace_failed)
     except BaseException as exc:
         # Whatever ended the run, and wherever: the set-up, make_problem(0), the loop, or a
         # Ctrl-C during the clean-up (the history recorded so far is complete then).
         central.attach(exc)
         raise
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """For the run, SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit(143)`` in
+    the central, as Ctrl-C raises KeyboardInterrupt: the workers are stopped and the
+    exception carries the history so far (by default SIGTERM ends the process at once, the
+    history lost). Only where SIGTERM has the default action, in the main thread."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _workers_of(cluster, owned: bool, available: list):

@@ -273,9 +273,9 @@ def _row_arguments(p: argparse.ArgumentParser) -> None:
     """Issue 13's row and covariance options, for ``fit`` and ``central`` alike."""
     p.add_argument("--scale", type=float, default=None,
                    help="a fixed dispersion (R's summary(dispersion=)); default: estimated")
-    p.add_argument("--cov-type", default="nonrobust", choices=("nonrobust", "HC0", "HC1",
-                                                               "cluster"),
-                   help="the covariance: R's (default), or sandwich's HC0, HC1, cluster")
+    p.add_argument("--cov-type", default="nonrobust",
+                   choices=("nonrobust", "HC0", "HC1", "HC2", "HC3", "cluster"),
+                   help="the covariance: R's (default), or sandwich's HC0-HC3, cluster")
     p.add_argument("--groups", default=None, metavar="COLUMN",
                    help="with --cov-type cluster: the cluster ids (default: each site)")
     p.add_argument("--freq-weights", default=None, metavar="COLUMN",

@@ -112,7 +112,9 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
     cov_type : str
         ``"nonrobust"`` (R's ``vcov``), or a sandwich covariance with statsmodels' meaning
         and small-sample corrections, as R's ``sandwich`` computes it: ``"HC0"``
-        (``vcovHC(type = "HC0")``), ``"HC1"`` (``n / (n - k)``), ``"cluster"``
+        (``vcovHC(type = "HC0")``), ``"HC1"`` (``n / (n - k)``), ``"HC2"``, ``"HC3"``
+        (each row's score over ``(1 - h_i)^(1/2)``, ``(1 - h_i)``: the sites get the
+        unscaled covariance for their hat values ``h_i``), ``"cluster"``
         (``vcovCL(type = "HC1")``: ``G / (G - 1) (n - 1) / (n - k)``). Each site sends a
         p x p sum. Robust standard errors come with z tests (statsmodels, ``lmtest``).
     groups : str, optional
@@ -172,7 +174,7 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
 
 
 #: ``cov_type=`` values.
-COV_TYPES = ("nonrobust", "HC0", "HC1", "cluster")
+COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3", "cluster")
 
 
 def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
@@ -333,6 +335,8 @@ def _robust_cov(sites: Any, design: Design, main: Any, names: list,
     with ``secure``) with statsmodels' (and sandwich's) small-sample corrections."""
     clusters = "rows" if cov_type != "cluster" else "groups" if design.groups else "site"
     args = (design, main.beta, clusters, secrets.token_hex(16), main.accepted_version)
+    if cov_type in ("HC2", "HC3"):  # the sites' hat values need the fit's (X'WX)^{-1}
+        args += (np.asarray(main.cov_unscaled, dtype=float), 1 if cov_type == "HC2" else 2)
     if options.get("secure"):  # clusters "rows" or "site" (check_secure)
         p = len(main.column_names)
         total = SiteSum("meat", *args, keys=("meat", "clusters"), shapes={"meat": (p, p)})

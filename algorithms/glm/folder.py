@@ -159,6 +159,8 @@ class _FolderSites:
             query.update(beta=args[0], theta=args[1])
         elif method == "meat":
             query.update(beta=args[0], clusters=args[1], salt=args[2], version=args[3])
+            if len(args) > 4:  # HC2, HC3: the bread and the power of (1 - h)
+                query.update(bread=np.asarray(args[4]).tolist(), hat_power=int(args[5]))
         elif method == "build":
             if args:
                 query.update(saturated=bool(args[0]))

@@ -156,8 +156,11 @@ def _meat(site: Site, design: Design, q: dict) -> dict:
     if clusters not in _MEAT_CLUSTERS:
         raise ValueError(f"clusters: expected one of {_MEAT_CLUSTERS}, got {clusters!r}")
     version = q.get("version")
+    bread = q.get("bread")
     return site.meat(design, np.asarray(q["beta"], dtype=float), clusters, str(q["salt"]),
-                     None if version is None else int(version))
+                     None if version is None else int(version),
+                     None if bread is None else np.asarray(bread, dtype=float),
+                     int(q.get("hat_power", 0)))
 
 
 def load_site(path: Optional[str], name: str, audit_log: Optional[str] = None) -> Site:

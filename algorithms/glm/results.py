@@ -155,6 +155,8 @@ class GLMResults:
 _METHODS = {"fisher": "Fisher scoring", "gradient": "gradient descent"}
 _COVARIANCES = {"HC0": "robust HC0 (sandwich, no correction)",
                 "HC1": "robust HC1 (sandwich, n / (n - k))",
+                "HC2": "robust HC2 (sandwich, u_i / (1 - h_i)^(1/2))",
+                "HC3": "robust HC3 (sandwich, u_i / (1 - h_i))",
                 "cluster": "cluster-robust (G / (G - 1) (n - 1) / (n - k))"}
 
 

@@ -53,6 +53,11 @@ def ledger_of(site: Any) -> dict:
 def check_secure(n_sites: int, synchronous: bool, cluster: Any, resilience: int,
                  cov_type: str = "nonrobust", groups: Optional[str] = None) -> None:
     """``secure=True``'s requirements, checked before any process starts."""
+    if cov_type in ("HC2", "HC3"):
+        raise ValueError(f"secure=True: cov_type={cov_type!r} sends every site the fit's "
+                         "unscaled covariance (X'WX)^-1 for its hat values, the pooled sums "
+                         "secure aggregation keeps from the sites; expected cov_type "
+                         "'nonrobust', 'HC0', 'HC1' or 'cluster'")
     if cov_type == "cluster" and groups is not None:
         raise ValueError("secure=True: cov_type='cluster' with groups sends each site's "
                          "digests of its cluster ids (to refuse an id at two sites); expected "

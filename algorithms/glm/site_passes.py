@@ -78,7 +78,8 @@ class SitePasses:
 
     @_guarded
     def meat(self, design: Design, beta: np.ndarray, clusters: str,
-             salt: str = "", version: Optional[int] = None) -> dict:
+             salt: str = "", version: Optional[int] = None,
+             bread: Optional[np.ndarray] = None, hat_power: int = 0) -> dict:
         """The site's share of the sandwich's meat at ``beta`` (a p x p sum) for a robust
         covariance: ``clusters="rows"`` (HC0/HC1) ``sum_i u_i u_i'``; ``"site"`` (the site is
         one cluster) ``U U'`` with ``U = sum_i u_i``; ``"groups"`` ``sum_g U_g U_g'`` over the
@@ -91,6 +92,10 @@ class SitePasses:
         each cluster id (never the id), for the central to refuse an id seen at two sites:
         keyed with ``GLM_GROUPS_KEY`` of the site's environment when set (a secret shared
         by the sites, so that the central cannot test guesses of ids), else with ``salt``.
+        ``hat_power`` 1 or 2 (sandwich's HC2, HC3; ``clusters="rows"``): each ``u_i`` is
+        divided by ``(1 - h_i)^(power / 2)``, ``h_i = w_i x_i' bread x_i`` the hat values of
+        the fit, ``bread`` its unscaled covariance (X'WX)^{-1}, which the central sends.
+
         The cluster column passes the level checks of a categorical column, and the rows'
         weights ``u_i`` the weighted-leverage check of every round. Only at coefficients
         whose round this site has answered (`_require_answered`)."""
@@ -107,6 +112,8 @@ class SitePasses:
         if not np.all(np.isfinite(score)):
             raise SiteError(f"{self.label}: non-finite scores at the estimate")
         rows = m.X * score[:, None]  # with frequency weights f: f u_i, the sum of f copies
+        if hat_power:
+            rows /= _hat_scale(m, weights, bread, hat_power, clusters, self.label)[:, None]
         if clusters == "rows":  # each copy of a row is an observation: sum f u_i u_i'
             single = rows if m.freq is None else rows / np.sqrt(np.where(
                 m.freq > 0, m.freq, 1.0))[:, None]
@@ -124,6 +131,23 @@ class SitePasses:
         digests = sorted(hmac.new(key, _id_text(v).encode("utf-8"), hashlib.sha256).hexdigest()
                          for v in ids)
         return {"meat": sums.T @ sums, "clusters": len(ids), "digests": digests}
+
+
+def _hat_scale(m, weights, bread, power: int, clusters: str, label: str) -> np.ndarray:
+    """``(1 - h_i)^(power / 2)`` of every row (sandwich's HC2: power 1, HC3: 2)."""
+    if clusters != "rows" or power not in (1, 2) or m.freq is not None:
+        raise SiteError("HC2 and HC3 are per row, without frequency weights")
+    C = np.asarray(bread, dtype=float)
+    p = m.X.shape[1]
+    if C.shape != (p, p) or not np.all(np.isfinite(C)):
+        raise SiteError(f"the bread of HC{power + 1}: expected a finite {p} x {p} matrix")
+    with np.errstate(all="ignore"):
+        h = weights * np.einsum("ij,jk,ik->i", m.X, C, m.X)
+        scale = np.where(weights > 0, (1.0 - h) ** (power / 2.0), 1.0)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0.0):
+        raise SiteError(f"{label}: hat values of 1 or more (a row the fit interpolates): "
+                        f"HC{power + 1} is not defined")
+    return scale
 
 
 def _id_text(value) -> str:

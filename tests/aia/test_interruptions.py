@@ -819,3 +819,53 @@ def test_a_ctrl_c_during_the_fork_of_a_worker_is_raised_not_lost(tmp_path):
     assert out == ["cluster INTERRUPTED", "cluster LEFT 0", "start INTERRUPTED",
                    "start LEFT 0"], f"{out}; stderr:\n{script.stderr}"
     assert "Exception ignored" not in script.stderr, script.stderr
+
+
+SIGTERM_SCRIPT = """
+    import os, sys, time
+    import aia
+
+    class Slow(aia.AbstractAlgorithm):
+        def __init__(self):
+            self.steps = 0
+
+        def initialize(self, problem):
+            return 0
+
+        def answer(self, q, problem):
+            time.sleep(0.01)
+            return q + 1
+
+        def central_step(self, a, worker, problem):
+            self.steps += 1
+            if self.steps == 20:
+                print("STEPPING", flush=True)
+            return a
+
+    try:
+        aia.start(Slow(), lambda pid: pid, {"iteration": 10 ** 9}, cluster=2, verbose=0)
+    except SystemExit as exc:
+        h = getattr(exc, "history", None)
+        print("TERMINATED", exc.code, "none" if h is None else h.iterations[-1] >= 20,
+              flush=True)
+        sys.exit(42)
+    print("COMPLETED", flush=True)
+"""
+
+
+def test_sigterm_to_the_central_stops_the_workers_and_keeps_the_history(tmp_path):
+    """SIGTERM (``kill``, a scheduler's stop) during a run is SystemExit(143) with the
+    history so far, the workers stopped (by default the process ended at once, the history
+    lost)."""
+    script = start_script(tmp_path, SIGTERM_SCRIPT)
+    workers = []
+    try:
+        script.expect("STEPPING")
+        workers = list(script.descendants())
+        assert len(workers) >= 2
+        os.kill(script.proc.pid, signal.SIGTERM)
+        rc, out = finish(script, 10.0, workers)
+    finally:
+        script.cleanup(workers)
+    assert rc == 42, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
+    assert "TERMINATED 143 True" in out, out

@@ -165,7 +165,7 @@ def test_missing_raise_over_a_folder_is_refused_by_the_site_that_has_them(folder
     ({"family": "negative_binomial", "method": "gradient"}, "fitted by method='fisher'"),
     ({"freq_weights": "f", "method": "gradient"}, "freq_weights: Fisher scoring only"),
     ({"missing": "omit"}, "missing: expected 'drop'"),
-    ({"cov_type": "HC3"}, "cov_type: expected one of"),
+    ({"cov_type": "HC4"}, "cov_type: expected one of"),
     ({"groups": "g"}, "groups: only with cov_type='cluster'"),
     ({"scale": -1.0}, "scale: expected a positive number"),
 ])

@@ -269,6 +269,7 @@ def test_anova_refusals():
 EPIL = "y ~ lbase * trt + lage + V4"
 SANDWICH = """
 out("HC0", vcovHC(f, type = "HC0")); out("HC1", vcovHC(f, type = "HC1"))
+out("HC2", vcovHC(f, type = "HC2")); out("HC3", vcovHC(f, type = "HC3"))
 out("subject", vcovCL(f, cluster = ~subject, type = "HC1"))
 out("site", vcovCL(f, cluster = ~site, type = "HC1"))
 """
@@ -292,8 +293,8 @@ def epil_r():
 
 
 @pytest.mark.parametrize("cov_type,groups,key", [
-    ("HC0", None, "HC0"), ("HC1", None, "HC1"), ("cluster", "subject", "subject"),
-    ("cluster", None, "site"),
+    ("HC0", None, "HC0"), ("HC1", None, "HC1"), ("HC2", None, "HC2"), ("HC3", None, "HC3"),
+    ("cluster", "subject", "subject"), ("cluster", None, "site"),
 ])
 def test_robust_covariance_is_sandwich(cov_type, groups, key, epil_r):
     res = glm.fit(EPIL, epil_sites(), "poisson", cluster="inprocess", tol=1e-12,
@@ -313,13 +314,28 @@ def test_cluster_covariance_on_local_workers(epil_r):
     close(res.cov_params().to_numpy(), epil_r["subject"].reshape(k, k), rtol=1e-6, atol=1e-14)
 
 
-def test_gaussian_hc1_is_sandwich():
+@pytest.mark.parametrize("cov_type", ["HC1", "HC3"])
+def test_gaussian_hc1_and_hc3_are_sandwich(cov_type):
     sites = split3(birthwt())
     formula = "bwt ~ age + lwt + race + smoke"
-    res = glm.fit(formula, sites, "gaussian", cluster="inprocess", tol=1e-12, cov_type="HC1")
+    res = glm.fit(formula, sites, "gaussian", cluster="inprocess", tol=1e-12,
+                  cov_type=cov_type)
     R = r_fit(f"glm({formula}, gaussian, d, {TIGHT})", sites,
-              'out("HC1", sqrt(diag(vcovHC(f, type = "HC1"))))', packages=("MASS", "sandwich"))
-    close(res.bse.to_numpy(), R["HC1"])
+              f'out("{cov_type}", sqrt(diag(vcovHC(f, type = "{cov_type}"))))',
+              packages=("MASS", "sandwich"))
+    close(res.bse.to_numpy(), R[cov_type])
+
+
+@pytest.mark.timeout(120)
+def test_hc3_on_local_workers_and_refused_with_secure_aggregation(epil_r):
+    """The sites' hat values need the fit's (X'WX)^-1: on worker processes as in process;
+    with secure=True refused before any process starts (the pooled sums would go to every
+    site)."""
+    res = glm.fit(EPIL, epil_sites(), "poisson", tol=1e-12, cov_type="HC3")
+    k = len(res.params)
+    close(res.cov_params().to_numpy(), epil_r["HC3"].reshape(k, k), rtol=1e-6, atol=1e-14)
+    with pytest.raises(ValueError, match="secure=True: cov_type='HC3'"):
+        glm.fit(EPIL, epil_sites(), "poisson", cov_type="HC3", secure=True)
 
 
 def test_cluster_id_at_two_sites_is_an_error_naming_the_column():
@@ -336,7 +352,7 @@ def test_cluster_id_at_two_sites_is_an_error_naming_the_column():
 def test_robust_refusals():
     sites = epil_sites()
     with pytest.raises(ValueError, match="cov_type: expected one of"):
-        glm.fit(EPIL, sites, "poisson", cov_type="HC3")
+        glm.fit(EPIL, sites, "poisson", cov_type="HC4")
     with pytest.raises(ValueError, match="groups: only with cov_type='cluster'"):
         glm.fit(EPIL, sites, "poisson", cov_type="HC0", groups="subject")
     with pytest.raises(TypeError, match="groups: expected a column name"):
