@@ -69,7 +69,7 @@ def site_score(site: Site, design: Design, query: GradientQuery,
         rounds.check_score_weights(site.round_guards(design), rows, weights)
     except PrivacyError as exc:  # as a Fisher round withholds: the line search steps back
         site.audit.refused(design.model_key, exc)
-        log.warning("site %s: score withheld at coefficients %d: %s", site.name,
+        log.warning("%s: score withheld at coefficients %d: %s", site.label,
                     query.version, exc)
         return Score(query.version, False, site=site.name)
     if subset is None:

@@ -297,7 +297,7 @@ class Site(SiteFrame, SitePasses):
                 rounds.check_leverage(self.round_guards(design), rows, sums)
             except PrivacyError as exc:
                 self.audit.refused(design.model_key, exc)
-                log.warning("site %s: sums withheld at coefficients %d: %s", self.name,
+                log.warning("%s: sums withheld at coefficients %d: %s", self.label,
                             query.version, exc)
                 return Contribution(query.version, False, withheld=True, **counts)
         if subset is None and query.beta is not None:
