@@ -60,7 +60,7 @@ def site_score(site: Site, design: Design, query: GradientQuery,
     m = site.model(design)  # built (and guarded) once per design
     cols = None if subset is None else [m.names.index(c) for c in subset]
     rows = site._rows(design, m, cols)
-    weights = np.empty(rows.n)
+    weights = site._buffer("score_weights", rows.n)
     with np.errstate(all="ignore"):
         found = rounds.score_round(rows, query.beta, weights=weights)
     if found is None:

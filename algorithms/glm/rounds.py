@@ -423,9 +423,15 @@ def check_score_weights(guards: Guards, rows: Rows, weights: np.ndarray) -> None
     check_saturation(guards, rows, weights)
     if guards.max_leverage >= 1.0 or rows.n == 0:
         return
-    mass = weights * rows.row_norms()
-    total = float(mass.sum())
-    if total > 0.0 and float(mass.max()) > guards.max_leverage * total:
+    norms = rows.row_norms()
+    total = float(np.dot(weights, norms))
+    step = 1 << 14  # the products by blocks that stay in cache (no n-long temporary)
+    part = np.empty(min(step, rows.n))
+    largest = 0.0
+    for r in blocks(rows.n, step):
+        k = r.stop - r.start
+        largest = max(largest, float(np.multiply(weights[r], norms[r], out=part[:k]).max()))
+    if total > 0.0 and largest > guards.max_leverage * total:
         raise PrivacyError(
             ENVIRONMENT["max_leverage"], guards.max_leverage,
             "at these coefficients one row carries more than this share of the score's "
@@ -479,7 +485,7 @@ def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
         mu, dev, _, _, ww, residual = got
         deviance += dev
         if weights is not None:
-            _working_weights(fast.step, mu, ww, wb, fast.unit, out=weights[r])
+            _working_weights(fast.step, mu, ww, wb, fast.unit, fast.finite, out=weights[r])
         if ww is None:  # a canonical link: the terms are y - mu, times the prior weights
             terms = residual if fast.unit else np.multiply(residual, wb, out=residual)
         else:
@@ -498,9 +504,10 @@ def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
     return score, float(deviance)
 
 
-def _working_weights(step, mu, ww, wb, unit: bool, out: np.ndarray) -> None:
+def _working_weights(step, mu, ww, wb, unit: bool, finite: bool, out: np.ndarray) -> None:
     """A block's working weights into ``out``: the step's, or the canonical link's
-    variance where the fused step skipped it (logit mu(1 - mu), log mu, identity 1)."""
+    variance where the fused step skipped it (logit mu(1 - mu), log mu, identity 1);
+    ``finite``: the step's values are (`kernels.FINITE`), else the others count 0."""
     if ww is not None:
         np.copyto(out, ww)
     elif step is kernels._binomial_logit:
@@ -512,4 +519,5 @@ def _working_weights(step, mu, ww, wb, unit: bool, out: np.ndarray) -> None:
         out.fill(1.0)
     if not unit:
         out *= wb
-    np.copyto(out, 0.0, where=~np.isfinite(out))
+    if not finite:
+        np.copyto(out, 0.0, where=~np.isfinite(out))
