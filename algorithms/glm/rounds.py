@@ -388,13 +388,16 @@ def check_saturation(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
     half the rows unsaturated the step is smooth over many rows. A fit whose coefficients
     genuinely go there is (quasi-)separated, and its estimate does not exist (R warns at
     fitted values within 10 eps of the edge). Off with ``GLM_MAX_LEVERAGE`` >= 1, as the
-    leverage checks."""
-    if guards.max_leverage >= 1.0 or rows.n == 0:
+    leverage checks.
+
+    For the binomial families only, whose working weight is at most 1/4 (times the prior
+    weight): the edge is then absolute. A Poisson or Gamma fit's weights may honestly span
+    many orders of magnitude (exposures), and steep coefficients there put the weight on
+    the largest fitted values, which the leverage checks refuse."""
+    if guards.max_leverage >= 1.0 or rows.n == 0 or not _bounded(rows.family):
         return
-    top = float(np.max(weights))
-    if _bounded(rows.family):  # every row at the edge has the same tiny weight: compare
-        top = max(top, 0.25 * float(np.max(rows.w)))  # with the weight at mu = 1/2
-    if not top > 0.0:
+    top = 0.25 * float(np.max(rows.w))  # the weight at mu = 1/2 (at the edge, every row's
+    if not top > 0.0:                   # weight is the same tiny number: not the largest)
         return
     low = int(np.count_nonzero(weights < SATURATED * top))
     idle = 0 if rows.all_positive() else int(np.count_nonzero(~(rows.w > 0)))

@@ -424,3 +424,24 @@ def test_the_moments_the_central_sends_are_checked_and_fixed_per_model(frames):
     site.build(base.with_shared({}, {"x": (mean, sd)}))
     with pytest.raises(PrivacyError, match="other moments"):
         site.build(base.with_shared({}, {"x": (mean + 1e-3, sd)}))
+
+
+def test_a_poisson_fit_whose_exposures_span_orders_of_magnitude_is_not_refused():
+    """Fitted values 1e-9 of the largest on most rows are no sign of steep coefficients
+    in a Poisson fit (small exposures beside large ones): it fits, as statsmodels."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(3):
+        n = 60
+        exposure = np.where(np.arange(n) < 36, 1e-5, 1e4 * rng.uniform(0.5, 2.0, n))
+        x = rng.normal(size=n)
+        frames.append(pd.DataFrame({"x": x, "logE": np.log(exposure),
+                                    "y": rng.poisson(exposure * np.exp(0.3 * x))}))
+    res = glm.fit("y ~ x", frames, "poisson", offset="logE", cluster="inprocess")
+    pooled = pd.concat(frames)
+    ref = sm.GLM(pooled["y"], sm.add_constant(pooled["x"]), family=sm.families.Poisson(),
+                 offset=pooled["logE"]).fit()
+    assert res.converged
+    np.testing.assert_allclose(res.params.to_numpy(), ref.params.to_numpy(), rtol=1e-6)
