@@ -406,7 +406,7 @@ def check_saturation(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
         raise PrivacyError(
             ENVIRONMENT["max_leverage"], guards.max_leverage,
             f"the coefficients pin {low - idle} of {active} rows at the family's edge "
-            f"(working weights under {SATURATED:g} of the largest): so steep a fit "
+            f"(working weights under {SATURATED:g} of the largest possible): so steep a fit "
             "singles out rows between two rounds")
 
 
