@@ -133,15 +133,18 @@ def _row_folds(site: Site, n: int, folds: Optional[Folds]) -> Optional[np.ndarra
 _CHECKED_FOLDS: "weakref.WeakKeyDictionary[Site, set]" = weakref.WeakKeyDictionary()
 
 
-def _require_checked(site: Site, design, folds: Folds) -> None:
-    """Refuse sums or held-out sums over folds this site has not checked (in a "moments"
-    query of this design). Every query names its folds: without this, a central could ask
-    the moments over honest folds, then sums over one row a fold (``Folds(k=n)``), whose
-    differences with the full sums are the rows."""
-    if (design.token, folds) not in _CHECKED_FOLDS.get(site, ()):
-        raise PrivacyError(ENVIRONMENT["minimum_rows"], site.round_guards(design).minimum_rows,
-                           f"folds {folds} were not checked by this site: sums over folds "
-                           "are sent only for the folds of the path's moments query")
+def _require_checked(site: Site, design, guards, m, folds: Folds,
+                     rows_folds: np.ndarray) -> None:
+    """Sums or held-out sums only over folds that pass `_check_fold`: checked in the
+    "moments" query of this design, or now (a site started again since, whose moments a
+    resumed central replays). Every query names its folds: without this, a central could
+    ask the moments over honest folds, then sums over one row a fold (``Folds(k=n)``),
+    whose differences with the full sums are the rows."""
+    if (design.token, folds) in _CHECKED_FOLDS.get(site, ()):
+        return
+    for k in range(folds.k):
+        _check_fold(site, guards, m, rows_folds == k, k)
+    _CHECKED_FOLDS.setdefault(site, set()).add((design.token, folds))
 
 
 def _check_fold(site: Site, guards, m, rows: np.ndarray, fold: int) -> None:
@@ -305,7 +308,7 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
     X, y, w, off = m.X, m.y, m.weights, m.offset
     parts = []
     if q.kind != "moments" and folds is not None and q.folds.sites is None:
-        _require_checked(site, design, q.folds)
+        _require_checked(site, design, guards, m, q.folds, folds)
     if q.kind == "moments":
         gram = design.family.name.lower() == "gaussian"  # its path runs on these sums
         parts.append((None, _moments(X, y, w, off, gram)))

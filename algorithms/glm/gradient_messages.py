@@ -60,13 +60,13 @@ def site_score(site: Site, design: Design, query: GradientQuery,
     m = site.model(design)  # built (and guarded) once per design
     cols = None if subset is None else [m.names.index(c) for c in subset]
     rows = site._rows(design, m, cols)
-    weights = site._buffer("score_weights", rows.n)
+    mass = rounds.RowMass()
     with np.errstate(all="ignore"):
-        found = rounds.score_round(rows, query.beta, weights=weights)
+        found = rounds.score_round(rows, query.beta, mass=mass)
     if found is None:
         return Score(query.version, False, site=site.name)
     try:  # the coefficients choose the weights: they must not single out a row
-        rounds.check_score_weights(site.round_guards(design), rows, weights)
+        rounds.check_score(site.round_guards(design), rows, mass)
     except PrivacyError as exc:  # as a Fisher round withholds: the line search steps back
         site.audit.refused(design.model_key, exc)
         log.warning("%s: score withheld at coefficients %d: %s", site.label,

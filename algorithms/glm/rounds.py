@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
 
+from statsmodels.genmod.families import links
+
 from . import disclosure, kernels
 from .guards import ENVIRONMENT, Guards, PrivacyError
 
@@ -134,6 +136,54 @@ class RoundSums:
     peaks: Optional[np.ndarray] = None
     #: sqrt(W) X when the rows fit in one block (the exact check is then free), or None
     whole: Optional[np.ndarray] = None
+    #: what `check_saturation` and `check_dominance` read (`RowMass`)
+    mass: Optional["RowMass"] = None
+
+
+@dataclass
+class RowMass:
+    """What a round's rows put in its sums, for the checks of the coefficients: ``pinned``
+    rows (of prior weight > 0) whose fitted value the coefficients pin at the family's
+    edge (`pinned_rows`), and ``total``/``largest`` of ``|t_i| ||x_i||`` over the rows,
+    ``t_i`` the number each row's x_i is multiplied by in a sent sum (X'Wz, or the score)."""
+
+    pinned: int = 0
+    total: float = 0.0
+    largest: float = 0.0
+
+    def add(self, terms: np.ndarray, lengths: np.ndarray) -> None:
+        a = np.abs(terms)
+        a *= lengths
+        self.total += float(a.sum())
+        self.largest = max(self.largest, float(a.max())) if len(a) else self.largest
+
+
+def pin_rule(family) -> Optional[str]:
+    """How `pinned_rows` knows a pinned row of ``family``: ``"weight"`` (binomial: working
+    weight, at most 1/4, under `SATURATED` / 4), ``"floor"`` (a log link: mu at R's floor
+    of the machine epsilon), or None."""
+    from statsmodels.genmod import families as smf
+
+    sm = getattr(family, "sm", None)
+    if isinstance(sm, smf.Binomial):
+        return "weight"
+    if sm is not None and isinstance(sm.link, links.Log):
+        return "floor"
+    return None
+
+
+def pinned_rows(rule: Optional[str], mu, ww, wb, positive: bool) -> int:
+    """The rows of a block that ``rule`` (`pin_rule`) counts as pinned; ``ww``: the working
+    weights without prior weights (None: the canonical link's own, from mu)."""
+    if rule is None:
+        return 0
+    if rule == "weight":
+        pinned = (mu * (1.0 - mu) if ww is None else ww) < SATURATED * 0.25
+    else:
+        pinned = mu <= _FLOOR
+    if not positive:
+        pinned &= wb > 0
+    return int(np.count_nonzero(pinned))
 
 
 def x_peaks(X: np.ndarray) -> np.ndarray:
@@ -209,15 +259,15 @@ class Rows:
         """y == 1 when every y is 0 or 1, else False (`kernels._binomial_logit`)."""
         return self._fact("ones", lambda: kernels._ones(self.y))
 
-    def row_norms(self) -> np.ndarray:
-        """||x_i||^2 of every row of the round's columns (`check_score_weights`)."""
+    def row_lengths(self) -> np.ndarray:
+        """||x_i|| of every row of the round's columns (`RowMass`), learnt once."""
         def learn():
             out = np.empty(self.n)
             for r in blocks(self.n, block_rows(self.p)):
                 B = self.block(r)
-                out[r] = np.einsum("ij,ij->i", B, B)
+                out[r] = np.sqrt(np.einsum("ij,ij->i", B, B))
             return out
-        return self._fact(("norms", None if self.cols is None else tuple(self.cols)), learn)
+        return self._fact(("lengths", None if self.cols is None else tuple(self.cols)), learn)
 
     def peaks(self) -> np.ndarray:
         if self._peaks is None:
@@ -267,6 +317,8 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
     y, w, offset = rows.y, rows.w, rows.offset
     unmasked = not masked and rows.all_positive()
     fast = _fast_path(rows)
+    mass, rule, lengths = RowMass(), pin_rule(rows.family), rows.row_lengths()
+    positive = rows.all_positive()
     for r in blocks(n, size):
         fam = rows.family_of(r)
         Xb = rows.block(r)
@@ -286,6 +338,7 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         deviance += dev
         pearson += chi2
         boundary += edge
+        mass.pinned += pinned_rows(rule, mu, ww, wb, positive)  # (before ww is overwritten)
         if null is not None:
             null_dev += kernels.null_deviance(fast.step, fam, _null_mu(fam, yb, offset[r], null),
                                               yb, wb, fast.unit, fast.ones_of(r))
@@ -329,6 +382,7 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
             last.fill(0.0)
             np.copyto(last, z, where=good)
             last *= root
+        mass.add(np.multiply(last, root), lengths[r])  # w_i z_i, the terms of X'Wz
         gram.add(A)
     gram = gram.total()
     if unmasked and not np.all(np.isfinite(gram)):
@@ -343,7 +397,7 @@ def irls_round(rows: Rows, beta: Optional[np.ndarray], start: Optional[tuple] = 
         working_chi2=float(working) if chi2_ok else float("nan"),
         n_boundary=int(boundary), xtwx=xtwx, xtwz=gram[:p, p].copy(),
         null_deviance=float(null_dev) if null is not None else None, weights=used,
-        peaks=peaks, whole=None if several else work[:n, :p],
+        peaks=peaks, whole=None if several else work[:n, :p], mass=mass,
     ), work
 
 
@@ -372,80 +426,67 @@ def _fast_path(rows: Rows) -> _Fast:
                  rows.zero_offset(), ones)
 
 
-#: A row's working weight under this fraction of the largest is saturated: its fitted value
-#: is pinned at the family's edge (|eta| > ~18 for the logit) and moves with no coefficient.
+#: A binomial row whose working weight is under this fraction of the largest possible (1/4)
+#: is pinned at the family's edge (|eta| > ~18 for the logit): it moves with no coefficient.
 SATURATED = 1e-8
+#: A log link's mu at R's floor (the machine epsilon; within 10 eps of it) is pinned too.
+_FLOOR = 10 * np.finfo(float).eps
 
 
-def check_saturation(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
-    """Refuse coefficients that saturate more than half of the rows (`SATURATED`).
+def check_saturation(guards: Guards, rows: Rows, mass: Optional[RowMass]) -> None:
+    """Refuse coefficients that pin more than half of the rows at the family's edge
+    (`pinned_rows`: a binomial working weight under `SATURATED` / 4, a log link's mu at
+    its floor).
 
     Steep coefficients make the fitted values a step: mu is 0 or 1 on either side of a
-    hyperplane the central chooses, every working weight is the same tiny number (the
-    weighted leverages are then the design's, and pass), and the score, X'(y - mu), is
-    X'y less the sum of x over the rows past the hyperplane. Two such rounds with the
-    hyperplane moved past one row give that row by difference. At coefficients that leave
-    half the rows unsaturated the step is smooth over many rows. A fit whose coefficients
-    genuinely go there is (quasi-)separated, and its estimate does not exist (R warns at
-    fitted values within 10 eps of the edge). Off with ``GLM_MAX_LEVERAGE`` >= 1, as the
-    leverage checks.
-
-    For the binomial families only, whose working weight is at most 1/4 (times the prior
-    weight): the edge is then absolute. A Poisson or Gamma fit's weights may honestly span
-    many orders of magnitude (exposures), and steep coefficients there put the weight on
-    the largest fitted values, which the leverage checks refuse."""
-    if guards.max_leverage >= 1.0 or rows.n == 0 or not _bounded(rows.family):
+    hyperplane the central chooses (or, with a log link, eps on one side), every pinned
+    row has the same weight (the weighted leverages are then the design's, and pass), and
+    the score is X'y less the sum of x over the rows past the hyperplane. Two such rounds
+    with the hyperplane moved past one row give that row by difference. At coefficients
+    that leave half the rows free the step is smooth over many rows. A fit whose
+    coefficients genuinely go there is (quasi-)separated, and its estimate does not exist
+    (R warns at fitted values within 10 eps of the edge). Each row against its own
+    largest weight: a binomial with numbers of trials from 1 to 1e7 is not pinned at flat
+    coefficients. Off with ``GLM_MAX_LEVERAGE`` >= 1, as the leverage checks."""
+    if guards.max_leverage >= 1.0 or rows.n == 0 or mass is None:
         return
-    top = 0.25 * float(np.max(rows.w))  # the weight at mu = 1/2 (at the edge, every row's
-    if not top > 0.0:                   # weight is the same tiny number: not the largest)
-        return
-    low = int(np.count_nonzero(weights < SATURATED * top))
-    idle = 0 if rows.all_positive() else int(np.count_nonzero(~(rows.w > 0)))
-    active = rows.n - idle
-    if low - idle > active / 2:
+    active = rows.n if rows.all_positive() else int(np.count_nonzero(rows.w > 0))
+    if mass.pinned > active / 2:
         raise PrivacyError(
             ENVIRONMENT["max_leverage"], guards.max_leverage,
-            f"the coefficients pin {low - idle} of {active} rows at the family's edge "
-            f"(working weights under {SATURATED:g} of the largest possible): so steep a fit "
-            "singles out rows between two rounds")
+            f"the coefficients pin {mass.pinned} of {active} rows at the family's edge: "
+            "so steep a fit singles out rows between two rounds")
 
 
-def _bounded(family) -> bool:
-    """Whether the family's variance is bounded (the binomial's mu(1 - mu) <= 1/4)."""
-    from statsmodels.genmod import families as smf
-
-    return isinstance(getattr(family, "sm", None), smf.Binomial)
-
-
-def check_score_weights(guards: Guards, rows: Rows, weights: np.ndarray) -> None:
-    """The guards of a gradient round, whose score ``X' W g'(mu)(y - mu)`` has no gram to
-    check leverages against: `check_saturation`, and no row's share of
-    ``sum_i w_i ||x_i||^2`` (``weights``: the working weights of the round, prior weights
-    included) above ``GLM_MAX_LEVERAGE`` (steep coefficients of a Poisson fit make the
-    largest fitted value carry the score)."""
-    check_saturation(guards, rows, weights)
-    if guards.max_leverage >= 1.0 or rows.n == 0:
+def check_dominance(guards: Guards, rows: Rows, mass: Optional[RowMass],
+                    what: str = "X'Wz") -> None:
+    """Refuse a round in which one row carries more than ``GLM_MAX_LEVERAGE`` of
+    ``sum_i |t_i| ||x_i||`` (`RowMass`): the sum ``sum_i t_i x_i`` is then that row's x,
+    to a scale. The leverage checks look at the weights of X'WX only; a score or X'Wz can
+    be carried by one row through its residual (a Gamma or Poisson fit at steep
+    coefficients: y / mu of the smallest fitted value, or y - mu of the largest)."""
+    if guards.max_leverage >= 1.0 or mass is None or not mass.total > 0.0:
         return
-    norms = rows.row_norms()
-    total = float(np.dot(weights, norms))
-    step = 1 << 14  # the products by blocks that stay in cache (no n-long temporary)
-    part = np.empty(min(step, rows.n))
-    largest = 0.0
-    for r in blocks(rows.n, step):
-        k = r.stop - r.start
-        largest = max(largest, float(np.multiply(weights[r], norms[r], out=part[:k]).max()))
-    if total > 0.0 and largest > guards.max_leverage * total:
+    if mass.largest > guards.max_leverage * mass.total:
         raise PrivacyError(
             ENVIRONMENT["max_leverage"], guards.max_leverage,
-            "at these coefficients one row carries more than this share of the score's "
-            "weight (sum of w_i ||x_i||^2): its fitted value would single it out")
+            f"at these coefficients one row carries more than this share of {what} (of "
+            "sum_i |t_i| ||x_i||): the sum would single it out")
+
+
+def check_score(guards: Guards, rows: Rows, mass: RowMass) -> None:
+    """The guards of a gradient round, whose score has no gram to check leverages against:
+    `check_saturation` and `check_dominance`."""
+    check_saturation(guards, rows, mass)
+    check_dominance(guards, rows, mass, "the score")
 
 
 def check_leverage(guards: Guards, rows: Rows, sums: RoundSums) -> None:
-    """`check_saturation`, then `disclosure.check_round` on this round's weighted design,
-    from the block bound when it settles the check (see the module docstring), exactly
-    otherwise."""
-    check_saturation(guards, rows, sums.weights)
+    """`check_saturation` and `check_dominance`, then `disclosure.check_round` on this
+    round's weighted design, from the block bound when it settles the check (see the
+    module docstring), exactly otherwise."""
+    check_saturation(guards, rows, sums.mass)
+    check_dominance(guards, rows, sums.mass)
     if sums.whole is not None:
         disclosure.check_round(guards, sums.whole, sums.xtwx)
         return
@@ -463,12 +504,14 @@ def _null_mu(fam, y, offset, null) -> np.ndarray:
 
 
 def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
-                weights: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, float]]:
+                mass: Optional[RowMass] = None) -> Optional[tuple[np.ndarray, float]]:
     """A gradient-descent site's score ``X'W g'(mu) (y - mu)`` and deviance at ``beta``,
     each block of X read once for both products; None outside the family's range.
-    ``masked``: as in `irls_round`. ``weights``: an array of the rows to fill with the
-    round's working weights, prior weights included (for `check_score_weights`)."""
+    ``masked``: as in `irls_round`. ``mass``: a `RowMass` to fill (for `check_score`)."""
     n, p = rows.n, rows.p
+    rule = pin_rule(rows.family)
+    lengths = None if mass is None else rows.row_lengths()
+    positive = rows.all_positive()
     score = np.zeros(p)
     deviance = 0.0
     y, w, offset = rows.y, rows.w, rows.offset
@@ -487,8 +530,8 @@ def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
             return None
         mu, dev, _, _, ww, residual = got
         deviance += dev
-        if weights is not None:
-            _working_weights(fast.step, mu, ww, wb, fast.unit, fast.finite, out=weights[r])
+        if mass is not None:
+            mass.pinned += pinned_rows(rule, mu, ww, wb, positive)
         if ww is None:  # a canonical link: the terms are y - mu, times the prior weights
             terms = residual if fast.unit else np.multiply(residual, wb, out=residual)
         else:
@@ -502,25 +545,14 @@ def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
         else:  # every row counts: no mask, the same sums
             g = terms
         score += Xb.T @ g
+        if mass is not None:
+            mass.add(g, lengths[r])
     if unmasked and not np.all(np.isfinite(score)):
-        return score_round(rows, beta, masked=True, weights=weights)
+        return score_round(rows, beta, masked=True,
+                           mass=None if mass is None else _reset(mass))
     return score, float(deviance)
 
 
-def _working_weights(step, mu, ww, wb, unit: bool, finite: bool, out: np.ndarray) -> None:
-    """A block's working weights into ``out``: the step's, or the canonical link's
-    variance where the fused step skipped it (logit mu(1 - mu), log mu, identity 1);
-    ``finite``: the step's values are (`kernels.FINITE`), else the others count 0."""
-    if ww is not None:
-        np.copyto(out, ww)
-    elif step is kernels._binomial_logit:
-        np.subtract(1.0, mu, out=out)
-        out *= mu
-    elif step is kernels._poisson_log:
-        np.copyto(out, mu)
-    else:
-        out.fill(1.0)
-    if not unit:
-        out *= wb
-    if not finite:
-        np.copyto(out, 0.0, where=~np.isfinite(out))
+def _reset(mass: RowMass) -> RowMass:
+    mass.pinned, mass.total, mass.largest = 0, 0.0, 0.0
+    return mass

@@ -99,7 +99,6 @@ class Site(SiteFrame, SitePasses):
         self._some_columns: Optional[pd.DataFrame] = None  # of a Parquet source, see _columns
         self._built: Optional[tuple] = None  # (design token, ModelData)
         self._work: Optional[np.ndarray] = None  # the block buffer of the rounds, reused
-        self._buffers: dict = {}  # name -> an n-long array reused by the rounds (`_buffer`)
         self._peaks: Optional[tuple] = None  # (design token, rounds.x_peaks of its X)
         self._facts: Optional[tuple] = None  # (ModelData, what its rounds learnt of its rows)
         self._frame_cache: Optional[tuple] = None  # (columns and guards, complete rows)
@@ -309,14 +308,6 @@ class Site(SiteFrame, SitePasses):
             working_chi2=sums.working_chi2, xtwx=sums.xtwx, xtwz=sums.xtwz,
             n_boundary=sums.n_boundary, null_deviance=sums.null_deviance, **counts,
         )
-
-    def _buffer(self, name: str, n: int) -> np.ndarray:
-        """An n-long array of this site's, reused from round to round (a fresh 4 MB array
-        a round costs its page faults: 0.5 ms at 500k rows)."""
-        held = self._buffers.get(name)
-        if held is None or len(held) != n:
-            held = self._buffers[name] = np.empty(n)
-        return held
 
     def _design_sums(self, design: Design, m: ModelData) -> tuple:
         """(peaks, gram) for `disclosure.check_design`: `rounds.design_sums` in one pass

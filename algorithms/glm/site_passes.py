@@ -10,9 +10,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import disclosure
+from . import disclosure, rounds
 from .design import Design
 from .errors import SiteError
+from .guards import PrivacyError
 from .families import negbin_sums
 from .site_guard import _guarded
 
@@ -47,14 +48,28 @@ class SitePasses:
             self._answered[1].add(np.asarray(beta, dtype=float).tobytes())
 
     def _require_answered(self, design: Design, beta: np.ndarray, what: str) -> None:
-        """Refuse a pass at coefficients whose round (Fisher scoring or gradient) this site
-        has not answered for this design. Otherwise the central could choose coefficients
-        for these passes alone, past the rounds' guards: two steep coefficients on either
-        side of a row make the meat's or the log-likelihood's difference that row's."""
+        """Answer a pass only at coefficients whose round passes the rounds' guards: those
+        of a round this site has answered for this design, or (a site started again since,
+        whose rounds a resumed central replays from its record) coefficients at which the
+        round's sums, computed here and not sent, pass `rounds.check_leverage` now.
+        Otherwise the central could choose coefficients for these passes alone: two steep
+        coefficients either side of a row make the meat's difference that row's."""
         key = np.asarray(beta, dtype=float).tobytes()
-        if self._answered[0] != design.token or key not in self._answered[1]:
-            raise SiteError(f"{what}: sent only at coefficients whose round (Fisher scoring "
-                            "or gradient) this site has answered")
+        if self._answered[0] == design.token and key in self._answered[1]:
+            return
+        m = self.model(design)
+        rows = self._rows(design, m, None)
+        with np.errstate(all="ignore"):
+            sums, _ = rounds.irls_round(rows, np.asarray(beta, dtype=float))
+        if sums is None:
+            raise SiteError(f"{what}: the coefficients leave the family's range")
+        try:
+            rounds.check_leverage(self.round_guards(design), rows, sums)
+        except PrivacyError as exc:
+            self.audit.refused(design.model_key, exc)
+            raise SiteError(f"{what}: sent only at coefficients whose round this site would "
+                            f"answer ({exc.guard}: {exc.detail})") from None
+        self._passed(design, beta)
 
     @_guarded
     def theta_sums(self, design: Design, beta: np.ndarray,

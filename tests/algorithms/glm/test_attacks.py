@@ -328,11 +328,11 @@ def test_audit_log_unreadable_lines_do_not_reset_the_budget(tmp_path):
 
 
 # -- steep coefficients, passes at coefficients of their own, folds of their own -----------
-def _site(frame, formula, family, audit_log=None):
+def _site(frame, formula, family, audit_log=None, link=None):
     from algorithms.glm.site import Site
 
     site = Site(frame, "a", audit_log=audit_log)
-    design = glm.Design.make(formula, family)
+    design = glm.Design.make(formula, family, link)
     site.describe(design)
     site.build(design)
     return site, design
@@ -367,30 +367,34 @@ def test_a_gradient_round_at_steep_coefficients_gets_no_score(frames, family, be
     assert [e["guard"] for e in events if e["event"] == "refused"] == ["GLM_MAX_LEVERAGE"]
 
 
-def test_passes_besides_the_rounds_take_only_coefficients_of_answered_rounds(frames):
+def test_passes_besides_the_rounds_take_only_coefficients_a_round_would_pass(frames):
     """The log-likelihood, the sandwich's meat and glm.nb's theta sums at coefficients the
     central picks for them alone would skip the rounds' guards (two steep cuts either side
-    of a row: the meat's difference is x x' of that row): refused until a round at those
-    coefficients has passed."""
+    of a row: the meat's difference is x x' of that row): at coefficients of no answered
+    round the site checks the round's guards first (a site started again since its rounds
+    answers an honest estimate), and refuses steep ones."""
     from algorithms.glm.messages import Query
 
     site, design = _site(frames[0], "b ~ x", "binomial")
+    t = float(np.median(frames[0]["x"]))
+    for slope in (1e8, 1e3):
+        steep = np.array([-slope * t, slope])
+        with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
+            site.meat(design, steep, "rows")
+        with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
+            site.loglike(design, steep, 1.0)
     beta = np.array([0.2, 0.7])
-    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
-        site.meat(design, beta, "rows")
-    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
-        site.loglike(design, beta, 1.0)
+    assert np.isfinite(site.loglike(design, beta, 1.0))  # not answered: checked, then sent
     assert site.contribution(design, Query(1, beta)).valid
-    assert np.isfinite(site.loglike(design, beta, 1.0))
     assert site.meat(design, beta, "rows")["meat"].shape == (2, 2)
-    with pytest.raises(glm.SiteError, match="sent only at coefficients whose round"):
-        site.meat(design, beta + 1e-9, "rows")
 
 
 def test_glmnet_sums_only_over_the_folds_the_site_checked(frames):
-    """Every glmnet query names its folds; only the moments query checks them. A central
+    """Every glmnet query names its folds, which the moments query checked. A central
     that asks the moments over honest folds, then sums over a fold of one row each
-    (k = n), would read the rows as differences: refused, and the checked folds answer."""
+    (k = n), would read the rows as differences: the folds are checked then too, and
+    refused; the checked folds answer, and so do honest folds the site meets first in a
+    sums query (a site started again since the moments)."""
     from algorithms.glm.glmnet_site import Folds, GlmnetQuery, glmnet_answer
 
     site, design = _site(frames[0], "y ~ x", "gaussian")
@@ -398,11 +402,14 @@ def test_glmnet_sums_only_over_the_folds_the_site_checked(frames):
     glmnet_answer(site, design, GlmnetQuery(0, "moments", folds=honest))
     one_row = Folds(k=len(frames[0]))
     B = np.zeros((1, 2))
-    with pytest.raises(PrivacyError, match="not checked by this site"):
+    with pytest.raises(PrivacyError, match="fewer rows than the minimum"):
         glmnet_answer(site, design, GlmnetQuery(1, "heldout", betas=((0, B),), folds=one_row))
     answer = glmnet_answer(site, design, GlmnetQuery(2, "heldout", betas=((0, B),),
                                                      folds=honest))
     assert len(answer.parts) == 1
+    again, design = _site(frames[0], "y ~ x", "gaussian")
+    assert len(glmnet_answer(again, design, GlmnetQuery(3, "heldout", betas=((0, B),),
+                                                        folds=Folds(k=4))).parts) == 1
 
 
 def test_the_moments_the_central_sends_are_checked_and_fixed_per_model(frames):
@@ -445,3 +452,43 @@ def test_a_poisson_fit_whose_exposures_span_orders_of_magnitude_is_not_refused()
                  offset=pooled["logE"]).fit()
     assert res.converged
     np.testing.assert_allclose(res.params.to_numpy(), ref.params.to_numpy(), rtol=1e-6)
+
+
+def test_a_binomial_with_numbers_of_trials_from_one_to_millions_is_not_refused():
+    """Each row's weight is its number of trials times mu(1 - mu): against the largest
+    number of trials, rows of a few trials looked pinned at the edge at flat coefficients
+    (rates of 1e-7 in populations from 1e3 to 3e8)."""
+    rng = np.random.default_rng(11)
+    frames = []
+    for _ in range(3):
+        pop = np.exp(rng.uniform(np.log(1e3), np.log(1e7), 70)).round()
+        pop[0] = 3e8
+        x = rng.normal(size=70)
+        cases = rng.binomial(pop.astype(np.int64), 1e-7 * np.exp(0.2 * x))
+        frames.append(pd.DataFrame({"x": x, "cases": cases, "rest": pop - cases}))
+    res = glm.fit("cbind(cases, rest) ~ x", frames, "binomial", cluster="inprocess")
+    assert res.converged and not any("withheld" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("method", ["fisher", "gradient"])
+def test_a_log_link_step_at_the_floor_gets_no_sums(frames, method):
+    """A Gamma fit's log-link weights are 1 on every row, whatever the coefficients: no
+    leverage check sees a step. At coefficients that pin every row but the largest at
+    R's floor mu = eps, the sums are x'y / eps less the others'; moved past the largest
+    row, two rounds gave it. Refused (the rows at the floor are counted)."""
+    from algorithms.glm.gradient_messages import GradientQuery, site_score
+    from algorithms.glm.messages import Query
+
+    f = frames[0].assign(g=np.exp(frames[0]["y"] / 3))
+    site, design = _site(f, "g ~ x", "gamma", link="log")
+    site2, _ = _site(f, "g ~ x", "gamma", link="log")
+    gap = float(np.diff(np.sort(f["x"]))[-1])
+    t = float(f["x"].max()) - gap / 2
+    steep = np.array([-100 / gap * t, 100 / gap])
+    if method == "fisher":
+        got = site.contribution(design, Query(1, steep))
+        assert not got.valid and got.withheld
+    else:
+        assert not site_score(site, design, GradientQuery(1, steep)).valid
+    honest = glm.fit("g ~ x", [f], "gamma", link="log", cluster="inprocess")
+    assert site2.contribution(design, Query(1, honest.params.to_numpy())).valid
