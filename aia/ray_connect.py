@@ -106,8 +106,9 @@ def _interrupt_after():
     raise it: an init interrupted part way leaves processes it no longer knows (the
     raylet's agents, which outlive it with parent 1), a finished one is shut down whole.
     In the main thread only (elsewhere signals do not arrive)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield  # (Ctrl-C ignored, or a handler not set from Python: left as it is)
         return
     pressed = []
     previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))

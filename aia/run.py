@@ -134,23 +134,37 @@ def start_from(state, algorithm, problem, stopat: Mapping, *, saveat=None,
 
 @contextlib.contextmanager
 def _terminate_as_exit():
-    """For the run, SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit(143)`` in
-    the central, as Ctrl-C raises KeyboardInterrupt: the workers are stopped and the
-    exception carries the history so far (by default SIGTERM ends the process at once, the
-    history lost). Only where SIGTERM has the default action, in the main thread."""
+    """For the run, SIGTERM (``kill``, a scheduler's stop) ends it as Ctrl-C does, then
+    raises ``SystemExit(143)`` carrying the history (by default SIGTERM ends the process
+    at once, the history lost, the workers left to notice). It is delivered as a SIGINT,
+    so that what the engine shields from Ctrl-C (a message half sent, a fork, the clean-up)
+    is shielded from it too. Only in the main thread, where SIGTERM has its default action
+    and Ctrl-C is not ignored."""
     if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL \
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
+    terminated = []
 
-    def terminated(signum, frame):
-        raise SystemExit(128 + signum)
+    def on_terminate(signum, frame):
+        terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGTERM, on_terminate)
     try:
         yield
+    except KeyboardInterrupt as exc:
+        if not terminated:
+            raise
+        stop = SystemExit(128 + terminated[0])
+        history = getattr(exc, "history", None)
+        if history is not None:
+            stop.history = history
+        raise stop from exc
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGTERM) is on_terminate:  # not one set since
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _workers_of(cluster, owned: bool, available: list):
