@@ -152,10 +152,12 @@ class RowMass:
     largest: float = 0.0
 
     def add(self, terms: np.ndarray, lengths: np.ndarray) -> None:
+        if not len(terms):
+            return
         a = np.abs(terms)
         a *= lengths
         self.total += float(a.sum())
-        self.largest = max(self.largest, float(a.max())) if len(a) else self.largest
+        self.largest = max(self.largest, float(a.max()))
 
 
 def pin_rule(family) -> Optional[str]:
@@ -178,8 +180,13 @@ def pinned_rows(rule: Optional[str], mu, ww, wb, positive: bool) -> int:
     if rule is None:
         return 0
     if rule == "weight":
-        pinned = (mu * (1.0 - mu) if ww is None else ww) < SATURATED * 0.25
+        v = mu * (1.0 - mu) if ww is None else ww
+        if not len(v) or v.min() >= SATURATED * 0.25:  # one pass: most blocks pin none
+            return 0
+        pinned = v < SATURATED * 0.25
     else:
+        if not len(mu) or mu.min() > _FLOOR:
+            return 0
         pinned = mu <= _FLOOR
     if not positive:
         pinned &= wb > 0
