@@ -146,7 +146,8 @@ def fit(formula: str, sites: Any, family: Any = "gaussian", link: Any = None, *,
         max_iter = 25 if method == "fisher" else GRADIENT_MAX_ITER
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
-    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups,
+                            freq_weights=freq_weights)
     design = Design.make(formula, family, link, weights=weights, offset=offset,
                          exposure=exposure, expected=expected, guards=guards, groups=groups,
                          missing=missing, freq_weights=freq_weights)
@@ -178,7 +179,7 @@ COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3", "cluster")
 
 
 def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
-                  groups: Optional[str] = None) -> dict:
+                  groups: Optional[str] = None, freq_weights: Optional[str] = None) -> dict:
     """The result's options of `fit`, checked before any process starts."""
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not (np.isfinite(scale) and scale > 0)):
@@ -192,6 +193,10 @@ def check_options(scale: Optional[float] = None, cov_type: str = "nonrobust",
             raise TypeError(f"groups: expected a column name, got {type(groups).__name__}")
         if cov_type != "cluster":
             raise ValueError(f"groups: only with cov_type='cluster', got cov_type={cov_type!r}")
+    if cov_type in ("HC2", "HC3") and freq_weights is not None:
+        raise ValueError(f"cov_type={cov_type!r}: the hat values are per row, and a row of "
+                         f"frequency weight f is f observations; expected cov_type 'HC0' or "
+                         f"'HC1' with freq_weights={freq_weights!r}")
     return {"scale": None if scale is None else float(scale), "cov_type": cov_type}
 
 

@@ -79,8 +79,9 @@ def _results(main: FitRecord, design: Design, scale: float, null_deviance: float
         notes.append(
             f"the fit stopped after {main.iterations} iterations: site(s) {main.withheld} "
             "withheld their sums at the next coefficients, whose weights would single out a "
-            "row (GLM_MAX_LEVERAGE): the fit diverges, as in a (quasi-)complete separation, "
-            "and the estimate is the last one before")
+            "row or pin most rows at the family's edge (GLM_MAX_LEVERAGE): the fit "
+            "diverges, as in a (quasi-)complete separation, and the estimate is the last one "
+            "before")
         kind = PerfectSeparationWarning if isinstance(
             design.family.sm, (smf.Binomial, smf.Poisson)) else ConvergenceWarning
         warnings.warn(f"glm.fit: {notes[-1]}", kind, stacklevel=4)

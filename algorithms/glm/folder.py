@@ -91,7 +91,8 @@ def fit_folder(formula: str, folder: Any, sites: Sequence[str], family: Any = "g
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     sites = list(sites)
     check_min_sites(len(sites), min_sites)
-    options = check_options(scale=scale, cov_type=cov_type, groups=groups)
+    options = check_options(scale=scale, cov_type=cov_type, groups=groups,
+                            freq_weights=freq_weights)
     if secure:  # before the formula is parsed, as in glm.fit
         secure_sums.check_secure(len(sites), True, None, 0, options["cov_type"])
     design = with_token(Design.make(formula, family, link, weights=weights, offset=offset,

@@ -221,6 +221,10 @@ class GradientDescent(Asynchronous, LineSearch, SiteAlgorithm):
         beta = self._betas[scores[0].version]
         self.iterations += 1
         self.score_rounds += 1
+        held = [s.site or "?" for s in scores if getattr(s, "withheld", False)]
+        if held:  # the line search steps back from coefficients that single out rows
+            self._withheld(scores)  # (a PrivacyError with no estimate to stop at)
+            self.withheld.extend(name for name in held if name not in self.withheld)
         if not all(s.valid for s in scores):
             if self._x is None:
                 return self._retreat(beta, scores, keys)

@@ -38,7 +38,8 @@ class GradientQuery:
 class Score:
     """One site's score (the gradient of its log-likelihood, p numbers) and deviance at the
     coefficients of query ``version``; ``valid`` False (and no score) when they give fitted
-    values outside the family's range or a non-finite deviance."""
+    values outside the family's range or a non-finite deviance, or ``withheld`` (the
+    coefficients failed the round's privacy checks, `rounds.check_score`)."""
 
     version: int
     valid: bool
@@ -46,6 +47,7 @@ class Score:
     deviance: float = float("nan")
     site: Optional[str] = None
     repeat: bool = False
+    withheld: bool = False
 
     def again(self) -> "Score":
         """This answer sent once more (asynchronous hold): nothing new in it."""
@@ -71,7 +73,7 @@ def site_score(site: Site, design: Design, query: GradientQuery,
         site.audit.refused(design.model_key, exc)
         log.warning("%s: score withheld at coefficients %d: %s", site.label,
                     query.version, exc)
-        return Score(query.version, False, site=site.name)
+        return Score(query.version, False, site=site.name, withheld=True)
     if subset is None:
         site._passed(design, query.beta)  # the estimate's log-likelihood and meat
     return Score(query.version, True, score=found[0], deviance=found[1], site=site.name)

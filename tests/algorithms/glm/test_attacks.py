@@ -492,3 +492,26 @@ def test_a_log_link_step_at_the_floor_gets_no_sums(frames, method):
         assert not site_score(site, design, GradientQuery(1, steep)).valid
     honest = glm.fit("g ~ x", [f], "gamma", link="log", cluster="inprocess")
     assert site2.contribution(design, Query(1, honest.params.to_numpy())).valid
+
+
+def test_moments_merged_in_another_order_are_the_same_moments(frames):
+    """The mean and sd of the same rows merged in another order differ in their last bits:
+    the same model, not other moments."""
+    from algorithms.glm.site import Site
+
+    f = frames[0]
+    base = glm.Design.make("y ~ x + I(exp(-scale(x) ** 2))", "gaussian")
+    mean, sd = float(f["x"].mean()), float(f["x"].std())
+    site = Site(f, "a")
+    site.build(base.with_shared({}, {"x": (mean, sd)}))
+    site.build(base.with_shared({}, {"x": (mean * (1 + 4e-16), sd * (1 - 4e-16))}))
+
+
+def test_a_separated_gradient_fit_says_the_sites_withheld_their_scores():
+    """Gradient descent's line search steps back from coefficients whose score the sites
+    withhold; the fit ends unconverged and says which sites withheld, as Fisher scoring."""
+    with pytest.warns(Warning, match="separation"):
+        res = glm.fit("y ~ x", separated_sites(), family="binomial", cluster="inprocess",
+                      method="gradient")
+    assert not res.converged and any("withheld" in n for n in res.notes)
+    assert np.all(np.isfinite(res.params))

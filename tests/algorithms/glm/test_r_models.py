@@ -763,3 +763,9 @@ def test_contrasts_keep_the_level_guards(contrast):
     with pytest.raises(glm.PrivacyError, match="a level of column 'math' has fewer rows"):
         glm.fit("num_awards ~ C(math, contr.sum)", awards_sites(), "poisson",
                 cluster="inprocess")  # math's values as levels: most are rare
+
+
+def test_hc2_and_hc3_with_frequency_weights_are_refused_before_anything_starts():
+    sites = epil_sites()
+    with pytest.raises(ValueError, match="cov_type='HC3': the hat values are per row"):
+        glm.fit(EPIL, sites, "poisson", cov_type="HC3", freq_weights="V4")
