@@ -24,6 +24,7 @@ class _Handle(WorkerClock):
         self.generation = generation
         self.os_pid: Optional[int] = None
         self.dead = False
+        self.stopped_since: Optional[float] = None  # seen stopped (SIGSTOP) since then
         # Readable once the process has ended. A pidfd (Linux) watches the process itself:
         # the sentinel is a pipe that a child the worker forked (a process pool in answer)
         # inherits, and then its end never comes while that child lives.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -16,6 +17,22 @@ from .transport import CONTROL, QUERY, ChannelClosed
 
 if TYPE_CHECKING:
     from .local import LocalCluster
+
+
+#: A busy worker whose process stays stopped (SIGSTOP) this long, while nothing else
+#: arrives, has failed (`LocalRun._frozen`); checked every `FROZEN_CHECK` seconds.
+FROZEN_AFTER = 10.0
+FROZEN_CHECK = 1.0
+
+
+def _stopped(os_pid: int) -> bool:
+    """Whether the process is stopped by a signal (state T in /proc; not traced, t)."""
+    try:
+        with open(f"/proc/{os_pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] == b"T"
 
 
 class LocalRun(Run):
@@ -101,7 +118,9 @@ class LocalRun(Run):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             events: list = []
-            ready = self.poller.poll(timeout)
+            ready = self.poller.poll(timeout if not self.busy else
+                                     FROZEN_CHECK if timeout is None else
+                                     min(timeout, FROZEN_CHECK))
             # Messages first: an answer sent just before a worker died still counts.
             for h, what in ready:
                 if what == "message" and h.pid in self.live:
@@ -115,10 +134,40 @@ class LocalRun(Run):
                         self._take(h, h.exit_failure(), events)
             if events:
                 return events
+            events = self._frozen()
+            if events:
+                return events
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return events
+
+    def _frozen(self) -> list:
+        """Failures of the workers with a query outstanding whose process has been stopped
+        (SIGSTOP, state T) for `FROZEN_AFTER` seconds while nothing else arrived: a
+        stopped process answers nothing until someone continues it, and a synchronous
+        round would wait for it forever. Each is killed (a stopped process takes SIGKILL)."""
+        now, failed = time.monotonic(), []
+        for pid in list(self.busy):
+            h = self.live.get(pid)
+            if h is None or h.os_pid is None:
+                continue
+            if not _stopped(h.os_pid):
+                h.stopped_since = None
+                continue
+            if h.stopped_since is None:
+                h.stopped_since = now
+            elif now - h.stopped_since >= FROZEN_AFTER:
+                try:
+                    os.kill(h.os_pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                failure = h.exit_failure()
+                failure = dataclasses.replace(failure, cause=(
+                    f"its process was stopped (SIGSTOP: frozen) for {FROZEN_AFTER:.0f} s "
+                    "with a query outstanding; it was killed"))
+                self._take(h, failure, failed)
+        return failed
 
     def _take(self, h: _Handle, event, events: list) -> None:
         if event is None:

@@ -873,3 +873,47 @@ def test_sigterm_to_the_central_stops_the_workers_and_keeps_the_history(tmp_path
         script.cleanup(workers)
     assert rc == 42, f"exit code {rc}; stdout {out}; stderr:\n{script.stderr}"
     assert "TERMINATED 143 True" in out, out
+
+
+class StopsItselfAtItsThirdAnswer(aia.AbstractAlgorithm):
+    """Worker 1 stops its own process (SIGSTOP) at its third answer: frozen mid-run."""
+
+    def __init__(self):
+        self.k = 0
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        self.k += 1
+        if problem == 1 and self.k == 3:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        time.sleep(0.005)
+        return q + 1
+
+    def sync_central_step(self, answers, workers, problem):
+        return max(answers)
+
+
+@pytest.mark.parametrize("resilience", [0, 1])
+def test_a_worker_frozen_mid_run_fails_instead_of_holding_a_synchronous_run(resilience,
+                                                                           no_leftover):
+    """No time limit, a synchronous round, one worker stopped (SIGSTOP) with a query
+    outstanding: it never answers until continued, and the round would wait forever. After
+    FROZEN_AFTER seconds it is a failure (killed): tolerated, the run ends; not, the error
+    carries the history."""
+    from aia.local_run import FROZEN_AFTER
+
+    t0 = time.monotonic()
+    kwargs = dict(synchronous=True, resilience=resilience, verbose=0, cluster=2)
+    if resilience:
+        h = aia.start(StopsItselfAtItsThirdAnswer(), lambda pid: pid, {"iteration": 12},
+                      **kwargs)
+        assert h.iterations[-1] == 12 and len(h.failures) == 1
+        assert "stopped (SIGSTOP" in h.failures[0].cause
+    else:
+        with pytest.raises(aia.WorkerFailedError, match="stopped .SIGSTOP") as err:
+            aia.start(StopsItselfAtItsThirdAnswer(), lambda pid: pid, {"iteration": 12},
+                      **kwargs)
+        assert err.value.history.iterations[-1] == 2
+    assert time.monotonic() - t0 < FROZEN_AFTER + 10
