@@ -135,14 +135,16 @@ class SiteAlgorithm(AbstractAlgorithm):
                                  f"at iteration {self.iterations}")
 
     def _withheld(self, contribs: Sequence[Contribution]) -> list:
-        """The sites that withheld their sums (their weights would single out a row); a
-        `PrivacyError` when there is no accepted estimate to stop at."""
+        """The sites that withheld their sums (at these coefficients they would single out
+        a row: `rounds.check_leverage`); a `PrivacyError` when there is no accepted
+        estimate to stop at."""
         sites = [c.site or "?" for c in contribs if c.withheld]
         if sites and self.beta is None:
             raise PrivacyError(
                 ENVIRONMENT["max_leverage"], "the site's",
                 f"site(s) {sites} withheld their sums: at these coefficients, the weights "
-                "single out a row", site=", ".join(sites))
+                "single out a row, one row carries the sums, or most rows are pinned at the "
+                "family's edge (the site's audit log says which)", site=", ".join(sites))
         return sites
 
     def _take_null(self, worker, c: Contribution, n: int) -> None:
