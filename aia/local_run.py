@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 #: A busy worker whose process stays stopped (SIGSTOP) this long, while nothing else
-#: arrives, has failed (`LocalRun._frozen`); checked every `FROZEN_CHECK` seconds.
+#: arrives in a wait without a time limit, has failed (`LocalRun._frozen`); checked every
+#: `FROZEN_CHECK` seconds.
 FROZEN_AFTER = 10.0
 FROZEN_CHECK = 1.0
 
@@ -71,6 +72,7 @@ class LocalRun(Run):
         h = self.live.get(pid)
         if h is None:
             return
+        h.stopped_since = None
         try:
             if message is None:
                 h.channel.send(QUERY, query, self.run)
@@ -103,6 +105,7 @@ class LocalRun(Run):
 
     def _answered(self, h: _Handle) -> None:
         self.busy.discard(h.pid)
+        h.stopped_since = None  # it answered: a later stop is seen afresh
         h.answer_time = time.monotonic() - h.sent_at
 
     def _lose(self, h: _Handle) -> None:
@@ -118,9 +121,8 @@ class LocalRun(Run):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             events: list = []
-            ready = self.poller.poll(timeout if not self.busy else
-                                     FROZEN_CHECK if timeout is None else
-                                     min(timeout, FROZEN_CHECK))
+            ready = self.poller.poll(FROZEN_CHECK if timeout is None and self.busy
+                                     else timeout)
             # Messages first: an answer sent just before a worker died still counts.
             for h, what in ready:
                 if what == "message" and h.pid in self.live:
@@ -134,9 +136,10 @@ class LocalRun(Run):
                         self._take(h, h.exit_failure(), events)
             if events:
                 return events
-            events = self._frozen()
-            if events:
-                return events
+            if timeout is None:  # (with a time limit, the limit ends the wait)
+                events = self._frozen()
+                if events:
+                    return events
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:

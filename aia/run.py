@@ -138,17 +138,21 @@ def _terminate_as_exit():
     raises ``SystemExit(143)`` carrying the history (by default SIGTERM ends the process
     at once, the history lost, the workers left to notice). It is delivered as a SIGINT,
     so that what the engine shields from Ctrl-C (a message half sent, a fork, the clean-up)
-    is shielded from it too. Only in the main thread, where SIGTERM has its default action
-    and Ctrl-C is not ignored."""
+    is shielded from it too. Only in the main thread, where SIGTERM has its default
+    action."""
     if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL \
-            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
     terminated = []
+    # Where Ctrl-C is ignored (a background job of a non-interactive shell, as batch
+    # schedulers start them) a SIGINT would be lost: SystemExit is raised at once instead.
+    as_interrupt = signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)
 
     def on_terminate(signum, frame):
         terminated.append(signum)
+        if not as_interrupt:
+            raise SystemExit(128 + signum)
         signal.raise_signal(signal.SIGINT)
 
     signal.signal(signal.SIGTERM, on_terminate)

@@ -161,14 +161,15 @@ class RowMass:
 
 
 def pin_rule(family) -> Optional[str]:
-    """How `pinned_rows` knows a pinned row of ``family``: ``"weight"`` (binomial: working
-    weight, at most 1/4, under `SATURATED` / 4), ``"floor"`` (a log link: mu at R's floor
-    of the machine epsilon), or None."""
+    """How `pinned_rows` knows a pinned row of ``family``: ``"edge"`` (binomial: the
+    expected count of the rarer outcome, min(mu, 1 - mu) times the row's number of trials,
+    at least 1, under `PINNED`), ``"floor"`` (a log link: mu at R's floor, the machine
+    epsilon), or None."""
     from statsmodels.genmod import families as smf
 
     sm = getattr(family, "sm", None)
     if isinstance(sm, smf.Binomial):
-        return "weight"
+        return "edge"
     if sm is not None and isinstance(sm.link, links.Log):
         return "floor"
     return None
@@ -179,11 +180,11 @@ def pinned_rows(rule: Optional[str], mu, ww, wb, positive: bool) -> int:
     weights without prior weights (None: the canonical link's own, from mu)."""
     if rule is None:
         return 0
-    if rule == "weight":
-        v = mu * (1.0 - mu) if ww is None else ww
-        if not len(v) or v.min() >= SATURATED * 0.25:  # one pass: most blocks pin none
+    if rule == "edge":
+        edge = np.minimum(mu, 1.0 - mu)
+        if not len(edge) or edge.min() >= PINNED:  # one pass: most blocks pin none
             return 0
-        pinned = v < SATURATED * 0.25
+        pinned = edge * np.maximum(wb, 1.0) < PINNED
     else:
         if not len(mu) or mu.min() > _FLOOR:
             return 0
@@ -433,17 +434,21 @@ def _fast_path(rows: Rows) -> _Fast:
                  rows.zero_offset(), ones)
 
 
-#: A binomial row whose working weight is under this fraction of the largest possible (1/4)
-#: is pinned at the family's edge (|eta| > ~18 for the logit): it moves with no coefficient.
-SATURATED = 1e-8
-#: A log link's mu at R's floor (the machine epsilon; within 10 eps of it) is pinned too.
-_FLOOR = 10 * np.finfo(float).eps
+#: A binomial row whose expected count of the rarer outcome (min(mu, 1 - mu) times its
+#: trials, at least 1) is under this is pinned at the family's edge (|eta| > ~20.7 for the
+#: logit of one trial): it moves with no coefficient. By mu, not the working weight: the
+#: cauchit's weight falls as |eta|^-3 at honest prevalences; by the count: rare events
+#: in many trials (1e-10 in 1e12) are not pinned.
+PINNED = 1e-9
+#: A log link's mu at R's floor (the machine epsilon, where R's link clamps it) is pinned
+#: too; just above it a fit of tiny y (1e-15) is honest.
+_FLOOR = np.finfo(float).eps
 
 
 def check_saturation(guards: Guards, rows: Rows, mass: Optional[RowMass]) -> None:
     """Refuse coefficients that pin more than half of the rows at the family's edge
-    (`pinned_rows`: a binomial working weight under `SATURATED` / 4, a log link's mu at
-    its floor).
+    (`pinned_rows`: a binomial row's expected count of its rarer outcome under `PINNED`, a
+    log link's mu at R's floor eps).
 
     Steep coefficients make the fitted values a step: mu is 0 or 1 on either side of a
     hyperplane the central chooses (or, with a log link, eps on one side), every pinned
@@ -452,9 +457,9 @@ def check_saturation(guards: Guards, rows: Rows, mass: Optional[RowMass]) -> Non
     with the hyperplane moved past one row give that row by difference. At coefficients
     that leave half the rows free the step is smooth over many rows. A fit whose
     coefficients genuinely go there is (quasi-)separated, and its estimate does not exist
-    (R warns at fitted values within 10 eps of the edge). Each row against its own
-    largest weight: a binomial with numbers of trials from 1 to 1e7 is not pinned at flat
-    coefficients. Off with ``GLM_MAX_LEVERAGE`` >= 1, as the leverage checks."""
+    (R warns at fitted values within 10 eps of the edge). Each row by its own trials: a
+    binomial with numbers of trials from 1 to 1e12 is not pinned at flat coefficients.
+    Off with ``GLM_MAX_LEVERAGE`` >= 1, as the leverage checks."""
     if guards.max_leverage >= 1.0 or rows.n == 0 or mass is None:
         return
     active = rows.n if rows.all_positive() else int(np.count_nonzero(rows.w > 0))

@@ -515,3 +515,34 @@ def test_a_separated_gradient_fit_says_the_sites_withheld_their_scores():
                       method="gradient")
     assert not res.converged and any("withheld" in n for n in res.notes)
     assert np.all(np.isfinite(res.params))
+
+
+@pytest.mark.parametrize("case", ["rare_in_many_trials", "cauchit", "tiny_gamma"])
+def test_honest_fits_near_the_edges_are_not_pinned(case):
+    """What the check of pinned rows must let through: events of 1e-10 in 1e12 trials a
+    row (each row's expected count is 100), a cauchit fit of a prevalence of 5e-4 (its
+    working weight falls as |eta|^-3), a Gamma-log fit of values near 1e-15 (above R's
+    floor eps)."""
+    rng = np.random.default_rng(21)
+    frames = []
+    for _ in range(3):
+        x = rng.normal(size=80)
+        if case == "rare_in_many_trials":
+            n = np.full(80, 1e12)
+            k = rng.poisson(n * 1e-10 * np.exp(0.2 * x)).astype(float)
+            frames.append(pd.DataFrame({"x": x, "k": k, "rest": n - k}))
+        elif case == "cauchit":  # 20000 rows a site: some 10 events in each
+            x = rng.normal(size=20000)
+            frames.append(pd.DataFrame({"x": x, "b": (rng.uniform(size=20000) < 5e-4 * np.exp(
+                0.3 * x)).astype(int)}))
+        else:
+            frames.append(pd.DataFrame({"x": x, "g": 1e-15 * rng.gamma(5.0, 0.2 * np.exp(
+                0.3 * x))}))
+    if case == "rare_in_many_trials":
+        res = glm.fit("cbind(k, rest) ~ x", frames, "binomial", cluster="inprocess")
+    elif case == "cauchit":
+        res = glm.fit("b ~ x", frames, "binomial", link="cauchit", cluster="inprocess")
+    else:
+        res = glm.fit("g ~ x", frames, "gamma", link="log", cluster="inprocess")
+    assert not any("withheld" in n for n in res.notes), res.notes
+    assert np.all(np.isfinite(res.params))
