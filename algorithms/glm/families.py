@@ -264,23 +264,25 @@ class Family:
         return float(np.sum(w * (y - mu) ** 2 / self.variance(mu)))
 
     def loglike(self, y, mu, w, scale: float, trials=None, freq=None) -> float:
-        """The log-likelihood (NaN for the quasi families): statsmodels', but R's for the
-        binomial (`binomial_loglike`); ``freq``: frequency weights (a row counts that many
-        times)."""
+        """The log-likelihood (NaN for the quasi families), R's: the binomial's with its
+        trials (`binomial_loglike`), Gamma's and the inverse Gaussian's each row's density
+        times its weight, the others statsmodels' (the same there); rows of zero weight
+        left out. ``scale``: R's dispersion (`fit_result._llf_scale`); ``freq``: frequency
+        weights (a row counts that many times)."""
         if self.quasi:
             return float("nan")
         if type(self.sm) is smf.Binomial:
             return binomial_loglike(y, mu, w, trials, freq)
+        used = w > 0  # R's Gaussian sum(log(wt)) is -Inf with a zero weight: left out
+        if not np.all(used):
+            y, mu, w = y[used], mu[used], w[used]
+            freq = None if freq is None else freq[used]
         if type(self.sm) in (smf.Gamma, smf.InverseGaussian):
             # R's family$aic: each row's log-density at the dispersion, times its prior
             # weight (statsmodels divides the dispersion by the weight instead)
             f = 1.0 if freq is None else freq
             return float(np.sum(f * w * self.sm.loglike_obs(y, mu, var_weights=1.0,
                                                              scale=scale)))
-        used = w > 0  # R's Gaussian sum(log(wt)) is -Inf with a zero weight: left out
-        if not np.all(used):
-            y, mu, w = y[used], mu[used], w[used]
-            freq = None if freq is None else freq[used]
         return float(self.sm.loglike(y, mu, var_weights=w, scale=scale,
                                      freq_weights=1.0 if freq is None else freq))
 

@@ -135,9 +135,10 @@ _CHECKED_FOLDS: "weakref.WeakKeyDictionary[Site, set]" = weakref.WeakKeyDictiona
 
 def _require_checked(site: Site, design, guards, m, folds: Folds,
                      rows_folds: np.ndarray) -> None:
-    """Sums or held-out sums only over folds that pass `_check_fold`: checked in the
-    "moments" query of this design, or now (a site started again since, whose moments a
-    resumed central replays). Every query names its folds: without this, a central could
+    """Moments, sums or held-out sums only over folds that pass `_check_fold`: checked once
+    per design and folds (in the path's moments query, or in the first query that names
+    them: a site started again since, whose moments a resumed central replays). Every
+    query names its folds: without this, a central could
     ask the moments over honest folds, then sums over one row a fold (``Folds(k=n)``),
     whose differences with the full sums are the rows."""
     if (design.token, folds) in _CHECKED_FOLDS.get(site, ()):
@@ -307,17 +308,16 @@ def glmnet_answer(site: Site, design, q: GlmnetQuery) -> GlmnetAnswer:
     folds = _row_folds(site, len(m.y), q.folds)
     X, y, w, off = m.X, m.y, m.weights, m.offset
     parts = []
-    if q.kind != "moments" and folds is not None and q.folds.sites is None:
+    by_rows = folds is not None and q.folds.sites is None
+    if by_rows:  # every fold of every query: the moments' first, then again if not seen
         _require_checked(site, design, guards, m, q.folds, folds)
     if q.kind == "moments":
         gram = design.family.name.lower() == "gaussian"  # its path runs on these sums
         parts.append((None, _moments(X, y, w, off, gram)))
-        if folds is not None and q.folds.sites is None:
+        if by_rows:
             for k in range(q.folds.k):
                 rows = folds == k
-                _check_fold(site, guards, m, rows, k)
                 parts.append((k, _moments(X[rows], y[rows], w[rows], off[rows], gram)))
-            _CHECKED_FOLDS.setdefault(site, set()).add((design.token, q.folds))
     elif q.kind == "sums":
         fam = design.family.bind(m.d_star)
         for fit, ask in q.betas:

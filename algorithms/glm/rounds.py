@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.linalg.blas import dgemm, dsyrk
 
+from statsmodels.genmod import families as smf
 from statsmodels.genmod.families import links
 
 from . import disclosure, kernels
@@ -151,6 +152,10 @@ class RowMass:
     total: float = 0.0
     largest: float = 0.0
 
+    def clear(self) -> "RowMass":
+        self.pinned, self.total, self.largest = 0, 0.0, 0.0
+        return self
+
     def add(self, terms: np.ndarray, lengths: np.ndarray) -> None:
         if not len(terms):
             return
@@ -165,8 +170,6 @@ def pin_rule(family) -> Optional[str]:
     expected count of the rarer outcome, min(mu, 1 - mu) times the row's number of trials,
     at least 1, under `PINNED`), ``"floor"`` (a log link: mu at R's floor, the machine
     epsilon), or None."""
-    from statsmodels.genmod import families as smf
-
     sm = getattr(family, "sm", None)
     if isinstance(sm, smf.Binomial):
         return "edge"
@@ -561,10 +564,5 @@ def score_round(rows: Rows, beta: np.ndarray, masked: bool = False,
             mass.add(g, lengths[r])
     if unmasked and not np.all(np.isfinite(score)):
         return score_round(rows, beta, masked=True,
-                           mass=None if mass is None else _reset(mass))
+                           mass=None if mass is None else mass.clear())
     return score, float(deviance)
-
-
-def _reset(mass: RowMass) -> RowMass:
-    mass.pinned, mass.total, mass.largest = 0, 0.0, 0.0
-    return mass

@@ -27,9 +27,9 @@ class SitePasses:
     @_guarded
     def loglike(self, design: Design, beta: np.ndarray, scale: float,
                 subset: Optional[Sequence[str]] = None) -> float:
-        """The site's share of the log-likelihood at ``beta`` (statsmodels' definition).
+        """The site's share of the log-likelihood at ``beta`` (`Family.loglike`).
 
-        Only at coefficients whose round this site has answered (`_require_answered`)."""
+        Only at coefficients whose round passes the rounds' guards (`_require_answered`)."""
         self._require_answered(design, beta, "the log-likelihood")
         m = self.model(design)
         X = m.X if subset is None else m.X[:, [m.names.index(c) for c in subset]]
@@ -77,9 +77,8 @@ class SitePasses:
         """The site's sums for glm.nb's theta at the fitted values of ``beta``
         (`algorithms.glm.families.negbin_sums`: four numbers, and the log-likelihood).
 
-        Only at coefficients of this design whose X'WX this site has sent (their weights
-        passed the check that they single out no row, `disclosure.check_round`): the central
-        cannot choose fitted values for these sums alone."""
+        Only at coefficients whose round passes the rounds' guards (`_require_answered`):
+        the central cannot choose fitted values for these sums alone."""
         self._require_answered(design, beta, "theta sums")
         m = self.model(design)
         fam = design.family.bind(m.d_star)
