@@ -107,6 +107,28 @@ class FailOnce(aia.AbstractAlgorithm):
         return max(answers)
 
 
+class SignalsItselfAtItsThirdAnswer(aia.AbstractAlgorithm):
+    """Each worker process (or only the one of problem ``only``) sends itself ``sig`` at its
+    third answer: SIGKILL dies mid-run, SIGSTOP freezes (a fresh process counts from 0)."""
+
+    def __init__(self, sig: int, only=None):
+        self.sig, self.only = sig, only
+        self.answered = 0
+
+    def initialize(self, problem):
+        return 0
+
+    def answer(self, q, problem):
+        self.answered += 1
+        if self.answered == 3 and self.only in (None, problem):
+            os.kill(os.getpid(), self.sig)
+        time.sleep(0.005)
+        return q + 1
+
+    def sync_central_step(self, answers, workers, problem):
+        return max(answers)
+
+
 class TwoArgumentError(Exception):
     """An exception that pickles but cannot be unpickled (its ``__init__`` needs two
     arguments, pickle calls it with one): it must still reach the central, as text."""

@@ -19,7 +19,8 @@ import pytest
 
 import aia
 
-from .failure_helpers import Script, descendants, kill_all, wait_gone
+from .failure_helpers import (Script, SignalsItselfAtItsThirdAnswer, descendants,
+                              kill_all, wait_gone)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -878,26 +879,6 @@ def test_sigterm_to_the_central_stops_the_workers_and_keeps_the_history(tmp_path
     assert "TERMINATED 143 True" in out, out
 
 
-class StopsItselfAtItsThirdAnswer(aia.AbstractAlgorithm):
-    """Worker 1 stops its own process (SIGSTOP) at its third answer: frozen mid-run."""
-
-    def __init__(self):
-        self.k = 0
-
-    def initialize(self, problem):
-        return 0
-
-    def answer(self, q, problem):
-        self.k += 1
-        if problem == 1 and self.k == 3:
-            os.kill(os.getpid(), signal.SIGSTOP)
-        time.sleep(0.005)
-        return q + 1
-
-    def sync_central_step(self, answers, workers, problem):
-        return max(answers)
-
-
 @pytest.mark.parametrize("resilience", [0, 1])
 def test_a_worker_frozen_mid_run_fails_instead_of_holding_a_synchronous_run(resilience,
                                                                            no_leftover):
@@ -910,13 +891,13 @@ def test_a_worker_frozen_mid_run_fails_instead_of_holding_a_synchronous_run(resi
     t0 = time.monotonic()
     kwargs = dict(synchronous=True, resilience=resilience, verbose=0, cluster=2)
     if resilience:
-        h = aia.start(StopsItselfAtItsThirdAnswer(), lambda pid: pid, {"iteration": 12},
+        h = aia.start(SignalsItselfAtItsThirdAnswer(signal.SIGSTOP, only=1), lambda pid: pid, {"iteration": 12},
                       **kwargs)
         assert h.iterations[-1] == 12 and len(h.failures) == 1
         assert "stopped (SIGSTOP" in h.failures[0].cause
     else:
         with pytest.raises(aia.WorkerFailedError, match="stopped .SIGSTOP") as err:
-            aia.start(StopsItselfAtItsThirdAnswer(), lambda pid: pid, {"iteration": 12},
+            aia.start(SignalsItselfAtItsThirdAnswer(signal.SIGSTOP, only=1), lambda pid: pid, {"iteration": 12},
                       **kwargs)
         assert err.value.history.iterations[-1] == 2
     assert time.monotonic() - t0 < FROZEN_AFTER + 10

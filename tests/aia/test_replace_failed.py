@@ -13,7 +13,7 @@ import pytest
 import aia
 
 from .algorithms_for_tests import Counter, pid_problem
-from .failure_helpers import FailingProblem, FailOnce
+from .failure_helpers import FailingProblem, FailOnce, SignalsItselfAtItsThirdAnswer
 
 
 #: The cluster whose workers `KillsEachWorkerOnce` kills (read on the central only: the
@@ -131,35 +131,13 @@ def test_bad_uses_are_refused_before_any_process_starts():
                       verbose=0)
 
 
-class EveryWorkerDiesAtItsThirdAnswer(aia.AbstractAlgorithm):
-    """Each worker process kills itself at its third answer, all in the same round; the
-    central records every round it steps on."""
-
-    def __init__(self):
-        self.answered = 0
-        self.rounds = []
-
-    def initialize(self, problem):
-        return 0
-
-    def answer(self, q, problem):
-        self.answered += 1  # per worker process (a fresh one starts from 0)
-        if self.answered == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return q + 1
-
-    def sync_central_step(self, answers, workers, problem):
-        self.rounds.append(list(workers))
-        return max(answers)
-
-
 @pytest.mark.timeout(90)
 def test_a_round_in_which_every_worker_failed_is_asked_again_not_stepped_on():
     """When all the workers of a synchronous round fail and fresh ones take their slots,
     the round has no answers: the central step is not called with none (it would step on
     nothing: an SGD's mean of no gradients is NaN), the query goes to the fresh workers."""
     with aia.LocalCluster(2) as cluster:
-        alg = EveryWorkerDiesAtItsThirdAnswer()
+        alg = SignalsItselfAtItsThirdAnswer(signal.SIGKILL)
         h = aia.start(alg, pid_problem, {"iteration": 8}, cluster=cluster,
                       synchronous=True, resilience=20, replace_failed=True, verbose=0)
     assert len(h.failures) >= 2
